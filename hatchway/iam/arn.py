@@ -105,7 +105,9 @@ def arn_condition_source(pattern_segments: list[tuple[str, bool]]) -> str:
     for i, segs in enumerate(text_parts):
         if i < 5:
             out.append(
-                "".join(re.escape(t) if lit else glob_source(t, _SEG_STAR, _SEG_ONE) for t, lit in segs)
+                "".join(
+                    re.escape(t) if lit else glob_source(t, _SEG_STAR, _SEG_ONE) for t, lit in segs
+                )
             )
         else:
             out.append(_segments_source(segs))

@@ -255,15 +255,27 @@ def parse_operator(name: str) -> ParsedOperator | None:
 
 
 @lru_cache(maxsize=4096)
-def _build_cached(build: Callable[[Sequence[Segments]], Pred], values: tuple[Segments, ...]) -> Pred:
+def _build_cached(
+    build: Callable[[Sequence[Segments]], Pred], values: tuple[Segments, ...]
+) -> Pred:
     return build(values)
 
 
 class Clause:
     """One (operator, key, values) triple of a Condition block."""
 
-    __slots__ = ("_pred", "_templates", "if_exists", "key", "mode", "negated", "op", "operator",
-                 "raw_key", "values")
+    __slots__ = (
+        "_pred",
+        "_templates",
+        "if_exists",
+        "key",
+        "mode",
+        "negated",
+        "op",
+        "operator",
+        "raw_key",
+        "values",
+    )
 
     def __init__(self, op_name: str, key: str, values: tuple[str, ...], variables: bool) -> None:
         parsed = parse_operator(op_name)
@@ -310,8 +322,11 @@ class Clause:
         value = ctx.get(self.key)
         if self.op is None:  # Null
             absent = value is None or value == ()
-            return any((v.lower() == "true") == absent for v in self.values
-                       if v.lower() in ("true", "false"))
+            return any(
+                (v.lower() == "true") == absent
+                for v in self.values
+                if v.lower() in ("true", "false")
+            )
         if self.mode is SetMode.PLAIN:
             if value is None or value == ():
                 return self.if_exists or self.negated

@@ -147,7 +147,12 @@ class Decision:
         policy_arn = self.statements[0].policy.arn if explicit and self.statements else None
         r = self.request
         return denial_message(
-            r.principal_arn, r.action, r.resource, self.kind, explicit=explicit, policy_arn=policy_arn
+            r.principal_arn,
+            r.action,
+            r.resource,
+            self.kind,
+            explicit=explicit,
+            policy_arn=policy_arn,
         )
 
     def matched_statements(self) -> list[dict[str, object]]:
@@ -205,8 +210,9 @@ class PolicySet:
     @staticmethod
     def _rbp_match(s: Statement, req: Request) -> PrincipalMatch | None:
         m = s.principal_match(req.principal)
-        if m is None or not (s.matches_resource(req.resource, req.context)
-                             and s.matches_conditions(req.context)):
+        if m is None or not (
+            s.matches_resource(req.resource, req.context) and s.matches_conditions(req.context)
+        ):
             return None
         return m
 
@@ -337,10 +343,15 @@ def _explain_statement(s: Statement, req: Request, kind: PolicyKind) -> dict[str
         failed = s.conditions.first_failure(req.context)
         if failed is not None:
             value = req.context.get(failed.key)
-            seen = "absent" if value is None else repr(value if isinstance(value, str)
-                                                       else list(value))
-            reason = (f"Condition {failed.operator} {failed.raw_key} {list(failed.values)} "
-                      f"is false (request value: {seen})")
+            seen = (
+                "absent"
+                if value is None
+                else repr(value if isinstance(value, str) else list(value))
+            )
+            reason = (
+                f"Condition {failed.operator} {failed.raw_key} {list(failed.values)} "
+                f"is false (request value: {seen})"
+            )
     entry["applies"] = reason is None
     if reason is not None:
         entry["reason"] = reason

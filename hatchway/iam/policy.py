@@ -75,6 +75,8 @@ class Statement:
     """One compiled statement."""
 
     __slots__ = (
+        "_action_rx",
+        "_exact",
         "actions",
         "allow",
         "conditions",
@@ -87,8 +89,6 @@ class Statement:
         "raw",
         "resources",
         "sid",
-        "_action_rx",
-        "_exact",
     )
 
     def __init__(self, policy: Policy, index: int, raw: Mapping[str, Any], variables: bool) -> None:
@@ -99,7 +99,9 @@ class Statement:
         self.sid: str | None = sid if isinstance(sid, str) else None
         self.allow = raw.get("Effect") == "Allow"
         self.not_action = "NotAction" in raw
-        self.actions = tuple(a.lower() for a in _strings(raw.get("NotAction", raw.get("Action", []))))
+        self.actions = tuple(
+            a.lower() for a in _strings(raw.get("NotAction", raw.get("Action", [])))
+        )
         self._exact = frozenset(a for a in self.actions if not has_wildcard(a))
         wild = tuple(a for a in self.actions if has_wildcard(a))
         self._action_rx = glob_regex(wild) if wild else None

@@ -92,8 +92,9 @@ class Principal:
             ctx["aws:userid"] = "anonymous"
             ctx["aws:principalaccount"] = "anonymous"
             return ctx
-        ctx["aws:principalarn"] = self.role_arn if self.kind == "assumed-role" and self.role_arn \
-            else self.arn
+        ctx["aws:principalarn"] = (
+            self.role_arn if self.kind == "assumed-role" and self.role_arn else self.arn
+        )
         if self.account:
             ctx["aws:principalaccount"] = self.account
         if self.kind == "user" and self.name:

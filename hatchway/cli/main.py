@@ -1,0 +1,21 @@
+"""``hatchway``: the command line face of Hatchway."""
+
+from __future__ import annotations
+
+import click
+
+from hatchway import __version__
+from hatchway.cli.policy import policy
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hatchway")
+def cli() -> None:
+    """Hatchway: a self-hosted, AWS-compatible Session Manager."""
+
+
+cli.add_command(policy)
+
+
+def main() -> None:
+    cli()

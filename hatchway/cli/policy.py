@@ -1,0 +1,392 @@
+"""``hatchway policy …``: the policy engine from the command line, for people and for CI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import IO, Any
+
+import click
+
+from hatchway.iam import (
+    MalformedPolicyDocument,
+    Policy,
+    PolicyError,
+    PolicyKind,
+    PolicySet,
+    Principal,
+    make_context,
+    make_request,
+    parse_policy,
+)
+from hatchway.iam.simulate import ContextEntry, SimulationInput, simulate_custom_policy
+from hatchway.ssm import StartSessionMode, authorize_start_session, target_arn
+from hatchway.ssm.arns import InvalidTarget
+
+DEFAULT_REGION = "us-east-1"
+DEFAULT_ACCOUNT = "123456789012"
+
+
+@click.group()
+def policy() -> None:
+    """Evaluate, simulate, explain and lint IAM policies offline."""
+
+
+# --- shared helpers ------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1024)
+def _compile_text(text: str, kind: PolicyKind, name: str | None) -> Policy:
+    return parse_policy(text, kind, name=name)
+
+
+def _load(doc: Any, kind: PolicyKind, name: str | None = None) -> Policy:
+    """A policy from a JSON-lines field: a document object or its JSON text."""
+    text = doc if isinstance(doc, str) else json.dumps(doc)
+    return _compile_text(text, kind, name)
+
+
+def _policy_arg(value: str) -> str:
+    """AWS CLI convention: ``file://path`` reads a file, anything else is the text itself."""
+    if value.startswith("file://"):
+        with open(value[len("file://") :], encoding="utf-8") as f:
+            return f.read()
+    return value
+
+
+def _read_file(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _fail(code: str, message: str, status: int = 2) -> None:
+    click.echo(f"{code}: {message}", err=True)
+    sys.exit(status)
+
+
+# --- evaluate ------------------------------------------------------------------------------
+
+
+class _InputError(Exception):
+    pass
+
+
+def evaluate_line(obj: Mapping[str, Any], explain: bool = False) -> dict[str, Any]:
+    """One JSON-lines request → one result line (see ``hatchway policy evaluate --help``)."""
+    rid = obj.get("id")
+    try:
+        for name in ("policies", "action"):
+            if name not in obj:
+                raise _InputError(f"missing field: {name}")
+        if not isinstance(obj["policies"], list):
+            raise _InputError("policies must be a list of policy documents")
+        identity = [
+            _load(d, PolicyKind.IDENTITY, f"policies[{i}]") for i, d in enumerate(obj["policies"])
+        ]
+        resource = (
+            _load(obj["resourcePolicy"], PolicyKind.RESOURCE, "resourcePolicy")
+            if obj.get("resourcePolicy") is not None
+            else None
+        )
+        boundary = (
+            [
+                _load(d, PolicyKind.BOUNDARY, f"permissionBoundaries[{i}]")
+                for i, d in enumerate(obj["permissionBoundaries"])
+            ]
+            if obj.get("permissionBoundaries") is not None
+            else None
+        )
+        session = (
+            [_load(obj["sessionPolicy"], PolicyKind.SESSION, "sessionPolicy")]
+            if obj.get("sessionPolicy") is not None
+            else None
+        )
+        scps = [
+            [_load(d, PolicyKind.SCP, f"scps[{lvl}][{i}]") for i, d in enumerate(level)]
+            for lvl, level in enumerate(obj.get("scps") or [])
+        ]
+        ctx = obj.get("context") or {}
+        if not isinstance(ctx, Mapping):
+            raise _InputError("context must be an object")
+        ps = PolicySet(identity, resource=resource, boundary=boundary, session=session, scps=scps)
+        req = make_request(
+            str(obj["action"]),
+            str(obj.get("resource", "*")),
+            obj.get("principal"),
+            ctx,
+            obj.get("resourceAccount"),
+        )
+        return {"id": rid, **ps.evaluate(req, explain).to_dict(explain)}
+    except PolicyError as exc:
+        return {"id": rid, "error": exc.to_dict()}
+    except (_InputError, TypeError, ValueError) as exc:
+        return {"id": rid, "error": {"code": "InvalidInput", "message": str(exc)}}
+
+
+@policy.command("evaluate")
+@click.option("--explain", is_flag=True, help="Add every statement considered, and why.")
+@click.argument("files", nargs=-1, type=click.File("r"))
+def evaluate_cmd(explain: bool, files: tuple[IO[str], ...]) -> None:
+    """Decide JSON-lines requests from FILES (default: standard input).
+
+    Each input line: {"id"?, "policies": [docs], "action", "resource", "principal",
+    "context": {key: value or list}, "resourcePolicy"?, "permissionBoundaries"?: [docs],
+    "sessionPolicy"?, "scps"?: [[docs per level, root first]], "resourceAccount"?}.
+    Each output line: {"id", "decision", "matchedStatements", "message"}, or {"id", "error"}.
+    """
+    streams: Iterable[IO[str]] = files or (sys.stdin,)
+    out = sys.stdout
+    for stream in streams:
+        for raw in stream:
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+                result = (
+                    evaluate_line(obj, explain)
+                    if isinstance(obj, dict)
+                    else {
+                        "id": None,
+                        "error": {
+                            "code": "InvalidInput",
+                            "message": "each line must be a JSON object",
+                        },
+                    }
+                )
+            except ValueError as exc:
+                result = {"id": None, "error": {"code": "InvalidInput", "message": str(exc)}}
+            out.write(json.dumps(result) + "\n")
+            out.flush()
+
+
+# --- simulate ------------------------------------------------------------------------------
+
+
+def _context_entries(values: tuple[str, ...]) -> list[ContextEntry]:
+    entries: list[ContextEntry] = []
+    for v in values:
+        text = _policy_arg(v).strip()
+        if text.startswith(("[", "{")):
+            data = json.loads(text)
+            for d in data if isinstance(data, list) else [data]:
+                entries.append(ContextEntry.from_dict(d))
+            continue
+        # AWS CLI shorthand: ContextKeyName=k,ContextKeyValues=v1,v2,ContextKeyType=t
+        fields: dict[str, Any] = {}
+        current = ""
+        for piece in text.split(","):
+            name, eq, rest = piece.partition("=")
+            if eq and name in ("ContextKeyName", "ContextKeyValues", "ContextKeyType"):
+                current = name
+                fields[name] = [rest] if name == "ContextKeyValues" else rest
+            elif current == "ContextKeyValues":
+                fields[current].append(piece)
+            else:
+                raise click.BadParameter(f"cannot parse context entry: {v}")
+        entries.append(ContextEntry.from_dict(fields))
+    return entries
+
+
+@policy.command("simulate")
+@click.option(
+    "--policy-input-list",
+    multiple=True,
+    required=True,
+    help="Identity policy JSON (or file://PATH); repeat for several.",
+)
+@click.option("--permissions-boundary-policy-input-list", multiple=True)
+@click.option("--action-names", multiple=True, required=True)
+@click.option("--resource-arns", multiple=True)
+@click.option("--resource-policy")
+@click.option("--resource-owner")
+@click.option("--caller-arn")
+@click.option(
+    "--context-entries",
+    multiple=True,
+    help="JSON list of ContextEntry, or ContextKeyName=…,ContextKeyValues=…,ContextKeyType=…",
+)
+def simulate_cmd(
+    policy_input_list: tuple[str, ...],
+    permissions_boundary_policy_input_list: tuple[str, ...],
+    action_names: tuple[str, ...],
+    resource_arns: tuple[str, ...],
+    resource_policy: str | None,
+    resource_owner: str | None,
+    caller_arn: str | None,
+    context_entries: tuple[str, ...],
+) -> None:
+    """Offline `aws iam simulate-custom-policy`: same options, same JSON output."""
+
+    def spread(values: tuple[str, ...]) -> list[str]:
+        # Like the AWS CLI, one option may carry several space-separated names.
+        return [part for v in values for part in v.split()]
+
+    inp = SimulationInput(
+        policy_input_list=[_policy_arg(p) for p in policy_input_list],
+        action_names=spread(action_names),
+        resource_arns=spread(resource_arns) or ["*"],
+        permissions_boundary_policy_input_list=[
+            _policy_arg(p) for p in permissions_boundary_policy_input_list
+        ],
+        resource_policy=_policy_arg(resource_policy) if resource_policy else None,
+        resource_owner=resource_owner,
+        caller_arn=caller_arn,
+        context_entries=_context_entries(context_entries),
+    )
+    try:
+        result = simulate_custom_policy(inp)
+    except PolicyError as exc:
+        click.echo(
+            f"An error occurred ({exc.code}) when calling the SimulateCustomPolicy "
+            f"operation: {exc.message}",
+            err=True,
+        )
+        sys.exit(254)
+    click.echo(json.dumps(result, indent=4))
+
+
+# --- start-session -------------------------------------------------------------------------
+
+
+def _tags(value: str | None) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for item in (value or "").split(","):
+        if not item.strip():
+            continue
+        k, eq, v = item.partition("=")
+        if not eq:
+            raise click.BadParameter(f"tag must be key=value: {item}")
+        tags[k.strip()] = v.strip()
+    return tags
+
+
+@policy.command("start-session")
+@click.option(
+    "--policy",
+    "policy_files",
+    multiple=True,
+    required=True,
+    metavar="FILE",
+    help="Identity policy file of the caller; repeat for several.",
+)
+@click.option("--target", required=True, help="i-…, mi-… or ecs:CLUSTER_TASK_RUNTIME")
+@click.option("--document-name", help="As `aws ssm start-session --document-name`.")
+@click.option("--region", default=DEFAULT_REGION, show_default=True)
+@click.option("--account-id", default=DEFAULT_ACCOUNT, show_default=True)
+@click.option("--caller-arn", help="Default: arn:aws:iam::ACCOUNT:user/alice")
+@click.option("--target-tags", help="k=v,k2=v2: the target's tags")
+@click.option("--document-tags", help="k=v,k2=v2: the document's tags")
+@click.option("--context", "context_json", help="Extra request context as a JSON object")
+@click.option("--permissions-boundary", "boundary_files", multiple=True, metavar="FILE")
+@click.option(
+    "--scp",
+    "scp_files",
+    multiple=True,
+    metavar="FILE",
+    help="SCP file; each one is its own level, root first.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="2025 AWS docs: an omitted document also needs the default document allowed.",
+)
+@click.option("--explain", is_flag=True, help="Show every statement considered, and why.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def start_session_cmd(
+    policy_files: tuple[str, ...],
+    target: str,
+    document_name: str | None,
+    region: str,
+    account_id: str,
+    caller_arn: str | None,
+    target_tags: str | None,
+    document_tags: str | None,
+    context_json: str | None,
+    boundary_files: tuple[str, ...],
+    scp_files: tuple[str, ...],
+    strict: bool,
+    explain: bool,
+    output: str,
+) -> None:
+    """Would `aws ssm start-session` be allowed? The seed document's question, answered.
+
+    Exit status: 0 allowed, 1 denied, 2 bad input.
+    """
+    try:
+        identity = [parse_policy(_read_file(f), PolicyKind.IDENTITY, name=f) for f in policy_files]
+        boundary = [
+            parse_policy(_read_file(f), PolicyKind.BOUNDARY, name=f) for f in boundary_files
+        ]
+        scps = [[parse_policy(_read_file(f), PolicyKind.SCP, name=f)] for f in scp_files]
+    except MalformedPolicyDocument as exc:
+        _fail(exc.code, exc.message)
+        return
+    except PolicyError as exc:
+        _fail(exc.code, exc.message)
+        return
+    except OSError as exc:
+        _fail("FileError", str(exc))
+        return
+    try:
+        arn = target_arn(target, region, account_id)
+    except InvalidTarget:
+        _fail("InvalidTarget", f"{target} is not a valid target (i-…, mi-… or ecs:…)")
+        return
+    principal = Principal.from_arn(caller_arn or f"arn:aws:iam::{account_id}:user/alice")
+    ctx = make_context(json.loads(context_json)) if context_json else {}
+    ctx.setdefault("aws:requestedregion", region)
+    ps = PolicySet(identity, boundary=boundary or None, scps=scps)
+    result = authorize_start_session(
+        ps,
+        principal,
+        target_arn=arn,
+        region=region,
+        account=account_id,
+        document_name=document_name,
+        target_tags=_tags(target_tags),
+        document_tags=_tags(document_tags),
+        context=ctx,
+        mode=StartSessionMode.STRICT if strict else StartSessionMode.LEGACY,
+        explain=explain,
+    )
+    if output == "json":
+        click.echo(json.dumps(result.to_dict(explain), indent=2))
+    else:
+        _print_start_session(result.to_dict(explain), target)
+    sys.exit(0 if result.allowed else 1)
+
+
+def _print_start_session(d: Mapping[str, Any], target: str) -> None:
+    head = "ALLOWED" if d["decision"] == "allowed" else f"DENIED ({d['decision']})"
+    click.echo(f"StartSession --target {target}: {head}")
+    click.echo(
+        f"  session document: {d['documentName']}"
+        + ("" if d["reason"]["documentNamed"] else " (default; no --document-name)")
+    )
+    for e in d["evaluations"]:
+        check = e["context"]["ssm:SessionDocumentAccessCheck"]
+        shown = "absent" if check is None else f'"{check}"'
+        click.echo(f"  {e['role']:8} {e['resource']}")
+        click.echo(f"           ssm:SessionDocumentAccessCheck = {shown}")
+        click.echo(
+            f"           {e['decision']}"
+            + "".join(
+                f" by {s['policyId']} statement {s['statementIndex']}"
+                + (f" ({s['sid']})" if s.get("sid") else "")
+                for s in e["matchedStatements"][:1]
+            )
+        )
+        for step in e.get("explanation") or []:
+            for s in step["statements"]:
+                why = "applies" if s["applies"] else s["reason"]
+                click.echo(
+                    f"             {s['policyId']} #{s['statementIndex']} {s['effect']}: {why}"
+                )
+    if d["message"]:
+        click.echo(f"  {d['message']}")
+    click.echo(f"  why: {d['reason']['text']}")
