@@ -192,7 +192,32 @@ def _context_entries(values: tuple[str, ...]) -> list[ContextEntry]:
     return entries
 
 
-@policy.command("simulate")
+class _AwsListOptions(click.Command):
+    """AWS CLI list options take several values after one flag (``--action-names a b``)."""
+
+    list_options = (
+        "--policy-input-list",
+        "--permissions-boundary-policy-input-list",
+        "--action-names",
+        "--resource-arns",
+        "--context-entries",
+    )
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out: list[str] = []
+        current: str | None = None
+        for arg in args:
+            if arg.startswith("--"):
+                current = arg if arg in self.list_options else None
+                out.append(arg)
+            elif current is not None and out[-1] != current:
+                out += [current, arg]
+            else:
+                out.append(arg)
+        return super().parse_args(ctx, out)
+
+
+@policy.command("simulate", cls=_AwsListOptions)
 @click.option(
     "--policy-input-list",
     multiple=True,
@@ -223,7 +248,6 @@ def simulate_cmd(
     """Offline `aws iam simulate-custom-policy`: same options, same JSON output."""
 
     def spread(values: tuple[str, ...]) -> list[str]:
-        # Like the AWS CLI, one option may carry several space-separated names.
         return [part for v in values for part in v.split()]
 
     inp = SimulationInput(
@@ -390,3 +414,75 @@ def _print_start_session(d: Mapping[str, Any], target: str) -> None:
     if d["message"]:
         click.echo(f"  {d['message']}")
     click.echo(f"  why: {d['reason']['text']}")
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+_DEMO_INSTANCE = "arn:aws:ec2:us-west-2:123456789012:instance/i-02573cafcfEXAMPLE"
+_DEMO_RUN_SHELL = "arn:aws:ssm:us-west-2:123456789012:document/SSM-SessionManagerRunShell"
+_DEMO_POLICIES: dict[str, dict[str, Any]] = {
+    "no condition": {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "ssm:StartSession",
+         "Resource": [_DEMO_INSTANCE, _DEMO_RUN_SHELL]}]},
+    "seed (BoolIfExists true)": {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "ssm:StartSession",
+         "Resource": [_DEMO_INSTANCE, _DEMO_RUN_SHELL],
+         "Condition": {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "true"}}}]},
+}
+
+
+@policy.command("demo")
+def demo_cmd() -> None:
+    """The seed document's scenarios, decided by the engine."""
+    click.echo("Hatchway policy engine: `aws ssm start-session --target i-02573cafcfEXAMPLE`")
+    click.echo("under the seed document's policies (region us-west-2, account 123456789012)\n")
+    principal = Principal.from_arn("arn:aws:iam::123456789012:user/alice")
+    for title, doc in _DEMO_POLICIES.items():
+        ps = PolicySet([parse_policy(json.dumps(doc), name=title)])
+        click.echo(f"policy: {title}")
+        for name in (None, "SSM-SessionManagerRunShell", "AWS-StartSSHSession"):
+            r = authorize_start_session(ps, principal, target_arn=_DEMO_INSTANCE,
+                                        region="us-west-2", account="123456789012",
+                                        document_name=name)
+            shown = f"--document-name {name}" if name else "(no --document-name)"
+            click.echo(f"  {shown:42} {r.decision:13} {r.reason}")
+        click.echo("")
+    click.echo("Try it yourself:")
+    click.echo("  hatchway policy start-session --policy POLICY.json --target i-02573cafcfEXAMPLE "
+               "[--document-name NAME] --explain")
+    click.echo("  hatchway policy lint POLICY.json")
+    click.echo("  echo '{\"policies\": [...], \"action\": \"ssm:StartSession\", ...}' | "
+               "hatchway policy evaluate --explain")
+
+
+# --- lint ----------------------------------------------------------------------------------
+
+
+@policy.command("lint")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def lint_cmd(files: tuple[str, ...], output: str) -> None:
+    """Session Manager pitfalls in identity policies that apply together.
+
+    Exit status: 0 nothing found, 1 findings, 2 bad input.
+    """
+    from hatchway.iam.lint import lint_policies
+
+    docs: list[tuple[str, Mapping[str, Any]]] = []
+    for f in files:
+        try:
+            docs.append((f, parse_policy(_read_file(f), PolicyKind.IDENTITY, name=f).document))
+        except PolicyError as exc:
+            _fail(exc.code, f"{f}: {exc.message}")
+        except OSError as exc:
+            _fail("FileError", str(exc))
+    findings = lint_policies(docs)
+    if output == "json":
+        click.echo(json.dumps([f.to_dict() for f in findings], indent=2))
+    else:
+        for f in findings:
+            where = f"statement {f.statement_index}" + (f" ({f.sid})" if f.sid else "")
+            click.echo(f"{f.policy}: {where}: {f.code}: {f.message}")
+        if not findings:
+            click.echo("no findings")
+    sys.exit(1 if findings else 0)
