@@ -421,13 +421,27 @@ def _print_start_session(d: Mapping[str, Any], target: str) -> None:
 _DEMO_INSTANCE = "arn:aws:ec2:us-west-2:123456789012:instance/i-02573cafcfEXAMPLE"
 _DEMO_RUN_SHELL = "arn:aws:ssm:us-west-2:123456789012:document/SSM-SessionManagerRunShell"
 _DEMO_POLICIES: dict[str, dict[str, Any]] = {
-    "no condition": {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": "ssm:StartSession",
-         "Resource": [_DEMO_INSTANCE, _DEMO_RUN_SHELL]}]},
-    "seed (BoolIfExists true)": {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": "ssm:StartSession",
-         "Resource": [_DEMO_INSTANCE, _DEMO_RUN_SHELL],
-         "Condition": {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "true"}}}]},
+    "no condition": {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "ssm:StartSession",
+                "Resource": [_DEMO_INSTANCE, _DEMO_RUN_SHELL],
+            }
+        ],
+    },
+    "seed (BoolIfExists true)": {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "ssm:StartSession",
+                "Resource": [_DEMO_INSTANCE, _DEMO_RUN_SHELL],
+                "Condition": {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "true"}},
+            }
+        ],
+    },
 }
 
 
@@ -441,18 +455,27 @@ def demo_cmd() -> None:
         ps = PolicySet([parse_policy(json.dumps(doc), name=title)])
         click.echo(f"policy: {title}")
         for name in (None, "SSM-SessionManagerRunShell", "AWS-StartSSHSession"):
-            r = authorize_start_session(ps, principal, target_arn=_DEMO_INSTANCE,
-                                        region="us-west-2", account="123456789012",
-                                        document_name=name)
+            r = authorize_start_session(
+                ps,
+                principal,
+                target_arn=_DEMO_INSTANCE,
+                region="us-west-2",
+                account="123456789012",
+                document_name=name,
+            )
             shown = f"--document-name {name}" if name else "(no --document-name)"
             click.echo(f"  {shown:42} {r.decision:13} {r.reason}")
         click.echo("")
     click.echo("Try it yourself:")
-    click.echo("  hatchway policy start-session --policy POLICY.json --target i-02573cafcfEXAMPLE "
-               "[--document-name NAME] --explain")
+    click.echo(
+        "  hatchway policy start-session --policy POLICY.json --target i-02573cafcfEXAMPLE "
+        "[--document-name NAME] --explain"
+    )
     click.echo("  hatchway policy lint POLICY.json")
-    click.echo("  echo '{\"policies\": [...], \"action\": \"ssm:StartSession\", ...}' | "
-               "hatchway policy evaluate --explain")
+    click.echo(
+        '  echo \'{"policies": [...], "action": "ssm:StartSession", ...}\' | '
+        "hatchway policy evaluate --explain"
+    )
 
 
 # --- lint ----------------------------------------------------------------------------------
@@ -480,9 +503,11 @@ def lint_cmd(files: tuple[str, ...], output: str) -> None:
     if output == "json":
         click.echo(json.dumps([f.to_dict() for f in findings], indent=2))
     else:
-        for f in findings:
-            where = f"statement {f.statement_index}" + (f" ({f.sid})" if f.sid else "")
-            click.echo(f"{f.policy}: {where}: {f.code}: {f.message}")
+        for finding in findings:
+            where = f"statement {finding.statement_index}" + (
+                f" ({finding.sid})" if finding.sid else ""
+            )
+            click.echo(f"{finding.policy}: {where}: {finding.code}: {finding.message}")
         if not findings:
             click.echo("no findings")
     sys.exit(1 if findings else 0)

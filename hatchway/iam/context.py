@@ -8,9 +8,8 @@ value is a string (single-valued key) or a tuple of strings (multivalued key).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Union
 
-ContextValue = Union[str, tuple[str, ...]]
+ContextValue = str | tuple[str, ...]
 Context = dict[str, ContextValue]
 
 

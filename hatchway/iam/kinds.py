@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class PolicyKind(str, Enum):
+class PolicyKind(StrEnum):
     """Where a policy document is attached; decides which elements it may carry."""
 
     IDENTITY = "identity"

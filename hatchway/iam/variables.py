@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Union
 
 from hatchway.iam.context import Context
 
@@ -36,7 +35,7 @@ class Lit:
     text: str
 
 
-Part = Union[str, Var, Lit]
+Part = str | Var | Lit
 Template = tuple[Part, ...]
 
 

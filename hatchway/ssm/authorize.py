@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from hatchway.iam import ALLOWED, Decision, PolicySet, Request
@@ -33,7 +33,7 @@ ACTION = "ssm:StartSession"
 ACCESS_CHECK_KEY = "ssm:sessiondocumentaccesscheck"
 
 
-class StartSessionMode(str, Enum):
+class StartSessionMode(StrEnum):
     """``legacy``: AWS's documented behaviour 2019–2023 (an omitted document needs no document
     permission unless the condition is used). ``strict``: AWS's 2025 text — an omitted document
     also requires the default document to be allowed."""

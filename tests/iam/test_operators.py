@@ -158,8 +158,11 @@ ROWS: list[tuple[str, Any, Any, bool]] = [
 ]
 
 
-@pytest.mark.parametrize(("op", "values", "request_value", "expected"), ROWS,
-                         ids=[f"{r[0]}-{i}" for i, r in enumerate(ROWS)])
+@pytest.mark.parametrize(
+    ("op", "values", "request_value", "expected"),
+    ROWS,
+    ids=[f"{r[0]}-{i}" for i, r in enumerate(ROWS)],
+)
 def test_operator(op: str, values: Any, request_value: Any, expected: bool) -> None:
     p = policy(allow(Condition={op: {K: values}}))
     ctx = {} if request_value is MISSING else {K: request_value}
@@ -172,10 +175,19 @@ def test_every_operator_has_rows() -> None:
 
 
 def test_deny_with_each_negated_operator_applies_on_missing_key() -> None:
-    for op in ("StringNotEquals", "StringNotLike", "StringNotEqualsIgnoreCase", "NumericNotEquals",
-               "DateNotEquals", "NotIpAddress", "ArnNotEquals", "ArnNotLike"):
-        p = policy(allow(), {"Effect": "Deny", "Action": "*", "Resource": "*",
-                             "Condition": {op: {K: "1"}}})
+    for op in (
+        "StringNotEquals",
+        "StringNotLike",
+        "StringNotEqualsIgnoreCase",
+        "NumericNotEquals",
+        "DateNotEquals",
+        "NotIpAddress",
+        "ArnNotEquals",
+        "ArnNotLike",
+    ):
+        p = policy(
+            allow(), {"Effect": "Deny", "Action": "*", "Resource": "*", "Condition": {op: {K: "1"}}}
+        )
         assert decide([p]).decision == "explicitDeny", op
 
 

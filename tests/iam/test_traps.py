@@ -13,15 +13,24 @@ def test_01_negated_operator_on_missing_key_matches() -> None:
     assert decide([p], context={}).decision == "explicitDeny"  # e.g. via a VPC endpoint
     assert decide([p], context={"aws:SourceIp": "192.0.2.7"}).decision == "allowed"
     assert decide([p], context={"aws:SourceIp": "198.51.100.1"}).decision == "explicitDeny"
-    for op in ("StringNotEquals", "StringNotLike", "ArnNotLike", "NumericNotEquals",
-               "DateNotEquals", "StringNotEqualsIgnoreCase", "ArnNotEquals"):
+    for op in (
+        "StringNotEquals",
+        "StringNotLike",
+        "ArnNotLike",
+        "NumericNotEquals",
+        "DateNotEquals",
+        "StringNotEqualsIgnoreCase",
+        "ArnNotEquals",
+    ):
         q = policy(allow(Condition={op: {"aws:SomeKey": "1"}}))
         assert decide([q]).decision == "allowed", op
 
 
 # 2. IfExists on a negated operator does not rescue a Deny.
 def test_02_negated_ifexists_deny_still_applies_on_missing_key() -> None:
-    p = policy(allow(), deny(Condition={"StringNotEqualsIfExists": {"aws:ResourceTag/team": "ops"}}))
+    p = policy(
+        allow(), deny(Condition={"StringNotEqualsIfExists": {"aws:ResourceTag/team": "ops"}})
+    )
     assert decide([p]).decision == "explicitDeny"
     assert decide([p], context={"aws:ResourceTag/team": "ops"}).decision == "allowed"
 
@@ -33,12 +42,23 @@ def test_03_value_or_key_and_operator_and() -> None:
     nor = policy(allow(Condition={"StringNotEquals": {"aws:username": ["bob", "alice"]}}))
     assert not decide([nor]).allowed
     assert decide([nor], principal="arn:aws:iam::123456789012:user/carol").allowed
-    keys_and = policy(allow(Condition={"StringEquals": {"aws:username": "alice",
-                                                        "aws:RequestedRegion": "eu-west-1"}}))
+    keys_and = policy(
+        allow(
+            Condition={
+                "StringEquals": {"aws:username": "alice", "aws:RequestedRegion": "eu-west-1"}
+            }
+        )
+    )
     assert not decide([keys_and], context={"aws:RequestedRegion": "us-east-1"}).allowed
     assert decide([keys_and], context={"aws:RequestedRegion": "eu-west-1"}).allowed
-    ops_and = policy(allow(Condition={"StringEquals": {"aws:username": "alice"},
-                                      "Bool": {"aws:SecureTransport": "true"}}))
+    ops_and = policy(
+        allow(
+            Condition={
+                "StringEquals": {"aws:username": "alice"},
+                "Bool": {"aws:SecureTransport": "true"},
+            }
+        )
+    )
     assert not decide([ops_and], context={"aws:SecureTransport": "false"}).allowed
     assert decide([ops_and], context={"aws:SecureTransport": "true"}).allowed
 
@@ -53,8 +73,14 @@ def test_04_set_operators_on_missing_and_empty_keys() -> None:
     assert decide([all_p], context={"aws:TagKeys": ["a"]}).allowed
     assert not decide([all_p], context={"aws:TagKeys": ["a", "c"]}).allowed
     assert decide([any_p], context={"aws:TagKeys": ["c", "b"]}).allowed
-    guarded = policy(allow(Condition={"ForAllValues:StringEquals": {"aws:TagKeys": ["a"]},
-                                      "Null": {"aws:TagKeys": "false"}}))
+    guarded = policy(
+        allow(
+            Condition={
+                "ForAllValues:StringEquals": {"aws:TagKeys": ["a"]},
+                "Null": {"aws:TagKeys": "false"},
+            }
+        )
+    )
     assert not decide([guarded]).allowed
 
 
@@ -63,9 +89,12 @@ def test_05_username_variable_never_matches_role_sessions() -> None:
     p = policy(allow("ssm:TerminateSession", "arn:aws:ssm:*:*:session/${aws:username}-*"))
     own = "arn:aws:ssm:us-east-1:123456789012:session/alice-0123456789abcdef0"
     assert decide([p], "ssm:TerminateSession", own).allowed
-    role = decide([p], "ssm:TerminateSession",
-                  "arn:aws:ssm:us-east-1:123456789012:session/alice-session-0123456789abcdef0",
-                  ROLE_SESSION)
+    role = decide(
+        [p],
+        "ssm:TerminateSession",
+        "arn:aws:ssm:us-east-1:123456789012:session/alice-session-0123456789abcdef0",
+        ROLE_SESSION,
+    )
     assert role.decision == "implicitDeny"
     cond = policy(allow(Condition={"StringEquals": {"aws:PrincipalTag/team": "ops"}}))
     assert not decide([cond]).allowed
@@ -83,11 +112,19 @@ def test_06_variable_values_are_literals() -> None:
     like = policy(allow(Condition={"StringLike": {"aws:PrincipalTag/p": "${aws:username}"}}))
     assert not decide([like], principal=star_user, context={"aws:PrincipalTag/p": "abc"}).allowed
     assert decide([like], principal=star_user, context={"aws:PrincipalTag/p": "a*"}).allowed
-    dflt = policy(allow(Condition={"StringEquals": {
-        "aws:PrincipalTag/team": "${aws:PrincipalTag/dept, 'company-wide'}"}}))
+    dflt = policy(
+        allow(
+            Condition={
+                "StringEquals": {
+                    "aws:PrincipalTag/team": "${aws:PrincipalTag/dept, 'company-wide'}"
+                }
+            }
+        )
+    )
     assert decide([dflt], context={"aws:PrincipalTag/team": "company-wide"}).allowed
-    assert decide([dflt], context={"aws:PrincipalTag/team": "x",
-                                   "aws:PrincipalTag/dept": "x"}).allowed
+    assert decide(
+        [dflt], context={"aws:PrincipalTag/team": "x", "aws:PrincipalTag/dept": "x"}
+    ).allowed
 
 
 # 7. Variables only under Version 2012-10-17.
@@ -126,11 +163,13 @@ def test_09_wildcards_per_operator() -> None:
     assert not decide([a], context={"aws:SourceArn": value}).allowed
     r = policy(allow("ssm:StartSession", "arn:aws:ec2:*:*:instance/*"))
     assert decide([r], resource=INSTANCE).allowed
-    assert decide([policy(allow("s3:GetObject", "arn:aws:s3:::b/*"))], "s3:GetObject",
-                  "arn:aws:s3:::b/a/b/c").allowed
+    assert decide(
+        [policy(allow("s3:GetObject", "arn:aws:s3:::b/*"))], "s3:GetObject", "arn:aws:s3:::b/a/b/c"
+    ).allowed
     region_star = policy(allow("ssm:StartSession", "arn:aws:ec2:*:123456789012:instance/*"))
-    assert not decide([region_star], resource="arn:aws:ec2:us-east-1:x:123456789012:instance/i"
-                      ).allowed
+    assert not decide(
+        [region_star], resource="arn:aws:ec2:us-east-1:x:123456789012:instance/i"
+    ).allowed
 
 
 # 10. Explicit deny beats everything, across all policy types.
@@ -139,7 +178,8 @@ def test_10_explicit_deny_in_any_policy_type_wins() -> None:
     d = decide(ok, boundary=[policy(allow(), deny("ssm:*"))])
     assert d.decision == "explicitDeny"
     assert d.message is not None and d.message.endswith(
-        "with an explicit deny in a permissions boundary")
+        "with an explicit deny in a permissions boundary"
+    )
     d = decide(ok, scps=[[policy(allow(), deny("ssm:StartSession"))]])
     assert d.decision == "explicitDeny" and "service control policy" in (d.message or "")
     d = decide(ok, resource_policy=policy(deny(Principal="*")))
@@ -153,12 +193,16 @@ def test_11_limits_without_allow() -> None:
     ok = [policy(allow())]
     d = decide(ok, boundary=[policy(allow("ec2:*"))])
     assert d.decision == "implicitDeny"
-    assert d.message == (f"User: {USER} is not authorized to perform: ssm:StartSession because "
-                         "no permissions boundary allows the ssm:StartSession action")
+    assert d.message == (
+        f"User: {USER} is not authorized to perform: ssm:StartSession because "
+        "no permissions boundary allows the ssm:StartSession action"
+    )
     d = decide(ok, scps=[[policy(allow())], [policy(allow("ec2:*"))]])
     assert d.decision == "implicitDeny"
-    assert d.message == (f"User: {USER} is not authorized to perform: ssm:StartSession with "
-                         "an explicit deny in a service control policy")
+    assert d.message == (
+        f"User: {USER} is not authorized to perform: ssm:StartSession with "
+        "an explicit deny in a service control policy"
+    )
     d = decide(ok, principal=ROLE_SESSION, session=policy(allow("ec2:*")))
     assert d.decision == "implicitDeny" and "no session policy allows" in (d.message or "")
     fed = "arn:aws:sts::123456789012:federated-user/bob"
@@ -173,27 +217,36 @@ def test_12_same_account_resource_policy_principals() -> None:
     tight = [policy(allow("ec2:*"))]
     by_user = policy(allow("s3:GetObject", res, Principal={"AWS": USER}))
     assert decide([], "s3:GetObject", res, resource_policy=by_user).allowed
-    assert decide(tight, "s3:GetObject", res, resource_policy=by_user,
-                  boundary=tight).allowed
+    assert decide(tight, "s3:GetObject", res, resource_policy=by_user, boundary=tight).allowed
     by_account = policy(allow("s3:GetObject", res, Principal={"AWS": "123456789012"}))
     assert not decide([], "s3:GetObject", res, resource_policy=by_account).allowed
     role = "arn:aws:iam::123456789012:role/Ops"
     by_role = policy(allow("s3:GetObject", res, Principal={"AWS": role}))
     assert decide([], "s3:GetObject", res, ROLE_SESSION, resource_policy=by_role).allowed
-    assert not decide([], "s3:GetObject", res, ROLE_SESSION, resource_policy=by_role,
-                      boundary=tight).allowed
-    assert not decide([], "s3:GetObject", res, ROLE_SESSION, resource_policy=by_role,
-                      session=tight[0]).allowed
+    assert not decide(
+        [], "s3:GetObject", res, ROLE_SESSION, resource_policy=by_role, boundary=tight
+    ).allowed
+    assert not decide(
+        [], "s3:GetObject", res, ROLE_SESSION, resource_policy=by_role, session=tight[0]
+    ).allowed
     by_session = policy(allow("s3:GetObject", res, Principal={"AWS": ROLE_SESSION}))
-    assert decide([], "s3:GetObject", res, ROLE_SESSION, resource_policy=by_session,
-                  boundary=tight, session=tight[0]).allowed
+    assert decide(
+        [],
+        "s3:GetObject",
+        res,
+        ROLE_SESSION,
+        resource_policy=by_session,
+        boundary=tight,
+        session=tight[0],
+    ).allowed
     # Cross-account: both sides must allow.
     other = "999999999999"
     assert not decide([policy(allow())], "s3:GetObject", res, resource_account=other).allowed
     d = decide([], "s3:GetObject", res, resource_policy=by_user, resource_account=other)
     assert d.decision == "implicitDeny" and "identity-based" in (d.message or "")
-    assert decide([policy(allow())], "s3:GetObject", res, resource_policy=by_user,
-                  resource_account=other).allowed
+    assert decide(
+        [policy(allow())], "s3:GetObject", res, resource_policy=by_user, resource_account=other
+    ).allowed
 
 
 # 13. NotAction / NotResource are complements.
@@ -211,12 +264,18 @@ def test_13_not_action_and_not_resource() -> None:
 
 # 14. One call, several authorizations: covered end to end in tests/ssm (target + document).
 def test_14_conditions_evaluate_per_resource() -> None:
-    p = policy(allow("ssm:StartSession", "*",
-                     Condition={"StringEquals": {"ssm:resourceTag/env": "dev"}}))
+    p = policy(
+        allow("ssm:StartSession", "*", Condition={"StringEquals": {"ssm:resourceTag/env": "dev"}})
+    )
     assert decide([p], resource=INSTANCE, context={"ssm:resourceTag/env": "dev"}).allowed
     assert not decide([p], resource="arn:aws:ssm:us-east-1::document/AWS-StartSSHSession").allowed
-    p2 = policy(allow("ssm:StartSession", "*",
-                      Condition={"StringEqualsIfExists": {"ssm:resourceTag/env": "dev"}}))
+    p2 = policy(
+        allow(
+            "ssm:StartSession",
+            "*",
+            Condition={"StringEqualsIfExists": {"ssm:resourceTag/env": "dev"}},
+        )
+    )
     assert decide([p2], resource="arn:aws:ssm:us-east-1::document/AWS-StartSSHSession").allowed
 
 
@@ -226,5 +285,7 @@ def test_15_get_caller_identity_and_root() -> None:
     root = "arn:aws:iam::123456789012:root"
     assert decide([], "ssm:StartSession", principal=root).allowed
     assert decide([], principal=root, scps=[[policy(allow("ec2:*"))]]).decision == "implicitDeny"
-    assert decide([], principal=root, resource_policy=policy(deny(Principal="*"))
-                  ).decision == "explicitDeny"
+    assert (
+        decide([], principal=root, resource_policy=policy(deny(Principal="*"))).decision
+        == "explicitDeny"
+    )

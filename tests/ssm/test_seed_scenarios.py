@@ -27,7 +27,11 @@ CHECK_TRUE = {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "true"}}
 
 
 def allow(resources: list[str], condition: dict[str, Any] | None = None) -> dict[str, Any]:
-    stmt: dict[str, Any] = {"Effect": "Allow", "Action": ["ssm:StartSession"], "Resource": resources}
+    stmt: dict[str, Any] = {
+        "Effect": "Allow",
+        "Action": ["ssm:StartSession"],
+        "Resource": resources,
+    }
     if condition is not None:
         stmt["Condition"] = condition
     return stmt
@@ -64,88 +68,211 @@ CUSTOM = f"arn:aws:ssm:{REGION}:{ACCOUNT}:document/MyTeamShell"
 CASES = [
     # By default StartSession gets the default document without naming it.
     Case("no condition: default document implicit", NO_CONDITION, None, "allowed"),
-    Case("no condition: naming the default needs it in Resource", NO_CONDITION,
-         "SSM-SessionManagerRunShell", "implicitDeny", RUN_SHELL),
-    Case("no condition, document in Resource: named", NO_CONDITION_WITH_DOC,
-         "SSM-SessionManagerRunShell", "allowed"),
+    Case(
+        "no condition: naming the default needs it in Resource",
+        NO_CONDITION,
+        "SSM-SessionManagerRunShell",
+        "implicitDeny",
+        RUN_SHELL,
+    ),
+    Case(
+        "no condition, document in Resource: named",
+        NO_CONDITION_WITH_DOC,
+        "SSM-SessionManagerRunShell",
+        "allowed",
+    ),
     # The condition on the (only) statement: --document-name becomes mandatory.
     Case("condition: omitted document is denied", SEED, None, "implicitDeny", INSTANCE),
-    Case("condition: default document named is allowed", SEED, "SSM-SessionManagerRunShell",
-         "allowed"),
-    Case("condition: another document named is denied", SEED, "MyTeamShell", "implicitDeny",
-         CUSTOM),
-    Case("condition: AWS-StartSSHSession needs its own grant", SEED, "AWS-StartSSHSession",
-         "implicitDeny", SSH),
+    Case(
+        "condition: default document named is allowed",
+        SEED,
+        "SSM-SessionManagerRunShell",
+        "allowed",
+    ),
+    Case(
+        "condition: another document named is denied", SEED, "MyTeamShell", "implicitDeny", CUSTOM
+    ),
+    Case(
+        "condition: AWS-StartSSHSession needs its own grant",
+        SEED,
+        "AWS-StartSSHSession",
+        "implicitDeny",
+        SSH,
+    ),
     # SSH: AWS-owned documents have an empty account field.
-    Case("ssh allowed with wildcard account", doc(allow(
-        [INSTANCE, "arn:aws:ssm:*:*:document/AWS-StartSSHSession"], CHECK_TRUE)),
-         "AWS-StartSSHSession", "allowed"),
-    Case("ssh allowed with the empty account", doc(allow([INSTANCE, SSH], CHECK_TRUE)),
-         "AWS-StartSSHSession", "allowed"),
-    Case("ssh denied when the policy puts an account in an AWS-owned document ARN",
-         doc(allow([INSTANCE, f"arn:aws:ssm:{REGION}:{ACCOUNT}:document/AWS-StartSSHSession"])),
-         "AWS-StartSSHSession", "implicitDeny", SSH),
+    Case(
+        "ssh allowed with wildcard account",
+        doc(allow([INSTANCE, "arn:aws:ssm:*:*:document/AWS-StartSSHSession"], CHECK_TRUE)),
+        "AWS-StartSSHSession",
+        "allowed",
+    ),
+    Case(
+        "ssh allowed with the empty account",
+        doc(allow([INSTANCE, SSH], CHECK_TRUE)),
+        "AWS-StartSSHSession",
+        "allowed",
+    ),
+    Case(
+        "ssh denied when the policy puts an account in an AWS-owned document ARN",
+        doc(allow([INSTANCE, f"arn:aws:ssm:{REGION}:{ACCOUNT}:document/AWS-StartSSHSession"])),
+        "AWS-StartSSHSession",
+        "implicitDeny",
+        SSH,
+    ),
     # Custom documents.
-    Case("custom document allowed", doc(allow([INSTANCE, CUSTOM], CHECK_TRUE)), "MyTeamShell",
-         "allowed"),
-    Case("custom document: the default is then not allowed by name",
-         doc(allow([INSTANCE, CUSTOM], CHECK_TRUE)), "SSM-SessionManagerRunShell",
-         "implicitDeny", RUN_SHELL),
+    Case(
+        "custom document allowed",
+        doc(allow([INSTANCE, CUSTOM], CHECK_TRUE)),
+        "MyTeamShell",
+        "allowed",
+    ),
+    Case(
+        "custom document: the default is then not allowed by name",
+        doc(allow([INSTANCE, CUSTOM], CHECK_TRUE)),
+        "SSM-SessionManagerRunShell",
+        "implicitDeny",
+        RUN_SHELL,
+    ),
     # The condition must be in every statement that allows StartSession.
-    Case("condition missing from one of two statements: not enforced", doc(
-        allow([INSTANCE, RUN_SHELL], CHECK_TRUE),
-        allow([f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"])), None, "allowed"),
-    Case("condition in both statements: enforced", doc(
-        allow([INSTANCE, RUN_SHELL], CHECK_TRUE),
-        allow([f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"], CHECK_TRUE)), None,
-         "implicitDeny", INSTANCE),
+    Case(
+        "condition missing from one of two statements: not enforced",
+        doc(
+            allow([INSTANCE, RUN_SHELL], CHECK_TRUE),
+            allow([f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"]),
+        ),
+        None,
+        "allowed",
+    ),
+    Case(
+        "condition in both statements: enforced",
+        doc(
+            allow([INSTANCE, RUN_SHELL], CHECK_TRUE),
+            allow([f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"], CHECK_TRUE),
+        ),
+        None,
+        "implicitDeny",
+        INSTANCE,
+    ),
     # "false" does not affect the evaluation.
-    Case("false value: omitted document allowed", doc(allow(
-        [INSTANCE, RUN_SHELL], {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "false"}})),
-         None, "allowed"),
-    Case("false value: named document allowed", doc(allow(
-        [INSTANCE, RUN_SHELL], {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "false"}})),
-         "SSM-SessionManagerRunShell", "allowed"),
+    Case(
+        "false value: omitted document allowed",
+        doc(
+            allow(
+                [INSTANCE, RUN_SHELL], {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "false"}}
+            )
+        ),
+        None,
+        "allowed",
+    ),
+    Case(
+        "false value: named document allowed",
+        doc(
+            allow(
+                [INSTANCE, RUN_SHELL], {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "false"}}
+            )
+        ),
+        "SSM-SessionManagerRunShell",
+        "allowed",
+    ),
     # Bool without IfExists: the key is absent when a document is named.
-    Case("Bool instead of BoolIfExists breaks named documents", doc(allow(
-        [INSTANCE, RUN_SHELL], {"Bool": {"ssm:SessionDocumentAccessCheck": "true"}})),
-         "SSM-SessionManagerRunShell", "implicitDeny", INSTANCE),
+    Case(
+        "Bool instead of BoolIfExists breaks named documents",
+        doc(allow([INSTANCE, RUN_SHELL], {"Bool": {"ssm:SessionDocumentAccessCheck": "true"}})),
+        "SSM-SessionManagerRunShell",
+        "implicitDeny",
+        INSTANCE,
+    ),
     # Denies.
-    Case("deny on the document wins over the allow", doc(
-        allow([INSTANCE, "arn:aws:ssm:*:*:document/*"]),
-        deny("arn:aws:ssm:*:*:document/AWS-StartSSHSession")), "AWS-StartSSHSession",
-         "explicitDeny", SSH),
-    Case("deny with Bool false forces naming a document", doc(
-        allow([INSTANCE, RUN_SHELL]),
-        deny("*", {"Bool": {"ssm:SessionDocumentAccessCheck": "false"}})), None,
-         "explicitDeny", INSTANCE),
-    Case("deny with Bool false lets a named document through", doc(
-        allow([INSTANCE, RUN_SHELL]),
-        deny("*", {"Bool": {"ssm:SessionDocumentAccessCheck": "false"}})),
-         "SSM-SessionManagerRunShell", "allowed"),
-    Case("deny with BoolIfExists false also denies named documents", doc(
-        allow([INSTANCE, RUN_SHELL]),
-        deny("*", {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "false"}})),
-         "SSM-SessionManagerRunShell", "explicitDeny", INSTANCE),
+    Case(
+        "deny on the document wins over the allow",
+        doc(
+            allow([INSTANCE, "arn:aws:ssm:*:*:document/*"]),
+            deny("arn:aws:ssm:*:*:document/AWS-StartSSHSession"),
+        ),
+        "AWS-StartSSHSession",
+        "explicitDeny",
+        SSH,
+    ),
+    Case(
+        "deny with Bool false forces naming a document",
+        doc(
+            allow([INSTANCE, RUN_SHELL]),
+            deny("*", {"Bool": {"ssm:SessionDocumentAccessCheck": "false"}}),
+        ),
+        None,
+        "explicitDeny",
+        INSTANCE,
+    ),
+    Case(
+        "deny with Bool false lets a named document through",
+        doc(
+            allow([INSTANCE, RUN_SHELL]),
+            deny("*", {"Bool": {"ssm:SessionDocumentAccessCheck": "false"}}),
+        ),
+        "SSM-SessionManagerRunShell",
+        "allowed",
+    ),
+    Case(
+        "deny with BoolIfExists false also denies named documents",
+        doc(
+            allow([INSTANCE, RUN_SHELL]),
+            deny("*", {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "false"}}),
+        ),
+        "SSM-SessionManagerRunShell",
+        "explicitDeny",
+        INSTANCE,
+    ),
     # Strict mode (2025 AWS docs): the default document must be allowed even when omitted.
-    Case("strict: instance-only policy denies the omitted default", NO_CONDITION, None,
-         "implicitDeny", RUN_SHELL, strict=True),
-    Case("strict: default document in Resource", NO_CONDITION_WITH_DOC, None, "allowed",
-         strict=True),
+    Case(
+        "strict: instance-only policy denies the omitted default",
+        NO_CONDITION,
+        None,
+        "implicitDeny",
+        RUN_SHELL,
+        strict=True,
+    ),
+    Case(
+        "strict: default document in Resource", NO_CONDITION_WITH_DOC, None, "allowed", strict=True
+    ),
     # Target tags are the target's own; the document evaluation does not see them.
-    Case("target tag condition on the target", doc(allow(
-        [f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"],
-        {"StringLike": {"ssm:resourceTag/Finance": ["WebServers"]}})), None, "allowed",
-         target_tags={"Finance": "WebServers"}),
-    Case("target tag condition, other tag value", doc(allow(
-        [f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"],
-        {"StringLike": {"ssm:resourceTag/Finance": ["WebServers"]}})), None, "implicitDeny",
-         INSTANCE, target_tags={"Finance": "Payroll"}),
-    Case("a tag condition shared with the document ARN fails on the document", doc(allow(
-        [f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*", RUN_SHELL],
-        {"StringLike": {"ssm:resourceTag/Finance": ["WebServers"]}})),
-         "SSM-SessionManagerRunShell", "implicitDeny", RUN_SHELL,
-         target_tags={"Finance": "WebServers"}),
+    Case(
+        "target tag condition on the target",
+        doc(
+            allow(
+                [f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"],
+                {"StringLike": {"ssm:resourceTag/Finance": ["WebServers"]}},
+            )
+        ),
+        None,
+        "allowed",
+        target_tags={"Finance": "WebServers"},
+    ),
+    Case(
+        "target tag condition, other tag value",
+        doc(
+            allow(
+                [f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"],
+                {"StringLike": {"ssm:resourceTag/Finance": ["WebServers"]}},
+            )
+        ),
+        None,
+        "implicitDeny",
+        INSTANCE,
+        target_tags={"Finance": "Payroll"},
+    ),
+    Case(
+        "a tag condition shared with the document ARN fails on the document",
+        doc(
+            allow(
+                [f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*", RUN_SHELL],
+                {"StringLike": {"ssm:resourceTag/Finance": ["WebServers"]}},
+            )
+        ),
+        "SSM-SessionManagerRunShell",
+        "implicitDeny",
+        RUN_SHELL,
+        target_tags={"Finance": "WebServers"},
+    ),
 ]
 
 
@@ -178,8 +305,20 @@ def test_seed_scenario_api(case: Case) -> None:
 def test_seed_scenario_cli(case: Case, tmp_path: Path) -> None:
     policy_file = tmp_path / "policy.json"
     policy_file.write_text(json.dumps(case.policy, indent=2))
-    args = ["policy", "start-session", "--policy", str(policy_file), "--target", TARGET,
-            "--region", REGION, "--account-id", ACCOUNT, "--output", "json"]
+    args = [
+        "policy",
+        "start-session",
+        "--policy",
+        str(policy_file),
+        "--target",
+        TARGET,
+        "--region",
+        REGION,
+        "--account-id",
+        ACCOUNT,
+        "--output",
+        "json",
+    ]
     if case.document:
         args += ["--document-name", case.document]
     if case.strict:
@@ -204,8 +343,14 @@ def test_omitted_document_sets_check_false_and_named_leaves_it_absent() -> None:
     ps = PolicySet([parse_policy(json.dumps(SEED))])
     p = Principal.from_arn(f"arn:aws:iam::{ACCOUNT}:user/alice")
     omitted = authorize_start_session(ps, p, target_arn=INSTANCE, region=REGION, account=ACCOUNT)
-    named = authorize_start_session(ps, p, target_arn=INSTANCE, region=REGION, account=ACCOUNT,
-                                    document_name="SSM-SessionManagerRunShell")
+    named = authorize_start_session(
+        ps,
+        p,
+        target_arn=INSTANCE,
+        region=REGION,
+        account=ACCOUNT,
+        document_name="SSM-SessionManagerRunShell",
+    )
     ctx_omitted = omitted.evaluations[0].decision.request.context
     assert ctx_omitted["ssm:sessiondocumentaccesscheck"] == "false"
     for e in named.evaluations:
@@ -216,9 +361,20 @@ def test_omitted_document_sets_check_false_and_named_leaves_it_absent() -> None:
 def test_cli_text_output_explains_the_condition(tmp_path: Path) -> None:
     policy_file = tmp_path / "seed.json"
     policy_file.write_text(json.dumps(SEED))
-    result = CliRunner().invoke(cli, [
-        "policy", "start-session", "--policy", str(policy_file), "--target", TARGET,
-        "--region", REGION, "--explain"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "policy",
+            "start-session",
+            "--policy",
+            str(policy_file),
+            "--target",
+            TARGET,
+            "--region",
+            REGION,
+            "--explain",
+        ],
+    )
     assert result.exit_code == 1
     assert 'ssm:SessionDocumentAccessCheck = "false"' in result.output
     assert "BoolIfExists ssm:SessionDocumentAccessCheck ['true'] is false" in result.output
@@ -227,15 +383,19 @@ def test_cli_text_output_explains_the_condition(tmp_path: Path) -> None:
 
 def test_cli_rejects_malformed_policy_and_bad_target(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
-    bad.write_text('{"Version": "2012-10-17", "Statement": [{"Effect": "allow", '
-                   '"Action": "ssm:StartSession", "Resource": "*"}]}')
-    result = CliRunner().invoke(cli, ["policy", "start-session", "--policy", str(bad),
-                                      "--target", TARGET])
+    bad.write_text(
+        '{"Version": "2012-10-17", "Statement": [{"Effect": "allow", '
+        '"Action": "ssm:StartSession", "Resource": "*"}]}'
+    )
+    result = CliRunner().invoke(
+        cli, ["policy", "start-session", "--policy", str(bad), "--target", TARGET]
+    )
     assert result.exit_code == 2
     assert "MalformedPolicyDocument" in result.output
     good = tmp_path / "good.json"
     good.write_text(json.dumps(SEED))
-    result = CliRunner().invoke(cli, ["policy", "start-session", "--policy", str(good),
-                                      "--target", "not-a-node"])
+    result = CliRunner().invoke(
+        cli, ["policy", "start-session", "--policy", str(good), "--target", "not-a-node"]
+    )
     assert result.exit_code == 2
     assert "InvalidTarget" in result.output
