@@ -171,7 +171,7 @@ class Decision:
         return out
 
 
-def _applies(s: Statement, req: Request, lowered: str) -> bool:
+def _applies(s: Statement, req: Request) -> bool:
     return s.matches_resource(req.resource, req.context) and s.matches_conditions(req.context)
 
 
@@ -218,7 +218,7 @@ class PolicySet:
 
     def _first_allow(self, group: PolicyGroup, req: Request, action: str) -> Statement | None:
         for s in group.index.candidates(action)[1]:
-            if _applies(s, req, action):
+            if _applies(s, req):
                 return s
         return None
 
@@ -227,7 +227,7 @@ class PolicySet:
             if group.kind is PolicyKind.RESOURCE:
                 if self._rbp_match(s, req) is not None:
                     return s
-            elif _applies(s, req, action):
+            elif _applies(s, req):
                 return s
         return None
 

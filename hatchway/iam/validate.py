@@ -5,7 +5,7 @@ IAM reports only the first problem it finds, so the order of the checks is part 
 1. syntax (JSON shape and types)                      ``Syntax errors in policy.``
 2. version (managed policies only)                    ``Policy document must be version ...``
 3. legacy parsing (Effect case, Date values, ARNs)    ``The policy failed legacy parsing``
-4. Sid characters (IAM-stored identity documents)     ``Statement IDs (SID) must be alpha-numeric...``
+4. Sid characters (identity / boundary documents)     ``Statement IDs (SID) must be alpha-...``
 5. Sid uniqueness                                     ``Statement IDs (SID) in a single policy...``
 6. actions present                                    ``Policy statement must contain actions.``
 7. the first resource format error (ARN shape, partition, vendor, region, IAM path)
@@ -179,10 +179,15 @@ _S3_REGIONAL_PREFIXES: Final = (
 )
 _VENDOR_BAD_CHAR = re.compile(r"[^A-Za-z0-9.\-]")
 _SID_RE = re.compile(r"[0-9A-Za-z]*")
-_SID_CHECKED_KINDS: Final = frozenset({PolicyKind.IDENTITY, PolicyKind.BOUNDARY})
-_NO_PRINCIPAL_KINDS: Final = frozenset(
-    {PolicyKind.IDENTITY, PolicyKind.BOUNDARY, PolicyKind.SESSION, PolicyKind.SCP}
+# Kinds are compared with ``==`` (tuples, not sets) so that plain strings such as "trust" work too.
+_SID_CHECKED_KINDS: Final = (PolicyKind.IDENTITY, PolicyKind.BOUNDARY)
+_NO_PRINCIPAL_KINDS: Final = (
+    PolicyKind.IDENTITY,
+    PolicyKind.BOUNDARY,
+    PolicyKind.SESSION,
+    PolicyKind.SCP,
 )
+_PRINCIPAL_REQUIRED_KINDS: Final = (PolicyKind.RESOURCE, PolicyKind.RCP)
 
 # Date values: epoch seconds (a signed 64-bit count) or ISO 8601 as Joda-Time reads it.
 _LONG_MAX: Final = 2**63 - 1
@@ -448,7 +453,7 @@ def _legacy_arn_ok(resource: str) -> bool:
 
 
 def _date_value_ok(value: object) -> bool:
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)):
         return False
     if isinstance(value, int):
         if value.bit_length() > 64:
@@ -465,22 +470,19 @@ def _date_value_ok(value: object) -> bool:
 
 
 def _iso_datetime_ok(value: str) -> bool:
-    date_part, separator, time_part = value.replace("t", "T").partition("T")
-    if date_part:
-        match = _ISO_DATE_RE.fullmatch(date_part)
-        if match is None:
-            return False
-        year = int(match["y"])
-        if not _MIN_YEAR <= year <= _MAX_YEAR:
-            return False
-        if match["m"] is not None:
-            month = int(match["m"])
-            if not 1 <= month <= 12:
-                return False
-            if match["d"] is not None and not 1 <= int(match["d"]) <= _month_days(year, month):
-                return False
-    elif not separator:
+    date_part, _, time_part = value.replace("t", "T").partition("T")
+    match = _ISO_DATE_RE.fullmatch(date_part)
+    if match is None:
         return False
+    year = int(match["y"])
+    if not _MIN_YEAR <= year <= _MAX_YEAR:
+        return False
+    if match["m"] is not None:
+        month = int(match["m"])
+        if not 1 <= month <= 12:
+            return False
+        if match["d"] is not None and not 1 <= int(match["d"]) <= _month_days(year, month):
+            return False
     if not time_part:
         return True
     match = _ISO_TIME_RE.fullmatch(time_part)
@@ -550,8 +552,6 @@ def _resource_format_error(resource: str) -> str | None:
     if len(parts) == 2:
         return _RESOURCE_VENDOR
     service = parts[2]
-    if "*" in service or "?" in service:
-        return _RESOURCE_VENDOR
     region = parts[3] if len(parts) > 3 else ""
     relative = ":".join(parts[5:])
     if service == "iam":
@@ -584,15 +584,15 @@ def _check_action(action: str) -> None:
 
 
 def _check_kind(statements: list[_Statement], kind: PolicyKind) -> None:
-    if kind is not PolicyKind.TRUST and not all(s.resources_given for s in statements):
+    if kind != PolicyKind.TRUST and not all(s.resources_given for s in statements):
         _fail(_NO_RESOURCES)
     for statement in statements:
         has_principal = statement.principal or statement.not_principal
         if kind in _NO_PRINCIPAL_KINDS and has_principal:
             _fail(_PRINCIPAL_FORBIDDEN)
-        if kind in (PolicyKind.RESOURCE, PolicyKind.RCP) and not has_principal:
+        if kind in _PRINCIPAL_REQUIRED_KINDS and not has_principal:
             _fail(_MISSING_PRINCIPAL)
-        if kind is PolicyKind.TRUST:
+        if kind == PolicyKind.TRUST:
             if statement.resource_field is not None:
                 _fail(_PROHIBITED_FIELD.format(field=statement.resource_field))
             if not statement.principal:

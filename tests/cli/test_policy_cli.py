@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,8 @@ from typing import Any
 
 import pytest
 
-HATCHWAY = shutil.which("hatchway") or str(Path(sys.executable).with_name("hatchway"))
+# The console script installed beside the interpreter running the tests (the project venv).
+HATCHWAY = str(Path(sys.executable).with_name("hatchway"))
 USER = "arn:aws:iam::123456789012:user/alice"
 INSTANCE = "arn:aws:ec2:us-west-2:123456789012:instance/i-02573cafcfEXAMPLE"
 SEED: dict[str, Any] = {
