@@ -21,6 +21,7 @@ from hatchway.iam import (
     make_request,
     parse_policy,
 )
+from hatchway.iam.lint import lint_policies
 from hatchway.iam.simulate import ContextEntry, SimulationInput, simulate_custom_policy
 from hatchway.ssm import StartSessionMode, authorize_start_session, target_arn
 from hatchway.ssm.arns import InvalidTarget
@@ -489,8 +490,6 @@ def lint_cmd(files: tuple[str, ...], output: str) -> None:
 
     Exit status: 0 nothing found, 1 findings, 2 bad input.
     """
-    from hatchway.iam.lint import lint_policies
-
     docs: list[tuple[str, Mapping[str, Any]]] = []
     for f in files:
         try:

@@ -17,6 +17,7 @@ from hatchway.iam.conditions import Clause, ConditionBlock
 from hatchway.iam.context import Context, scalar
 from hatchway.iam.kinds import PolicyKind
 from hatchway.iam.principal import Principal
+from hatchway.iam.validate import validate_document, validate_policy_text
 from hatchway.iam.wildcard import glob_regex, has_wildcard
 
 VERSION_2012 = "2012-10-17"
@@ -222,8 +223,6 @@ def parse_policy(
     size_limit: int | None = None,
 ) -> Policy:
     """Load, validate and compile a policy; raises MalformedPolicyDocument / LimitExceeded."""
-    from hatchway.iam.validate import validate_document, validate_policy_text
-
     if isinstance(text, str):
         doc: Mapping[str, Any] = validate_policy_text(
             text, kind, managed=managed, size_limit=size_limit
