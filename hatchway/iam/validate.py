@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, NoReturn
 
+from hatchway.iam.conditions import OPERATORS
 from hatchway.iam.document import SYNTAX_ERROR, load_json, policy_size
 from hatchway.iam.errors import LimitExceeded, MalformedPolicyDocument
 from hatchway.iam.kinds import PolicyKind
@@ -110,41 +111,9 @@ _STATEMENT_FIELDS: Final = frozenset(
 _PRINCIPAL_TYPES: Final = frozenset({"AWS", "Federated", "Service", "CanonicalUser"})
 _SET_PREFIXES: Final = ("ForAnyValue:", "ForAllValues:")
 _IF_EXISTS: Final = "IfExists"
-_DATE_OPERATORS: Final = frozenset(
-    {
-        "DateEquals",
-        "DateNotEquals",
-        "DateLessThan",
-        "DateLessThanEquals",
-        "DateGreaterThan",
-        "DateGreaterThanEquals",
-    }
-)
-_OPERATORS: Final = _DATE_OPERATORS | frozenset(
-    {
-        "StringEquals",
-        "StringNotEquals",
-        "StringEqualsIgnoreCase",
-        "StringNotEqualsIgnoreCase",
-        "StringLike",
-        "StringNotLike",
-        "NumericEquals",
-        "NumericNotEquals",
-        "NumericLessThan",
-        "NumericLessThanEquals",
-        "NumericGreaterThan",
-        "NumericGreaterThanEquals",
-        "Bool",
-        "BinaryEquals",
-        "IpAddress",
-        "NotIpAddress",
-        "ArnEquals",
-        "ArnLike",
-        "ArnNotEquals",
-        "ArnNotLike",
-        "Null",
-    }
-)
+# Operator names come from the evaluator's table, so the two can never disagree.
+_OPERATORS: Final = frozenset(op.name for op in OPERATORS.values()) | {"Null"}
+_DATE_OPERATORS: Final = frozenset(n for n in _OPERATORS if n.startswith("Date"))
 
 # Partitions AWS currently has. Besides these, a partition segment of exactly "*" is accepted.
 _PARTITIONS: Final = frozenset(
