@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from hatchway.iam.context import Context
 
@@ -42,7 +43,11 @@ class Principal:
     @classmethod
     def from_arn(cls, arn: str, role_arn: str | None = None) -> Principal:
         """Parse ``arn``; ``role_arn`` overrides the role derived from a session ARN (whose
-        path the session ARN does not carry)."""
+        path the session ARN does not carry). Principals are immutable: parses are cached."""
+        return _parse(arn, role_arn)
+
+    @classmethod
+    def _from_arn(cls, arn: str, role_arn: str | None) -> Principal:
         if arn in ("*", "anonymous"):
             return cls.anonymous()
         if arn.endswith(".amazonaws.com") and ":" not in arn:
@@ -115,3 +120,8 @@ class Principal:
         if self.kind != "root":
             chain.append(self.arn)
         return chain
+
+
+@lru_cache(maxsize=4096)
+def _parse(arn: str, role_arn: str | None) -> Principal:
+    return Principal._from_arn(arn, role_arn)
