@@ -286,7 +286,7 @@ class PolicySet:
             if rbp is None:
                 return Decision(IMPLICIT_DENY, req, PolicyKind.RESOURCE)
         # A same-account resource policy naming the caller itself lifts boundary/session limits.
-        bypass = same_account and rbp == "direct" and id_stmt is None
+        bypass = same_account and rbp == "direct"
         if id_stmt is not None:
             granted.append(id_stmt)
         if rbp_stmt is not None:

@@ -130,3 +130,17 @@ def test_ssm_arns() -> None:
     assert session_arn("alice-0123456789abcdef0", "us-east-1", "1") == (
         "arn:aws:ssm:us-east-1:1:session/alice-0123456789abcdef0"
     )
+
+
+def test_resource_policy_naming_the_caller_lifts_limits_even_with_identity_allow() -> None:
+    # Found by differential testing: an identity Allow must not take the bypass away.
+    res = "arn:aws:ssm:us-east-1:123456789012:document/alice"
+    ok = [policy(allow())]
+    s3_only = policy(allow("s3:GetObject"))
+    by_user = policy(allow("ssm:StartSession", "*", Principal={"AWS": USER}))
+    assert decide(ok, resource=res, resource_policy=by_user, boundary=[s3_only]).allowed
+    by_session = policy(allow("ssm:StartSession", "*", Principal={"AWS": ROLE_SESSION}))
+    assert decide(
+        ok, resource=res, principal=ROLE_SESSION, resource_policy=by_session, session=s3_only
+    ).allowed
+    assert not decide(ok, resource=res, boundary=[s3_only]).allowed
