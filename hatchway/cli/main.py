@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from hatchway import __version__
+from hatchway.cli.agent import agent_cmd
 from hatchway.cli.policy import policy
+from hatchway.cli.server import server_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,6 +17,8 @@ def cli() -> None:
 
 
 cli.add_command(policy)
+cli.add_command(server_cmd)
+cli.add_command(agent_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The node agent: registers once, then keeps an outbound control channel to the broker."""

@@ -1,0 +1,107 @@
+"""The control channel: an outbound websocket to the broker, kept open with back-off.
+
+The upgrade request is SigV4-signed (service ``ssmmessages``) with the node's credentials, as
+AWS's agent signs its control channel. The agent says hello with its facts, then sends a
+heartbeat every ``pingInterval`` seconds (the broker says how often in its welcome).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from hatchway.agent.registration import Registration, host_facts
+
+log = logging.getLogger("hatchway.agent")
+
+MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def signed_headers(url: str, reg: Registration) -> dict[str, str]:
+    """SigV4 headers for a GET of ``url`` (http/https form), service ``ssmmessages``."""
+    req = AWSRequest(method="GET", url=url)
+    SigV4Auth(
+        Credentials(reg.access_key_id, reg.secret_access_key), "ssmmessages", reg.region
+    ).add_auth(req)
+    return {k: v for k, v in req.headers.items()}
+
+
+def backoff_delays(base: float = 1.0, cap: float = 30.0) -> Any:
+    """1, 2, 4 … ``cap`` seconds, each with up to 20% jitter so nodes do not stampede."""
+    delay = base
+    while True:
+        yield delay * (1 + random.random() * 0.2)
+        delay = min(cap, delay * 2)
+
+
+class ControlChannel:
+    """Runs until cancelled: connect, greet, heartbeat, reconnect on any failure."""
+
+    def __init__(self, reg: Registration, on_message: MessageHandler | None = None) -> None:
+        self.reg = reg
+        self.on_message = on_message
+        self.connected = asyncio.Event()
+        self.connections = 0
+
+    @property
+    def url(self) -> str:
+        return f"{self.reg.endpoint.rstrip('/')}/v1/control-channel/{self.reg.instance_id}"
+
+    async def run(self) -> None:
+        delays = backoff_delays()
+        while True:
+            try:
+                await self._session()
+                delays = backoff_delays()  # a clean session resets the back-off
+            except asyncio.CancelledError:
+                raise
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                log.warning("control channel: %s", exc)
+            self.connected.clear()
+            delay = next(delays)
+            log.info("control channel: reconnecting in %.1fs", delay)
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        query = "?role=subscribe&stream=input"
+        headers = signed_headers(self.url + query, self.reg)
+        ws_url = "ws" + (self.url + query)[len("http") :]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(ws_url, headers=headers, heartbeat=None) as ws,
+        ):
+            self.connections += 1
+            await ws.send_json({"type": "hello", **host_facts()})
+            self.connected.set()
+            log.info("control channel open (%s)", self.reg.instance_id)
+            interval = 20.0
+            beat: asyncio.Task[None] | None = None
+
+            async def heartbeat() -> None:
+                while True:
+                    await asyncio.sleep(interval)
+                    await ws.send_json({"type": "heartbeat"})
+
+            try:
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    data = msg.json()
+                    if data.get("type") == "welcome":
+                        interval = float(data.get("pingInterval", interval))
+                        if beat is None:
+                            beat = asyncio.create_task(heartbeat())
+                    elif self.on_message is not None:
+                        await self.on_message(data)
+            finally:
+                if beat is not None:
+                    beat.cancel()
+            log.info("control channel closed by the broker (code %s)", ws.close_code)

@@ -1,0 +1,66 @@
+"""``hatchway server``: run the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+
+from hatchway.server.main import serve
+from hatchway.server.state import ServerConfig
+from hatchway.ssm import StartSessionMode
+
+
+@click.command("server")
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT (0: any)")
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=Path("hatchway-data"), show_default=True
+)
+@click.option("--database-url", help="postgresql://… (default: SQLite in the data dir)")
+@click.option("--region", default="us-east-1", show_default=True)
+@click.option("--account-id", default="123456789012", show_default=True)
+@click.option(
+    "--scp-file",
+    "scp_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Service control policy applied to every principal; repeat for levels.",
+)
+@click.option(
+    "--strict-session-documents",
+    is_flag=True,
+    help="2025 AWS docs: a session without --document-name also needs the default "
+    "document allowed.",
+)
+@click.option("--public-url", help="Base URL clients use to reach this broker (StreamUrl).")
+@click.option("--log-level", default="INFO", show_default=True)
+def server_cmd(
+    listen: str,
+    data_dir: Path,
+    database_url: str | None,
+    region: str,
+    account_id: str,
+    scp_files: tuple[Path, ...],
+    strict_session_documents: bool,
+    public_url: str | None,
+    log_level: str,
+) -> None:
+    """Run the broker: SSM, IAM and STS APIs with SigV4 and enforced IAM policies."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = ServerConfig(
+        listen=listen,
+        data_dir=data_dir,
+        database_url=database_url,
+        region=region,
+        account_id=account_id,
+        scp_files=list(scp_files),
+        start_session_mode=StartSessionMode.STRICT
+        if strict_session_documents
+        else StartSessionMode.LEGACY,
+        public_url=public_url,
+    )
+    asyncio.run(serve(config))

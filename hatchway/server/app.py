@@ -1,0 +1,226 @@
+"""The HTTP front door: one endpoint for SSM (JSON 1.1), IAM and STS (Query).
+
+Every API request is routed by ``X-Amz-Target`` (JSON) or ``Action`` + credential scope (Query),
+authenticated with SigV4, parsed and validated from botocore's service models, handed to the
+operation's handler (which takes the IAM decisions), serialized in AWS's shapes, and audited.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from botocore.model import OperationModel
+
+from hatchway.server import sigv4
+from hatchway.server.call import OPERATIONS, Call, audit
+from hatchway.server.errors import ServiceError
+from hatchway.server.identity import lookup_key, resolve_caller
+from hatchway.server.protocol import jsonproto, query
+from hatchway.server.protocol.models import load_service
+from hatchway.server.protocol.validate import validate_input
+from hatchway.server.state import ServerState
+
+log = logging.getLogger("hatchway.server")
+
+STATE_KEY = web.AppKey("state", ServerState)
+_JSON_TYPE = "application/x-amz-json-1.1"
+
+
+def _credential_lookup(state: ServerState) -> Any:
+    def lookup(access_key_id: str) -> sigv4.Credential | None:
+        row = lookup_key(state, access_key_id)
+        if row is None or row["status"] != "Active":
+            return None
+        secret = state.box.open(row["secret"], access_key_id)
+        token = row["data"].get("session_token")
+        return sigv4.Credential(secret, state.box.open(token, access_key_id) if token else None)
+
+    return lookup
+
+
+class _Route:
+    """What a request asks for: protocol, service, operation model (or the error to send)."""
+
+    def __init__(
+        self,
+        protocol: str,
+        service: str,
+        op: OperationModel | None,
+        form: Mapping[str, str],
+        error: ServiceError | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self.service = service
+        self.op = op
+        self.form = form
+        self.error = error
+
+
+def _route(req: sigv4.IncomingRequest) -> _Route:
+    target = req.headers.get("X-Amz-Target") or req.headers.get("x-amz-target")
+    if target is not None or req.headers.get("Content-Type", "").startswith(_JSON_TYPE):
+        try:
+            op = jsonproto.parse_target(target, load_service("ssm"))
+        except ServiceError as err:
+            return _Route("json", "ssm", None, {}, err)
+        return _Route("json", "ssm", op, {})
+    form = dict(parse_qsl(req.query, keep_blank_values=True))
+    if req.method == "POST":
+        form.update(parse_qsl(req.body.decode("utf-8", "replace"), keep_blank_values=True))
+    scope = sigv4.signed_service_and_region(req)
+    service = scope[0] if scope and scope[0] in ("iam", "sts") else None
+    action = form.get("Action", "")
+    if service is None:
+        service = "sts" if load_service("sts").operation_names.count(action) else "iam"
+    model = load_service(service)
+    if action not in model.operation_names:
+        err = ServiceError(
+            "InvalidAction",
+            f"Could not find operation {action} for version {model.api_version}"
+            if action
+            else "Missing Action",
+            400,
+        )
+        return _Route("query", service, None, form, err)
+    return _Route("query", service, model.operation_model(action), form)
+
+
+def _error_response(route: _Route, err: ServiceError, request_id: str) -> web.Response:
+    if route.protocol == "json":
+        status, headers, body = jsonproto.serialize_json_error(err)
+    else:
+        status, headers, body = query.serialize_query_error(err, request_id)
+    return web.Response(
+        status=status, body=body, headers={**headers, "x-amzn-RequestId": request_id}
+    )
+
+
+async def handle_api(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    body = await request.read()
+    raw_path, _, raw_query = request.raw_path.partition("?")
+    incoming = sigv4.IncomingRequest(
+        request.method, raw_path, raw_query, dict(request.headers), body
+    )
+    route = _route(incoming)
+    call_id = str(uuid.uuid4())
+    if route.error is not None or route.op is None:
+        return _error_response(route, route.error or ServiceError("InvalidAction", ""), call_id)
+    op = route.op
+    source_ip = request.remote or ""
+    try:
+        verified = sigv4.verify(incoming, _credential_lookup(state), datetime.now(UTC))
+    except sigv4.AuthError as exc:
+        code, status = sigv4.error_code(exc.kind, route.protocol)
+        return _error_response(route, ServiceError(code, exc.message, status), call_id)
+    key = lookup_key(state, verified.access_key_id)
+    if key is None:
+        code, status = sigv4.error_code("unknown_key", route.protocol)
+        return _error_response(
+            route,
+            ServiceError(code, "The security token included in the request is invalid.", status),
+            call_id,
+        )
+    if key["expires"] is not None and key["expires"] <= datetime.now(UTC):
+        code, status = sigv4.error_code("token_expired", route.protocol)
+        return _error_response(
+            route,
+            ServiceError(code, "The security token included in the request is expired", status),
+            call_id,
+        )
+    caller = resolve_caller(state, key)
+    if caller is None:
+        code, status = sigv4.error_code("unknown_key", route.protocol)
+        return _error_response(
+            route,
+            ServiceError(code, "The security token included in the request is invalid.", status),
+            call_id,
+        )
+    call = Call(
+        state,
+        route.service,
+        op.name,
+        route.protocol,
+        caller,
+        source_ip,
+        request.headers.get("User-Agent", ""),
+        request.secure,
+        call_id,
+    )
+    params: dict[str, Any] = {}
+    error: ServiceError | None = None
+    try:
+        if route.protocol == "json":
+            params = jsonproto.parse_json_body(op, body)
+            validate_input(op, params)
+        else:
+            params = query.parse_query_input(op, route.form)
+            validate_input(op, params, code="ValidationError")
+        handler = OPERATIONS.get((route.service, op.name))
+        if handler is None:
+            raise ServiceError(
+                "InvalidAction" if route.protocol == "query" else "UnknownOperationException",
+                f"Hatchway does not implement {op.name}.",
+            )
+        result = await handler(call, params)
+        if route.protocol == "json":
+            response = web.Response(
+                body=jsonproto.serialize_json_output(op, result), content_type=_JSON_TYPE
+            )
+        else:
+            response = web.Response(
+                body=query.serialize_query_output(op, result, call_id), content_type="text/xml"
+            )
+        response.headers["x-amzn-RequestId"] = call_id
+    except ServiceError as exc:
+        error = exc
+        response = _error_response(route, exc, call_id)
+    except Exception:
+        log.exception("internal error in %s.%s", route.service, op.name)
+        error = ServiceError(
+            "InternalServerError" if route.protocol == "json" else "InternalFailure",
+            "An internal error occurred.",
+            500,
+            sender=False,
+        )
+        response = _error_response(route, error, call_id)
+    try:
+        audit(
+            state,
+            service=route.service,
+            operation=op.name,
+            principal=caller.arn,
+            user_id=caller.user_id,
+            source_ip=source_ip,
+            params=params,
+            decisions=call.decisions,
+            error=error,
+            request_id=call_id,
+        )
+    except Exception:
+        log.exception("could not write the audit record for %s", call_id)
+    return response
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def create_app(state: ServerState) -> web.Application:
+    """The aiohttp application; extra routes (registration, channels) come from other modules."""
+    from hatchway.server import nodes
+    from hatchway.server.ops import register_all
+
+    register_all()
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app[STATE_KEY] = state
+    app.router.add_get("/health", handle_health)
+    app.router.add_post("/", handle_api)
+    nodes.add_routes(app)
+    return app

@@ -1,0 +1,230 @@
+"""First start: AWS-managed policies, the admin user and its key, the node service role."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hatchway.server import crypto, iamdata
+from hatchway.server.state import ServerState
+from hatchway.server.store import Conflict
+from hatchway.server.store import schema as t
+
+ADMIN_USER = "admin"
+NODE_ROLE = "SSMServiceRole"
+
+# AWS-managed policies Hatchway ships (same names and ARNs as AWS's).
+AWS_MANAGED: dict[str, dict[str, object]] = {
+    "AdministratorAccess": {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+    },
+    "AmazonSSMManagedInstanceCore": {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "ssm:DescribeAssociation",
+                    "ssm:GetDeployablePatchSnapshotForInstance",
+                    "ssm:GetDocument",
+                    "ssm:DescribeDocument",
+                    "ssm:GetManifest",
+                    "ssm:GetParameter",
+                    "ssm:GetParameters",
+                    "ssm:ListAssociations",
+                    "ssm:ListInstanceAssociations",
+                    "ssm:PutInventory",
+                    "ssm:PutComplianceItems",
+                    "ssm:PutConfigurePackageResult",
+                    "ssm:UpdateAssociationStatus",
+                    "ssm:UpdateInstanceAssociationStatus",
+                    "ssm:UpdateInstanceInformation",
+                ],
+                "Resource": "*",
+            },
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "ssmmessages:CreateControlChannel",
+                    "ssmmessages:CreateDataChannel",
+                    "ssmmessages:OpenControlChannel",
+                    "ssmmessages:OpenDataChannel",
+                ],
+                "Resource": "*",
+            },
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "ec2messages:AcknowledgeMessage",
+                    "ec2messages:DeleteMessage",
+                    "ec2messages:FailMessage",
+                    "ec2messages:GetEndpoint",
+                    "ec2messages:GetMessages",
+                    "ec2messages:SendReply",
+                ],
+                "Resource": "*",
+            },
+        ],
+    },
+    "AmazonSSMReadOnlyAccess": {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["ssm:Describe*", "ssm:Get*", "ssm:List*"],
+                "Resource": "*",
+            }
+        ],
+    },
+}
+
+SSM_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "ssm.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    ],
+}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _managed_policy(state: ServerState, name: str, doc: dict[str, object]) -> str:
+    arn = iamdata.AWS_MANAGED_PREFIX + name
+    now = _now()
+    try:
+        with state.store.transaction() as c:
+            state.store.insert(
+                t.iam_policies,
+                {
+                    "arn": arn,
+                    "name": name,
+                    "policy_id": crypto.unique_id("ANPA"),
+                    "path": "/",
+                    "default_version": "v1",
+                    "next_version": 2,
+                    "created": now,
+                    "updated": now,
+                    "data": {"aws_managed": True, "description": f"AWS managed policy {name}"},
+                },
+                c,
+            )
+            state.store.insert(
+                t.iam_policy_versions,
+                {"arn": arn, "version_id": "v1", "document": json.dumps(doc), "created": now},
+                c,
+            )
+    except Conflict:
+        pass
+    return arn
+
+
+def create_entity(
+    state: ServerState, kind: str, name: str, prefix: str, data: dict[str, object]
+) -> dict[str, object]:
+    now = _now()
+    row: dict[str, object] = {
+        "kind": kind,
+        "name": name,
+        "entity_id": crypto.unique_id(prefix),
+        "arn": iamdata.entity_arn(state.config.account_id, kind, "/", name),
+        "path": "/",
+        "created": now,
+        "data": data,
+    }
+    state.store.insert(t.iam_entities, row)
+    return row
+
+
+def create_access_key(
+    state: ServerState,
+    owner_kind: str,
+    owner_name: str,
+    access_key_id: str | None = None,
+    secret: str | None = None,
+    data: dict[str, object] | None = None,
+    expires: datetime | None = None,
+) -> tuple[str, str]:
+    """Store a new key (secret sealed under the master key); returns (id, secret)."""
+    akid = access_key_id or crypto.access_key_id(temporary=owner_kind == "session")
+    sk = secret or crypto.secret_access_key()
+    state.store.insert(
+        t.access_keys,
+        {
+            "access_key_id": akid,
+            "owner_kind": owner_kind,
+            "owner_name": owner_name,
+            "secret": state.box.seal(sk, akid),
+            "status": "Active",
+            "created": _now(),
+            "expires": expires,
+            "data": data or {},
+        },
+    )
+    return akid, sk
+
+
+def write_credentials_file(
+    path: Path, access_key_id: str, secret: str, session_token: str | None = None
+) -> None:
+    """AWS credentials-file format, created with mode 0600 before anything is written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("[default]\n")
+        f.write(f"aws_access_key_id = {access_key_id}\n")
+        f.write(f"aws_secret_access_key = {secret}\n")
+        if session_token:
+            f.write(f"aws_session_token = {session_token}\n")
+    os.chmod(path, 0o600)
+
+
+def bootstrap(state: ServerState) -> tuple[str, str] | None:
+    """Create the account's starting state once; returns the admin key if it was generated."""
+    if state.store.meta_get("bootstrapped") == "1":
+        return None
+    arns = {name: _managed_policy(state, name, doc) for name, doc in AWS_MANAGED.items()}
+    if iamdata.get_entity(state.store, "user", ADMIN_USER) is None:
+        create_entity(state, "user", ADMIN_USER, "AIDA", {"tags": []})
+        state.store.insert(
+            t.iam_attachments,
+            {"kind": "user", "name": ADMIN_USER, "policy_arn": arns["AdministratorAccess"]},
+        )
+    if iamdata.get_entity(state.store, "role", NODE_ROLE) is None:
+        create_entity(
+            state,
+            "role",
+            NODE_ROLE,
+            "AROA",
+            {
+                "tags": [],
+                "trust": json.dumps(SSM_TRUST),
+                "max_session_duration": 3600,
+                "description": "Role of Hatchway nodes (managed instances)",
+            },
+        )
+        state.store.insert(
+            t.iam_attachments,
+            {"kind": "role", "name": NODE_ROLE, "policy_arn": arns["AmazonSSMManagedInstanceCore"]},
+        )
+    env_id = os.environ.get("HATCHWAY_ADMIN_ACCESS_KEY_ID")
+    env_secret = os.environ.get("HATCHWAY_ADMIN_SECRET_ACCESS_KEY")
+    generated: tuple[str, str] | None = None
+    if env_id and env_secret:
+        create_access_key(state, "user", ADMIN_USER, env_id, env_secret)
+    else:
+        generated = create_access_key(state, "user", ADMIN_USER)
+        write_credentials_file(state.config.data_dir / "admin-credentials", *generated)
+    from hatchway.server.ops import seed_account
+
+    seed_account(state)
+    state.store.meta_set("bootstrapped", "1")
+    state.iam_changed()
+    return generated

@@ -1,0 +1,193 @@
+"""One API call: who, what, the IAM decisions taken, and the audit record it leaves."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from hatchway.iam import Decision, Request
+from hatchway.iam.context import Context, make_context
+from hatchway.server.errors import ServiceError, access_denied
+from hatchway.server.identity import Caller
+from hatchway.server.state import ServerState
+from hatchway.server.store import schema as t
+
+_REDACT = {
+    "SecretAccessKey",
+    "TokenValue",
+    "ActivationCode",
+    "SessionToken",
+    "Password",
+    "PolicyDocument",
+    "Content",
+}
+_SOURCES = {"ssm": "ssm.amazonaws.com", "iam": "iam.amazonaws.com", "sts": "sts.amazonaws.com"}
+
+
+@dataclass
+class Call:
+    """The context a handler runs in."""
+
+    state: ServerState
+    service: str  # "ssm" | "iam" | "sts"
+    operation: str
+    protocol: str  # "json" | "query"
+    caller: Caller
+    source_ip: str
+    user_agent: str = ""
+    secure: bool = False
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    decisions: list[Decision] = field(default_factory=list)
+
+    @property
+    def store(self) -> Any:
+        return self.state.store
+
+    @property
+    def account(self) -> str:
+        return self.state.config.account_id
+
+    @property
+    def region(self) -> str:
+        return self.state.config.region
+
+    def base_context(self) -> Context:
+        """The global condition keys AWS puts in every request context."""
+        now = datetime.now(UTC)
+        ctx = self.caller.context()
+        ctx.update(
+            {
+                "aws:sourceip": self.source_ip,
+                "aws:currenttime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "aws:epochtime": str(int(now.timestamp())),
+                "aws:securetransport": "true" if self.secure else "false",
+                "aws:requestedregion": self.region,
+                "aws:useragent": self.user_agent,
+            }
+        )
+        return ctx
+
+    def decide(
+        self, action: str, resource: str = "*", context: Mapping[str, object] | None = None
+    ) -> Decision:
+        """Evaluate one authorization (recorded for the audit log)."""
+        ctx = self.base_context()
+        if context:
+            ctx.update(make_context(context))
+        d = self.caller.policies.evaluate(
+            Request(action, resource, self.caller.principal, ctx, self.account)
+        )
+        self.decisions.append(d)
+        return d
+
+    def authorize(
+        self, action: str, resource: str = "*", context: Mapping[str, object] | None = None
+    ) -> Decision:
+        """Evaluate and raise AWS's AccessDenied on anything but an allow."""
+        d = self.decide(action, resource, context)
+        if not d.allowed:
+            raise access_denied(d.message or "Access denied", self.protocol)
+        return d
+
+    def deny(self, decision: Decision) -> ServiceError:
+        return access_denied(decision.message or "Access denied", self.protocol)
+
+
+Handler = Callable[[Call, dict[str, Any]], Awaitable[dict[str, Any]]]
+OPERATIONS: dict[tuple[str, str], Handler] = {}
+
+
+def operation(service: str, name: str) -> Callable[[Handler], Handler]:
+    """Register ``async def handler(call, params) -> output`` for ``service``/``name``."""
+
+    def register(fn: Handler) -> Handler:
+        OPERATIONS[(service, name)] = fn
+        return fn
+
+    return register
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("***" if k in _REDACT else _redacted(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return "<binary>"
+    return value
+
+
+def audit(
+    state: ServerState,
+    *,
+    service: str,
+    operation: str,
+    principal: str,
+    user_id: str,
+    source_ip: str,
+    params: Mapping[str, Any],
+    decisions: list[Decision],
+    error: ServiceError | None,
+    request_id: str,
+) -> dict[str, Any]:
+    """Record a call CloudTrail-style, in the store and as a JSON line in the data dir."""
+    now = datetime.now(UTC)
+    deciding = next((d for d in decisions if not d.allowed), decisions[-1] if decisions else None)
+    if error is None:
+        outcome = "allowed"
+    elif error.code.startswith("AccessDenied"):
+        outcome = "denied"
+    else:
+        outcome = "error"
+    event: dict[str, Any] = {
+        "eventVersion": "1.08",
+        "eventID": str(uuid.uuid4()),
+        "eventTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "eventSource": _SOURCES.get(service, service),
+        "eventName": operation,
+        "awsRegion": state.config.region,
+        "sourceIPAddress": source_ip,
+        "userIdentity": {
+            "arn": principal,
+            "principalId": user_id,
+            "accountId": state.config.account_id,
+        },
+        "requestParameters": _redacted(dict(params)),
+        "requestID": request_id,
+        "decision": outcome,
+        "authorizations": [
+            {
+                "action": d.request.action,
+                "resource": d.request.resource,
+                "decision": d.decision,
+                "statements": d.matched_statements(),
+            }
+            for d in decisions
+        ],
+    }
+    if deciding is not None and deciding.message:
+        event["denialMessage"] = deciding.message
+    if error is not None:
+        event["errorCode"] = error.code
+        event["errorMessage"] = error.message
+    state.store.insert(
+        t.audit,
+        {
+            "event_id": event["eventID"],
+            "time": now,
+            "event_source": event["eventSource"],
+            "event_name": operation,
+            "principal": principal,
+            "decision": outcome,
+            "data": event,
+        },
+    )
+    with open(state.audit_path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(event) + "\n")
+    return event

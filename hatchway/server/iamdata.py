@@ -1,0 +1,71 @@
+"""IAM entities in the store: users, groups, roles, managed and inline policies, attachments.
+
+Shared by the IAM operations and by identity resolution. Entity ``data`` JSON holds
+``tags`` (AWS's ``[{"Key", "Value"}]`` list), ``boundary`` (a policy ARN) and, for roles,
+``trust`` (the assume-role policy text), ``description`` and ``max_session_duration``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection
+
+from hatchway.server.store import Record, Store
+from hatchway.server.store import schema as t
+
+AWS_MANAGED_PREFIX = "arn:aws:iam::aws:policy/"
+
+
+def entity_arn(account: str, kind: str, path: str, name: str) -> str:
+    return f"arn:aws:iam::{account}:{kind}{path}{name}"
+
+
+def get_entity(store: Store, kind: str, name: str, conn: Connection | None = None) -> Record | None:
+    return store.get(t.iam_entities, conn, kind=kind, name=name)
+
+
+def tags_dict(record: Record | None) -> dict[str, str]:
+    if record is None:
+        return {}
+    return {x["Key"]: x["Value"] for x in record["data"].get("tags", [])}
+
+
+def policy_document(store: Store, arn: str, version: str | None = None) -> str | None:
+    """A managed policy's document text (its default version unless ``version``)."""
+    pol = store.get(t.iam_policies, arn=arn)
+    if pol is None:
+        return None
+    vid = version or pol["default_version"]
+    row = store.get(t.iam_policy_versions, arn=arn, version_id=vid)
+    return str(row["document"]) if row else None
+
+
+def attached_arns(store: Store, kind: str, name: str) -> list[str]:
+    return [r["policy_arn"] for r in store.select(t.iam_attachments, kind=kind, name=name)]
+
+
+def inline_documents(store: Store, kind: str, name: str) -> list[tuple[str, str]]:
+    return [
+        (r["policy_name"], r["document"]) for r in store.select(t.iam_inline, kind=kind, name=name)
+    ]
+
+
+def groups_of(store: Store, user: str) -> list[str]:
+    return [r["group_name"] for r in store.select(t.iam_group_members, user_name=user)]
+
+
+def identity_documents(store: Store, kind: str, name: str) -> list[dict[str, Any]]:
+    """Every identity policy of a user (incl. its groups') or role: ``{"name", "arn"?, "text"}``."""
+    owners = [(kind, name)]
+    if kind == "user":
+        owners += [("group", g) for g in groups_of(store, name)]
+    docs: list[dict[str, Any]] = []
+    for k, n in owners:
+        for pname, text in inline_documents(store, k, n):
+            docs.append({"name": f"{k}/{n}/{pname}", "arn": None, "text": text})
+        for arn in attached_arns(store, k, n):
+            text = policy_document(store, arn)
+            if text is not None:
+                docs.append({"name": arn.rsplit("/", 1)[-1], "arn": arn, "text": text})
+    return docs

@@ -1,0 +1,149 @@
+"""Who is calling: an access key resolved to a principal, its policies and its context keys."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hatchway.iam import Policy, PolicyKind, PolicySet, Principal, compile_policy
+from hatchway.iam.context import Context
+from hatchway.server import iamdata
+from hatchway.server.state import ServerState
+from hatchway.server.store import Record
+from hatchway.server.store import schema as t
+
+
+@dataclass
+class Caller:
+    """An authenticated principal."""
+
+    principal: Principal
+    kind: str  # "user" | "session" | "node"
+    name: str  # user name, role-session name, or instance id
+    user_id: str  # aws:userid
+    policies: PolicySet
+    tags: dict[str, str] = field(default_factory=dict)
+    temporary: bool = False
+    issued: datetime | None = None
+    access_key_id: str = ""
+    entity: Record | None = None  # the IAM user or role behind the caller
+
+    @property
+    def arn(self) -> str:
+        return self.principal.arn
+
+    def context(self) -> Context:
+        """Principal-derived global condition keys (lower-cased)."""
+        ctx = self.principal.context()
+        ctx["aws:userid"] = self.user_id
+        for k, v in self.tags.items():
+            ctx[f"aws:principaltag/{k}".lower()] = v
+        if self.temporary:
+            ctx["aws:multifactorauthpresent"] = "false"
+            if self.issued is not None:
+                ctx["aws:tokenissuetime"] = self.issued.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return ctx
+
+
+def _compile(docs: list[dict[str, Any]], kind: PolicyKind) -> list[Policy]:
+    out = []
+    for d in docs:
+        try:
+            out.append(compile_policy(json.loads(d["text"]), kind, name=d["name"], arn=d["arn"]))
+        except (ValueError, TypeError):
+            continue  # stored documents were validated on write; never fail open on one
+    return out
+
+
+def _boundary(state: ServerState, entity: Record | None) -> list[Policy] | None:
+    if entity is None:
+        return None
+    arn = entity["data"].get("boundary")
+    if not arn:
+        return None
+    text = iamdata.policy_document(state.store, arn)
+    docs = [{"name": arn.rsplit("/", 1)[-1], "arn": arn, "text": text}] if text else []
+    return _compile(docs, PolicyKind.BOUNDARY)  # a missing boundary policy allows nothing
+
+
+def resolve_caller(state: ServerState, key: Record) -> Caller | None:
+    """The caller behind an access key row, with its compiled policies (cached)."""
+    cache_key = (key["access_key_id"], state.generation)
+    cached = state.policy_cache.get(cache_key)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    caller = _resolve(state, key)
+    if caller is not None:
+        state.policy_cache[cache_key] = caller
+    return caller
+
+
+def _role_parts(state: ServerState, role_name: str) -> tuple[Record | None, list[Policy]]:
+    role = iamdata.get_entity(state.store, "role", role_name)
+    if role is None:
+        return None, []
+    return role, _compile(
+        iamdata.identity_documents(state.store, "role", role_name), PolicyKind.IDENTITY
+    )
+
+
+def _resolve(state: ServerState, key: Record) -> Caller | None:
+    account = state.config.account_id
+    kind = key["owner_kind"]
+    data = key["data"]
+    if kind == "user":
+        user = iamdata.get_entity(state.store, "user", key["owner_name"])
+        if user is None:
+            return None
+        identity = _compile(
+            iamdata.identity_documents(state.store, "user", user["name"]), PolicyKind.IDENTITY
+        )
+        ps = PolicySet(identity, boundary=_boundary(state, user), scps=state.scps)
+        return Caller(
+            Principal.from_arn(user["arn"]),
+            "user",
+            user["name"],
+            user["entity_id"],
+            ps,
+            iamdata.tags_dict(user),
+            access_key_id=key["access_key_id"],
+            entity=user,
+        )
+    if kind in ("session", "node"):
+        role_name = data["role_name"]
+        session_name = data["session_name"]
+        role, identity = _role_parts(state, role_name)
+        role_arn = role["arn"] if role else f"arn:aws:iam::{account}:role/{role_name}"
+        arn = f"arn:aws:sts::{account}:assumed-role/{role_name}/{session_name}"
+        session_docs = (
+            [{"name": "session-policy", "arn": None, "text": data["session_policy"]}]
+            if data.get("session_policy")
+            else []
+        )
+        for parn in data.get("policy_arns", []):
+            text = iamdata.policy_document(state.store, parn)
+            if text:
+                session_docs.append({"name": parn.rsplit("/", 1)[-1], "arn": parn, "text": text})
+        session = _compile(session_docs, PolicyKind.SESSION) if session_docs else None
+        ps = PolicySet(identity, boundary=_boundary(state, role), session=session, scps=state.scps)
+        tags = {**iamdata.tags_dict(role), **data.get("session_tags", {})}
+        role_id = role["entity_id"] if role else "AROA" + "0" * 17
+        return Caller(
+            Principal.from_arn(arn, role_arn),
+            kind,
+            session_name,
+            f"{role_id}:{session_name}",
+            ps,
+            tags,
+            temporary=kind == "session",
+            issued=key["created"],
+            access_key_id=key["access_key_id"],
+            entity=role,
+        )
+    return None
+
+
+def lookup_key(state: ServerState, access_key_id: str) -> Record | None:
+    return state.store.get(t.access_keys, access_key_id=access_key_id)

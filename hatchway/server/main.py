@@ -1,0 +1,76 @@
+"""Starting the broker: store, master key, bootstrap, HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from hatchway.iam import PolicyKind, parse_policy
+from hatchway.server.app import create_app
+from hatchway.server.bootstrap import bootstrap
+from hatchway.server.crypto import SecretBox
+from hatchway.server.state import ServerConfig, ServerState
+from hatchway.server.store import Store
+
+log = logging.getLogger("hatchway.server")
+
+
+def load_scps(files: list[Path]) -> list[list[object]]:
+    """Each SCP file is one level (root first); a file may hold one policy or a list."""
+    levels: list[list[object]] = []
+    for f in files:
+        data = json.loads(f.read_text())
+        docs = data if isinstance(data, list) else [data]
+        levels.append(
+            [
+                parse_policy(json.dumps(d), PolicyKind.SCP, name=f"{f.name}#{i}")
+                for i, d in enumerate(docs)
+            ]
+        )
+    return levels
+
+
+def build_state(config: ServerConfig) -> tuple[ServerState, tuple[str, str] | None]:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(config.store_url)
+    box = SecretBox.from_dir(config.data_dir)
+    state = ServerState(config, store, box, load_scps(config.scp_files))  # type: ignore[arg-type]
+    generated = bootstrap(state)
+    return state, generated
+
+
+async def serve(config: ServerConfig) -> None:
+    state, generated = build_state(config)
+    if generated is not None:
+        akid, secret = generated
+        print(
+            "Hatchway admin credentials (shown once; also in "
+            f"{config.data_dir / 'admin-credentials'}, mode 0600):",
+            flush=True,
+        )
+        print(f"  aws_access_key_id = {akid}\n  aws_secret_access_key = {secret}", flush=True)
+    app = create_app(state)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, _, port = config.listen.rpartition(":")
+    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+    await site.start()
+    bound = runner.addresses[0] if runner.addresses else (host, port)
+    print(
+        f"Hatchway broker listening on http://{bound[0]}:{bound[1]} "
+        f"(store: {state.store.dialect}, region {config.region}, "
+        f"account {config.account_id})",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    state.store.close()

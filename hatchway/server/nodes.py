@@ -1,0 +1,331 @@
+"""Nodes: registration with an activation, and the always-on control channel.
+
+Registration (``POST /hatchway/v1/register``) is authenticated by the activation id and code,
+like AWS's anonymous RegisterManagedInstance; it returns the node's own credentials, which the
+agent keeps (mode 0600) and uses from then on. The control channel
+(``GET /v1/control-channel/<instance-id>``, a websocket) is opened by the agent with a
+SigV4-signed upgrade (service ``ssmmessages``) and authorized by IAM as
+``ssmmessages:OpenControlChannel`` + ``ssm:UpdateInstanceInformation``; it carries heartbeats now
+and session tasks later. PingStatus is Online while a channel is open.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from hatchway.iam import Request
+from hatchway.server import crypto, sigv4
+from hatchway.server.bootstrap import create_access_key
+from hatchway.server.call import audit
+from hatchway.server.errors import ServiceError
+from hatchway.server.identity import lookup_key, resolve_caller
+from hatchway.server.state import ServerState
+from hatchway.server.store import Conflict
+from hatchway.server.store import schema as t
+from hatchway.ssm import target_arn
+
+log = logging.getLogger("hatchway.server.nodes")
+
+_INSTANCE_ID = re.compile(r"i-(?:[0-9a-zA-Z]{8}|[0-9a-zA-Z]{17})")
+
+
+@dataclass
+class NodeChannel:
+    """A live control channel."""
+
+    instance_id: str
+    ws: web.WebSocketResponse
+    connected_at: datetime
+    info: dict[str, Any] = field(default_factory=dict)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send_json(message)
+
+
+def _state(request: web.Request) -> ServerState:
+    from hatchway.server.app import STATE_KEY
+
+    return request.app[STATE_KEY]
+
+
+def _json_error(err: ServiceError) -> web.Response:
+    return web.json_response({"__type": err.code, "message": err.message}, status=err.status)
+
+
+def managed_instance_id() -> str:
+    return "mi-" + secrets.token_hex(9)[:17]
+
+
+async def handle_register(request: web.Request) -> web.Response:
+    state = _state(request)
+    source_ip = request.remote or ""
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError):
+        return _json_error(ServiceError("SerializationException", "Invalid JSON body."))
+    params = {k: v for k, v in body.items() if k != "ActivationCode"}
+    try:
+        result = register_node(state, body)
+        error = None
+        response = web.json_response(result)
+    except ServiceError as exc:
+        error = exc
+        response = _json_error(exc)
+    audit(
+        state,
+        service="ssm",
+        operation="RegisterManagedInstance",
+        principal="anonymous",
+        user_id="anonymous",
+        source_ip=source_ip,
+        params=params,
+        decisions=[],
+        error=error,
+        request_id=str(uuid.uuid4()),
+    )
+    return response
+
+
+def register_node(state: ServerState, body: dict[str, Any]) -> dict[str, Any]:
+    """Check the activation, create the node and its credentials (all or nothing)."""
+    activation_id = str(body.get("ActivationId", ""))
+    code = str(body.get("ActivationCode", ""))
+    invalid = ServiceError(
+        "InvalidActivation", "Activation ID or activation code is invalid or expired."
+    )
+    act = state.store.get(t.activations, activation_id=activation_id)
+    if act is None or not hmac.compare_digest(act["code_hash"], crypto.digest(code)):
+        raise invalid
+    now = datetime.now(UTC)
+    if act["expires"] <= now or act["data"].get("deleted"):
+        raise invalid
+    if act["registrations"] >= int(act["data"].get("registration_limit", 1)):
+        raise ServiceError(
+            "InvalidActivation", "The registration limit of this activation has been reached."
+        )
+    requested = body.get("InstanceId")
+    if requested is not None and not _INSTANCE_ID.fullmatch(str(requested)):
+        raise ServiceError("InvalidInstanceId", f"Invalid instance id {requested}.")
+    instance_id = str(requested) if requested else managed_instance_id()
+    role = act["data"]["iam_role"]
+    with state.store.transaction() as c:
+        existing = state.store.get(t.instances, c, instance_id=instance_id)
+        if existing is not None and not existing["deregistered"]:
+            raise ServiceError(
+                "InvalidInstanceId", f"Instance {instance_id} is already registered."
+            )
+        if existing is not None:
+            state.store.delete(t.instances, c, instance_id=instance_id)
+        data = {
+            "name": act["data"].get("default_instance_name") or body.get("ComputerName") or "",
+            "iam_role": role,
+            "tags": act["data"].get("tags", []),
+            "computer_name": body.get("ComputerName", ""),
+            "platform_name": body.get("PlatformName", ""),
+            "platform_version": body.get("PlatformVersion", ""),
+            "ip_address": body.get("IPAddress", ""),
+            "agent_version": body.get("AgentVersion", ""),
+        }
+        try:
+            state.store.insert(
+                t.instances,
+                {
+                    "instance_id": instance_id,
+                    "activation_id": activation_id,
+                    "registered": now,
+                    "last_ping": None,
+                    "deregistered": False,
+                    "data": data,
+                },
+                c,
+            )
+        except Conflict as exc:
+            raise ServiceError(
+                "InvalidInstanceId", f"Instance {instance_id} is already registered."
+            ) from exc
+        changed = state.store.update(
+            t.activations,
+            {"activation_id": activation_id},
+            {"registrations": act["registrations"] + 1},
+            c,
+            t.activations.c.registrations == act["registrations"],
+        )
+        if changed != 1:
+            raise invalid  # a concurrent registration took the last slot
+    akid, secret = create_access_key(
+        state,
+        "node",
+        instance_id,
+        data={"role_name": role, "session_name": instance_id, "instance_id": instance_id},
+    )
+    return {
+        "InstanceId": instance_id,
+        "AccessKeyId": akid,
+        "SecretAccessKey": secret,
+        "Region": state.config.region,
+        "AccountId": state.config.account_id,
+    }
+
+
+def _authenticate_node(
+    state: ServerState, request: web.Request, instance_id: str, body: bytes
+) -> Any:
+    raw_path, _, raw_query = request.raw_path.partition("?")
+    incoming = sigv4.IncomingRequest(
+        request.method, raw_path, raw_query, dict(request.headers), body
+    )
+
+    def lookup(akid: str) -> sigv4.Credential | None:
+        row = lookup_key(state, akid)
+        if row is None or row["status"] != "Active":
+            return None
+        return sigv4.Credential(state.box.open(row["secret"], akid), None)
+
+    try:
+        verified = sigv4.verify(incoming, lookup, datetime.now(UTC))
+    except sigv4.AuthError as exc:
+        code, status = sigv4.error_code(exc.kind, "json")
+        raise ServiceError(code, exc.message, status) from exc
+    key = lookup_key(state, verified.access_key_id)
+    caller = resolve_caller(state, key) if key else None
+    if caller is None or caller.kind != "node" or caller.name != instance_id:
+        raise ServiceError(
+            "AccessDeniedException",
+            f"These credentials cannot open the control channel of {instance_id}.",
+        )
+    row = state.store.get(t.instances, instance_id=instance_id)
+    if row is None or row["deregistered"]:
+        raise ServiceError("AccessDeniedException", f"{instance_id} is not registered.")
+    ctx = caller.context()
+    ctx["aws:sourceip"] = request.remote or ""
+    arn = target_arn(instance_id, state.config.region, state.config.account_id)
+    for action, resource in (
+        ("ssmmessages:OpenControlChannel", "*"),
+        ("ssm:UpdateInstanceInformation", arn),
+    ):
+        d = caller.policies.evaluate(
+            Request(action, resource, caller.principal, ctx, state.config.account_id)
+        )
+        if not d.allowed:
+            raise ServiceError("AccessDeniedException", d.message or "Access denied")
+    return caller
+
+
+async def handle_control_channel(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    instance_id = request.match_info["instance_id"]
+    try:
+        _authenticate_node(state, request, instance_id, b"")
+    except ServiceError as exc:
+        return _json_error(exc)
+    ws = web.WebSocketResponse(heartbeat=state.config.ping_interval * 2)
+    await ws.prepare(request)
+    channel = NodeChannel(instance_id, ws, datetime.now(UTC))
+    previous = state.nodes.get(instance_id)
+    state.nodes[instance_id] = channel
+    if previous is not None:
+        await previous.ws.close(code=4000, message=b"replaced by a newer channel")
+    _mark(state, instance_id, connected=True)
+    log.info("control channel open: %s", instance_id)
+    try:
+        await ws.send_json(
+            {
+                "type": "welcome",
+                "instanceId": instance_id,
+                "pingInterval": state.config.ping_interval,
+            }
+        )
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            try:
+                data = json.loads(msg.data)
+            except ValueError:
+                log.warning("bad control message from %s", instance_id)
+                continue
+            if not isinstance(data, dict):
+                continue
+            kind = data.get("type")
+            if kind == "hello":
+                channel.info = {
+                    k: data.get(k)
+                    for k in (
+                        "AgentVersion",
+                        "PlatformName",
+                        "PlatformVersion",
+                        "PlatformType",
+                        "ComputerName",
+                        "IPAddress",
+                    )
+                }
+                _mark(state, instance_id, connected=True, info=channel.info)
+            elif kind == "heartbeat":
+                _mark(state, instance_id, connected=True)
+                await ws.send_json({"type": "pong"})
+    finally:
+        if state.nodes.get(instance_id) is channel:
+            del state.nodes[instance_id]
+            _mark(state, instance_id, connected=False)
+        log.info("control channel closed: %s", instance_id)
+    return ws
+
+
+def _mark(
+    state: ServerState, instance_id: str, *, connected: bool, info: dict[str, Any] | None = None
+) -> None:
+    row = state.store.get(t.instances, instance_id=instance_id)
+    if row is None:
+        return
+    data = dict(row["data"])
+    data["connected"] = connected
+    if info:
+        mapping = {
+            "AgentVersion": "agent_version",
+            "PlatformName": "platform_name",
+            "PlatformVersion": "platform_version",
+            "ComputerName": "computer_name",
+            "IPAddress": "ip_address",
+        }
+        for k, v in info.items():
+            if v and k in mapping:
+                data[mapping[k]] = v
+    state.store.update(
+        t.instances, {"instance_id": instance_id}, {"last_ping": datetime.now(UTC), "data": data}
+    )
+
+
+def ping_status(state: ServerState, row: dict[str, Any]) -> str:
+    """Online while a control channel is open (here, or on another broker that pinged lately)."""
+    if row["deregistered"]:
+        return "Inactive"
+    if row["instance_id"] in state.nodes:
+        return "Online"
+    last = row["last_ping"]
+    fresh = (
+        last is not None
+        and (datetime.now(UTC) - last).total_seconds() < state.config.ping_interval * 2 + 5
+    )
+    return "Online" if fresh and row["data"].get("connected") else "ConnectionLost"
+
+
+async def close_channel(state: ServerState, instance_id: str) -> None:
+    channel = state.nodes.pop(instance_id, None)
+    if channel is not None:
+        await channel.ws.close(code=4001, message=b"deregistered")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/hatchway/v1/register", handle_register)
+    app.router.add_get("/v1/control-channel/{instance_id}", handle_control_channel)

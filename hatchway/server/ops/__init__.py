@@ -1,0 +1,17 @@
+"""Operation handlers, registered by service and operation name (see ``call.operation``)."""
+
+from __future__ import annotations
+
+from hatchway.server.state import ServerState
+
+
+def register_all() -> None:
+    """Import every operation module so that its handlers register themselves."""
+    from hatchway.server.ops import documents, iam, nodes, sessions, sts  # noqa: F401
+
+
+def seed_account(state: ServerState) -> None:
+    """Account state every new broker starts with (AWS-owned documents, preferences)."""
+    from hatchway.server.ops.documents import seed_documents
+
+    seed_documents(state)

@@ -1,0 +1,329 @@
+"""Session Manager sessions: StartSession (the seed document's rules), Resume, Terminate,
+DescribeSessions, GetConnectionStatus.
+
+A session starts ``Connecting`` with a single-use data-channel token that expires
+``token_ttl`` seconds after StartSession/ResumeSession if unused. The data channel itself comes
+with the shell-session work; until a client uses its token, a session stays Connecting, and one
+whose tokens all expired unused ends as Terminated.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import yaml
+
+from hatchway.server import crypto
+from hatchway.server.call import Call, operation
+from hatchway.server.errors import ServiceError, access_denied
+from hatchway.server.nodes import ping_status
+from hatchway.server.ops.paging import page
+from hatchway.server.state import ServerState
+from hatchway.server.store import Conflict
+from hatchway.server.store import schema as t
+from hatchway.ssm import (
+    DEFAULT_SESSION_DOCUMENT,
+    authorize_start_session,
+    is_aws_owned_document,
+    session_arn,
+    target_arn,
+)
+from hatchway.ssm.arns import InvalidTarget
+
+ACTIVE = ("Connecting", "Connected", "Disconnected", "Terminating")
+HISTORY = ("Terminated", "Failed")
+_MAX_ID = 96
+
+
+def new_session_id(name: str) -> str:
+    """``<principal name>-<17 hex>``, the name cut so that the id fits in 96 characters."""
+    return f"{name[: _MAX_ID - 18]}-{secrets.token_hex(9)[:17]}"
+
+
+def _stream_url(state: ServerState, session_id: str) -> str:
+    base = state.config.base_url
+    ws = (
+        "wss://" + base[len("https://") :]
+        if base.startswith("https://")
+        else "ws://" + base.removeprefix("http://")
+    )
+    return f"{ws}/v1/data-channel/{session_id}?role=publish_subscribe"
+
+
+def mint_token(state: ServerState, session_id: str, conn: Any = None) -> str:
+    """A fresh single-use token for the session's data channel; only its hash is stored."""
+    value = crypto.token(48)
+    state.store.insert(
+        t.session_tokens,
+        {
+            "token_hash": crypto.digest(value),
+            "session_id": session_id,
+            "expires": datetime.now(UTC) + timedelta(seconds=state.config.token_ttl),
+            "used": False,
+        },
+        conn,
+    )
+    return value
+
+
+def expire_unused(state: ServerState) -> int:
+    """End Connecting sessions whose tokens all expired unused; returns how many ended."""
+    now = datetime.now(UTC)
+    ended = 0
+    for row in state.store.select(t.sessions, status="Connecting"):
+        tokens = state.store.select(t.session_tokens, session_id=row["session_id"])
+        if tokens and all(not x["used"] and x["expires"] <= now for x in tokens):
+            data = dict(row["data"], details="The session token expired before a client connected.")
+            ended += state.store.update(
+                t.sessions,
+                {"session_id": row["session_id"]},
+                {"status": "Terminated", "end_date": now, "data": data},
+                None,
+                t.sessions.c.status == "Connecting",
+            )
+    return ended
+
+
+def _document(call: Call, name: str) -> dict[str, Any] | None:
+    return call.store.get(t.documents, name=name)  # type: ignore[no-any-return]
+
+
+def _tags(row: dict[str, Any] | None) -> dict[str, str]:
+    if row is None:
+        return {}
+    return {x["Key"]: x["Value"] for x in row["data"].get("tags", [])}
+
+
+def _document_inputs(call: Call, doc: dict[str, Any]) -> dict[str, Any]:
+    ver = call.store.get(t.document_versions, name=doc["name"], version=doc["default_version"])
+    if ver is None:
+        return {}
+    try:
+        content = (
+            json.loads(ver["content"])
+            if ver["format"] == "JSON"
+            else yaml.safe_load(ver["content"])
+        )
+    except (ValueError, yaml.YAMLError):
+        return {}
+    inputs = content.get("inputs") if isinstance(content, dict) else None
+    return inputs if isinstance(inputs, dict) else {}
+
+
+@operation("ssm", "StartSession")
+async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    target: str = params["Target"]
+    doc_name: str | None = params.get("DocumentName")
+    try:
+        arn = target_arn(target, call.region, call.account)
+    except InvalidTarget:
+        arn = None
+    node = call.store.get(t.instances, instance_id=target) if arn else None
+    doc = _document(call, doc_name if doc_name is not None else DEFAULT_SESSION_DOCUMENT)
+    # 1. IAM: the target and (when named) the document, each with its own tags (ssm-spec 3.3).
+    if arn is not None:
+        result = authorize_start_session(
+            call.caller.policies,
+            call.caller.principal,
+            target_arn=arn,
+            region=call.region,
+            account=call.account,
+            document_name=doc_name,
+            target_tags=_tags(node),
+            document_tags=_tags(doc),
+            context=call.base_context(),
+            mode=call.state.config.start_session_mode,
+        )
+        call.decisions.extend(e.decision for e in result.evaluations)
+        if not result.allowed:
+            raise access_denied(result.message or "Access denied")
+    # 2. The node must be registered and online.
+    if (
+        arn is None
+        or node is None
+        or node["deregistered"]
+        or ping_status(call.state, node) != "Online"
+    ):
+        raise ServiceError("TargetNotConnected", f"{target} is not connected.")
+    # 3. The document must be a Session document.
+    if doc is None or doc["document_type"] != "Session":
+        shown = doc_name or DEFAULT_SESSION_DOCUMENT
+        if doc is None and not is_aws_owned_document(shown):
+            raise ServiceError("InvalidDocument", f"Document with name {shown} does not exist.")
+        raise ServiceError("InvalidDocument", f"{shown} is not a Session document.")
+    inputs = _document_inputs(call, doc)
+    max_duration = str(inputs.get("maxSessionDuration") or "") or None
+    now = datetime.now(UTC)
+    for _ in range(3):
+        session_id = new_session_id(call.caller.name)
+        try:
+            with call.store.transaction() as c:
+                call.store.insert(
+                    t.sessions,
+                    {
+                        "session_id": session_id,
+                        "target": target,
+                        "status": "Connecting",
+                        "owner": call.caller.arn,
+                        "start_date": now,
+                        "end_date": None,
+                        "document_name": doc["name"],
+                        "data": {
+                            "reason": params.get("Reason"),
+                            "owner_userid": call.caller.user_id,
+                            "parameters": params.get("Parameters") or {},
+                            "max_session_duration": max_duration,
+                            "idle_session_timeout": str(inputs.get("idleSessionTimeout") or "20"),
+                            "tags": {
+                                "aws:ssmmessages:session-id": call.caller.user_id,
+                                "aws:ssmmessages:target-id": target,
+                            },
+                        },
+                    },
+                    c,
+                )
+                token = mint_token(call.state, session_id, c)
+            break
+        except Conflict:
+            continue
+    else:
+        raise ServiceError(
+            "InternalServerError", "Could not allocate a session id.", 500, sender=False
+        )
+    return {
+        "SessionId": session_id,
+        "TokenValue": token,
+        "StreamUrl": _stream_url(call.state, session_id),
+    }
+
+
+def _session_context(row: dict[str, Any]) -> dict[str, object]:
+    return {f"ssm:resourceTag/{k}": v for k, v in row["data"].get("tags", {}).items()}
+
+
+def _authorize_session(call: Call, action: str, session_id: str) -> dict[str, Any] | None:
+    row = call.store.get(t.sessions, session_id=session_id)
+    call.authorize(
+        action,
+        session_arn(session_id, call.region, call.account),
+        _session_context(row) if row else None,
+    )
+    return row  # type: ignore[no-any-return]
+
+
+@operation("ssm", "ResumeSession")
+async def resume_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    sid = params["SessionId"]
+    row = _authorize_session(call, "ssm:ResumeSession", sid)
+    if row is None:
+        raise ServiceError("DoesNotExistException", f"Session with Id {sid} does not exist.")
+    expire_unused(call.state)
+    row = call.store.get(t.sessions, session_id=sid)
+    if row is None or row["status"] in HISTORY or row["status"] == "Terminating":
+        return {"SessionId": sid}  # cannot be resumed: no token (the plugin says "timed out")
+    token = mint_token(call.state, sid)
+    return {"SessionId": sid, "TokenValue": token, "StreamUrl": _stream_url(call.state, sid)}
+
+
+async def end_session(
+    state: ServerState, session_id: str, status: str = "Terminated", details: str | None = None
+) -> bool:
+    """Move an active session to History and spend its tokens."""
+    row = state.store.get(t.sessions, session_id=session_id)
+    if row is None or row["status"] in HISTORY:
+        return False
+    data = dict(row["data"])
+    if details:
+        data["details"] = details
+    with state.store.transaction() as c:
+        state.store.update(
+            t.sessions,
+            {"session_id": session_id},
+            {"status": status, "end_date": datetime.now(UTC), "data": data},
+            c,
+        )
+        state.store.update(t.session_tokens, {"session_id": session_id}, {"used": True}, c)
+    return True
+
+
+@operation("ssm", "TerminateSession")
+async def terminate_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    sid = params["SessionId"]
+    _authorize_session(call, "ssm:TerminateSession", sid)
+    await end_session(call.state, sid)
+    return {"SessionId": sid}
+
+
+def _session_out(row: dict[str, Any]) -> dict[str, Any]:
+    d = row["data"]
+    return {
+        "SessionId": row["session_id"],
+        "Target": row["target"],
+        "Status": row["status"],
+        "StartDate": row["start_date"],
+        "EndDate": row["end_date"],
+        "DocumentName": row["document_name"],
+        "Owner": row["owner"],
+        "Reason": d.get("reason"),
+        "Details": d.get("details"),
+        "OutputUrl": {},
+        "MaxSessionDuration": d.get("max_session_duration"),
+        "AccessType": "Standard",
+    }
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ServiceError("InvalidFilterValue", f"Invalid date value: {value}") from exc
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+_FILTERS: dict[str, Any] = {
+    "InvokedAfter": lambda r, v: r["start_date"] >= _parse_time(v),
+    "InvokedBefore": lambda r, v: r["start_date"] <= _parse_time(v),
+    "Target": lambda r, v: r["target"] == v,
+    "Owner": lambda r, v: r["owner"] == v,
+    "Status": lambda r, v: r["status"] == v,
+    "SessionId": lambda r, v: r["session_id"] == v,
+    "AccessType": lambda r, v: v == "Standard",
+}
+
+
+@operation("ssm", "DescribeSessions")
+async def describe_sessions(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    call.authorize("ssm:DescribeSessions", "*")
+    expire_unused(call.state)
+    statuses = ACTIVE if params["State"] == "Active" else HISTORY
+    rows = call.store.select(
+        t.sessions, t.sessions.c.status.in_(statuses), order_by=[t.sessions.c.start_date.desc()]
+    )
+    for f in params.get("Filters") or []:
+        test = _FILTERS.get(f["key"])
+        if test is None:
+            raise ServiceError("InvalidFilterKey", f"Invalid filter key {f['key']}.")
+        rows = [r for r in rows if test(r, f["value"])]
+    chunk, nxt = page(rows, params, 20)
+    return {"Sessions": [_session_out(r) for r in chunk], "NextToken": nxt}
+
+
+@operation("ssm", "GetConnectionStatus")
+async def get_connection_status(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    target = params["Target"]
+    try:
+        arn = target_arn(target, call.region, call.account)
+    except InvalidTarget:
+        arn = "*"
+    node = call.store.get(t.instances, instance_id=target)
+    call.authorize(
+        "ssm:GetConnectionStatus",
+        arn,
+        {f"ssm:resourceTag/{k}": v for k, v in _tags(node).items()}
+        | {f"aws:ResourceTag/{k}": v for k, v in _tags(node).items()},
+    )
+    online = node is not None and ping_status(call.state, node) == "Online"
+    return {"Target": target, "Status": "connected" if online else "notconnected"}

@@ -1,0 +1,137 @@
+"""STS: GetCallerIdentity and AssumeRole (trust policy evaluated, session policies and tags)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hatchway.iam import (
+    PolicyError,
+    PolicyKind,
+    PolicySet,
+    Request,
+    compile_policy,
+    parse_policy,
+)
+from hatchway.server import crypto, iamdata
+from hatchway.server.bootstrap import create_access_key
+from hatchway.server.call import Call, operation
+from hatchway.server.errors import ServiceError, access_denied
+
+_PACKED_LIMIT = 2048  # characters of session policy + tags STS accepts (packed size 100%)
+
+
+@operation("sts", "GetCallerIdentity")
+async def get_caller_identity(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    call.decide("sts:GetCallerIdentity")  # always allowed, but recorded like any call
+    return {"UserId": call.caller.user_id, "Account": call.account, "Arn": call.caller.arn}
+
+
+@operation("sts", "AssumeRole")
+async def assume_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    role_arn: str = params["RoleArn"]
+    session_name: str = params["RoleSessionName"]
+    prefix = f"arn:aws:iam::{call.account}:role/"
+    role = None
+    if role_arn.startswith(prefix):
+        role = iamdata.get_entity(call.store, "role", role_arn[len(prefix) :].rsplit("/", 1)[-1])
+    denial = (
+        f"User: {call.caller.arn} is not authorized to perform: sts:AssumeRole on "
+        f"resource: {role_arn}"
+    )
+    if role is None or role["arn"] != role_arn:
+        call.decide("sts:AssumeRole", role_arn)
+        raise access_denied(denial, "query")
+    # The caller's own policies and the role's trust policy, evaluated together: the trust
+    # policy is the resource policy of the role and must name the caller (or its account).
+    trust = compile_policy(json.loads(role["data"]["trust"]), PolicyKind.TRUST, name="trust")
+    own = call.caller.policies
+    combined = PolicySet(
+        own.identity.policies,
+        resource=trust,
+        boundary=own.boundary.policies if own.boundary else None,
+        session=own.session.policies if own.session else None,
+        scps=[g.policies for g in own.scps],
+    )
+    ctx = call.base_context()
+    tags = {t["Key"]: t["Value"] for t in params.get("Tags") or []}
+    for k, v in tags.items():
+        ctx[f"aws:requesttag/{k}".lower()] = v
+    if tags:
+        ctx["aws:tagkeys"] = tuple(tags)
+    decision = combined.evaluate(
+        Request("sts:AssumeRole", role_arn, call.caller.principal, ctx, call.account)
+    )
+    call.decisions.append(decision)
+    if not decision.allowed:
+        raise access_denied(denial, "query")
+    if tags:
+        call.authorize(
+            "sts:TagSession", role_arn, {f"aws:RequestTag/{k}": v for k, v in tags.items()}
+        )
+
+    max_duration = int(role["data"].get("max_session_duration", 3600))
+    duration = int(params.get("DurationSeconds") or 3600)
+    if duration > max_duration:
+        raise ServiceError(
+            "ValidationError",
+            "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
+            400,
+        )
+    policy_text = params.get("Policy")
+    if policy_text:
+        try:
+            parse_policy(policy_text, PolicyKind.SESSION)
+        except PolicyError as exc:
+            raise ServiceError("MalformedPolicyDocument", exc.message, 400) from exc
+    policy_arns = [p["arn"] for p in params.get("PolicyArns") or []]
+    for parn in policy_arns:
+        if iamdata.policy_document(call.store, parn) is None:
+            raise ServiceError(
+                "ValidationError", f"Policy {parn} does not exist or is not attachable.", 400
+            )
+    packed = len(policy_text or "") + sum(len(k) + len(v) for k, v in tags.items())
+    if packed > _PACKED_LIMIT:
+        raise ServiceError(
+            "PackedPolicyTooLarge",
+            "Packed policy consumes more than 100% of the allotted size.",
+            400,
+        )
+    now = datetime.now(UTC)
+    expires = now + timedelta(seconds=duration)
+    session_token = crypto.token(96)
+    akid = crypto.access_key_id(temporary=True)
+    akid, secret = create_access_key(
+        call.state,
+        "session",
+        f"{role['name']}/{session_name}",
+        akid,
+        expires=expires,
+        data={
+            "role_name": role["name"],
+            "session_name": session_name,
+            "session_policy": policy_text,
+            "policy_arns": policy_arns,
+            "session_tags": tags,
+            "session_token": call.state.box.seal(session_token, akid),
+            "source_identity": params.get("SourceIdentity"),
+        },
+    )
+    out: dict[str, Any] = {
+        "Credentials": {
+            "AccessKeyId": akid,
+            "SecretAccessKey": secret,
+            "SessionToken": session_token,
+            "Expiration": expires,
+        },
+        "AssumedRoleUser": {
+            "AssumedRoleId": f"{role['entity_id']}:{session_name}",
+            "Arn": f"arn:aws:sts::{call.account}:assumed-role/{role['name']}/{session_name}",
+        },
+    }
+    if policy_text or tags:
+        out["PackedPolicySize"] = min(100, packed * 100 // _PACKED_LIMIT)
+    if params.get("SourceIdentity"):
+        out["SourceIdentity"] = params["SourceIdentity"]
+    return out

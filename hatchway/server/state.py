@@ -1,0 +1,57 @@
+"""Broker configuration and the state shared by every request."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hatchway.iam import Policy
+from hatchway.server.crypto import SecretBox
+from hatchway.server.store import Store
+from hatchway.ssm import StartSessionMode
+
+
+@dataclass
+class ServerConfig:
+    listen: str = "127.0.0.1:8080"
+    data_dir: Path = Path("hatchway-data")
+    database_url: str | None = None
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+    scp_files: list[Path] = field(default_factory=list)
+    start_session_mode: StartSessionMode = StartSessionMode.LEGACY
+    public_url: str | None = None  # base URL clients reach us at (StreamUrl); default from listen
+    token_ttl: float = 60.0  # seconds a data-channel token stays valid unused
+    ping_interval: float = 20.0  # agent heartbeat period the broker asks for
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'hatchway.db').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.listen}"
+
+
+class ServerState:
+    """Everything a request handler may need, created once at start."""
+
+    def __init__(
+        self, config: ServerConfig, store: Store, box: SecretBox, scps: list[list[Policy]]
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.box = box
+        self.scps = scps
+        # Bumped on every IAM write: compiled policy sets are cached per (key, generation).
+        self._generation = itertools.count(1)
+        self.generation = next(self._generation)
+        self.policy_cache: dict[tuple[str, int], Any] = {}
+        self.nodes: dict[str, Any] = {}  # instance id -> live control channel
+        self.audit_path = config.data_dir / "audit.jsonl"
+
+    def iam_changed(self) -> None:
+        self.generation = next(self._generation)
+        self.policy_cache.clear()

@@ -1,0 +1,197 @@
+"""A small record store over SQLAlchemy Core.
+
+Rows come back as plain dicts of their columns, with the JSON ``data`` column decoded. Every
+write runs in its own transaction unless the caller passes one from :meth:`Store.transaction`,
+so an operation that changes several tables changes all or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+
+from hatchway.server.store import schema
+from hatchway.server.store.migrations import migrate
+
+Record = dict[str, Any]
+
+
+class Conflict(Exception):
+    """A row with that key exists already."""
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling defers BEGIN and breaks SAVEPOINTs: switch it off
+    # and let SQLAlchemy emit BEGIN itself (see _sqlite_begin).
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def _aware(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class Store:
+    """Records in SQLite (``sqlite:///path``) or PostgreSQL (``postgresql://…``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite"):
+            kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
+            if url in ("sqlite://", "sqlite:///:memory:"):
+                kwargs["poolclass"] = StaticPool
+            self.engine: Engine = create_engine(url, **kwargs)
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
+        else:
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://") :]
+            self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        with self.engine.connect() as conn:
+            self.schema_version = migrate(conn)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction for several writes: all of them happen, or none."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _conn(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.engine.begin() as c:
+                yield c
+
+    # -- rows ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _row(row: Mapping[str, Any]) -> Record:
+        out = {k: _aware(v) for k, v in row.items()}
+        if "data" in out and isinstance(out["data"], str):
+            out["data"] = json.loads(out["data"])
+        return out
+
+    @staticmethod
+    def _values(values: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(values)
+        if "data" in out and not isinstance(out["data"], str):
+            out["data"] = json.dumps(out["data"], default=str)
+        return out
+
+    @staticmethod
+    def _where(table: Table, keys: Mapping[str, Any]) -> ColumnElement[bool]:
+        return and_(*(table.c[k] == v for k, v in keys.items()))
+
+    def get(self, table: Table, conn: Connection | None = None, **keys: Any) -> Record | None:
+        with self._conn(conn) as c:
+            row = c.execute(select(table).where(self._where(table, keys))).mappings().first()
+        return self._row(row) if row is not None else None
+
+    def select(
+        self,
+        table: Table,
+        *where: ColumnElement[bool],
+        order_by: Sequence[Any] = (),
+        limit: int | None = None,
+        offset: int = 0,
+        conn: Connection | None = None,
+        **keys: Any,
+    ) -> list[Record]:
+        q = select(table)
+        conds = [*where, *((table.c[k] == v) for k, v in keys.items())]
+        if conds:
+            q = q.where(and_(*conds))
+        if order_by:
+            q = q.order_by(*order_by)
+        if offset:
+            q = q.offset(offset)
+        if limit is not None:
+            q = q.limit(limit)
+        with self._conn(conn) as c:
+            return [self._row(r) for r in c.execute(q).mappings()]
+
+    def count(self, table: Table, conn: Connection | None = None, **keys: Any) -> int:
+        q = select(func.count()).select_from(table)
+        if keys:
+            q = q.where(self._where(table, keys))
+        with self._conn(conn) as c:
+            return int(c.execute(q).scalar_one())
+
+    def insert(
+        self, table: Table, values: Mapping[str, Any], conn: Connection | None = None
+    ) -> None:
+        """Insert a row; :class:`Conflict` if its key exists."""
+        try:
+            with self._conn(conn) as c, c.begin_nested():
+                c.execute(insert(table).values(**self._values(values)))
+        except IntegrityError as exc:
+            raise Conflict(str(exc.orig)) from exc
+
+    def update(
+        self,
+        table: Table,
+        keys: Mapping[str, Any],
+        values: Mapping[str, Any],
+        conn: Connection | None = None,
+        *where: ColumnElement[bool],
+    ) -> int:
+        """Update matching rows; returns how many changed."""
+        q = update(table).where(self._where(table, keys), *where).values(**self._values(values))
+        with self._conn(conn) as c:
+            return int(c.execute(q).rowcount)
+
+    def delete(self, table: Table, conn: Connection | None = None, **keys: Any) -> int:
+        with self._conn(conn) as c:
+            return int(c.execute(delete(table).where(self._where(table, keys))).rowcount)
+
+    # -- settings -----------------------------------------------------------------------
+
+    def meta_get(self, key: str) -> str | None:
+        row = self.get(schema.meta, key=key)
+        return str(row["value"]) if row else None
+
+    def meta_set(self, key: str, value: str) -> None:
+        with self.transaction() as c:
+            if self.get(schema.meta, c, key=key) is None:
+                self.insert(schema.meta, {"key": key, "value": value}, c)
+            else:
+                self.update(schema.meta, {"key": key}, {"value": value}, c)

@@ -1,0 +1,103 @@
+"""A real broker per test module: ``hatchway server`` as a subprocess on an ephemeral port.
+
+Clients are the real ones: boto3 (``clients``) and the ``aws`` CLI (``aws``), pointed at the
+broker with ``--endpoint-url`` and the admin credentials the test chose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+BIN = Path(sys.executable).parent
+ADMIN_KEY = "AKIAHATCHWAYADMIN001"
+ADMIN_SECRET = "hatchway-admin-secret-for-tests-0000000000"
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+
+
+@dataclass
+class Broker:
+    url: str
+    data_dir: Path
+    proc: subprocess.Popen[str]
+    log: Path
+
+    def client(self, service: str, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET,
+               token: str | None = None) -> Any:
+        return boto3.client(
+            service, endpoint_url=self.url, region_name=REGION, aws_access_key_id=key,
+            aws_secret_access_key=secret, aws_session_token=token,
+            config=Config(retries={"max_attempts": 1}),
+        )
+
+    def aws(self, *args: str, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET,
+            token: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run the real ``aws`` CLI against the broker; JSON output."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret,
+                   AWS_DEFAULT_REGION=REGION, AWS_CONFIG_FILE="/dev/null",
+                   AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_MAX_ATTEMPTS="1",
+                   PATH=f"{BIN}:{env.get('PATH', '')}")
+        if token:
+            env["AWS_SESSION_TOKEN"] = token
+        return subprocess.run([str(BIN / "aws"), "--endpoint-url", self.url, "--output", "json",
+                               *args], env=env, capture_output=True, text=True, timeout=60,
+                              check=check)
+
+    def aws_json(self, *args: str, **kw: Any) -> Any:
+        proc = self.aws(*args, **kw)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout) if proc.stdout.strip() else {}
+
+
+def start_broker(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Broker:
+    log = data_dir.parent / f"{data_dir.name}.log"
+    environ = {**os.environ, "HATCHWAY_ADMIN_ACCESS_KEY_ID": ADMIN_KEY,
+               "HATCHWAY_ADMIN_SECRET_ACCESS_KEY": ADMIN_SECRET, **(env or {})}
+    out = open(log, "w")  # noqa: SIM115 - lives as long as the broker
+    proc = subprocess.Popen(
+        [str(BIN / "hatchway"), "server", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
+         "--region", REGION, "--account-id", ACCOUNT, *extra],
+        stdout=out, stderr=subprocess.STDOUT, text=True, env=environ,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        m = re.search(r"listening on (http://[\d.]+:\d+)", text)
+        if m:
+            return Broker(m.group(1), data_dir, proc, log)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"broker did not start:\n{log.read_text()}")
+
+
+def stop_broker(b: Broker) -> None:
+    b.proc.send_signal(signal.SIGTERM)
+    try:
+        b.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        b.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    b = start_broker(tmp_path_factory.mktemp("broker") / "data")
+    yield b
+    stop_broker(b)
+    assert b.proc.returncode is not None

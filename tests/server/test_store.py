@@ -1,0 +1,124 @@
+"""The store on both engines: SQLite (embedded) and a real PostgreSQL started by the test."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from hatchway.server.store import Conflict, Store
+from hatchway.server.store import schema as t
+from hatchway.server.store.migrations import MIGRATIONS
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path / 'h.db'}")
+    else:
+        url = request.getfixturevalue("postgres_url")
+        s = Store(url)
+        with s.transaction() as c:  # each test starts from empty tables
+            for table in reversed(t.metadata.sorted_tables):
+                if table is not t.meta:
+                    c.execute(table.delete())
+    yield s
+    s.close()
+
+
+def _session(sid: str, status: str = "Connecting", **data: object) -> dict[str, object]:
+    return {"session_id": sid, "target": "i-0123456789abcdef0", "status": status,
+            "owner": "arn:aws:iam::123456789012:user/alice", "start_date": datetime.now(UTC),
+            "end_date": None, "document_name": "SSM-SessionManagerRunShell", "data": data}
+
+
+def test_migrations_are_recorded_and_idempotent(store: Store) -> None:
+    assert store.schema_version == MIGRATIONS[-1][0]
+    again = Store(store.url)
+    assert again.schema_version == store.schema_version
+    again.close()
+
+
+def test_round_trip_with_json_data_and_aware_datetimes(store: Store) -> None:
+    store.insert(t.sessions, _session("alice-0123456789abcdef0", reason="x", n=[1, 2]))
+    row = store.get(t.sessions, session_id="alice-0123456789abcdef0")
+    assert row is not None
+    assert row["data"] == {"reason": "x", "n": [1, 2]}
+    assert row["start_date"].tzinfo is not None
+    assert store.count(t.sessions) == 1
+
+
+def test_duplicate_key_is_a_conflict_and_changes_nothing(store: Store) -> None:
+    store.insert(t.sessions, _session("s-1", reason="first"))
+    with pytest.raises(Conflict):
+        store.insert(t.sessions, _session("s-1", reason="second"))
+    row = store.get(t.sessions, session_id="s-1")
+    assert row is not None and row["data"]["reason"] == "first"
+
+
+def test_transaction_is_all_or_nothing(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.transaction() as c:
+        store.insert(t.sessions, _session("s-2"), c)
+        store.insert(t.session_tokens, {"token_hash": "h", "session_id": "s-2",
+                                        "expires": datetime.now(UTC), "used": False}, c)
+        raise RuntimeError("boom")
+    assert store.get(t.sessions, session_id="s-2") is None
+    assert store.get(t.session_tokens, token_hash="h") is None
+
+
+def test_conflict_inside_a_transaction_keeps_the_rest(store: Store) -> None:
+    store.insert(t.sessions, _session("s-3"))
+    with store.transaction() as c:
+        with pytest.raises(Conflict):
+            store.insert(t.sessions, _session("s-3"), c)
+        store.insert(t.sessions, _session("s-4"), c)
+    assert store.get(t.sessions, session_id="s-4") is not None
+
+
+def test_select_filter_order_limit_and_conditional_update(store: Store) -> None:
+    now = datetime.now(UTC)
+    for i in range(5):
+        row = _session(f"s-{i}", "Connected" if i % 2 else "Terminated")
+        row["start_date"] = now - timedelta(minutes=i)
+        store.insert(t.sessions, row)
+    active = store.select(t.sessions, t.sessions.c.status.in_(["Connected"]),
+                          order_by=[t.sessions.c.start_date.desc()])
+    assert [r["session_id"] for r in active] == ["s-1", "s-3"]
+    assert len(store.select(t.sessions, limit=2, offset=1)) == 2
+    assert store.update(t.sessions, {"session_id": "s-1"}, {"status": "Terminated"}, None,
+                        t.sessions.c.status == "Connected") == 1
+    assert store.update(t.sessions, {"session_id": "s-1"}, {"status": "Connected"}, None,
+                        t.sessions.c.status == "Connected") == 0
+    assert store.delete(t.sessions, session_id="s-0") == 1
+
+
+def test_concurrent_conditional_updates_have_one_winner(store: Store) -> None:
+    store.insert(t.activations, {"activation_id": "a" * 36, "code_hash": "x",
+                                 "created": datetime.now(UTC),
+                                 "expires": datetime.now(UTC) + timedelta(hours=1),
+                                 "registrations": 0, "data": {}})
+    wins: list[int] = []
+
+    def take() -> None:
+        wins.append(store.update(t.activations, {"activation_id": "a" * 36},
+                                 {"registrations": 1}, None, t.activations.c.registrations == 0))
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sum(wins) == 1
+
+
+def test_meta_settings(store: Store) -> None:
+    assert store.meta_get("bootstrapped") is None
+    store.meta_set("bootstrapped", "1")
+    store.meta_set("bootstrapped", "2")
+    assert store.meta_get("bootstrapped") == "2"
+    with store.engine.connect() as c:
+        assert c.execute(text("select 1")).scalar() == 1
