@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/hatchway policy demo
+	$(BIN)/hatchway up --data-dir .hatchway
 
 lint: install
 	$(BIN)/ruff check hatchway tests bench

@@ -6,8 +6,10 @@ import click
 
 from hatchway import __version__
 from hatchway.cli.agent import agent_cmd
+from hatchway.cli.audit import audit_cmd
 from hatchway.cli.policy import policy
 from hatchway.cli.server import server_cmd
+from hatchway.cli.up import up_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +21,8 @@ def cli() -> None:
 cli.add_command(policy)
 cli.add_command(server_cmd)
 cli.add_command(agent_cmd)
+cli.add_command(audit_cmd)
+cli.add_command(up_cmd)
 
 
 def main() -> None:

@@ -35,6 +35,15 @@ from hatchway.ssm import StartSessionMode
     "document allowed.",
 )
 @click.option("--public-url", help="Base URL clients use to reach this broker (StreamUrl).")
+@click.option(
+    "--session-token-ttl",
+    default=60.0,
+    show_default=True,
+    help="Seconds a data-channel token stays valid if unused.",
+)
+@click.option(
+    "--ping-interval", default=20.0, show_default=True, help="Seconds between agent heartbeats."
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def server_cmd(
     listen: str,
@@ -45,6 +54,8 @@ def server_cmd(
     scp_files: tuple[Path, ...],
     strict_session_documents: bool,
     public_url: str | None,
+    session_token_ttl: float,
+    ping_interval: float,
     log_level: str,
 ) -> None:
     """Run the broker: SSM, IAM and STS APIs with SigV4 and enforced IAM policies."""
@@ -62,5 +73,7 @@ def server_cmd(
         if strict_session_documents
         else StartSessionMode.LEGACY,
         public_url=public_url,
+        token_ttl=session_token_ttl,
+        ping_interval=ping_interval,
     )
     asyncio.run(serve(config))

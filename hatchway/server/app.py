@@ -39,7 +39,9 @@ def _credential_lookup(state: ServerState) -> Any:
             return None
         secret = state.box.open(row["secret"], access_key_id)
         token = row["data"].get("session_token")
-        return sigv4.Credential(secret, state.box.open(token, access_key_id) if token else None)
+        return sigv4.Credential(
+            secret, state.box.open(token, access_key_id) if token else None, row["expires"]
+        )
 
     return lookup
 
@@ -67,8 +69,8 @@ def _route(req: sigv4.IncomingRequest) -> _Route:
     if target is not None or req.headers.get("Content-Type", "").startswith(_JSON_TYPE):
         try:
             op = jsonproto.parse_target(target, load_service("ssm"))
-        except ServiceError as err:
-            return _Route("json", "ssm", None, {}, err)
+        except ServiceError as unknown:
+            return _Route("json", "ssm", None, {}, unknown)
         return _Route("json", "ssm", op, {})
     form = dict(parse_qsl(req.query, keep_blank_values=True))
     if req.method == "POST":
@@ -118,7 +120,8 @@ async def handle_api(request: web.Request) -> web.Response:
         verified = sigv4.verify(incoming, _credential_lookup(state), datetime.now(UTC))
     except sigv4.AuthError as exc:
         code, status = sigv4.error_code(exc.kind, route.protocol)
-        return _error_response(route, ServiceError(code, exc.message, status), call_id)
+        message = sigv4.error_message(exc, route.protocol)
+        return _error_response(route, ServiceError(code, message, status), call_id)
     key = lookup_key(state, verified.access_key_id)
     if key is None:
         code, status = sigv4.error_code("unknown_key", route.protocol)

@@ -65,7 +65,7 @@ def identity_documents(store: Store, kind: str, name: str) -> list[dict[str, Any
         for pname, text in inline_documents(store, k, n):
             docs.append({"name": f"{k}/{n}/{pname}", "arn": None, "text": text})
         for arn in attached_arns(store, k, n):
-            text = policy_document(store, arn)
-            if text is not None:
-                docs.append({"name": arn.rsplit("/", 1)[-1], "arn": arn, "text": text})
+            managed = policy_document(store, arn)
+            if managed is not None:
+                docs.append({"name": arn.rsplit("/", 1)[-1], "arn": arn, "text": managed})
     return docs

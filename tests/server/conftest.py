@@ -36,27 +36,52 @@ class Broker:
     proc: subprocess.Popen[str]
     log: Path
 
-    def client(self, service: str, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET,
-               token: str | None = None) -> Any:
+    def client(
+        self,
+        service: str,
+        key: str = ADMIN_KEY,
+        secret: str = ADMIN_SECRET,
+        token: str | None = None,
+    ) -> Any:
         return boto3.client(
-            service, endpoint_url=self.url, region_name=REGION, aws_access_key_id=key,
-            aws_secret_access_key=secret, aws_session_token=token,
+            service,
+            endpoint_url=self.url,
+            region_name=REGION,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            aws_session_token=token,
             config=Config(retries={"max_attempts": 1}),
         )
 
-    def aws(self, *args: str, key: str = ADMIN_KEY, secret: str = ADMIN_SECRET,
-            token: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    def aws(
+        self,
+        *args: str,
+        key: str = ADMIN_KEY,
+        secret: str = ADMIN_SECRET,
+        token: str | None = None,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real ``aws`` CLI against the broker; JSON output."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret,
-                   AWS_DEFAULT_REGION=REGION, AWS_CONFIG_FILE="/dev/null",
-                   AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_MAX_ATTEMPTS="1",
-                   PATH=f"{BIN}:{env.get('PATH', '')}")
+        env.update(
+            AWS_ACCESS_KEY_ID=key,
+            AWS_SECRET_ACCESS_KEY=secret,
+            AWS_DEFAULT_REGION=REGION,
+            AWS_CONFIG_FILE="/dev/null",
+            AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+            AWS_MAX_ATTEMPTS="1",
+            PATH=f"{BIN}:{env.get('PATH', '')}",
+        )
         if token:
             env["AWS_SESSION_TOKEN"] = token
-        return subprocess.run([str(BIN / "aws"), "--endpoint-url", self.url, "--output", "json",
-                               *args], env=env, capture_output=True, text=True, timeout=60,
-                              check=check)
+        return subprocess.run(
+            [str(BIN / "aws"), "--endpoint-url", self.url, "--output", "json", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=check,
+        )
 
     def aws_json(self, *args: str, **kw: Any) -> Any:
         proc = self.aws(*args, **kw)
@@ -64,15 +89,35 @@ class Broker:
         return json.loads(proc.stdout) if proc.stdout.strip() else {}
 
 
-def start_broker(data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Broker:
+def start_broker(
+    data_dir: Path, *extra: str, env: dict[str, str] | None = None, port: int = 0
+) -> Broker:
     log = data_dir.parent / f"{data_dir.name}.log"
-    environ = {**os.environ, "HATCHWAY_ADMIN_ACCESS_KEY_ID": ADMIN_KEY,
-               "HATCHWAY_ADMIN_SECRET_ACCESS_KEY": ADMIN_SECRET, **(env or {})}
+    environ = {
+        **os.environ,
+        "HATCHWAY_ADMIN_ACCESS_KEY_ID": ADMIN_KEY,
+        "HATCHWAY_ADMIN_SECRET_ACCESS_KEY": ADMIN_SECRET,
+        **(env or {}),
+    }
     out = open(log, "w")  # noqa: SIM115 - lives as long as the broker
     proc = subprocess.Popen(
-        [str(BIN / "hatchway"), "server", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
-         "--region", REGION, "--account-id", ACCOUNT, *extra],
-        stdout=out, stderr=subprocess.STDOUT, text=True, env=environ,
+        [
+            str(BIN / "hatchway"),
+            "server",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data_dir),
+            "--region",
+            REGION,
+            "--account-id",
+            ACCOUNT,
+            *extra,
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environ,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -101,3 +146,80 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     yield b
     stop_broker(b)
     assert b.proc.returncode is not None
+
+
+@dataclass
+class Agent:
+    instance_id: str
+    state_dir: Path
+    proc: subprocess.Popen[str]
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_agent(
+    broker: Broker,
+    state_dir: Path,
+    instance_id: str | None = None,
+    activation: dict[str, str] | None = None,
+) -> Agent:
+    """Create an activation (unless given), run ``hatchway agent``, wait until it is Online."""
+    ssm = broker.client("ssm")
+    if activation is None and not (state_dir / "registration.json").exists():
+        activation = ssm.create_activation(IamRole="SSMServiceRole")
+    args = [str(BIN / "hatchway"), "agent", "--endpoint", broker.url, "--state-dir", str(state_dir)]
+    if activation is not None:
+        args += [
+            "--activation-id",
+            activation["ActivationId"],
+            "--activation-code",
+            activation["ActivationCode"],
+        ]
+    if instance_id:
+        args += ["--instance-id", instance_id]
+    log = state_dir.parent / f"{state_dir.name}.log"
+    proc = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)  # noqa: SIM115
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        reg = state_dir / "registration.json"
+        if reg.exists():
+            iid = json.loads(reg.read_text())["instance_id"]
+            if wait_ping(broker, iid, "Online", 0.5):
+                return Agent(iid, state_dir, proc, log)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"agent did not come online:\n{log.read_text()}")
+
+
+def wait_ping(broker: Broker, instance_id: str, status: str, timeout: float = 15) -> bool:
+    ssm = broker.client("ssm")
+    deadline = time.monotonic() + timeout
+    while True:
+        items = ssm.describe_instance_information(
+            Filters=[{"Key": "InstanceIds", "Values": [instance_id]}]
+        )["InstanceInformationList"]
+        if items and items[0]["PingStatus"] == status:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def user_with_policy(
+    broker: Broker, name: str, policy: dict[str, Any], tags: dict[str, str] | None = None
+) -> tuple[str, str]:
+    """An IAM user with one inline policy and an access key: (key id, secret)."""
+    iam = broker.client("iam")
+    iam.create_user(UserName=name, Tags=[{"Key": k, "Value": v} for k, v in (tags or {}).items()])
+    iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return key["AccessKeyId"], key["SecretAccessKey"]

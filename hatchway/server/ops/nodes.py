@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import string
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -88,7 +89,7 @@ async def describe_activations(call: Call, params: dict[str, Any]) -> dict[str, 
         for r in call.store.select(t.activations, order_by=[t.activations.c.created])
         if not r["data"].get("deleted")
     ]
-    keys = {
+    keys: dict[str, Callable[[dict[str, Any]], str]] = {
         "ActivationIds": lambda r: r["activation_id"],
         "DefaultInstanceName": lambda r: r["data"].get("default_instance_name") or "",
         "IamRole": lambda r: r["data"]["iam_role"],

@@ -104,7 +104,7 @@ class Store:
     # -- rows ---------------------------------------------------------------------------
 
     @staticmethod
-    def _row(row: Mapping[str, Any]) -> Record:
+    def _row(row: Any) -> Record:
         out = {k: _aware(v) for k, v in row.items()}
         if "data" in out and isinstance(out["data"], str):
             out["data"] = json.loads(out["data"])
