@@ -97,7 +97,7 @@ def _error_response(route: _Route, err: ServiceError, request_id: str) -> web.Re
     if route.protocol == "json":
         status, headers, body = jsonproto.serialize_json_error(err)
     else:
-        status, headers, body = query.serialize_query_error(err, request_id)
+        status, headers, body = query.serialize_query_error(err, request_id, service=route.service)
     return web.Response(
         status=status, body=body, headers={**headers, "x-amzn-RequestId": request_id}
     )

@@ -61,6 +61,8 @@ async def serve(config: ServerConfig) -> None:
     site = web.TCPSite(runner, host or "127.0.0.1", int(port))
     await site.start()
     bound = runner.addresses[0] if runner.addresses else (host, port)
+    if config.public_url is None:  # StreamUrls must name the port actually bound
+        config.public_url = f"http://{bound[0]}:{bound[1]}"
     print(
         f"Hatchway broker listening on http://{bound[0]}:{bound[1]} "
         f"(store: {state.store.dialect}, region {config.region}, "
