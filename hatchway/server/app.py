@@ -97,13 +97,26 @@ def _error_response(route: _Route, err: ServiceError, request_id: str) -> web.Re
     if route.protocol == "json":
         status, headers, body = jsonproto.serialize_json_error(err)
     else:
-        status, headers, body = query.serialize_query_error(err, request_id, service=route.service)
+        status, headers, body = query.serialize_query_error(
+            err, request_id, service=load_service(route.service)
+        )
     return web.Response(
         status=status, body=body, headers={**headers, "x-amzn-RequestId": request_id}
     )
 
 
 async def handle_api(request: web.Request) -> web.Response:
+    """Any failure outside a handler still answers in AWS's shape (never aiohttp's text)."""
+    try:
+        return await _handle_api(request)
+    except Exception:  # a bug must not take the process down
+        log.exception("internal error before dispatch")
+        err = ServiceError("InternalFailure", "An internal error occurred.", 500, sender=False)
+        status, headers, body = jsonproto.serialize_json_error(err)
+        return web.Response(status=status, body=body, headers=headers)
+
+
+async def _handle_api(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     body = await request.read()
     raw_path, _, raw_query = request.raw_path.partition("?")
