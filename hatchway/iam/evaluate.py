@@ -231,6 +231,18 @@ class PolicySet:
                 return s
         return None
 
+    def resource_policy_match(self, req: Request) -> PrincipalMatch | None:
+        """How the resource policy's applicable Allow names the caller ("direct", "role",
+        "account"), or None. Role trust and KMS key policies must always name the caller."""
+        if self.resource is None:
+            return None
+        best: PrincipalMatch | None = None
+        for s in self.resource.index.candidates(req.action.lower())[1]:
+            m = self._rbp_match(s, req)
+            if m is not None and (best is None or _STRENGTH[m] > _STRENGTH[best]):
+                best = m
+        return best
+
     # -- the decision --
 
     def evaluate(self, req: Request, explain: bool = False) -> Decision:

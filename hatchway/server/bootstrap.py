@@ -7,6 +7,8 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import Connection
+
 from hatchway.server import crypto, iamdata
 from hatchway.server.state import ServerState
 from hatchway.server.store import Conflict
@@ -152,6 +154,7 @@ def create_access_key(
     secret: str | None = None,
     data: dict[str, object] | None = None,
     expires: datetime | None = None,
+    conn: Connection | None = None,
 ) -> tuple[str, str]:
     """Store a new key (secret sealed under the master key); returns (id, secret)."""
     akid = access_key_id or crypto.access_key_id(temporary=owner_kind == "session")
@@ -168,6 +171,7 @@ def create_access_key(
             "expires": expires,
             "data": data or {},
         },
+        conn,
     )
     return akid, sk
 

@@ -60,11 +60,11 @@ async def assume_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         ctx[f"aws:requesttag/{k}".lower()] = v
     if tags:
         ctx["aws:tagkeys"] = tuple(tags)
-    decision = combined.evaluate(
-        Request("sts:AssumeRole", role_arn, call.caller.principal, ctx, call.account)
-    )
+    request = Request("sts:AssumeRole", role_arn, call.caller.principal, ctx, call.account)
+    decision = combined.evaluate(request)
     call.decisions.append(decision)
-    if not decision.allowed:
+    # A role trust policy must name the caller itself, whatever identity policies allow.
+    if not decision.allowed or combined.resource_policy_match(request) is None:
         raise access_denied(denial, "query")
     if tags:
         call.authorize(
