@@ -1,0 +1,874 @@
+"""SSM documents: parsing, format conversion, Session-document schema, parameters. Pure: no I/O.
+
+* :func:`parse_content` / :func:`render_content` read and write document content as JSON or
+  YAML (``DocumentFormat``), :func:`convert_content` converts between them.
+* :func:`validate_document` checks a parsed document for its ``DocumentType``; Session
+  documents (``schemaVersion "1.0"``) get the full schema of ssm-spec section 4.
+* :data:`AWS_DOCUMENTS` holds the AWS-owned Session documents and :data:`DEFAULT_PREFERENCES`
+  the content ``SSM-SessionManagerRunShell`` starts with.
+* :func:`validate_parameters` checks ``StartSession.Parameters`` against a document's
+  parameter definitions and applies defaults; :func:`interpolate` replaces ``{{ name }}``.
+
+Errors are :class:`DocumentError` values carrying AWS's error code and a message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "AWS_DOCUMENTS",
+    "DEFAULT_PREFERENCES",
+    "DEFAULT_PREFERENCES_DESCRIPTION",
+    "FORMATS",
+    "MAX_CONTENT_BYTES",
+    "PARAMETER_TYPES",
+    "SESSION_TYPES",
+    "AwsDocument",
+    "DocumentError",
+    "check_format",
+    "content_hash",
+    "convert_content",
+    "interpolate",
+    "parameter_summary",
+    "parse_content",
+    "platform_types",
+    "references",
+    "render_content",
+    "schema_version",
+    "validate_document",
+    "validate_parameters",
+    "validate_tag",
+]
+
+FORMATS = ("JSON", "YAML", "TEXT")
+SESSION_TYPES = ("Standard_Stream", "Port", "InteractiveCommands", "NonInteractiveCommands")
+PARAMETER_TYPES = ("String", "StringList", "Boolean", "Integer", "StringMap", "MapList")
+SESSION_SCHEMA_VERSIONS = ("1.0",)
+MAX_CONTENT_BYTES = 64 * 1024
+ALL_PLATFORMS = ["Windows", "Linux", "MacOS"]
+# Document types whose content may be plain TEXT (everything else is JSON or YAML).
+_TEXT_TYPES = ("ApplicationConfiguration", "ChangeCalendar")
+
+
+class DocumentError(ValueError):
+    """An AWS error about a document or its parameters: ``code`` and ``message``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _content_error(message: str) -> DocumentError:
+    return DocumentError("InvalidDocumentContent", message)
+
+
+# -- content ------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps timestamps as strings (documents are JSON-compatible)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def parse_content(content: str, document_format: str = "JSON") -> dict[str, Any]:
+    """Parse ``content`` (``JSON`` or ``YAML``) into a document object.
+
+    Raises ``InvalidDocumentContent`` with AWS's "JSON not well-formed. at Line: L, Column: C"
+    style message when the text does not parse or is not an object.
+    """
+    fmt = (document_format or "JSON").upper()
+    if fmt == "JSON":
+        try:
+            doc = json.loads(content)
+        except json.JSONDecodeError as exc:
+            raise _content_error(
+                f"JSON not well-formed. at Line: {exc.lineno}, Column: {exc.colno}"
+            ) from exc
+    elif fmt == "YAML":
+        try:
+            doc = yaml.load(content, Loader=_Loader)  # a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at Line: {mark.line + 1}, Column: {mark.column + 1}" if mark else ""
+            raise _content_error(f"YAML not well-formed.{where}") from exc
+    elif fmt == "TEXT":
+        raise _content_error(
+            "The content for the document isn't valid: TEXT documents have no structure to parse."
+        )
+    else:
+        raise DocumentError("ValidationException", f"Invalid document format {fmt}")
+    if not isinstance(doc, dict):
+        raise _content_error(
+            f"The content for the document isn't valid: it must be a {fmt} object."
+        )
+    return doc
+
+
+def render_content(doc: Mapping[str, Any], document_format: str = "JSON") -> str:
+    """Write a document object as ``JSON`` (2-space indent) or ``YAML`` (block style)."""
+    fmt = (document_format or "JSON").upper()
+    if fmt == "JSON":
+        return json.dumps(doc, indent=2, ensure_ascii=False, default=str)
+    if fmt == "YAML":
+        return str(
+            yaml.safe_dump(dict(doc), sort_keys=False, allow_unicode=True, default_flow_style=False)
+        )
+    raise DocumentError("ValidationException", f"Invalid document format {fmt}")
+
+
+def convert_content(content: str, from_format: str, to_format: str) -> str:
+    """``content`` in ``to_format``; unchanged (byte for byte) when the formats agree."""
+    if (from_format or "JSON").upper() == (to_format or "JSON").upper():
+        return content
+    if "TEXT" in (from_format.upper(), to_format.upper()):
+        raise DocumentError(
+            "ValidationException", f"A {from_format} document can't be returned as {to_format}."
+        )
+    return render_content(parse_content(content, from_format), to_format)
+
+
+def content_hash(content: str) -> str:
+    """``Hash`` of a document version: SHA-256 (``HashType: Sha256``) of its content, hex."""
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()
+
+
+def schema_version(doc: Mapping[str, Any]) -> str | None:
+    """The document's ``schemaVersion`` as a string (YAML may have parsed ``1.0`` as a float)."""
+    v = doc.get("schemaVersion")
+    if v is None or isinstance(v, bool):
+        return None
+    return str(v) if isinstance(v, (str, int, float)) else None
+
+
+# -- references ----------------------------------------------------------------------------
+
+_REF = re.compile(r"\{\{\s*([A-Za-z0-9_.:/\-]+)\s*\}\}")
+_WHOLE_REF = re.compile(r"\s*\{\{\s*([A-Za-z0-9_.:/\-]+)\s*\}\}\s*")
+
+
+def references(value: Any) -> set[str]:
+    """Names referenced as ``{{ name }}`` anywhere in ``value`` (``ssm:`` references excluded)."""
+    out: set[str] = set()
+    if isinstance(value, str):
+        out.update(n for n in _REF.findall(value) if not n.startswith("ssm:"))
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            out |= references(v)
+    elif isinstance(value, list):
+        for v in value:
+            out |= references(v)
+    return out
+
+
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, str) and _WHOLE_REF.fullmatch(value) is not None
+
+
+def interpolate(value: Any, params: Mapping[str, list[str]]) -> Any:
+    """Replace ``{{ name }}`` references in ``value`` (recursively) with parameter values.
+
+    A string that is exactly one reference becomes the parameter's value (a string for a
+    single value, the list for several); a reference inside a longer string is replaced by
+    the values joined with ``","``. Unknown names and ``{{ssm:…}}`` are left as they are.
+    """
+    if isinstance(value, str):
+        whole = _WHOLE_REF.fullmatch(value)
+        if whole and whole.group(1) in params:
+            vals = params[whole.group(1)]
+            return vals[0] if len(vals) == 1 else list(vals)
+
+        def sub(m: re.Match[str]) -> str:
+            vals = params.get(m.group(1))
+            return m.group(0) if vals is None else ",".join(vals)
+
+        return _REF.sub(sub, value)
+    if isinstance(value, Mapping):
+        return {k: interpolate(v, params) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, params) for v in value]
+    return value
+
+
+# -- Session schema -----------------------------------------------------------------------
+
+_TOP_KEYS = ("schemaVersion", "description", "sessionType", "inputs", "parameters", "properties")
+_STRING_INPUTS = (
+    "s3BucketName",
+    "s3KeyPrefix",
+    "cloudWatchLogGroupName",
+    "kmsKeyId",
+    "runAsDefaultUser",
+)
+# Booleans the agent also accepts as "true"/"false" strings.
+_BOOL_INPUTS = ("s3EncryptionEnabled", "cloudWatchEncryptionEnabled", "runAsEnabled")
+_STRICT_BOOL_INPUTS = ("cloudWatchStreamingEnabled",)
+_MINUTE_INPUTS = {"idleSessionTimeout": (1, 60), "maxSessionDuration": (1, 1440)}
+_INPUT_KEYS = (
+    *_STRING_INPUTS,
+    *_BOOL_INPUTS,
+    *_STRICT_BOOL_INPUTS,
+    *_MINUTE_INPUTS,
+    "shellProfile",
+)
+_SHELL_PROFILE_KEYS = ("linux", "windows")
+_PORT_PROPERTIES = (
+    "portNumber",
+    "host",
+    "type",
+    "localPortNumber",
+    "localUnixSocket",
+    "localConnectionType",
+)
+_COMMAND_PLATFORMS = {"linux": "Linux", "windows": "Windows", "macos": "MacOS"}
+_SEPARATOR = re.compile(r"[0-9a-zA-Z\r\n_:-]{0,30}")
+_PARAM_NAME = re.compile(r"[a-zA-Z0-9_]{1,128}")
+_PARAM_KEYS = (
+    "type",
+    "description",
+    "default",
+    "allowedValues",
+    "allowedPattern",
+    "displayType",
+    "minItems",
+    "maxItems",
+    "minChars",
+    "maxChars",
+)
+_BOOL_STRINGS = ("true", "false")
+
+
+def _type_name(v: Any) -> str:
+    if isinstance(v, bool):
+        return "Boolean"
+    if isinstance(v, (int, float)):
+        return "Number"
+    if isinstance(v, str):
+        return "String"
+    if isinstance(v, list):
+        return "List"
+    if isinstance(v, dict):
+        return "Map"
+    return "Null"
+
+
+def _expect(cond: bool, message: str) -> None:
+    if not cond:
+        raise _content_error(message)
+
+
+def _check_inputs(inputs: Any) -> None:
+    _expect(isinstance(inputs, dict), "inputs must be a map of session preferences.")
+    for key, value in inputs.items():
+        where = f"inputs.{key}"
+        if key not in _INPUT_KEYS:
+            raise _content_error(
+                f"Unsupported input {key!r}. Valid inputs: {', '.join(_INPUT_KEYS)}."
+            )
+        if _is_ref(value):
+            continue
+        if key in _STRING_INPUTS:
+            _expect(isinstance(value, str), f"{where} must be a String, not {_type_name(value)}.")
+        elif key in _BOOL_INPUTS:
+            _expect(
+                isinstance(value, bool)
+                or (isinstance(value, str) and value.lower() in _BOOL_STRINGS),
+                f"{where} must be a Boolean (true or false).",
+            )
+        elif key in _STRICT_BOOL_INPUTS:
+            _expect(isinstance(value, bool), f"{where} must be a Boolean (true or false).")
+        elif key in _MINUTE_INPUTS:
+            lo, hi = _MINUTE_INPUTS[key]
+            ok = isinstance(value, str) and (
+                value == ""
+                or (
+                    value.isascii()
+                    and value.isdigit()
+                    and lo <= int(value) <= hi
+                    and not value.startswith("0")
+                )
+            )
+            _expect(
+                ok,
+                f"{where} must be a String of whole minutes between {lo} and {hi}, "
+                f"not {json.dumps(value)}.",
+            )
+        elif key == "shellProfile":
+            _expect(isinstance(value, dict), f"{where} must be a map with keys linux, windows.")
+            for os_name, cmd in value.items():
+                _expect(
+                    os_name in _SHELL_PROFILE_KEYS,
+                    f"Unsupported {where} key {os_name!r}. Valid keys: linux, windows.",
+                )
+                _expect(isinstance(cmd, str), f"{where}.{os_name} must be a String.")
+
+
+def _check_default(name: str, ptype: str, default: Any) -> None:
+    where = f"parameters.{name}.default"
+    if ptype == "String":
+        _expect(isinstance(default, str), f"{where} must be a String.")
+    elif ptype == "StringList":
+        _expect(
+            isinstance(default, list) and all(isinstance(x, str) for x in default),
+            f"{where} must be a StringList.",
+        )
+    elif ptype == "Boolean":
+        _expect(
+            isinstance(default, bool)
+            or (isinstance(default, str) and default.lower() in _BOOL_STRINGS),
+            f"{where} must be a Boolean.",
+        )
+    elif ptype == "Integer":
+        _expect(
+            (isinstance(default, int) and not isinstance(default, bool))
+            or (isinstance(default, str) and re.fullmatch(r"-?[0-9]+", default) is not None),
+            f"{where} must be an Integer.",
+        )
+    elif ptype == "StringMap":
+        _expect(isinstance(default, dict), f"{where} must be a StringMap.")
+    elif ptype == "MapList":
+        _expect(
+            isinstance(default, list) and all(isinstance(x, dict) for x in default),
+            f"{where} must be a MapList.",
+        )
+
+
+def _check_parameters(params: Any) -> None:
+    _expect(isinstance(params, dict), "parameters must be a map of parameter definitions.")
+    for name, spec in params.items():
+        _expect(
+            isinstance(name, str) and _PARAM_NAME.fullmatch(name) is not None,
+            f"Invalid parameter name {name!r}: names are letters, digits and _.",
+        )
+        where = f"parameters.{name}"
+        _expect(isinstance(spec, dict), f"{where} must be a map.")
+        for key in spec:
+            _expect(
+                key in _PARAM_KEYS,
+                f"Unsupported {where} property {key!r}. Valid "
+                f"properties: {', '.join(_PARAM_KEYS)}.",
+            )
+        ptype = spec.get("type")
+        _expect(
+            ptype in PARAMETER_TYPES,
+            f"{where}.type must be one of {', '.join(PARAMETER_TYPES)}"
+            f"{'' if ptype is None else f', not {json.dumps(ptype)}'}.",
+        )
+        if "description" in spec:
+            _expect(isinstance(spec["description"], str), f"{where}.description must be a String.")
+        if "displayType" in spec:
+            _expect(
+                spec["displayType"] in ("textfield", "textarea"),
+                f"{where}.displayType must be textfield or textarea.",
+            )
+        for k in ("minItems", "maxItems", "minChars", "maxChars"):
+            if k in spec:
+                v = spec[k]
+                _expect(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                    f"{where}.{k} must be a non-negative Integer.",
+                )
+        allowed = spec.get("allowedValues")
+        if allowed is not None:
+            _expect(
+                isinstance(allowed, list)
+                and len(allowed) > 0
+                and all(isinstance(x, (str, int, float, bool)) for x in allowed),
+                f"{where}.allowedValues must be a non-empty list of values.",
+            )
+        pattern = spec.get("allowedPattern")
+        if pattern is not None:
+            _expect(isinstance(pattern, str), f"{where}.allowedPattern must be a String.")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise _content_error(
+                    f"{where}.allowedPattern is not a valid regular expression: {exc}."
+                ) from exc
+        if "default" in spec:
+            _check_default(name, ptype, spec["default"])
+            defaults = _as_values(spec["default"])
+            try:
+                _check_values(name, spec, defaults)
+            except DocumentError as exc:
+                raise _content_error(
+                    f"Default value of parameter {name} is not valid: {exc.message}"
+                ) from exc
+
+
+def _check_string_property(where: str, value: Any) -> None:
+    _expect(isinstance(value, str), f"{where} must be a String, not {_type_name(value)}.")
+
+
+def _check_properties(session_type: str, props: Any) -> None:
+    if session_type == "Standard_Stream":
+        _expect(
+            props is None or props == {},
+            "properties aren't supported for Standard_Stream sessions.",
+        )
+        return
+    _expect(isinstance(props, dict), f"properties are required for {session_type} sessions.")
+    if session_type == "Port":
+        for key, value in props.items():
+            _expect(
+                key in _PORT_PROPERTIES,
+                f"Unsupported property {key!r} for Port sessions. "
+                f"Valid properties: {', '.join(_PORT_PROPERTIES)}.",
+            )
+            _check_string_property(f"properties.{key}", value)
+        _expect("portNumber" in props, "properties.portNumber is required for Port sessions.")
+        port = props["portNumber"]
+        _expect(
+            _is_ref(port) or (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535),
+            f"properties.portNumber must be a port number (1-65535), not {port!r}.",
+        )
+        if "type" in props and not _is_ref(props["type"]):
+            _expect(
+                props["type"] == "LocalPortForwarding",
+                "properties.type must be LocalPortForwarding.",
+            )
+        return
+    # InteractiveCommands / NonInteractiveCommands
+    _expect(
+        len(props) > 0,
+        f"properties must define commands for at least one of {', '.join(_COMMAND_PLATFORMS)}.",
+    )
+    extra = (
+        ("separateOutputStream", "stdOutSeparatorPrefix", "stdErrSeparatorPrefix")
+        if session_type == "NonInteractiveCommands"
+        else ()
+    )
+    for os_name, cfg in props.items():
+        where = f"properties.{os_name}"
+        _expect(
+            os_name in _COMMAND_PLATFORMS,
+            f"Unsupported platform {os_name!r} in properties. "
+            f"Valid platforms: {', '.join(_COMMAND_PLATFORMS)}.",
+        )
+        _expect(isinstance(cfg, dict), f"{where} must be a map.")
+        for key, value in cfg.items():
+            _expect(
+                key in ("commands", "runAsElevated", *extra), f"Unsupported property {where}.{key}."
+            )
+            if _is_ref(value):
+                continue
+            if key == "commands":
+                _expect(
+                    isinstance(value, str)
+                    or (isinstance(value, list) and all(isinstance(c, str) for c in value)),
+                    f"{where}.commands must be a String or a list of Strings.",
+                )
+            elif key in ("runAsElevated", "separateOutputStream"):
+                _expect(
+                    isinstance(value, bool)
+                    or (isinstance(value, str) and value.lower() in _BOOL_STRINGS),
+                    f"{where}.{key} must be a Boolean.",
+                )
+            else:
+                _expect(
+                    isinstance(value, str) and _SEPARATOR.fullmatch(value) is not None,
+                    f"{where}.{key} must match ^[0-9a-zA-Z\\r\\n_:-]{{0,30}}$.",
+                )
+        _expect("commands" in cfg, f"{where}.commands is required.")
+
+
+def validate_document(doc: Mapping[str, Any], document_type: str = "Command") -> None:
+    """Check a parsed document for ``document_type``; raises :class:`DocumentError`.
+
+    Session documents get the full schema (``InvalidDocumentSchemaVersion`` for a
+    ``schemaVersion`` other than ``"1.0"``, ``InvalidDocumentContent`` for the rest). Other
+    types only need a ``schemaVersion`` (Hatchway does not run them).
+    """
+    version = schema_version(doc)
+    if version is None:
+        raise _content_error("schemaVersion is required and must be a String.")
+    if document_type != "Session":
+        return
+    if version not in SESSION_SCHEMA_VERSIONS:
+        raise DocumentError(
+            "InvalidDocumentSchemaVersion",
+            f"{version} is not a valid schema version for Session document type",
+        )
+    for key in doc:
+        _expect(
+            key in _TOP_KEYS,
+            f"Unsupported property {key!r} in a Session document. Valid "
+            f"properties: {', '.join(_TOP_KEYS)}.",
+        )
+    if "description" in doc:
+        _expect(isinstance(doc["description"], str), "description must be a String.")
+    session_type = doc.get("sessionType")
+    _expect(
+        session_type in SESSION_TYPES,
+        "sessionType is required"
+        if session_type is None
+        else f"Invalid sessionType {json.dumps(session_type)}. Valid values: "
+        f"{', '.join(SESSION_TYPES)}.",
+    )
+    if "inputs" in doc:
+        _check_inputs(doc["inputs"])
+    params = doc.get("parameters", {})
+    if "parameters" in doc:
+        _check_parameters(params)
+    _check_properties(str(session_type), doc.get("properties"))
+    undefined = sorted(references({k: doc.get(k) for k in ("inputs", "properties")}) - set(params))
+    _expect(
+        not undefined,
+        f"Parameter {undefined[0] if undefined else ''} is referenced but "
+        "not defined in parameters.",
+    )
+
+
+def check_format(document_type: str, document_format: str) -> None:
+    """TEXT content is for a few document types only (ApplicationConfiguration, ChangeCalendar)."""
+    if document_format == "TEXT" and document_type not in _TEXT_TYPES:
+        raise _content_error(
+            f"The TEXT document format isn't supported for {document_type} "
+            "documents. Use JSON or YAML."
+        )
+
+
+def platform_types(doc: Mapping[str, Any], document_type: str) -> list[str]:
+    """``PlatformTypes`` AWS reports: command documents list the platforms they define."""
+    if document_type == "Session" and doc.get("sessionType") in (
+        "InteractiveCommands",
+        "NonInteractiveCommands",
+    ):
+        props = doc.get("properties")
+        if isinstance(props, dict):
+            found = {_COMMAND_PLATFORMS[k] for k in props if k in _COMMAND_PLATFORMS}
+            return [p for p in ALL_PLATFORMS if p in found]
+    return list(ALL_PLATFORMS)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def parameter_summary(doc: Mapping[str, Any]) -> list[dict[str, str]]:
+    """``DocumentDescription.Parameters``: ``[{Name, Type, Description, DefaultValue}]``."""
+    out: list[dict[str, str]] = []
+    params = doc.get("parameters")
+    if not isinstance(params, dict):
+        return out
+    for name, spec in params.items():
+        if not isinstance(spec, dict):
+            continue
+        item = {"Name": str(name), "Type": str(spec.get("type", "String"))}
+        if isinstance(spec.get("description"), str):
+            item["Description"] = spec["description"]
+        if "default" in spec:
+            d = spec["default"]
+            item["DefaultValue"] = (
+                ",".join(_scalar(x) for x in d) if isinstance(d, list) else _scalar(d)
+            )
+        out.append(item)
+    return out
+
+
+# -- StartSession parameters ----------------------------------------------------------------
+
+
+def _as_values(default: Any) -> list[str]:
+    if isinstance(default, list):
+        return [_scalar(x) for x in default]
+    return [_scalar(default)]
+
+
+def _invalid(message: str) -> DocumentError:
+    return DocumentError("InvalidParameters", message)
+
+
+def _check_values(name: str, spec: Mapping[str, Any], values: list[str]) -> None:
+    ptype = spec.get("type", "String")
+    if ptype in ("String", "Boolean", "Integer") and len(values) != 1:
+        raise _invalid(f"Parameter {name} takes exactly one value; {len(values)} were given.")
+    if ptype == "Boolean" and values[0].lower() not in _BOOL_STRINGS:
+        raise _invalid(f"Parameter {name} must be true or false, not {values[0]!r}.")
+    if ptype == "Integer" and re.fullmatch(r"-?[0-9]+", values[0]) is None:
+        raise _invalid(f"Parameter {name} must be an Integer, not {values[0]!r}.")
+    if ptype == "StringList":
+        lo, hi = spec.get("minItems"), spec.get("maxItems")
+        if isinstance(lo, int) and len(values) < lo:
+            raise _invalid(f"Parameter {name} needs at least {lo} values.")
+        if isinstance(hi, int) and len(values) > hi:
+            raise _invalid(f"Parameter {name} takes at most {hi} values.")
+    allowed = spec.get("allowedValues")
+    pattern = spec.get("allowedPattern")
+    min_chars, max_chars = spec.get("minChars"), spec.get("maxChars")
+    for v in values:
+        if isinstance(allowed, list) and v not in [_scalar(a) for a in allowed]:
+            raise _invalid(
+                f"Parameter {name} value {v!r} is not one of the allowed values: "
+                f"{', '.join(_scalar(a) for a in allowed)}."
+            )
+        if isinstance(pattern, str) and re.search(pattern, v) is None:
+            raise _invalid(
+                f'Parameter "{name}" "{v}" failed to satisfy constraint: '
+                f"Member must satisfy regular expression pattern: {pattern}"
+            )
+        if isinstance(min_chars, int) and len(v) < min_chars:
+            raise _invalid(f"Parameter {name} value must have at least {min_chars} characters.")
+        if isinstance(max_chars, int) and len(v) > max_chars:
+            raise _invalid(f"Parameter {name} value must have at most {max_chars} characters.")
+
+
+def validate_parameters(
+    document: Mapping[str, Any], params: Mapping[str, list[str]] | None
+) -> dict[str, list[str]]:
+    """``StartSession.Parameters`` checked against ``document``'s definitions, defaults added.
+
+    Raises :class:`DocumentError` ``InvalidParameters``: a name the document does not define,
+    a required parameter (one without ``default``) missing, a value outside ``allowedValues``
+    or not matching ``allowedPattern`` (searched, as the agent's Go regexp does; AWS's own
+    patterns are anchored), wrong arity or type, or outside min/max items/chars.
+    """
+    defs = document.get("parameters") or {}
+    given = dict(params or {})
+    for name in given:
+        if name not in defs:
+            raise _invalid(
+                f"Parameter {name} is not defined in the document. You can only "
+                "supply values to parameters defined in the SSM document."
+            )
+    out: dict[str, list[str]] = {}
+    for name, spec in defs.items():
+        spec = spec if isinstance(spec, dict) else {}
+        if name in given:
+            values = [str(v) for v in given[name]]
+        elif "default" in spec:
+            values = _as_values(spec["default"])
+        else:
+            raise _invalid(
+                f"Parameter {name} is required: you must specify values for all "
+                "required parameters in the SSM document."
+            )
+        if name in given:
+            _check_values(name, spec, values)
+        out[name] = values
+    return out
+
+
+# -- tags --------------------------------------------------------------------------------------
+
+_TAG_PUNCT = set("_.:/=+-@")
+
+
+def _tag_chars_ok(s: str) -> bool:
+    return all(c in _TAG_PUNCT or unicodedata.category(c)[0] in "LZN" for c in s)
+
+
+def validate_tag(key: str, value: str | None = None) -> str | None:
+    """AWS's tag rules (key 1–128, value 0–256, ``[\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*``, no
+    ``aws:`` key prefix); returns the problem as a sentence, or ``None``."""
+    if not 1 <= len(key) <= 128:
+        return f"Tag key '{key}' must be between 1 and 128 characters long."
+    if not _tag_chars_ok(key):
+        return (
+            f"Tag key '{key}' failed to satisfy constraint: Member must satisfy regular "
+            "expression pattern: ^([\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*)$"
+        )
+    if key.lower().startswith("aws:"):
+        return f"Tag keys starting with 'aws:' are reserved: '{key}'."
+    if value is not None:
+        if len(value) > 256:
+            return f"Tag value for key '{key}' must be at most 256 characters long."
+        if not _tag_chars_ok(value):
+            return (
+                f"Tag value '{value}' failed to satisfy constraint: Member must satisfy "
+                "regular expression pattern: ^([\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*)$"
+            )
+    return None
+
+
+# -- AWS-owned documents and the default preferences ------------------------------------------
+
+_PORT = (
+    "^([1-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+)
+_LOCAL_PORT = (
+    "^([0-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+)
+
+
+_REMOTE_DESCRIPTION = (
+    "Document to start port forwarding session over Session Manager to a remote host"
+)
+_HOST_DESCRIPTION = "(Optional) Hostname or IP address of the destination server"
+
+
+@dataclass(frozen=True)
+class AwsDocument:
+    """An AWS-owned Session document: name, content (JSON text) and its nominal date."""
+
+    name: str
+    content: str
+    created: datetime
+
+    @property
+    def document(self) -> dict[str, Any]:
+        return parse_content(self.content, "JSON")
+
+
+def _doc(name: str, created: str, body: dict[str, Any]) -> AwsDocument:
+    return AwsDocument(
+        name, json.dumps(body, indent=2), datetime.fromisoformat(created).replace(tzinfo=UTC)
+    )
+
+
+def _local_port_param() -> dict[str, Any]:
+    return {
+        "type": "String",
+        "description": "(Optional) Port number on local machine to forward "
+        "traffic to. An open port is chosen at run-time if not provided",
+        "allowedPattern": _LOCAL_PORT,
+        "default": "0",
+    }
+
+
+def _command_properties(session_type: str) -> dict[str, Any]:
+    return {
+        "schemaVersion": "1.0",
+        "description": "Document to run single interactive command on an instance"
+        if session_type == "InteractiveCommands"
+        else "Document to run single non-interactive command on an instance",
+        "sessionType": session_type,
+        "parameters": {
+            "command": {"type": "String", "description": "The command to run on the instance"}
+        },
+        "properties": {
+            os_name: {"commands": "{{command}}", "runAsElevated": False}
+            for os_name in ("windows", "linux", "macos")
+        },
+    }
+
+
+AWS_DOCUMENTS: dict[str, AwsDocument] = {
+    d.name: d
+    for d in (
+        _doc(
+            "AWS-StartSSHSession",
+            "2019-06-13T00:00:00",
+            {
+                "schemaVersion": "1.0",
+                "description": "Document to start SSH session over Session Manager",
+                "sessionType": "Port",
+                "parameters": {
+                    "portNumber": {
+                        "type": "String",
+                        "description": "(Optional) Port number of SSH server on the instance",
+                        "allowedPattern": _PORT,
+                        "default": "22",
+                    }
+                },
+                "properties": {"portNumber": "{{ portNumber }}"},
+            },
+        ),
+        _doc(
+            "AWS-StartPortForwardingSession",
+            "2018-11-16T00:00:00",
+            {
+                "schemaVersion": "1.0",
+                "description": "Document to start port forwarding session over Session Manager",
+                "sessionType": "Port",
+                "parameters": {
+                    "portNumber": {
+                        "type": "String",
+                        "description": "(Optional) Port number of the server on the instance",
+                        "allowedPattern": _PORT,
+                        "default": "80",
+                    },
+                    "localPortNumber": _local_port_param(),
+                },
+                "properties": {
+                    "portNumber": "{{ portNumber }}",
+                    "type": "LocalPortForwarding",
+                    "localPortNumber": "{{ localPortNumber }}",
+                },
+            },
+        ),
+        _doc(
+            "AWS-StartPortForwardingSessionToRemoteHost",
+            "2022-05-25T00:00:00",
+            {
+                "schemaVersion": "1.0",
+                "description": _REMOTE_DESCRIPTION,
+                "sessionType": "Port",
+                "parameters": {
+                    "host": {
+                        "type": "String",
+                        "description": _HOST_DESCRIPTION,
+                        "allowedPattern": "^[^,$^&\\(\\)!;'\"<>\\`{}\\[\\]\\|#=]{3,}$",
+                        "default": "localhost",
+                    },
+                    "portNumber": {
+                        "type": "String",
+                        "description": "(Optional) Port number of the server on the instance",
+                        "allowedPattern": _PORT,
+                        "default": "80",
+                    },
+                    "localPortNumber": _local_port_param(),
+                },
+                "properties": {
+                    "portNumber": "{{ portNumber }}",
+                    "type": "LocalPortForwarding",
+                    "localPortNumber": "{{ localPortNumber }}",
+                    "host": "{{ host }}",
+                },
+            },
+        ),
+        _doc(
+            "AWS-StartInteractiveCommand",
+            "2020-02-20T00:00:00",
+            _command_properties("InteractiveCommands"),
+        ),
+        _doc(
+            "AWS-StartNonInteractiveCommand",
+            "2022-03-16T00:00:00",
+            _command_properties("NonInteractiveCommands"),
+        ),
+    )
+}
+
+DEFAULT_PREFERENCES_DESCRIPTION = "Document to hold regional settings for Session Manager"
+
+#: Content ``SSM-SessionManagerRunShell`` starts with: a shell as ``ssm-user``, 20 minutes idle
+#: timeout, no maximum duration, no logging, no KMS encryption, no Run As.
+DEFAULT_PREFERENCES: dict[str, Any] = {
+    "schemaVersion": "1.0",
+    "description": DEFAULT_PREFERENCES_DESCRIPTION,
+    "sessionType": "Standard_Stream",
+    "inputs": {
+        "s3BucketName": "",
+        "s3KeyPrefix": "",
+        "s3EncryptionEnabled": True,
+        "cloudWatchLogGroupName": "",
+        "cloudWatchEncryptionEnabled": True,
+        "cloudWatchStreamingEnabled": False,
+        "kmsKeyId": "",
+        "runAsEnabled": False,
+        "runAsDefaultUser": "",
+        "idleSessionTimeout": "20",
+        "maxSessionDuration": "",
+        "shellProfile": {"windows": "", "linux": ""},
+    },
+}
