@@ -14,6 +14,7 @@ from hatchway.iam import PolicyKind, parse_policy
 from hatchway.server.app import create_app
 from hatchway.server.bootstrap import bootstrap
 from hatchway.server.crypto import SecretBox
+from hatchway.server.ops import seed_account
 from hatchway.server.state import ServerConfig, ServerState
 from hatchway.server.store import Store
 
@@ -41,6 +42,7 @@ def build_state(config: ServerConfig) -> tuple[ServerState, tuple[str, str] | No
     box = SecretBox.from_dir(config.data_dir)
     state = ServerState(config, store, box, load_scps(config.scp_files))  # type: ignore[arg-type]
     generated = bootstrap(state)
+    seed_account(state)  # refresh AWS-owned documents on every start (idempotent)
     return state, generated
 
 

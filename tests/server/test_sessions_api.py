@@ -378,3 +378,28 @@ def test_audit_records_decisions(broker: Broker, users: dict[str, tuple[str, str
     assert "because no identity-based policy allows" in ev["denialMessage"]
     lines = (broker.data_dir / "audit.jsonl").read_text().splitlines()
     assert any(json.loads(x)["eventID"] == ev["eventID"] for x in lines)
+
+
+def test_document_and_parameter_errors_create_no_session(broker: Broker, node: Agent) -> None:
+    ssm = broker.client("ssm")
+
+    def count() -> int:
+        return sum(len(ssm.describe_sessions(State=s)["Sessions"]) for s in ("Active", "History"))
+
+    before = count()
+    with pytest.raises(ClientError) as exc:
+        ssm.start_session(Target=TARGET, DocumentName="NoSuchDocument")
+    assert exc.value.response["Error"]["Code"] == "InvalidDocument"
+    for bad in ({"portNumber": ["not-a-port"]}, {"noSuchParameter": ["1"]}):
+        with pytest.raises(ClientError) as exc:
+            ssm.start_session(
+                Target=TARGET, DocumentName="AWS-StartPortForwardingSession", Parameters=bad
+            )
+        assert exc.value.response["Error"]["Code"] == "InvalidParameters", bad
+    ok = ssm.start_session(
+        Target=TARGET,
+        DocumentName="AWS-StartPortForwardingSession",
+        Parameters={"portNumber": ["8080"], "localPortNumber": ["0"]},
+    )
+    ssm.terminate_session(SessionId=ok["SessionId"])
+    assert count() == before + 1

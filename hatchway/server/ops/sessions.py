@@ -9,17 +9,15 @@ whose tokens all expired unused ends as Terminated.
 
 from __future__ import annotations
 
-import json
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import yaml
 
 from hatchway.server import crypto
 from hatchway.server.call import Call, operation
 from hatchway.server.errors import ServiceError, access_denied
 from hatchway.server.nodes import ping_status
+from hatchway.server.ops.documents import load_document
 from hatchway.server.ops.paging import page
 from hatchway.server.state import ServerState
 from hatchway.server.store import Conflict
@@ -27,11 +25,11 @@ from hatchway.server.store import schema as t
 from hatchway.ssm import (
     DEFAULT_SESSION_DOCUMENT,
     authorize_start_session,
-    is_aws_owned_document,
     session_arn,
     target_arn,
 )
 from hatchway.ssm.arns import InvalidTarget
+from hatchway.ssm.documents import DocumentError, validate_parameters
 
 ACTIVE = ("Connecting", "Connected", "Disconnected", "Terminating")
 HISTORY = ("Terminated", "Failed")
@@ -87,30 +85,10 @@ def expire_unused(state: ServerState) -> int:
     return ended
 
 
-def _document(call: Call, name: str) -> dict[str, Any] | None:
-    return call.store.get(t.documents, name=name)  # type: ignore[no-any-return]
-
-
 def _tags(row: dict[str, Any] | None) -> dict[str, str]:
     if row is None:
         return {}
     return {x["Key"]: x["Value"] for x in row["data"].get("tags", [])}
-
-
-def _document_inputs(call: Call, doc: dict[str, Any]) -> dict[str, Any]:
-    ver = call.store.get(t.document_versions, name=doc["name"], version=doc["default_version"])
-    if ver is None:
-        return {}
-    try:
-        content = (
-            json.loads(ver["content"])
-            if ver["format"] == "JSON"
-            else yaml.safe_load(ver["content"])
-        )
-    except (ValueError, yaml.YAMLError):
-        return {}
-    inputs = content.get("inputs") if isinstance(content, dict) else None
-    return inputs if isinstance(inputs, dict) else {}
 
 
 @operation("ssm", "StartSession")
@@ -122,7 +100,8 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     except InvalidTarget:
         arn = None
     node = call.store.get(t.instances, instance_id=target) if arn else None
-    doc = _document(call, doc_name if doc_name is not None else DEFAULT_SESSION_DOCUMENT)
+    shown = doc_name if doc_name is not None else DEFAULT_SESSION_DOCUMENT
+    doc = load_document(call.state, shown)
     # 1. IAM: the target and (when named) the document, each with its own tags (ssm-spec 3.3).
     if arn is not None:
         result = authorize_start_session(
@@ -133,7 +112,7 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
             account=call.account,
             document_name=doc_name,
             target_tags=_tags(node),
-            document_tags=_tags(doc),
+            document_tags=doc.tags if doc else {},
             context=call.base_context(),
             mode=call.state.config.start_session_mode,
         )
@@ -148,13 +127,21 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         or ping_status(call.state, node) != "Online"
     ):
         raise ServiceError("TargetNotConnected", f"{target} is not connected.")
-    # 3. The document must be a Session document.
-    if doc is None or doc["document_type"] != "Session":
-        shown = doc_name or DEFAULT_SESSION_DOCUMENT
-        if doc is None and not is_aws_owned_document(shown):
-            raise ServiceError("InvalidDocument", f"Document with name {shown} does not exist.")
-        raise ServiceError("InvalidDocument", f"{shown} is not a Session document.")
-    inputs = _document_inputs(call, doc)
+    # 3. The document must be a Session document; its parameters must fit it.
+    if doc is None:
+        raise ServiceError("InvalidDocument", "No matching value was found for Name.")
+    if doc.document_type != "Session":
+        raise ServiceError(
+            "InvalidDocument",
+            f"Document type: '{doc.document_type}' is not "
+            "supported. Only type: 'Session' is supported for Session Manager.",
+        )
+    try:
+        parameters = validate_parameters(doc.document, params.get("Parameters"))
+    except DocumentError as exc:
+        raise ServiceError(exc.code, exc.message) from exc
+    raw_inputs = doc.document.get("inputs")
+    inputs: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
     max_duration = str(inputs.get("maxSessionDuration") or "") or None
     now = datetime.now(UTC)
     for _ in range(3):
@@ -170,11 +157,12 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
                         "owner": call.caller.arn,
                         "start_date": now,
                         "end_date": None,
-                        "document_name": doc["name"],
+                        "document_name": doc.name,
                         "data": {
                             "reason": params.get("Reason"),
                             "owner_userid": call.caller.user_id,
-                            "parameters": params.get("Parameters") or {},
+                            "parameters": parameters,
+                            "document_version": doc.version,
                             "max_session_duration": max_duration,
                             "idle_session_timeout": str(inputs.get("idleSessionTimeout") or "20"),
                             "tags": {
