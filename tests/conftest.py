@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from pg import postgres_cluster, why_unavailable  # noqa: E402
+from pg import postgres_cluster, why_unavailable
 
 
 @pytest.fixture(scope="session")

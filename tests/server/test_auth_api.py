@@ -168,10 +168,10 @@ def test_admin_credentials_file_when_generated(tmp_path: Path) -> None:
             "--data-dir",
             str(data),
         ],
-        stdout=open(log, "w"),
+        stdout=open(log, "w"),  # noqa: SIM115 - open as long as the broker runs
         stderr=subprocess.STDOUT,
         env=env,
-    )  # noqa: SIM115
+    )
     try:
         deadline = time.monotonic() + 30
         while "listening on" not in log.read_text() and time.monotonic() < deadline:

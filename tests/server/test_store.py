@@ -31,9 +31,16 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 def _session(sid: str, status: str = "Connecting", **data: object) -> dict[str, object]:
-    return {"session_id": sid, "target": "i-0123456789abcdef0", "status": status,
-            "owner": "arn:aws:iam::123456789012:user/alice", "start_date": datetime.now(UTC),
-            "end_date": None, "document_name": "SSM-SessionManagerRunShell", "data": data}
+    return {
+        "session_id": sid,
+        "target": "i-0123456789abcdef0",
+        "status": status,
+        "owner": "arn:aws:iam::123456789012:user/alice",
+        "start_date": datetime.now(UTC),
+        "end_date": None,
+        "document_name": "SSM-SessionManagerRunShell",
+        "data": data,
+    }
 
 
 def test_migrations_are_recorded_and_idempotent(store: Store) -> None:
@@ -63,8 +70,11 @@ def test_duplicate_key_is_a_conflict_and_changes_nothing(store: Store) -> None:
 def test_transaction_is_all_or_nothing(store: Store) -> None:
     with pytest.raises(RuntimeError), store.transaction() as c:
         store.insert(t.sessions, _session("s-2"), c)
-        store.insert(t.session_tokens, {"token_hash": "h", "session_id": "s-2",
-                                        "expires": datetime.now(UTC), "used": False}, c)
+        store.insert(
+            t.session_tokens,
+            {"token_hash": "h", "session_id": "s-2", "expires": datetime.now(UTC), "used": False},
+            c,
+        )
         raise RuntimeError("boom")
     assert store.get(t.sessions, session_id="s-2") is None
     assert store.get(t.session_tokens, token_hash="h") is None
@@ -85,27 +95,60 @@ def test_select_filter_order_limit_and_conditional_update(store: Store) -> None:
         row = _session(f"s-{i}", "Connected" if i % 2 else "Terminated")
         row["start_date"] = now - timedelta(minutes=i)
         store.insert(t.sessions, row)
-    active = store.select(t.sessions, t.sessions.c.status.in_(["Connected"]),
-                          order_by=[t.sessions.c.start_date.desc()])
+    active = store.select(
+        t.sessions,
+        t.sessions.c.status.in_(["Connected"]),
+        order_by=[t.sessions.c.start_date.desc()],
+    )
     assert [r["session_id"] for r in active] == ["s-1", "s-3"]
     assert len(store.select(t.sessions, limit=2, offset=1)) == 2
-    assert store.update(t.sessions, {"session_id": "s-1"}, {"status": "Terminated"}, None,
-                        t.sessions.c.status == "Connected") == 1
-    assert store.update(t.sessions, {"session_id": "s-1"}, {"status": "Connected"}, None,
-                        t.sessions.c.status == "Connected") == 0
+    assert (
+        store.update(
+            t.sessions,
+            {"session_id": "s-1"},
+            {"status": "Terminated"},
+            None,
+            t.sessions.c.status == "Connected",
+        )
+        == 1
+    )
+    assert (
+        store.update(
+            t.sessions,
+            {"session_id": "s-1"},
+            {"status": "Connected"},
+            None,
+            t.sessions.c.status == "Connected",
+        )
+        == 0
+    )
     assert store.delete(t.sessions, session_id="s-0") == 1
 
 
 def test_concurrent_conditional_updates_have_one_winner(store: Store) -> None:
-    store.insert(t.activations, {"activation_id": "a" * 36, "code_hash": "x",
-                                 "created": datetime.now(UTC),
-                                 "expires": datetime.now(UTC) + timedelta(hours=1),
-                                 "registrations": 0, "data": {}})
+    store.insert(
+        t.activations,
+        {
+            "activation_id": "a" * 36,
+            "code_hash": "x",
+            "created": datetime.now(UTC),
+            "expires": datetime.now(UTC) + timedelta(hours=1),
+            "registrations": 0,
+            "data": {},
+        },
+    )
     wins: list[int] = []
 
     def take() -> None:
-        wins.append(store.update(t.activations, {"activation_id": "a" * 36},
-                                 {"registrations": 1}, None, t.activations.c.registrations == 0))
+        wins.append(
+            store.update(
+                t.activations,
+                {"activation_id": "a" * 36},
+                {"registrations": 1},
+                None,
+                t.activations.c.registrations == 0,
+            )
+        )
 
     threads = [threading.Thread(target=take) for _ in range(8)]
     for th in threads:
