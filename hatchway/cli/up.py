@@ -82,7 +82,7 @@ async def _up(config: ServerConfig, node_dir: Path, instance_id: str) -> None:
     agent = asyncio.create_task(channel.run())
     await asyncio.wait_for(channel.connected.wait(), 10)
     creds = (config.data_dir / "admin-credentials").resolve()
-    env = f"AWS_SHARED_CREDENTIALS_FILE={creds} AWS_REGION={config.region}"
+    env = f"AWS_SHARED_CREDENTIALS_FILE={creds} AWS_DEFAULT_REGION={config.region}"
     print(
         f"""
 Hatchway is up.
