@@ -7,6 +7,8 @@ operation's handler (which takes the IAM decisions), serialized in AWS's shapes,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -20,7 +22,7 @@ from botocore.model import OperationModel
 from hatchway.server import sigv4
 from hatchway.server.call import OPERATIONS, Call, audit
 from hatchway.server.errors import ServiceError
-from hatchway.server.identity import lookup_key, resolve_caller
+from hatchway.server.identity import credential_lookup, lookup_key, resolve_caller
 from hatchway.server.protocol import jsonproto, query
 from hatchway.server.protocol.models import load_service
 from hatchway.server.protocol.validate import validate_input
@@ -29,21 +31,8 @@ from hatchway.server.state import ServerState
 log = logging.getLogger("hatchway.server")
 
 STATE_KEY = web.AppKey("state", ServerState)
+TASKS_KEY = web.AppKey("tasks", list)
 _JSON_TYPE = "application/x-amz-json-1.1"
-
-
-def _credential_lookup(state: ServerState) -> Any:
-    def lookup(access_key_id: str) -> sigv4.Credential | None:
-        row = lookup_key(state, access_key_id)
-        if row is None or row["status"] != "Active":
-            return None
-        secret = state.box.open(row["secret"], access_key_id)
-        token = row["data"].get("session_token")
-        return sigv4.Credential(
-            secret, state.box.open(token, access_key_id) if token else None, row["expires"]
-        )
-
-    return lookup
 
 
 class _Route:
@@ -130,12 +119,13 @@ async def _handle_api(request: web.Request) -> web.Response:
     op = route.op
     source_ip = request.remote or ""
     try:
-        verified = sigv4.verify(incoming, _credential_lookup(state), datetime.now(UTC))
+        verified = sigv4.verify(incoming, credential_lookup(state), datetime.now(UTC))
     except sigv4.AuthError as exc:
         code, status = sigv4.error_code(exc.kind, route.protocol)
         message = sigv4.error_message(exc, route.protocol)
         return _error_response(route, ServiceError(code, message, status), call_id)
-    key = lookup_key(state, verified.access_key_id)
+    entry = lookup_key(state, verified.access_key_id)
+    key = entry.row if entry is not None else None
     if key is None:
         code, status = sigv4.error_code("unknown_key", route.protocol)
         return _error_response(
@@ -228,6 +218,18 @@ async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def _start_background(app: web.Application) -> None:
+    app[TASKS_KEY] = [asyncio.create_task(app[STATE_KEY].audit_log.run())]
+
+
+async def _stop_background(app: web.Application) -> None:
+    for task in app[TASKS_KEY]:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    app[STATE_KEY].audit_log.close()
+
+
 def create_app(state: ServerState) -> web.Application:
     """The aiohttp application; extra routes (registration, channels) come from other modules."""
     from hatchway.server import nodes
@@ -236,6 +238,8 @@ def create_app(state: ServerState) -> web.Application:
     register_all()
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app[STATE_KEY] = state
+    app.on_startup.append(_start_background)
+    app.on_cleanup.append(_stop_background)
     app.router.add_get("/health", handle_health)
     app.router.add_post("/", handle_api)
     nodes.add_routes(app)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +17,8 @@ from hatchway.server.errors import ServiceError, access_denied
 from hatchway.server.identity import Caller
 from hatchway.server.state import ServerState
 from hatchway.server.store import schema as t
+
+log = logging.getLogger("hatchway.server.audit")
 
 _REDACT = {
     "SecretAccessKey",
@@ -176,8 +180,8 @@ def audit(
     if error is not None:
         event["errorCode"] = error.code
         event["errorMessage"] = error.message
-    state.store.insert(
-        t.audit,
+    state.audit_log.record(
+        event,
         {
             "event_id": event["eventID"],
             "time": now,
@@ -188,6 +192,45 @@ def audit(
             "data": event,
         },
     )
-    with open(state.audit_path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(event) + "\n")
     return event
+
+
+class AuditLog:
+    """Audit events: a JSON line in the data dir at once, the store in batches.
+
+    The line is written (line-buffered) before the response leaves; rows reach the store within
+    ``interval`` seconds in one transaction, instead of one transaction per API call. Stopping the
+    broker flushes what is pending.
+    """
+
+    def __init__(self, store: Any, path: Any, interval: float = 0.05, batch: int = 500) -> None:
+        self.store = store
+        self.interval = interval
+        self.batch = batch
+        self.pending: list[dict[str, Any]] = []
+        self._file = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - long-lived
+
+    def record(self, event: dict[str, Any], row: dict[str, Any]) -> None:
+        self._file.write(json.dumps(event) + "\n")
+        self.pending.append(row)
+        if len(self.pending) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        rows, self.pending = self.pending, []
+        self.store.insert_many(t.audit, rows)
+
+    async def run(self) -> None:
+        """Flush every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval)
+            if self.pending:
+                try:
+                    self.flush()
+                except Exception:  # a store hiccup must not stop auditing: keep the lines
+                    log.exception("could not store audit events; they remain in audit.jsonl")
+
+    def close(self) -> None:
+        if self.pending:
+            self.flush()
+        self._file.close()

@@ -145,5 +145,45 @@ def _resolve(state: ServerState, key: Record) -> Caller | None:
     return None
 
 
-def lookup_key(state: ServerState, access_key_id: str) -> Record | None:
-    return state.store.get(t.access_keys, access_key_id=access_key_id)
+@dataclass(frozen=True)
+class KeyEntry:
+    """An access key as authentication needs it: the row and its unsealed secret/token."""
+
+    row: Record
+    secret: str
+    session_token: str | None
+
+
+def lookup_key(state: ServerState, access_key_id: str) -> KeyEntry | None:
+    """The key's row and unsealed secret, cached until the next IAM change or key write."""
+    version = (state.generation, state.store.version(t.access_keys))
+    hit = state.key_cache.get(access_key_id)
+    if hit is not None and hit[0] == version:
+        cached: KeyEntry | None = hit[1]
+        return cached
+    row = state.store.get(t.access_keys, access_key_id=access_key_id)
+    entry = None
+    if row is not None:
+        token = row["data"].get("session_token")
+        entry = KeyEntry(
+            row,
+            state.box.open(row["secret"], access_key_id),
+            state.box.open(token, access_key_id) if token else None,
+        )
+    if len(state.key_cache) > 10_000:
+        state.key_cache.clear()
+    state.key_cache[access_key_id] = (version, entry)
+    return entry
+
+
+def credential_lookup(state: ServerState, *, active_only: bool = True) -> Any:
+    """The ``lookup`` SigV4 verification needs, backed by :func:`lookup_key`."""
+    from hatchway.server import sigv4
+
+    def lookup(access_key_id: str) -> sigv4.Credential | None:
+        entry = lookup_key(state, access_key_id)
+        if entry is None or (active_only and entry.row["status"] != "Active"):
+            return None
+        return sigv4.Credential(entry.secret, entry.session_token, entry.row["expires"])
+
+    return lookup

@@ -28,7 +28,7 @@ from hatchway.server import crypto, sigv4
 from hatchway.server.bootstrap import create_access_key
 from hatchway.server.call import audit
 from hatchway.server.errors import ServiceError
-from hatchway.server.identity import lookup_key, resolve_caller
+from hatchway.server.identity import credential_lookup, lookup_key, resolve_caller
 from hatchway.server.state import ServerState
 from hatchway.server.store import Conflict
 from hatchway.server.store import schema as t
@@ -187,19 +187,13 @@ def _authenticate_node(
         request.method, raw_path, raw_query, dict(request.headers), body
     )
 
-    def lookup(akid: str) -> sigv4.Credential | None:
-        row = lookup_key(state, akid)
-        if row is None or row["status"] != "Active":
-            return None
-        return sigv4.Credential(state.box.open(row["secret"], akid), None)
-
     try:
-        verified = sigv4.verify(incoming, lookup, datetime.now(UTC))
+        verified = sigv4.verify(incoming, credential_lookup(state), datetime.now(UTC))
     except sigv4.AuthError as exc:
         code, status = sigv4.error_code(exc.kind, "json")
         raise ServiceError(code, exc.message, status) from exc
-    key = lookup_key(state, verified.access_key_id)
-    caller = resolve_caller(state, key) if key else None
+    entry = lookup_key(state, verified.access_key_id)
+    caller = resolve_caller(state, entry.row) if entry else None
     if caller is None or caller.kind != "node" or caller.name != instance_id:
         raise ServiceError(
             "AccessDeniedException",

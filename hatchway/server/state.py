@@ -50,8 +50,14 @@ class ServerState:
         self.generation = next(self._generation)
         self.policy_cache: dict[tuple[str, int], Any] = {}
         self.nodes: dict[str, Any] = {}  # instance id -> live control channel
+        self.key_cache: dict[str, tuple[tuple[int, int], Any]] = {}
+        self.doc_cache: dict[str, tuple[tuple[int, int], float, Any]] = {}
         self.audit_path = config.data_dir / "audit.jsonl"
+        from hatchway.server.call import AuditLog
+
+        self.audit_log = AuditLog(store, self.audit_path)
 
     def iam_changed(self) -> None:
         self.generation = next(self._generation)
         self.policy_cache.clear()
+        self.key_cache.clear()

@@ -354,22 +354,28 @@ def test_audit_records_decisions(broker: Broker, users: dict[str, tuple[str, str
     with pytest.raises(ClientError):
         broker.client("ssm", key, secret).start_session(Target=TARGET)
     hatchway = str(Path(sys.executable).with_name("hatchway"))
-    out = subprocess.run(
-        [
-            hatchway,
-            "audit",
-            "--data-dir",
-            str(broker.data_dir),
-            "--event",
-            "StartSession",
-            "--decision",
-            "denied",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
+    # The store receives audit rows in batches within ~50 ms (the JSON line is immediate).
+    deadline = time.monotonic() + 5
+    while True:
+        out = subprocess.run(
+            [
+                hatchway,
+                "audit",
+                "--data-dir",
+                str(broker.data_dir),
+                "--event",
+                "StartSession",
+                "--decision",
+                "denied",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        if out.strip() or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     events = [json.loads(line) for line in out.splitlines()]
     ev = events[-1]
     assert ev["userIdentity"]["arn"] == f"arn:aws:iam::{ACCOUNT}:user/seed"

@@ -10,14 +10,17 @@ whose tokens all expired unused ends as Terminated.
 from __future__ import annotations
 
 import secrets
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from sqlalchemy import or_, select
 
 from hatchway.server import crypto
 from hatchway.server.call import Call, operation
 from hatchway.server.errors import ServiceError, access_denied
 from hatchway.server.nodes import ping_status
-from hatchway.server.ops.documents import load_document
+from hatchway.server.ops.documents import ResolvedDocument, load_document
 from hatchway.server.ops.paging import page
 from hatchway.server.state import ServerState
 from hatchway.server.store import Conflict
@@ -70,19 +73,40 @@ def mint_token(state: ServerState, session_id: str, conn: Any = None) -> str:
 def expire_unused(state: ServerState) -> int:
     """End Connecting sessions whose tokens all expired unused; returns how many ended."""
     now = datetime.now(UTC)
+    tok = t.session_tokens.c
+    live = select(tok.session_id).where(or_(tok.used.is_(True), tok.expires > now))
+    stale = state.store.select(
+        t.sessions, t.sessions.c.status == "Connecting", t.sessions.c.session_id.not_in(live)
+    )
     ended = 0
-    for row in state.store.select(t.sessions, status="Connecting"):
-        tokens = state.store.select(t.session_tokens, session_id=row["session_id"])
-        if tokens and all(not x["used"] and x["expires"] <= now for x in tokens):
-            data = dict(row["data"], details="The session token expired before a client connected.")
-            ended += state.store.update(
-                t.sessions,
-                {"session_id": row["session_id"]},
-                {"status": "Terminated", "end_date": now, "data": data},
-                None,
-                t.sessions.c.status == "Connecting",
-            )
+    for row in stale:
+        data = dict(row["data"], details="The session token expired before a client connected.")
+        ended += state.store.update(
+            t.sessions,
+            {"session_id": row["session_id"]},
+            {"status": "Terminated", "end_date": now, "data": data},
+            None,
+            t.sessions.c.status == "Connecting",
+        )
     return ended
+
+
+_DOC_TTL = 5.0  # seconds: bounds how stale a cached document can be across brokers
+
+
+def _document(state: ServerState, name: str) -> ResolvedDocument | None:
+    """``load_document`` cached until this broker writes documents, or for at most 5 s."""
+    version = (state.store.version(t.documents), state.store.version(t.document_versions))
+    hit = state.doc_cache.get(name)
+    now = time.monotonic()
+    if hit is not None and hit[0] == version and now - hit[1] < _DOC_TTL:
+        cached: ResolvedDocument | None = hit[2]
+        return cached
+    doc = load_document(state, name)
+    if len(state.doc_cache) > 1000:
+        state.doc_cache.clear()
+    state.doc_cache[name] = (version, now, doc)
+    return doc
 
 
 def _tags(row: dict[str, Any] | None) -> dict[str, str]:
@@ -101,7 +125,7 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         arn = None
     node = call.store.get(t.instances, instance_id=target) if arn else None
     shown = doc_name if doc_name is not None else DEFAULT_SESSION_DOCUMENT
-    doc = load_document(call.state, shown)
+    doc = _document(call.state, shown)
     # 1. IAM: the target and (when named) the document, each with its own tags (ssm-spec 3.3).
     if arn is not None:
         result = authorize_start_session(
@@ -217,10 +241,15 @@ async def resume_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 
 
 async def end_session(
-    state: ServerState, session_id: str, status: str = "Terminated", details: str | None = None
+    state: ServerState,
+    session_id: str,
+    status: str = "Terminated",
+    details: str | None = None,
+    row: dict[str, Any] | None = None,
 ) -> bool:
     """Move an active session to History and spend its tokens."""
-    row = state.store.get(t.sessions, session_id=session_id)
+    if row is None:
+        row = state.store.get(t.sessions, session_id=session_id)
     if row is None or row["status"] in HISTORY:
         return False
     data = dict(row["data"])
@@ -240,8 +269,9 @@ async def end_session(
 @operation("ssm", "TerminateSession")
 async def terminate_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     sid = params["SessionId"]
-    _authorize_session(call, "ssm:TerminateSession", sid)
-    await end_session(call.state, sid)
+    row = _authorize_session(call, "ssm:TerminateSession", sid)
+    if row is not None:
+        await end_session(call.state, sid, row=row)
     return {"SessionId": sid}
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Engine,
     Table,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -52,7 +53,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN")
+    # Single reads run in SQLite's autocommit mode: no BEGIN/COMMIT round for them.
+    if not conn.get_execution_options().get("hatchway_read"):
+        conn.exec_driver_sql("BEGIN")
 
 
 def _aware(value: Any) -> Any:
@@ -79,6 +82,10 @@ class Store:
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         with self.engine.connect() as conn:
             self.schema_version = migrate(conn)
+        self._stmts: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._insert_stmts: dict[str, Any] = {}
+        self._update_stmts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
+        self._versions: dict[str, int] = {}
 
     @property
     def dialect(self) -> str:
@@ -121,9 +128,20 @@ class Store:
     def _where(table: Table, keys: Mapping[str, Any]) -> ColumnElement[bool]:
         return and_(*(table.c[k] == v for k, v in keys.items()))
 
+    def _get_stmt(self, table: Table, names: tuple[str, ...]) -> Any:
+        stmt = self._stmts.get((table.name, names))
+        if stmt is None:
+            stmt = select(table).where(and_(*(table.c[k] == bindparam(k) for k in names)))
+            self._stmts[(table.name, names)] = stmt
+        return stmt
+
     def get(self, table: Table, conn: Connection | None = None, **keys: Any) -> Record | None:
-        with self._conn(conn) as c:
-            row = c.execute(select(table).where(self._where(table, keys))).mappings().first()
+        stmt = self._get_stmt(table, tuple(keys))
+        if conn is not None:
+            row = conn.execute(stmt, keys).mappings().first()
+        else:
+            with self.engine.connect().execution_options(hatchway_read=True) as c:
+                row = c.execute(stmt, keys).mappings().first()
         return self._row(row) if row is not None else None
 
     def select(
@@ -159,12 +177,36 @@ class Store:
     def insert(
         self, table: Table, values: Mapping[str, Any], conn: Connection | None = None
     ) -> None:
-        """Insert a row; :class:`Conflict` if its key exists."""
+        """Insert a row; :class:`Conflict` if its key exists (the rest of a caller's
+        transaction stays intact: there the row goes in under a savepoint)."""
+        stmt = self._insert_stmts.get(table.name)
+        if stmt is None:
+            stmt = self._insert_stmts[table.name] = insert(table)
         try:
-            with self._conn(conn) as c, c.begin_nested():
-                c.execute(insert(table).values(**self._values(values)))
+            if conn is None:
+                with self.engine.begin() as c:
+                    c.execute(stmt, self._values(values))
+            else:
+                with conn.begin_nested():
+                    conn.execute(stmt, self._values(values))
         except IntegrityError as exc:
             raise Conflict(str(exc.orig)) from exc
+        self._changed(table)
+
+    def insert_many(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert several rows in one transaction (executemany)."""
+        if not rows:
+            return
+        with self.engine.begin() as c:
+            c.execute(insert(table), [self._values(r) for r in rows])
+        self._changed(table)
+
+    def version(self, table: Table) -> int:
+        """A counter of this process's writes to ``table``: caches of its rows key on it."""
+        return self._versions.get(table.name, 0)
+
+    def _changed(self, table: Table) -> None:
+        self._versions[table.name] = self._versions.get(table.name, 0) + 1
 
     def update(
         self,
@@ -175,13 +217,33 @@ class Store:
         *where: ColumnElement[bool],
     ) -> int:
         """Update matching rows; returns how many changed."""
-        q = update(table).where(self._where(table, keys), *where).values(**self._values(values))
+        vals = self._values(values)
+        if where:
+            q: Any = update(table).where(self._where(table, keys), *where).values(**vals)
+            params: dict[str, Any] = {}
+        else:
+            # The common case, a prebuilt statement: no statement building per call.
+            sig = (table.name, tuple(keys), tuple(vals))
+            q = self._update_stmts.get(sig)
+            if q is None:
+                q = (
+                    update(table)
+                    .where(and_(*(table.c[k] == bindparam(f"k_{k}") for k in keys)))
+                    .values({k: bindparam(f"v_{k}") for k in vals})
+                )
+                self._update_stmts[sig] = q
+            params = {f"k_{k}": v for k, v in keys.items()}
+            params.update({f"v_{k}": v for k, v in vals.items()})
         with self._conn(conn) as c:
-            return int(c.execute(q).rowcount)
+            n = int(c.execute(q, params).rowcount if params else c.execute(q).rowcount)
+        self._changed(table)
+        return n
 
     def delete(self, table: Table, conn: Connection | None = None, **keys: Any) -> int:
         with self._conn(conn) as c:
-            return int(c.execute(delete(table).where(self._where(table, keys))).rowcount)
+            n = int(c.execute(delete(table).where(self._where(table, keys))).rowcount)
+        self._changed(table)
+        return n
 
     # -- settings -----------------------------------------------------------------------
 
