@@ -66,6 +66,7 @@ def mint_token(state: ServerState, session_id: str, conn: Any = None) -> str:
             "used": False,
         },
         conn,
+        savepoint=False,  # 48 random bytes: a clash would abort the caller's transaction
     )
     return value
 
@@ -196,6 +197,7 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
                         },
                     },
                     c,
+                    savepoint=False,  # a clashing id aborts this attempt; the loop retries
                 )
                 token = mint_token(call.state, session_id, c)
             break

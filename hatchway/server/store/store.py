@@ -175,10 +175,16 @@ class Store:
             return int(c.execute(q).scalar_one())
 
     def insert(
-        self, table: Table, values: Mapping[str, Any], conn: Connection | None = None
+        self,
+        table: Table,
+        values: Mapping[str, Any],
+        conn: Connection | None = None,
+        *,
+        savepoint: bool = True,
     ) -> None:
-        """Insert a row; :class:`Conflict` if its key exists (the rest of a caller's
-        transaction stays intact: there the row goes in under a savepoint)."""
+        """Insert a row; :class:`Conflict` if its key exists. In a caller's transaction the
+        row goes in under a savepoint so that the rest stays intact; ``savepoint=False`` skips
+        that when a conflict should abort the whole transaction anyway."""
         stmt = self._insert_stmts.get(table.name)
         if stmt is None:
             stmt = self._insert_stmts[table.name] = insert(table)
@@ -186,9 +192,11 @@ class Store:
             if conn is None:
                 with self.engine.begin() as c:
                     c.execute(stmt, self._values(values))
-            else:
+            elif savepoint:
                 with conn.begin_nested():
                     conn.execute(stmt, self._values(values))
+            else:
+                conn.execute(stmt, self._values(values))
         except IntegrityError as exc:
             raise Conflict(str(exc.orig)) from exc
         self._changed(table)
