@@ -165,3 +165,18 @@ def test_meta_settings(store: Store) -> None:
     assert store.meta_get("bootstrapped") == "2"
     with store.engine.connect() as c:
         assert c.execute(text("select 1")).scalar() == 1
+
+
+def test_upgrade_from_version_1_adds_the_token_index(store: Store) -> None:
+    with store.transaction() as c:
+        c.execute(text("DROP INDEX hw_session_tokens_session"))
+        c.execute(text("UPDATE hw_meta SET value = '1' WHERE key = 'schema_version'"))
+    upgraded = Store(store.url)
+    assert upgraded.schema_version == 2
+    with upgraded.engine.connect() as c:
+        if upgraded.dialect == "sqlite":
+            q = "SELECT name FROM sqlite_master WHERE name = 'hw_session_tokens_session'"
+        else:
+            q = "SELECT indexname FROM pg_indexes WHERE indexname = 'hw_session_tokens_session'"
+        assert c.execute(text(q)).first() is not None
+    upgraded.close()

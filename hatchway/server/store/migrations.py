@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, text
 
 from hatchway.server.store import schema
 
@@ -12,12 +12,24 @@ Migration = Callable[[Connection], None]
 
 
 def _v1(conn: Connection) -> None:
+    # The schema as schema.py declares it now; later steps are written to be idempotent on it.
     schema.metadata.create_all(conn)
+
+
+def _v2(conn: Connection) -> None:
+    # Terminating or resuming a session looks its tokens up by session id. (A database created
+    # at version 2 already has it from schema.py: IF NOT EXISTS keeps the step idempotent.)
+    conn.execute(
+        text(
+            "CREATE INDEX IF NOT EXISTS hw_session_tokens_session ON hw_session_tokens (session_id)"
+        )
+    )
 
 
 # Append new steps; never edit a released one.
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial schema", _v1),
+    (2, "index session tokens by session", _v2),
 ]
 
 

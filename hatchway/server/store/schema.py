@@ -170,6 +170,7 @@ session_tokens = Table(
     Column("session_id", String(96), nullable=False),
     Column("expires", DateTime(timezone=True), nullable=False),
     Column("used", Boolean, nullable=False, default=False),
+    Index("hw_session_tokens_session", "session_id"),
 )
 
 audit = Table(
