@@ -8,6 +8,7 @@ so an operation that changes several tables changes all or nothing.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -86,12 +87,16 @@ class Store:
         self._insert_stmts: dict[str, Any] = {}
         self._update_stmts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
         self._versions: dict[str, int] = {}
+        self._local = threading.local()
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     def close(self) -> None:
+        reader: Connection | None = getattr(self._local, "reader", None)
+        if reader is not None:
+            reader.close()
         self.engine.dispose()
 
     @contextmanager
@@ -135,13 +140,39 @@ class Store:
             self._stmts[(table.name, names)] = stmt
         return stmt
 
+    def _reader(self) -> Connection:
+        """This thread's long-lived connection for single reads, outside any transaction
+        (SQLite autocommit; PostgreSQL AUTOCOMMIT): no pool round trip per read."""
+        c: Connection | None = getattr(self._local, "reader", None)
+        if c is None or c.closed:
+            c = self.engine.connect()
+            if self.dialect == "sqlite":
+                c = c.execution_options(hatchway_read=True)
+            else:
+                c = c.execution_options(isolation_level="AUTOCOMMIT")
+            self._local.reader = c
+        return c
+
+    def _read(self, stmt: Any, params: Mapping[str, Any] | None = None) -> list[Any]:
+        c = self._reader()
+        try:
+            rows = list(c.execute(stmt, dict(params or {})).mappings())
+        except Exception:
+            self._local.reader = None  # a broken connection is not reused
+            c.invalidate()
+            raise
+        finally:
+            if not c.closed and c.in_transaction():
+                c.rollback()
+        return rows
+
     def get(self, table: Table, conn: Connection | None = None, **keys: Any) -> Record | None:
         stmt = self._get_stmt(table, tuple(keys))
         if conn is not None:
             row = conn.execute(stmt, keys).mappings().first()
         else:
-            with self.engine.connect().execution_options(hatchway_read=True) as c:
-                row = c.execute(stmt, keys).mappings().first()
+            found = self._read(stmt, keys)
+            row = found[0] if found else None
         return self._row(row) if row is not None else None
 
     def select(
@@ -164,8 +195,9 @@ class Store:
             q = q.offset(offset)
         if limit is not None:
             q = q.limit(limit)
-        with self._conn(conn) as c:
-            return [self._row(r) for r in c.execute(q).mappings()]
+        if conn is not None:
+            return [self._row(r) for r in conn.execute(q).mappings()]
+        return [self._row(r) for r in self._read(q)]
 
     def count(self, table: Table, conn: Connection | None = None, **keys: Any) -> int:
         q = select(func.count()).select_from(table)
