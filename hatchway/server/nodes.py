@@ -58,7 +58,7 @@ def _state(request: web.Request) -> ServerState:
     return request.app[STATE_KEY]
 
 
-def _json_error(err: ServiceError) -> web.Response:
+def json_error(err: ServiceError) -> web.Response:
     return web.json_response({"__type": err.code, "message": err.message}, status=err.status)
 
 
@@ -74,7 +74,7 @@ async def handle_register(request: web.Request) -> web.Response:
         if not isinstance(body, dict):
             raise ValueError("not an object")
     except (ValueError, UnicodeDecodeError):
-        return _json_error(ServiceError("SerializationException", "Invalid JSON body."))
+        return json_error(ServiceError("SerializationException", "Invalid JSON body."))
     params = {k: v for k, v in body.items() if k != "ActivationCode"}
     try:
         result = register_node(state, body)
@@ -82,7 +82,7 @@ async def handle_register(request: web.Request) -> web.Response:
         response = web.json_response(result)
     except ServiceError as exc:
         error = exc
-        response = _json_error(exc)
+        response = json_error(exc)
     audit(
         state,
         service="ssm",
@@ -179,25 +179,54 @@ def register_node(state: ServerState, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _authenticate_node(
-    state: ServerState, request: web.Request, instance_id: str, body: bytes
-) -> Any:
+def _verify(state: ServerState, request: web.Request) -> Any:
+    """SigV4 of a websocket upgrade (GET, empty body); the caller behind it."""
     raw_path, _, raw_query = request.raw_path.partition("?")
-    incoming = sigv4.IncomingRequest(
-        request.method, raw_path, raw_query, dict(request.headers), body
-    )
-
+    incoming = sigv4.IncomingRequest(request.method, raw_path, raw_query, request.headers, b"")
     try:
         verified = sigv4.verify(incoming, credential_lookup(state), datetime.now(UTC))
     except sigv4.AuthError as exc:
         code, status = sigv4.error_code(exc.kind, "json")
         raise ServiceError(code, exc.message, status) from exc
     entry = lookup_key(state, verified.access_key_id)
-    caller = resolve_caller(state, entry.row) if entry else None
+    return resolve_caller(state, entry.row) if entry else None
+
+
+def authenticate_client(state: ServerState, request: web.Request, session: dict[str, Any]) -> Any:
+    """A signed client upgrade: the signer needs ``ssmmessages:OpenDataChannel`` on the
+    session's ARN (AWS's 2025 policies grant it on ``session/${aws:userid}-*`` or ``*``)."""
+    caller = _verify(state, request)
+    if caller is None:
+        raise ServiceError(
+            "UnrecognizedClientException", "The security token included in the request is invalid."
+        )
+    ctx = caller.context()
+    ctx["aws:sourceip"] = request.remote or ""
+    for k, v in session["data"].get("tags", {}).items():
+        ctx[f"ssm:resourcetag/{k}".lower()] = v
+    arn = (
+        f"arn:aws:ssm:{state.config.region}:{state.config.account_id}:session/"
+        f"{session['session_id']}"
+    )
+    d = caller.policies.evaluate(
+        Request("ssmmessages:OpenDataChannel", arn, caller.principal, ctx, state.config.account_id)
+    )
+    if not d.allowed:
+        raise ServiceError("AccessDeniedException", d.message or "Access denied")
+    return caller
+
+
+def authenticate_node(
+    state: ServerState,
+    request: web.Request,
+    instance_id: str,
+    actions: tuple[tuple[str, str], ...] | None = None,
+) -> Any:
+    """A node's signed upgrade: its own credentials, registered, and allowed ``actions``."""
+    caller = _verify(state, request)
     if caller is None or caller.kind != "node" or caller.name != instance_id:
         raise ServiceError(
-            "AccessDeniedException",
-            f"These credentials cannot open the control channel of {instance_id}.",
+            "AccessDeniedException", f"These credentials do not belong to {instance_id}."
         )
     row = state.store.get(t.instances, instance_id=instance_id)
     if row is None or row["deregistered"]:
@@ -205,10 +234,11 @@ def _authenticate_node(
     ctx = caller.context()
     ctx["aws:sourceip"] = request.remote or ""
     arn = target_arn(instance_id, state.config.region, state.config.account_id)
-    for action, resource in (
+    wanted = actions or (
         ("ssmmessages:OpenControlChannel", "*"),
         ("ssm:UpdateInstanceInformation", arn),
-    ):
+    )
+    for action, resource in wanted:
         d = caller.policies.evaluate(
             Request(action, resource, caller.principal, ctx, state.config.account_id)
         )
@@ -221,9 +251,9 @@ async def handle_control_channel(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     instance_id = request.match_info["instance_id"]
     try:
-        _authenticate_node(state, request, instance_id, b"")
+        authenticate_node(state, request, instance_id)
     except ServiceError as exc:
-        return _json_error(exc)
+        return json_error(exc)
     ws = web.WebSocketResponse(heartbeat=state.config.ping_interval * 2)
     await ws.prepare(request)
     channel = NodeChannel(instance_id, ws, datetime.now(UTC))

@@ -50,6 +50,7 @@ class ServerState:
         self.generation = next(self._generation)
         self.policy_cache: dict[tuple[str, int], Any] = {}
         self.nodes: dict[str, Any] = {}  # instance id -> live control channel
+        self.relays: dict[str, Any] = {}  # session id -> live data-channel relay
         self.key_cache: dict[str, tuple[tuple[int, int], Any]] = {}
         self.doc_cache: dict[str, tuple[tuple[int, int], float, Any]] = {}
         self.audit_path = config.data_dir / "audit.jsonl"
