@@ -1,0 +1,192 @@
+"""A login shell in a pseudo-terminal, as the session's OS user.
+
+The shell gets a PTY (window size from the client's Size messages), the environment a login
+shell expects (HOME, SHELL, USER, LOGNAME, PATH, TERM) and the user's home as working
+directory; it runs as that user's uid, gid and supplementary groups. It never runs as root
+unless root was configured explicitly. On close, the whole process group is hung up and,
+if it lingers, killed, so no child outlives the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import pwd
+import signal
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("hatchway.agent.shell")
+
+DEFAULT_USER = "ssm-user"
+
+
+class RunAsError(Exception):
+    """The session's OS user cannot be used (AWS's agent: 'RunAs user … does not exist')."""
+
+
+@dataclass(frozen=True)
+class OsUser:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+
+
+def resolve_user(name: str, *, allow_root: bool = False, create: bool = False) -> OsUser:
+    """The OS account a session runs as; ``create`` makes ``ssm-user``-style accounts on
+    demand (needs root). Root only when ``allow_root``: never a silent fallback."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        if not create or os.geteuid() != 0:
+            raise RunAsError(
+                f"failed to start pty since RunAs user {name} does not exist"
+            ) from None
+        subprocess.run(
+            ["useradd", "--create-home", "--shell", "/bin/bash", name],
+            check=True,
+            capture_output=True,
+        )
+        pw = pwd.getpwnam(name)
+    if pw.pw_uid == 0 and not allow_root:
+        raise RunAsError("sessions do not run as root unless the agent is configured to")
+    if os.geteuid() != 0 and pw.pw_uid != os.geteuid():
+        raise RunAsError(f"the agent runs unprivileged and cannot start a shell as {name}")
+    shell = (
+        pw.pw_shell
+        if pw.pw_shell
+        and os.path.exists(pw.pw_shell)
+        and not pw.pw_shell.endswith(("nologin", "false"))
+        else "/bin/sh"
+    )
+    return OsUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, shell)
+
+
+def _set_size(fd: int, cols: int, rows: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+class PtyShell:
+    """One shell process on a PTY; output is pushed to ``on_output`` from the event loop."""
+
+    def __init__(
+        self,
+        user: OsUser,
+        on_output: Callable[[bytes], None],
+        on_exit: Callable[[int], None],
+        *,
+        cols: int = 80,
+        rows: int = 24,
+        term: str = "xterm-256color",
+        profile: str | None = None,
+    ) -> None:
+        self.user = user
+        self.on_output = on_output
+        self.on_exit = on_exit
+        self.cols, self.rows = cols, rows
+        self.term = term
+        self.profile = profile
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.master = -1
+        self.exit_code: int | None = None
+
+    def start(self) -> None:
+        master, slave = os.openpty()
+        _set_size(master, self.cols, self.rows)
+        env = {
+            "HOME": self.user.home,
+            "SHELL": self.user.shell,
+            "USER": self.user.name,
+            "LOGNAME": self.user.name,
+            "TERM": self.term,
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+        }
+        as_other = os.geteuid() == 0 and self.user.uid != 0
+        argv = [self.user.shell, "-l"]
+        if self.profile:
+            # shellProfile.linux runs first, then the interactive shell (AWS's semantics).
+            argv = [self.user.shell, "-l", "-c", f"{self.profile}\nexec {self.user.shell} -l"]
+
+        def child_setup() -> None:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            cwd=self.user.home if os.path.isdir(self.user.home) else "/",
+            start_new_session=True,
+            preexec_fn=child_setup,
+            close_fds=True,
+            user=self.user.uid if as_other else None,
+            group=self.user.gid if as_other else None,
+            extra_groups=os.getgrouplist(self.user.name, self.user.gid) if as_other else None,
+        )
+        os.close(slave)
+        self.master = master
+        os.set_blocking(master, False)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(master, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.master, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # EIO: the shell and every holder of the slave side are gone
+        if data:
+            self.on_output(data)
+            return
+        asyncio.get_running_loop().remove_reader(self.master)
+        asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        assert self.proc is not None
+        code = await asyncio.get_running_loop().run_in_executor(None, self.proc.wait)
+        self.exit_code = code
+        with contextlib.suppress(OSError):
+            os.close(self.master)
+        self.on_exit(code)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.master, view)
+            except BlockingIOError:
+                # The PTY's input queue is full: wait briefly (keystrokes are small).
+                time.sleep(0.001)
+                continue
+            view = view[n:]
+
+    def resize(self, cols: int, rows: int) -> None:
+        if self.master >= 0 and cols > 0 and rows > 0:
+            self.cols, self.rows = cols, rows
+            with contextlib.suppress(OSError):
+                _set_size(self.master, cols, rows)
+
+    def close(self) -> None:
+        """Hang up the shell's process group; kill what is left after a moment."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        pgid = self.proc.pid
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGHUP)
+        try:
+            self.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
