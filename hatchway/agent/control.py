@@ -50,6 +50,13 @@ class ControlChannel:
         self.on_message = on_message
         self.connected = asyncio.Event()
         self.connections = 0
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Send a message to the broker if the channel is open (else it is dropped)."""
+        ws = self.ws
+        if ws is not None and not ws.closed:
+            await ws.send_json(message)
 
     @property
     def url(self) -> str:
@@ -79,6 +86,7 @@ class ControlChannel:
             http.ws_connect(ws_url, headers=headers, heartbeat=None) as ws,
         ):
             self.connections += 1
+            self.ws = ws
             await ws.send_json({"type": "hello", **host_facts()})
             self.connected.set()
             log.info("control channel open (%s)", self.reg.instance_id)
@@ -102,6 +110,7 @@ class ControlChannel:
                     elif self.on_message is not None:
                         await self.on_message(data)
             finally:
+                self.ws = None
                 if beat is not None:
                     beat.cancel()
             log.info("control channel closed by the broker (code %s)", ws.close_code)

@@ -98,6 +98,7 @@ class PtyShell:
         self.proc: subprocess.Popen[bytes] | None = None
         self.master = -1
         self.exit_code: int | None = None
+        self._paused = False
 
     def start(self) -> None:
         master, slave = os.openpty()
@@ -160,6 +161,19 @@ class PtyShell:
         with contextlib.suppress(OSError):
             os.close(self.master)
         self.on_exit(code)
+
+    def pause_reading(self) -> None:
+        """Stop reading output (backpressure): the shell blocks once the PTY buffer fills."""
+        if self.master >= 0 and not self._paused:
+            self._paused = True
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self.master)
+
+    def resume_reading(self) -> None:
+        if self._paused and self.exit_code is None:
+            self._paused = False
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().add_reader(self.master, self._readable)
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from hatchway.agent.control import ControlChannel
-from hatchway.agent.registration import RegistrationError, register
+from hatchway.agent.registration import RegistrationError, load, register
+from hatchway.agent.session import SessionSettings, run_node
 
 
 @click.command("agent")
@@ -21,6 +21,15 @@ from hatchway.agent.registration import RegistrationError, register
 @click.option("--instance-id", help="Register as this EC2-style id (i-…) instead of mi-….")
 @click.option("--region", help="Region (default: the broker's).")
 @click.option("--state-dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--session-user",
+    default="ssm-user",
+    show_default=True,
+    help="OS user sessions run as (created on first use when the agent is root).",
+)
+@click.option(
+    "--allow-root-sessions", is_flag=True, help="Allow sessions to run as root (never the default)."
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def agent_cmd(
     endpoint: str,
@@ -29,6 +38,8 @@ def agent_cmd(
     instance_id: str | None,
     region: str | None,
     state_dir: Path,
+    session_user: str,
+    allow_root_sessions: bool,
     log_level: str,
 ) -> None:
     """Run the node agent."""
@@ -37,8 +48,6 @@ def agent_cmd(
     )
 
     async def main() -> None:
-        from hatchway.agent.registration import load
-
         reg = load(state_dir)
         if reg is None:
             if not activation_id or not activation_code:
@@ -56,7 +65,7 @@ def agent_cmd(
         if region:
             reg.region = region
         reg.endpoint = endpoint
-        await ControlChannel(reg).run()
+        await run_node(reg, SessionSettings(session_user, allow_root_sessions))
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())

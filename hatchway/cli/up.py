@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 from aiohttp import web
 
-from hatchway.agent.control import ControlChannel
 from hatchway.agent.registration import load, register
+from hatchway.agent.session import SessionSettings, run_node
 from hatchway.server import crypto
 from hatchway.server.app import create_app
 from hatchway.server.main import build_state
@@ -78,9 +78,9 @@ async def _up(config: ServerConfig, node_dir: Path, instance_id: str) -> None:
     if reg is None:
         reg = await register(url, *_local_activation(state), instance_id, node_dir)
     reg.endpoint = url
-    channel = ControlChannel(reg)
-    agent = asyncio.create_task(channel.run())
-    await asyncio.wait_for(channel.connected.wait(), 10)
+    connected = asyncio.Event()
+    agent = asyncio.create_task(run_node(reg, SessionSettings(), connected))
+    await asyncio.wait_for(connected.wait(), 10)
     creds = (config.data_dir / "admin-credentials").resolve()
     env = f"AWS_SHARED_CREDENTIALS_FILE={creds} AWS_DEFAULT_REGION={config.region}"
     print(

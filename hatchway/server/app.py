@@ -232,7 +232,7 @@ async def _stop_background(app: web.Application) -> None:
 
 def create_app(state: ServerState) -> web.Application:
     """The aiohttp application; extra routes (registration, channels) come from other modules."""
-    from hatchway.server import nodes
+    from hatchway.server import datachannel, nodes
     from hatchway.server.ops import register_all
 
     register_all()
@@ -243,4 +243,5 @@ def create_app(state: ServerState) -> web.Application:
     app.router.add_get("/health", handle_health)
     app.router.add_post("/", handle_api)
     nodes.add_routes(app)
+    datachannel.add_routes(app)
     return app

@@ -295,6 +295,8 @@ async def handle_control_channel(request: web.Request) -> web.StreamResponse:
                     )
                 }
                 _mark(state, instance_id, connected=True, info=channel.info)
+            elif kind == "session_exit":
+                _record_exit(state, instance_id, data)
             elif kind == "heartbeat":
                 _mark(state, instance_id, connected=True)
                 await ws.send_json({"type": "pong"})
@@ -328,6 +330,17 @@ def _mark(
     state.store.update(
         t.instances, {"instance_id": instance_id}, {"last_ping": datetime.now(UTC), "data": data}
     )
+
+
+def _record_exit(state: ServerState, instance_id: str, data: dict[str, Any]) -> None:
+    """The exit code of a session's shell, as the node reports it (kept in Details)."""
+    sid = str(data.get("sessionId", ""))
+    row = state.store.get(t.sessions, session_id=sid)
+    if row is None or row["target"] != instance_id:
+        return  # a node can only speak for its own sessions
+    details = dict(row["data"], exit_code=data.get("exitCode"))
+    details["details"] = f"The shell exited with code {data.get('exitCode')}."
+    state.store.update(t.sessions, {"session_id": sid}, {"data": details})
 
 
 def ping_status(state: ServerState, row: dict[str, Any]) -> str:

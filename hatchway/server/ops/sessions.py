@@ -9,6 +9,7 @@ whose tokens all expired unused ends as Terminated.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
@@ -268,12 +269,27 @@ async def end_session(
     return True
 
 
+async def close_data_channel(
+    state: ServerState, session_id: str, target: str, output: str = ""
+) -> None:
+    """channel_closed to both ends of a live data channel, and the node told to stop."""
+    relay = state.relays.pop(session_id, None)
+    if relay is not None:
+        await relay.close(output)
+    node = state.nodes.get(target)
+    if node is not None:
+        # If the node's channel is going away, its session ends with it.
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await node.send({"type": "terminate_session", "sessionId": session_id})
+
+
 @operation("ssm", "TerminateSession")
 async def terminate_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     sid = params["SessionId"]
     row = _authorize_session(call, "ssm:TerminateSession", sid)
     if row is not None:
         await end_session(call.state, sid, row=row)
+        await close_data_channel(call.state, sid, row["target"])
     return {"SessionId": sid}
 
 

@@ -1,0 +1,314 @@
+"""The data channel: ``/v1/data-channel/<SessionId>``, relayed between client and node.
+
+Both peers open the same websocket path and identify themselves with their first text frame
+(``OpenDataChannelInput``): the client with the single-use token StartSession/ResumeSession
+returned, the agent (``ClientInstanceId`` set, SigV4-signed upgrade with its node credentials)
+with the token the broker handed it over the control channel. From then on binary frames pass
+through unchanged, so sequence numbers, digests and ciphertext stay end to end:
+
+* client → agent: forwarded if the header decodes (digests are not checked: some third-party
+  clients write garbage there); undecodable frames are dropped and logged;
+* agent → client: only frames that decode, carry a correct digest and a message type a client
+  knows; ``agent_session_state`` updates the session's state and is not forwarded.
+
+When the client goes away the session is ``Disconnected`` and resumable (both ends retransmit
+what was not acknowledged); when the agent goes away unexpectedly the session ``Failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from sqlalchemy import and_
+
+from hatchway.protocol import frames, payloads
+from hatchway.server import crypto
+from hatchway.server.errors import ServiceError
+from hatchway.server.nodes import _state, authenticate_client, authenticate_node, json_error
+from hatchway.server.ops.sessions import end_session
+from hatchway.server.state import ServerState
+from hatchway.server.store import schema as t
+
+log = logging.getLogger("hatchway.server.datachannel")
+
+OPEN_TIMEOUT = 10.0
+# Message types a client may receive (anything else from the agent stays in the broker).
+TO_CLIENT = frozenset(
+    {
+        frames.MessageType.OUTPUT_STREAM_DATA,
+        frames.MessageType.ACKNOWLEDGE,
+        frames.MessageType.CHANNEL_CLOSED,
+        frames.MessageType.START_PUBLICATION,
+        frames.MessageType.PAUSE_PUBLICATION,
+    }
+)
+
+
+@dataclass
+class Relay:
+    """The two halves of one session's data channel."""
+
+    session_id: str
+    target: str
+    agent_token: str
+    client: web.WebSocketResponse | None = None
+    agent: web.WebSocketResponse | None = None
+    agent_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False
+    last_input: float = field(default_factory=time.monotonic)
+
+    async def send_closed(self, ws: web.WebSocketResponse | None, output: str = "") -> None:
+        if ws is None or ws.closed:
+            return
+        frame = frames.Frame(
+            message_type=frames.MessageType.CHANNEL_CLOSED,
+            sequence_number=0,
+            payload_type=0,
+            payload=payloads.build_channel_closed(
+                self.session_id,
+                output,
+                message_id=str(uuid.uuid4()),
+                created_date=datetime.now(UTC).isoformat(),
+                destination_id=self.target,
+            ),
+            message_id=uuid.uuid4(),
+            created_date=int(time.time() * 1000),
+            flags=3,
+        )
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_bytes(frames.encode(frame))
+
+    async def close(self, output: str = "", *, to_agent: bool = True) -> None:
+        """End the channel: channel_closed to the client (and the agent), then close both."""
+        self.ended = True
+        await self.send_closed(self.client, output)
+        if to_agent:
+            await self.send_closed(self.agent, output)
+        for ws in (self.client, self.agent):
+            if ws is not None and not ws.closed:
+                await ws.close()
+
+
+def relays(state: ServerState) -> dict[str, Relay]:
+    table: dict[str, Relay] = state.relays
+    return table
+
+
+def _spend_token(state: ServerState, session_id: str, token: str) -> bool:
+    """Single use: the token must be this session's, unexpired and unused; using it spends it."""
+    digest = crypto.digest(token)
+    now = datetime.now(UTC)
+    row = state.store.get(t.session_tokens, token_hash=digest)
+    if row is None or not hmac.compare_digest(row["session_id"], session_id):
+        return False
+    if row["used"] or row["expires"] <= now:
+        return False
+    changed = state.store.update(
+        t.session_tokens,
+        {"token_hash": digest},
+        {"used": True},
+        None,
+        and_(t.session_tokens.c.used.is_(False), t.session_tokens.c.expires > now),
+    )
+    return changed == 1
+
+
+async def _first_text(ws: web.WebSocketResponse) -> payloads.OpenDataChannel | None:
+    try:
+        msg = await asyncio.wait_for(ws.receive(), OPEN_TIMEOUT)
+    except TimeoutError:
+        return None
+    if msg.type != WSMsgType.TEXT:
+        return None
+    try:
+        return payloads.parse_open_data_channel(msg.data)
+    except payloads.PayloadError:
+        return None
+
+
+def _set_status(state: ServerState, session_id: str, status: str) -> None:
+    row = state.store.get(t.sessions, session_id=session_id)
+    if row is not None and row["status"] not in ("Terminated", "Failed", status):
+        state.store.update(t.sessions, {"session_id": session_id}, {"status": status})
+
+
+async def handle_data_channel(request: web.Request) -> web.StreamResponse:
+    state = _state(request)
+    session_id = request.match_info["session_id"]
+    row = state.store.get(t.sessions, session_id=session_id)
+    if row is None:
+        return json_error(
+            ServiceError("DoesNotExistException", f"Session {session_id} does not exist.")
+        )
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=8 * 1024 * 1024)
+    await ws.prepare(request)
+    opened = await _first_text(ws)
+    if opened is None:
+        await ws.close(code=4401, message=b"expected OpenDataChannelInput")
+        return ws
+    try:
+        if opened.is_agent:  # the node's side: SigV4 with its own credentials
+            authenticate_node(
+                state, request, row["target"], (("ssmmessages:OpenDataChannel", "*"),)
+            )
+        elif "Authorization" in request.headers:  # newer plugins sign the upgrade
+            authenticate_client(state, request, row)
+    except ServiceError as exc:
+        log.warning("data channel %s: %s", session_id, exc.message)
+        await ws.close(code=4403, message=exc.code.encode())
+        return ws
+    if opened.is_agent:
+        await _agent_side(state, session_id, ws, opened)
+    else:
+        await _client_side(state, session_id, row, ws, opened)
+    return ws
+
+
+async def _client_side(
+    state: ServerState,
+    session_id: str,
+    row: dict[str, Any],
+    ws: web.WebSocketResponse,
+    opened: payloads.OpenDataChannel,
+) -> None:
+    token = opened.token
+    if not token or not _spend_token(state, session_id, token):
+        log.warning("data channel %s: refused a wrong, reused or expired token", session_id)
+        await ws.close(code=4403, message=b"invalid token")
+        return
+    table = relays(state)
+    relay = table.get(session_id)
+    if relay is None:
+        relay = Relay(session_id, row["target"], crypto.token(32))
+        table[session_id] = relay
+        node = state.nodes.get(row["target"])
+        if node is None:
+            await relay.close(f"{row['target']} is not connected.")
+            table.pop(session_id, None)
+            await end_session(state, session_id, "Failed", "The node was not connected.")
+            return
+        await node.send(start_message(state, row, relay))
+    elif relay.client is not None and not relay.client.closed:
+        await relay.client.close(code=4000, message=b"replaced by a resumed connection")
+    relay.client = ws
+    _set_status(state, session_id, "Connected" if relay.agent is not None else "Connecting")
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.BINARY:
+                continue
+            data = msg.data
+            try:
+                frames.decode(data)
+            except frames.FrameError as exc:
+                log.warning(
+                    "data channel %s: dropped a malformed client frame: %s", session_id, exc
+                )
+                continue
+            relay.last_input = time.monotonic()
+            if not relay.agent_ready.is_set():
+                try:
+                    await asyncio.wait_for(relay.agent_ready.wait(), OPEN_TIMEOUT)
+                except TimeoutError:
+                    continue  # the client retransmits what we could not deliver
+            agent = relay.agent
+            if agent is not None and not agent.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await agent.send_bytes(data)
+    finally:
+        if relay.client is ws:
+            relay.client = None
+            if not relay.ended:
+                _set_status(state, session_id, "Disconnected")
+
+
+async def _agent_side(
+    state: ServerState, session_id: str, ws: web.WebSocketResponse, opened: payloads.OpenDataChannel
+) -> None:
+    relay = relays(state).get(session_id)
+    token = opened.token
+    if relay is None or not hmac.compare_digest(token, relay.agent_token):
+        await ws.close(code=4403, message=b"invalid token")
+        return
+    relay.agent = ws
+    relay.agent_ready.set()
+    _set_status(state, session_id, "Connected")
+    clean = False
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.BINARY:
+                continue
+            data = msg.data
+            kind = frames.peek_type(data)
+            if kind == frames.MessageType.AGENT_SESSION_STATE:
+                try:
+                    st = payloads.parse_agent_session_state(frames.decode(data).payload)
+                except (frames.FrameError, payloads.PayloadError):
+                    continue
+                if st.session_state == "Terminating":
+                    clean = True
+                    break
+                continue
+            if kind not in TO_CLIENT:
+                continue
+            try:
+                frame = frames.decode(data)
+            except frames.FrameError:
+                continue
+            if not frames.digest_ok(frame) or frame.payload_type > 12:
+                log.warning("data channel %s: dropped an invalid agent frame", session_id)
+                continue
+            client = relay.client
+            if client is not None and not client.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await client.send_bytes(data)
+    finally:
+        relay.agent = None
+        relay.agent_ready.clear()
+        if not relay.ended:
+            relays(state).pop(session_id, None)
+            if clean:
+                await end_session(state, session_id, "Terminated")
+                await relay.close("", to_agent=False)
+            else:
+                why = "The session ended because the node's data channel closed unexpectedly."
+                await end_session(state, session_id, "Failed", why)
+                await relay.close(why, to_agent=False)
+
+
+def start_message(state: ServerState, row: dict[str, Any], relay: Relay) -> dict[str, Any]:
+    """What the node needs to run the session (the role of AWS's ``interactive_shell``)."""
+    from hatchway.server.ops.sessions import _document
+
+    doc = _document(state, row["document_name"])
+    base = state.config.base_url
+    ws_base = (
+        ("wss://" + base[len("https://") :])
+        if base.startswith("https://")
+        else "ws://" + base.removeprefix("http://")
+    )
+    data = row["data"]
+    return {
+        "type": "start_session",
+        "sessionId": row["session_id"],
+        "token": relay.agent_token,
+        "streamUrl": f"{ws_base}/v1/data-channel/{row['session_id']}?role=publish_subscribe",
+        "documentName": row["document_name"],
+        "documentContent": doc.document if doc else {},
+        "parameters": data.get("parameters") or {},
+        "runAsUser": data.get("run_as_user"),
+        "sessionOwner": row["owner"],
+        "target": row["target"],
+    }
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/data-channel/{session_id}", handle_data_channel)
