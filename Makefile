@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install run test lint typecheck unit bench clean
+.PHONY: install run test lint typecheck unit bench clean thirdparty
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,15 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
+# Third-party protocol clients from the npm registry (when node/npm are available).
+thirdparty: tests/thirdparty/node_modules/.installed
+
+tests/thirdparty/node_modules/.installed: tests/thirdparty/package.json tests/thirdparty/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd tests/thirdparty && npm ci --no-audit --no-fund --silent && touch node_modules/.installed; \
+	else echo "npm not found: the third-party client test will be skipped"; fi
+
+unit: install thirdparty
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
