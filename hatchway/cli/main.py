@@ -10,6 +10,7 @@ from hatchway.cli.audit import audit_cmd
 from hatchway.cli.policy import policy
 from hatchway.cli.server import server_cmd
 from hatchway.cli.up import up_cmd
+from hatchway.client.start import start_session_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +24,7 @@ cli.add_command(server_cmd)
 cli.add_command(agent_cmd)
 cli.add_command(audit_cmd)
 cli.add_command(up_cmd)
+cli.add_command(start_session_cmd)
 
 
 def main() -> None:

@@ -170,7 +170,8 @@ def test_resume_after_a_dropped_connection_loses_nothing(broker: Broker, node: A
         await c.send(b"echo after-$((7*7))\r")
         r = await c.read_until(b"after-49", 20)
         status = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: _status(broker, s["SessionId"]))
+            None, lambda: _status(broker, s["SessionId"])
+        )
         assert status == "Connected"
         await c.close()
         return r.output
