@@ -78,6 +78,7 @@ class Broker:
             [str(BIN / "aws"), "--endpoint-url", self.url, "--output", "json", *args],
             env=env,
             capture_output=True,
+            stdin=subprocess.DEVNULL,
             text=True,
             timeout=60,
             check=check,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -70,7 +71,8 @@ class Client:
                     msg = await ws.receive(timeout=0.1)
                 except TimeoutError:
                     for data in self.stream.due(time.time()):
-                        await ws.send_bytes(data)
+                        with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                            await ws.send_bytes(data)
                     continue
                 if msg.type in (
                     aiohttp.WSMsgType.CLOSE,
@@ -85,7 +87,9 @@ class Client:
                 self.result.frames.append(msg.data)
                 for ev in self.stream.receive(msg.data, time.time()):
                     if isinstance(ev, SendBytes):
-                        await ws.send_bytes(ev.data)
+                        # If the broker is closing the channel, the ack is moot.
+                        with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                            await ws.send_bytes(ev.data)
                     elif isinstance(ev, Deliver) and ev.payload_type == PayloadType.OUTPUT:
                         self.result.output += ev.payload
                     elif isinstance(ev, ChannelClosed):

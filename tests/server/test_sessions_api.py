@@ -200,20 +200,37 @@ def test_ssh_document_needs_its_own_grant(
     _denied(exc, INSTANCE, "ssh")
 
 
-def test_aws_cli_start_session_reaches_the_plugin_step(
+def test_aws_cli_runs_our_plugin_which_needs_open_data_channel(
     broker: Broker, users: dict[str, tuple[str, str]]
 ) -> None:
+    # Our session-manager-plugin (on PATH) signs the data-channel upgrade like AWS's plugin
+    # >= 1.2.688: the user then also needs ssmmessages:OpenDataChannel on the session.
     key, secret = users["plain"]
+    proc = broker.aws(
+        "ssm", "start-session", "--target", TARGET, "--reason", "no-odc", key=key, secret=secret
+    )
+    assert proc.returncode != 0
+    key, secret = user_with_policy(
+        broker,
+        "dcuser",
+        _policy(
+            {"Effect": "Allow", "Action": "ssm:StartSession", "Resource": [INSTANCE]},
+            {
+                "Effect": "Allow",
+                "Action": "ssmmessages:OpenDataChannel",
+                "Resource": "arn:aws:ssm:*:*:session/${aws:username}-*",
+            },
+        ),
+    )
     proc = broker.aws(
         "ssm", "start-session", "--target", TARGET, "--reason", "cli", key=key, secret=secret
     )
-    # StartSession succeeded: the CLI then looks for session-manager-plugin, and without it
-    # terminates the session itself. Either way the broker recorded the session.
+    assert proc.returncode == 0, proc.stderr
+    assert "Starting session with SessionId: dcuser-" in proc.stdout
     history = broker.client("ssm").describe_sessions(
-        State="History", Filters=[{"key": "Owner", "value": f"arn:aws:iam::{ACCOUNT}:user/plain"}]
+        State="History", Filters=[{"key": "Owner", "value": f"arn:aws:iam::{ACCOUNT}:user/dcuser"}]
     )
-    reasons = [s.get("Reason") for s in history["Sessions"]]
-    assert "cli" in reasons or proc.returncode == 0, proc.stderr
+    assert [s.get("Reason") for s in history["Sessions"]] == ["cli"]
 
 
 def test_resume_terminate_and_history(broker: Broker, users: dict[str, tuple[str, str]]) -> None:
