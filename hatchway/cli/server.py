@@ -44,6 +44,13 @@ from hatchway.ssm import StartSessionMode
 @click.option(
     "--ping-interval", default=20.0, show_default=True, help="Seconds between agent heartbeats."
 )
+@click.option(
+    "--timeout-unit",
+    default=60.0,
+    show_default=True,
+    hidden=True,
+    help="Seconds per minute of idle/max session timeouts (tests shorten it).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def server_cmd(
     listen: str,
@@ -56,6 +63,7 @@ def server_cmd(
     public_url: str | None,
     session_token_ttl: float,
     ping_interval: float,
+    timeout_unit: float,
     log_level: str,
 ) -> None:
     """Run the broker: SSM, IAM and STS APIs with SigV4 and enforced IAM policies."""
@@ -75,5 +83,6 @@ def server_cmd(
         public_url=public_url,
         token_ttl=session_token_ttl,
         ping_interval=ping_interval,
+        timeout_unit=timeout_unit,
     )
     asyncio.run(serve(config))

@@ -219,7 +219,13 @@ async def handle_health(request: web.Request) -> web.Response:
 
 
 async def _start_background(app: web.Application) -> None:
-    app[TASKS_KEY] = [asyncio.create_task(app[STATE_KEY].audit_log.run())]
+    from hatchway.server.datachannel import enforce_timeouts
+
+    state = app[STATE_KEY]
+    app[TASKS_KEY] = [
+        asyncio.create_task(state.audit_log.run()),
+        asyncio.create_task(enforce_timeouts(state)),
+    ]
 
 
 async def _stop_background(app: web.Application) -> None:

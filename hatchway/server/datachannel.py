@@ -65,6 +65,9 @@ class Relay:
     agent_ready: asyncio.Event = field(default_factory=asyncio.Event)
     ended: bool = False
     last_input: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)
+    idle_timeout: float = 20 * 60.0  # seconds (document inputs.idleSessionTimeout, minutes)
+    max_duration: float | None = None  # seconds (inputs.maxSessionDuration, minutes)
 
     async def send_closed(self, ws: web.WebSocketResponse | None, output: str = "") -> None:
         if ws is None or ws.closed:
@@ -189,6 +192,7 @@ async def _client_side(
     relay = table.get(session_id)
     if relay is None:
         relay = Relay(session_id, row["target"], crypto.token(32))
+        relay.idle_timeout, relay.max_duration = _timeouts(state, row)
         table[session_id] = relay
         node = state.nodes.get(row["target"])
         if node is None:
@@ -200,6 +204,7 @@ async def _client_side(
     elif relay.client is not None and not relay.client.closed:
         await relay.client.close(code=4000, message=b"replaced by a resumed connection")
     relay.client = ws
+    relay.last_input = time.monotonic()  # a resume counts as activity
     _set_status(state, session_id, "Connected" if relay.agent is not None else "Connecting")
     try:
         async for msg in ws:
@@ -213,7 +218,8 @@ async def _client_side(
                     "data channel %s: dropped a malformed client frame: %s", session_id, exc
                 )
                 continue
-            relay.last_input = time.monotonic()
+            if frames.peek_type(data) == frames.MessageType.INPUT_STREAM_DATA:
+                relay.last_input = time.monotonic()  # acks alone are not activity
             if not relay.agent_ready.is_set():
                 try:
                     await asyncio.wait_for(relay.agent_ready.wait(), OPEN_TIMEOUT)
@@ -282,6 +288,48 @@ async def _agent_side(
                 why = "The session ended because the node's data channel closed unexpectedly."
                 await end_session(state, session_id, "Failed", why)
                 await relay.close(why, to_agent=False)
+
+
+IDLE_MESSAGE = "Your session timed out due to inactivity and has been terminated."
+MAX_MESSAGE = "Your session has reached its maximum duration and has been terminated."
+
+
+def _minutes(value: object, unit: float) -> float | None:
+    try:
+        return float(str(value)) * unit if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _timeouts(state: ServerState, row: dict[str, Any]) -> tuple[float, float | None]:
+    """(idle, max) in seconds; the documents give minutes (``--timeout-unit`` scales them)."""
+    data = row["data"]
+    unit = state.config.timeout_unit
+    idle = _minutes(data.get("idle_session_timeout"), unit) or 20 * unit
+    return idle, _minutes(data.get("max_session_duration"), unit)
+
+
+async def enforce_timeouts(state: ServerState, interval: float = 1.0) -> None:
+    """End sessions idle longer than their idleSessionTimeout (no client input, resize or
+    resume) or older than their maxSessionDuration: the agent does not enforce either."""
+    from hatchway.server.ops.sessions import close_data_channel
+
+    while True:
+        await asyncio.sleep(interval)
+        now = time.monotonic()
+        for relay in list(relays(state).values()):
+            if relay.ended:
+                continue
+            reason = None
+            if relay.max_duration is not None and now - relay.started >= relay.max_duration:
+                reason = MAX_MESSAGE
+            elif now - relay.last_input >= relay.idle_timeout:
+                reason = IDLE_MESSAGE
+            if reason is None:
+                continue
+            log.info("session %s: %s", relay.session_id, reason)
+            await end_session(state, relay.session_id, "Terminated", reason)
+            await close_data_channel(state, relay.session_id, relay.target, reason)
 
 
 def start_message(state: ServerState, row: dict[str, Any], relay: Relay) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class ServerConfig:
     public_url: str | None = None  # base URL clients reach us at (StreamUrl); default from listen
     token_ttl: float = 60.0  # seconds a data-channel token stays valid unused
     ping_interval: float = 20.0  # agent heartbeat period the broker asks for
+    timeout_unit: float = 60.0  # seconds per "minute" of idleSessionTimeout/maxSessionDuration
 
     @property
     def store_url(self) -> str:

@@ -53,9 +53,14 @@ class Client:
             )
         )
 
-    async def send(self, data: bytes, payload_type: int = PayloadType.OUTPUT) -> None:
+    async def send(self, data: bytes, payload_type: int = PayloadType.OUTPUT) -> bool:
+        """Send input; False if the channel is already closing (the broker ended it)."""
         assert self.ws is not None
-        await self.ws.send_bytes(self.stream.send(payload_type, data, time.time()))
+        try:
+            await self.ws.send_bytes(self.stream.send(payload_type, data, time.time()))
+        except (ConnectionError, aiohttp.ClientError):
+            return False
+        return True
 
     async def resize(self, cols: int, rows: int) -> None:
         await self.send(build_size(cols, rows), PayloadType.SIZE)
