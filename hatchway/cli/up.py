@@ -91,9 +91,11 @@ Hatchway is up.
   admin   credentials in {creds}{" (new)" if generated else ""}
 
 Try, in another terminal:
-  {env} .venv/bin/aws --endpoint-url {url} ssm describe-instance-information
-  {env} .venv/bin/aws --endpoint-url {url} ssm get-connection-status --target {reg.instance_id}
-  {env} .venv/bin/aws --endpoint-url {url} iam create-user --user-name alice
+  export {env}
+  .venv/bin/aws --endpoint-url {url} ssm start-session --target {reg.instance_id}
+  .venv/bin/hatchway start-session --endpoint-url {url} --target {reg.instance_id}
+  .venv/bin/aws --endpoint-url {url} ssm describe-instance-information
+  .venv/bin/aws --endpoint-url {url} iam create-user --user-name alice
   .venv/bin/hatchway policy demo
 
 Ctrl-C stops both.""",
