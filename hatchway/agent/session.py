@@ -42,7 +42,7 @@ from hatchway.protocol import (
 
 log = logging.getLogger("hatchway.agent.session")
 
-OUTPUT_CHUNK = 16 * 1024  # AWS paces 1 KiB per ms; Hatchway sends up to 16 KiB per frame
+OUTPUT_CHUNK = 64 * 1024  # AWS paces 1 KiB per ms; Hatchway sends up to 64 KiB per frame
 MAX_UNACKED = 2048  # frames in flight before the PTY is no longer read (backpressure)
 DRAIN_TIMEOUT = 5.0
 SUPPORTED = ("Standard_Stream", "InteractiveCommands")

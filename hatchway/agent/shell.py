@@ -26,6 +26,7 @@ from dataclasses import dataclass
 log = logging.getLogger("hatchway.agent.shell")
 
 DEFAULT_USER = "ssm-user"
+READ_BATCH = 64 * 1024
 
 
 class RunAsError(Exception):
@@ -142,14 +143,27 @@ class PtyShell:
         loop.add_reader(master, self._readable)
 
     def _readable(self) -> None:
-        try:
-            data = os.read(self.master, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""  # EIO: the shell and every holder of the slave side are gone
-        if data:
-            self.on_output(data)
+        # A PTY read returns at most a few KiB: gather what is already there (up to 64 KiB) so
+        # that bulk output travels in large frames, while a lone keystroke echo goes at once.
+        parts: list[bytes] = []
+        size = 0
+        eof = False
+        while size < READ_BATCH:
+            try:
+                chunk = os.read(self.master, READ_BATCH - size)
+            except BlockingIOError:
+                break
+            except OSError:
+                eof = True  # EIO: the shell and every holder of the slave side are gone
+                break
+            if not chunk:
+                eof = True
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        if parts:
+            self.on_output(b"".join(parts))
+        if not eof:
             return
         asyncio.get_running_loop().remove_reader(self.master)
         asyncio.get_running_loop().create_task(self._reap())

@@ -234,6 +234,21 @@ def digest_ok(frame: Frame) -> bool:
     return frame.digest == hashlib.sha256(frame.payload).digest()
 
 
+def forwardable(data: bytes) -> int | None:
+    """For a relay: the payload type of a frame whose header is sound and whose digest
+    matches (empty payloads pass), without building a :class:`Frame`; else ``None``."""
+    if len(data) < HEADER_SIZE:
+        return None
+    header_length = _U32.unpack_from(data)[0]
+    if header_length < HEADER_LENGTH or header_length + 4 > len(data):
+        return None
+    view = memoryview(data)
+    payload = view[header_length + 4 :]
+    if payload.nbytes and hashlib.sha256(payload).digest() != view[80:112]:
+        return None
+    return int(_U32.unpack_from(data, 112)[0])
+
+
 def peek_type(data: bytes) -> str | None:
     """The MessageType of a frame without decoding the rest; ``None`` if ``data`` is no frame.
 

@@ -262,3 +262,19 @@ def test_corrupted_frames_raise_only_frame_error(original: Frame, data: st.DataO
     cut = data.draw(st.integers(0, len(raw)))
     with contextlib.suppress(FrameError):
         decode(bytes(raw[:cut]))
+
+
+def test_forwardable_checks_header_and_digest_without_decoding() -> None:
+    import uuid as _uuid
+
+    from hatchway.protocol import Frame, encode
+    from hatchway.protocol.frames import forwardable
+
+    good = encode(Frame("output_stream_data", 3, 1, b"hello", _uuid.uuid4(), 1700000000000))
+    assert forwardable(good) == 1
+    tampered = bytearray(good)
+    tampered[-1] ^= 0xFF
+    assert forwardable(bytes(tampered)) is None
+    assert forwardable(good[:100]) is None
+    empty = encode(Frame("acknowledge", 0, 0, b"", _uuid.uuid4(), 1700000000000, flags=3))
+    assert forwardable(empty) == 0
