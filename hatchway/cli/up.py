@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +16,7 @@ from hatchway.agent.registration import load, register
 from hatchway.agent.session import SessionSettings, run_node
 from hatchway.server import crypto
 from hatchway.server.app import create_app
-from hatchway.server.main import build_state
+from hatchway.server.main import build_state, wait_for_stop
 from hatchway.server.state import ServerConfig, ServerState
 from hatchway.server.store import schema as t
 
@@ -101,11 +100,7 @@ Try, in another terminal:
 Ctrl-C stops both.""",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await wait_for_stop()
     agent.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await agent

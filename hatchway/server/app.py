@@ -124,30 +124,14 @@ async def _handle_api(request: web.Request) -> web.Response:
         code, status = sigv4.error_code(exc.kind, route.protocol)
         message = sigv4.error_message(exc, route.protocol)
         return _error_response(route, ServiceError(code, message, status), call_id)
+    # The key was just found by the verification; a concurrent deletion is the only way the
+    # lookup or the caller could now be missing.
     entry = lookup_key(state, verified.access_key_id)
-    key = entry.row if entry is not None else None
-    if key is None:
-        code, status = sigv4.error_code("unknown_key", route.protocol)
-        return _error_response(
-            route,
-            ServiceError(code, "The security token included in the request is invalid.", status),
-            call_id,
-        )
-    if key["expires"] is not None and key["expires"] <= datetime.now(UTC):
-        code, status = sigv4.error_code("token_expired", route.protocol)
-        return _error_response(
-            route,
-            ServiceError(code, "The security token included in the request is expired", status),
-            call_id,
-        )
-    caller = resolve_caller(state, key)
+    caller = resolve_caller(state, entry.row) if entry is not None else None
     if caller is None:
         code, status = sigv4.error_code("unknown_key", route.protocol)
-        return _error_response(
-            route,
-            ServiceError(code, "The security token included in the request is invalid.", status),
-            call_id,
-        )
+        err = ServiceError(code, "The security token included in the request is invalid.", status)
+        return _error_response(route, err, call_id)
     call = Call(
         state,
         route.service,

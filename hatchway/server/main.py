@@ -46,6 +46,15 @@ def build_state(config: ServerConfig) -> tuple[ServerState, tuple[str, str] | No
     return state, generated
 
 
+async def wait_for_stop() -> None:
+    """Until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 async def serve(config: ServerConfig) -> None:
     state, generated = build_state(config)
     if generated is not None:
@@ -71,10 +80,6 @@ async def serve(config: ServerConfig) -> None:
         f"account {config.account_id})",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await wait_for_stop()
     await runner.cleanup()
     state.store.close()
