@@ -188,10 +188,13 @@ class AgentSession:
             await ws.send_bytes(self._control_frame("Connected"))
             writer = asyncio.create_task(self._writer())
             try:
+                reader = asyncio.create_task(self._reader())  # acks must flow while draining
                 if not await self._start():
                     await self._drain()
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
                     return
-                reader = asyncio.create_task(self._reader())
                 resender = asyncio.create_task(self._resender())
                 await self.finished.wait()
                 if self.exit_code is not None:

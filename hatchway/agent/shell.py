@@ -27,6 +27,17 @@ log = logging.getLogger("hatchway.agent.shell")
 
 DEFAULT_USER = "ssm-user"
 READ_BATCH = 64 * 1024
+_RESET_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGTSTP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGPIPE,
+    signal.SIGCHLD,
+)
 
 
 class RunAsError(Exception):
@@ -121,6 +132,11 @@ class PtyShell:
 
         def child_setup() -> None:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            # An agent started with `&` or nohup ignores SIGINT/SIGQUIT/SIGHUP; a shell must
+            # not inherit that, or Ctrl-C stops working in the session.
+            for sig in _RESET_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
         self.proc = subprocess.Popen(
             argv,

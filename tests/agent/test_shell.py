@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import signal
 
 import pytest
 
@@ -67,3 +68,27 @@ def test_close_kills_the_process_group() -> None:
     pgid = asyncio.run(main())
     with pytest.raises(ProcessLookupError):
         os.killpg(pgid, 0)
+
+
+def test_ctrl_c_works_even_if_the_agent_ignores_sigint() -> None:
+    # An agent started with `&` from a script ignores SIGINT; its shells must not.
+    async def main() -> str:
+        out: list[bytes] = []
+        done = asyncio.Event()
+        sh = PtyShell(resolve_user(_session_user(), create=True), out.append, lambda _: done.set())
+        sh.start()
+        await asyncio.sleep(0.5)  # the prompt
+        sh.write(b"sleep 100\n")
+        await asyncio.sleep(0.5)
+        sh.write(b"\x03")
+        await asyncio.sleep(0.3)
+        sh.write(b"echo rc=$?\nexit\n")
+        await asyncio.wait_for(done.wait(), 10)
+        return b"".join(out).decode(errors="replace")
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        text = asyncio.run(main())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "rc=130" in text

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from conftest import Agent, Broker, start_agent, start_broker, stop_broker
 from pclient import Client
 
-from hatchway.protocol import build_open_data_channel
+from hatchway.protocol import build_open_data_channel, decode
 
 TARGET = "i-0d47a0c1b2c3d4e5f"
 
@@ -246,3 +246,33 @@ def test_terminated_session_cannot_be_opened(broker: Broker, node: Agent) -> Non
     assert asyncio.run(go()) == 4403
     with pytest.raises(ClientError):
         broker.client("ssm").start_session(Target="i-0000000000000dead")
+
+
+def test_a_session_the_agent_cannot_run_closes_promptly_without_resends(
+    broker: Broker, node: Agent
+) -> None:
+    # Port sessions come with a later agent: the refusal must be delivered once and acked.
+    s = broker.client("ssm").start_session(
+        Target=TARGET,
+        DocumentName="AWS-StartPortForwardingSession",
+        Parameters={"portNumber": ["80"]},
+    )
+
+    async def go() -> tuple[float, list[int], bytes]:
+        c = Client(s["StreamUrl"], s["TokenValue"])
+        await c.open()
+        await c.resize(80, 24)
+        t0 = time.monotonic()
+        r = await c.read_until(None, 10)
+        await c.close()
+        seqs = [
+            decode(f).sequence_number
+            for f in r.frames
+            if decode(f).message_type == "output_stream_data"
+        ]
+        return time.monotonic() - t0, seqs, r.output
+
+    elapsed, seqs, output = asyncio.run(go())
+    assert b"Session type Port is not supported" in output
+    assert seqs == [0]  # no retransmission: the agent read our ack
+    assert elapsed < 4.0
