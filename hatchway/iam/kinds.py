@@ -21,10 +21,6 @@ class PolicyKind(StrEnum):
         """The policy-type phrase AWS puts in AccessDenied messages."""
         return _LABELS[self]
 
-    @property
-    def needs_principal(self) -> bool:
-        return self in (PolicyKind.RESOURCE, PolicyKind.TRUST)
-
 
 _LABELS = {
     PolicyKind.IDENTITY: "identity-based policy",

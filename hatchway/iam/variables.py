@@ -89,15 +89,3 @@ def resolve_segments(template: Template, ctx: Context) -> list[tuple[str, bool]]
                 return None
             out.append((value, True))
     return out
-
-
-def resolve_text(template: Template, ctx: Context) -> str | None:
-    """Plain substituted string (for operators without wildcards)."""
-    segs = resolve_segments(template, ctx)
-    if segs is None:
-        return None
-    return "".join(text for text, _ in segs)
-
-
-def template_keys(template: Template) -> list[str]:
-    return [p.key for p in template if isinstance(p, Var)]
