@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hatchway.client.aws import BotoControlPlane
@@ -88,3 +90,13 @@ def wait_sync(cond: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+def plugin_on_path(tmp_path: Path) -> str:
+    """A PATH whose ``session-manager-plugin`` is ours (works without reinstalling)."""
+    d = tmp_path / "bin"
+    d.mkdir()
+    exe = d / "session-manager-plugin"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m hatchway.client.plugin "$@"\n')
+    exe.chmod(0o755)
+    return f"{d}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from types import ModuleType
 from typing import ClassVar
 
 import pytest
-from clienthelp import PipeClient, clean_aws_env, wait_for
+from clienthelp import PipeClient, clean_aws_env, plugin_on_path, wait_for
 
 BIN = Path(sys.executable).parent
 TARGET = "i-0c11e47a0b2c3d4e5"
@@ -49,12 +48,7 @@ def node(broker: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[o
 
 @pytest.fixture
 def plugin_path(tmp_path: Path) -> str:
-    d = tmp_path / "bin"
-    d.mkdir()
-    exe = d / "session-manager-plugin"
-    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m hatchway.client.plugin "$@"\n')
-    exe.chmod(0o755)
-    return f"{d}:{BIN}:{os.environ.get('PATH', '')}"
+    return plugin_on_path(tmp_path)
 
 
 def admin_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clienthelp import clean_aws_env, wait_sync
+from clienthelp import clean_aws_env, plugin_on_path, wait_sync
 from fakepeer import FakePeer
 
 from hatchway.protocol import PayloadType
@@ -37,12 +37,7 @@ def peer() -> Iterator[FakePeer]:
 @pytest.fixture
 def plugin_path(tmp_path: Path) -> str:
     """A PATH whose ``session-manager-plugin`` is ours (works without reinstalling)."""
-    d = tmp_path / "bin"
-    d.mkdir()
-    exe = d / "session-manager-plugin"
-    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m hatchway.client.plugin "$@"\n')
-    exe.chmod(0o755)
-    return f"{d}:{BIN}:{os.environ.get('PATH', '')}"
+    return plugin_on_path(tmp_path)
 
 
 def test_aws_cli_runs_our_plugin(peer: FakePeer, plugin_path: str) -> None:
