@@ -21,8 +21,9 @@ from typing import Any
 import aiohttp
 
 from hatchway.agent.control import ControlChannel, signed_headers
+from hatchway.agent.plugin import PluginError, SessionPlugin
 from hatchway.agent.registration import Registration
-from hatchway.agent.shell import DEFAULT_USER, PtyShell, RunAsError, resolve_user
+from hatchway.agent.shell import DEFAULT_USER, ShellPlugin
 from hatchway.protocol import (
     ChannelClosed,
     Deliver,
@@ -31,21 +32,30 @@ from hatchway.protocol import (
     MessageType,
     PayloadError,
     PayloadType,
+    ProtocolError,
     Role,
     SendBytes,
     Stream,
     build_agent_session_state,
     build_open_data_channel,
     encode,
-    parse_size,
 )
+from hatchway.protocol.handshake import (
+    HANDSHAKE_ERROR,
+    HANDSHAKE_TIMEOUT_MESSAGE,
+    AgentHandshake,
+    HandshakeState,
+    KmsParameters,
+    requires_handshake,
+)
+from hatchway.ssm.documents import DocumentError, interpolate, validate_parameters
 
 log = logging.getLogger("hatchway.agent.session")
 
 OUTPUT_CHUNK = 64 * 1024  # AWS paces 1 KiB per ms; Hatchway sends up to 64 KiB per frame
 MAX_UNACKED = 2048  # frames in flight before the PTY is no longer read (backpressure)
 DRAIN_TIMEOUT = 5.0
-SUPPORTED = ("Standard_Stream", "InteractiveCommands")
+ENCRYPTED_OUT = (PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE)
 
 Notify = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -65,6 +75,8 @@ class SessionSettings:
 
 
 class AgentSession:
+    """One session: the data channel, the handshake, and the plugin that does the work."""
+
     def __init__(
         self,
         reg: Registration,
@@ -77,40 +89,71 @@ class AgentSession:
         self.settings = settings
         self.notify = notify
         self.session_id: str = task["sessionId"]
+        self.document: dict[str, Any] = {}
         self.stream = Stream(Role.AGENT, max_unacked=MAX_UNACKED)
         self.ws: aiohttp.ClientWebSocketResponse | None = None
-        self.shell: PtyShell | None = None
+        self.plugin: SessionPlugin | None = None
+        self.handshake: AgentHandshake | None = None
+        self.handshake_done = asyncio.Event()
         self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.finished = asyncio.Event()
         self.exit_code: int | None = None
+        self.failure: str | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self.recorders: list[Callable[[str, Any], None]] = []
+        """Session-log sinks: each gets every :meth:`record` event."""
+        self.encrypt: Callable[[bytes], bytes] | None = None
+        """Set when the session is KMS-encrypted: seals outgoing Output/StdErr/ExitCode."""
+        self.decrypt: Callable[[bytes], bytes] | None = None
+        """Set when the session is KMS-encrypted: opens incoming Output payloads."""
+
+    # -- SessionIO (what plugins use) -------------------------------------------------
+
+    def output(self, data: bytes, payload_type: int = PayloadType.OUTPUT) -> None:
+        now = time.time()
+        for i in range(0, max(len(data), 1), OUTPUT_CHUNK):
+            chunk = data[i : i + OUTPUT_CHUNK]
+            if self.encrypt is not None and payload_type in ENCRYPTED_OUT:
+                chunk = self.encrypt(chunk)
+            self.outbox.put_nowait(self.stream.send(payload_type, chunk, now))
+
+    @property
+    def writable(self) -> bool:
+        return self.stream.writable
+
+    def exited(self, code: int) -> None:
+        self.exit_code = code
+        self.finished.set()
+
+    def record(self, kind: str, data: Any) -> None:
+        for sink in self.recorders:
+            try:
+                sink(kind, data)
+            except Exception:
+                log.exception("session %s: session log sink failed", self.session_id)
+
+    def fail(self, message: str) -> None:
+        """End the session as Failed, telling the user why."""
+        if self.failure is None:
+            self.failure = message
+            self.output(f"{message}\r\n".encode())
+        self.finished.set()
 
     # -- outgoing ---------------------------------------------------------------------
 
-    def _control_frame(self, state: str) -> bytes:
+    def _control_frame(self, state: str, reason: str | None = None) -> bytes:
+        payload = build_agent_session_state(state, self.session_id, reason)
         return encode(
             Frame(
                 MessageType.AGENT_SESSION_STATE,
                 0,
                 0,
-                build_agent_session_state(state, self.session_id),
+                payload,
                 uuid.uuid4(),
                 int(time.time() * 1000),
                 flags=3,
             )
         )
-
-    def _output(self, data: bytes) -> None:
-        now = time.time()
-        for i in range(0, len(data), OUTPUT_CHUNK):
-            self.outbox.put_nowait(
-                self.stream.send(PayloadType.OUTPUT, data[i : i + OUTPUT_CHUNK], now)
-            )
-        if not self.stream.writable and self.shell is not None:
-            self.shell.pause_reading()  # resumed when acks free the window
-
-    def _exited(self, code: int) -> None:
-        self.exit_code = code
-        self.finished.set()
 
     async def _writer(self) -> None:
         assert self.ws is not None
@@ -130,19 +173,73 @@ class AgentSession:
                 log.warning("session %s: the client stopped acknowledging", self.session_id)
                 self.finished.set()
                 return
+            hs = self.handshake
+            if hs is not None and not hs.done and not hs.failed and hs.check_timeout(time.time()):
+                self.fail(hs.error or HANDSHAKE_TIMEOUT_MESSAGE)
 
     # -- incoming ---------------------------------------------------------------------
 
     def _deliver(self, event: Deliver) -> None:
-        shell = self.shell
-        if shell is None:
+        ptype, payload = event.payload_type, event.payload
+        hs = self.handshake
+        if hs is not None and not hs.done:
+            if ptype in (PayloadType.HANDSHAKE_RESPONSE, PayloadType.ENC_CHALLENGE_RESPONSE):
+                self._on_handshake(ptype, payload)
+            # Anything else before HandshakeComplete is acked and dropped (AWS's agent does).
             return
-        if event.payload_type == PayloadType.OUTPUT:
-            shell.write(event.payload)
-        elif event.payload_type == PayloadType.SIZE:
-            with contextlib.suppress(PayloadError):
-                size = parse_size(event.payload)
-                shell.resize(size.cols, size.rows)
+        plugin = self.plugin
+        if plugin is None:
+            return
+        if self.decrypt is not None and ptype == PayloadType.OUTPUT:
+            try:
+                payload = self.decrypt(payload)
+            except ValueError:
+                log.warning("session %s: dropped input that failed to decrypt", self.session_id)
+                return
+        plugin.on_input(ptype, payload)
+
+    def _on_handshake(self, ptype: int, payload: bytes) -> None:
+        hs = self.handshake
+        assert hs is not None
+        try:
+            if ptype == PayloadType.HANDSHAKE_RESPONSE:
+                state = hs.receive_response(payload)
+                if state is HandshakeState.CHALLENGE_DUE:
+                    self._spawn(self._kms_challenge())
+                    return
+            else:
+                self._spawn(self._kms_verify(hs.receive_challenge_response(payload)))
+                return
+        except (ProtocolError, PayloadError) as exc:
+            self.fail(f"{HANDSHAKE_ERROR} {exc}")
+            return
+        self._after_handshake_step()
+
+    def _after_handshake_step(self) -> None:
+        hs = self.handshake
+        assert hs is not None
+        if hs.failed:
+            self.fail(hs.error or HANDSHAKE_ERROR)
+        elif hs.state is HandshakeState.COMPLETE_DUE:
+            message = "This session is encrypted using AWS KMS." if hs.kms is not None else ""
+            self.outbox.put_nowait(
+                self.stream.send(
+                    PayloadType.HANDSHAKE_COMPLETE, hs.complete(time.time(), message), time.time()
+                )
+            )
+            self.handshake_done.set()
+
+    async def _kms_challenge(self) -> None:
+        """KMS: decrypt the client's data key, then challenge it (the KMS work plugs in here)."""
+        self.fail(f"{HANDSHAKE_ERROR} KMS encryption is not supported by this agent.")
+
+    async def _kms_verify(self, challenge: str) -> None:
+        self.fail(f"{HANDSHAKE_ERROR} KMS encryption is not supported by this agent.")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _reader(self) -> None:
         assert self.ws is not None
@@ -162,8 +259,8 @@ class AgentSession:
                 elif isinstance(ev, ChannelClosed):
                     self.finished.set()
                     return
-            if self.shell is not None and self.stream.writable:
-                self.shell.resume_reading()
+            if self.plugin is not None and self.stream.writable:
+                self.plugin.on_writable()
         self.finished.set()
 
     # -- the session ------------------------------------------------------------------
@@ -187,26 +284,24 @@ class AgentSession:
             )
             await ws.send_bytes(self._control_frame("Connected"))
             writer = asyncio.create_task(self._writer())
+            reader = asyncio.create_task(self._reader())  # acks must flow while draining
+            resender = asyncio.create_task(self._resender())
             try:
-                reader = asyncio.create_task(self._reader())  # acks must flow while draining
-                if not await self._start():
+                if await self._start():
+                    await self.finished.wait()
+                if self.exit_code is not None or self.failure is not None:
                     await self._drain()
-                    reader.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await reader
-                    return
-                resender = asyncio.create_task(self._resender())
-                await self.finished.wait()
-                if self.exit_code is not None:
-                    await self._drain()
-                for task in (reader, resender):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
             finally:
-                if self.shell is not None:
-                    self.shell.close()
+                for task in (reader, resender, *self._tasks):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+                if self.plugin is not None:
+                    self.plugin.close()
+                    self.record("end", self.exit_code)
                 if not ws.closed:
+                    if self.failure is not None:
+                        self.outbox.put_nowait(self._control_frame("Failed", self.failure))
                     self.outbox.put_nowait(self._control_frame("Terminating"))
                 self.outbox.put_nowait(None)
                 with contextlib.suppress(Exception):
@@ -221,27 +316,63 @@ class AgentSession:
                             }
                         )
 
-    async def _start(self) -> bool:
+    def _resolve_document(self) -> dict[str, Any]:
+        """The document with ``{{ parameters }}`` filled in, checked again on the node (AWS's
+        agent re-validates allowedPattern with its own regexp engine)."""
         doc = self.task.get("documentContent") or {}
-        session_type = doc.get("sessionType", "Standard_Stream")
-        if session_type not in SUPPORTED:
-            self._output(
-                f"Session type {session_type} is not supported by this agent yet.\r\n".encode()
+        if not isinstance(doc, dict):
+            raise PluginError("The session document is not an object.")
+        if str(doc.get("schemaVersion", "1.0")) != "1.0":
+            raise PluginError(
+                f"Document with schema version {doc.get('schemaVersion')} is not supported by "
+                "this version of ssm agent, please update to latest version"
             )
-            return False
         try:
-            user = resolve_user(
-                self.task.get("runAsUser") or self.settings.default_user,
-                allow_root=self.settings.allow_root,
-                create=self.settings.create_default_user,
-            )
-        except RunAsError as exc:
-            self._output(f"{exc}\r\n".encode())
+            params = validate_parameters(doc, self.task.get("parameters") or {})
+        except DocumentError as exc:
+            raise PluginError(str(exc)) from None
+        resolved = dict(doc)
+        for key in ("inputs", "properties"):
+            if key in doc:
+                resolved[key] = interpolate(doc[key], params)
+        return resolved
+
+    async def _start(self) -> bool:
+        """Resolve the document, pick the plugin, handshake if needed, start the plugin."""
+        try:
+            self.document = self._resolve_document()
+            session_type = str(self.document.get("sessionType", "Standard_Stream"))
+            factory = PLUGINS.get(session_type)
+            if factory is None:
+                raise PluginError(f"Session type {session_type} is not supported by this agent.")
+            self.plugin = factory(self)
+            kms = self._kms_parameters(session_type)
+            if requires_handshake(session_type, kms is not None):
+                self.handshake = AgentHandshake(
+                    session_type, self.plugin.handshake_properties(), kms
+                )
+                now = time.time()
+                self.outbox.put_nowait(
+                    self.stream.send(
+                        PayloadType.HANDSHAKE_REQUEST, self.handshake.request(now), now
+                    )
+                )
+                waiter = asyncio.create_task(self.handshake_done.wait())
+                stopper = asyncio.create_task(self.finished.wait())
+                await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                if not self.handshake_done.is_set():
+                    return False
+            await self.plugin.start()
+            return True
+        except PluginError as exc:
+            self.fail(str(exc))
             return False
-        profile = ((doc.get("inputs") or {}).get("shellProfile") or {}).get("linux") or None
-        self.shell = PtyShell(user, self._output, self._exited, profile=profile)
-        self.shell.start()
-        return True
+
+    def _kms_parameters(self, session_type: str) -> KmsParameters | None:
+        """KMS encryption parameters when the document names a key (never for Port)."""
+        return None
 
     async def _drain(self) -> None:
         """Wait (bounded) until the client acknowledged everything we sent."""
@@ -254,6 +385,12 @@ class AgentSession:
 
     async def terminate(self) -> None:
         self.finished.set()
+
+
+PLUGINS: dict[str, Callable[[AgentSession], SessionPlugin]] = {
+    "Standard_Stream": ShellPlugin,
+}
+"""Session type → plugin class."""
 
 
 async def run_node(

@@ -23,6 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hatchway.agent.plugin import PluginError, SessionIO, SessionPlugin
+from hatchway.protocol import PayloadError, PayloadType, parse_size
+
 log = logging.getLogger("hatchway.agent.shell")
 
 DEFAULT_USER = "ssm-user"
@@ -100,8 +103,10 @@ class PtyShell:
         rows: int = 24,
         term: str = "xterm-256color",
         profile: str | None = None,
+        argv: list[str] | None = None,
     ) -> None:
         self.user = user
+        self.argv = argv
         self.on_output = on_output
         self.on_exit = on_exit
         self.cols, self.rows = cols, rows
@@ -126,7 +131,9 @@ class PtyShell:
         }
         as_other = os.geteuid() == 0 and self.user.uid != 0
         argv = [self.user.shell, "-l"]
-        if self.profile:
+        if self.argv is not None:
+            argv = self.argv
+        elif self.profile:
             # shellProfile.linux runs first, then the interactive shell (AWS's semantics).
             argv = [self.user.shell, "-l", "-c", f"{self.profile}\nexec {self.user.shell} -l"]
 
@@ -234,3 +241,64 @@ class PtyShell:
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
+
+
+class ShellPlugin(SessionPlugin):
+    """``Standard_Stream``: a login shell on a PTY as the session's OS user."""
+
+    session_types = ("Standard_Stream",)
+
+    def __init__(self, io: SessionIO) -> None:
+        super().__init__(io)
+        self.shell: PtyShell | None = None
+
+    def _user(self) -> OsUser:
+        settings = self.io.settings
+        try:
+            return resolve_user(
+                self.io.task.get("runAsUser") or settings.default_user,
+                allow_root=settings.allow_root,
+                create=settings.create_default_user and not self.io.task.get("runAsUser"),
+            )
+        except RunAsError as exc:
+            raise PluginError(str(exc)) from None
+
+    def _argv(self, user: OsUser) -> list[str] | None:
+        """The command to run instead of a plain login shell (None: the login shell)."""
+        return None
+
+    async def start(self) -> None:
+        user = self._user()
+        inputs = self.io.document.get("inputs") or {}
+        profile = (inputs.get("shellProfile") or {}).get("linux") or None
+        self.shell = PtyShell(
+            user, self._output, self.io.exited, profile=profile, argv=self._argv(user)
+        )
+        self.shell.start()
+
+    def _output(self, data: bytes) -> None:
+        self.io.output(data)
+        self.io.record("o", data)
+        if not self.io.writable and self.shell is not None:
+            self.shell.pause_reading()  # resumed when acks free the window
+
+    def on_writable(self) -> None:
+        if self.shell is not None:
+            self.shell.resume_reading()
+
+    def on_input(self, payload_type: int, payload: bytes) -> None:
+        shell = self.shell
+        if shell is None:
+            return
+        if payload_type == PayloadType.OUTPUT:
+            shell.write(payload)
+            self.io.record("i", payload)
+        elif payload_type == PayloadType.SIZE:
+            with contextlib.suppress(PayloadError):
+                size = parse_size(payload)
+                shell.resize(size.cols, size.rows)
+                self.io.record("r", (size.cols, size.rows))
+
+    def close(self) -> None:
+        if self.shell is not None:
+            self.shell.close()

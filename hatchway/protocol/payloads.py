@@ -506,11 +506,22 @@ class AgentSessionState:
     session_state: str
     session_id: str
     schema_version: int = 1
+    reason: str | None = None
+    """Hatchway's agent adds ``Reason`` to a ``Failed`` state (why the session could not run)."""
 
 
-def build_agent_session_state(session_state: str, session_id: str) -> bytes:
+def build_agent_session_state(
+    session_state: str, session_id: str, reason: str | None = None
+) -> bytes:
     """``{"SchemaVersion":1,"SessionState":"Connected"|"Terminating","SessionId":...}``."""
-    return _dumps({"SchemaVersion": 1, "SessionState": session_state, "SessionId": session_id})
+    obj: dict[str, Any] = {
+        "SchemaVersion": 1,
+        "SessionState": session_state,
+        "SessionId": session_id,
+    }
+    if reason is not None:
+        obj["Reason"] = reason
+    return _dumps(obj)
 
 
 def parse_agent_session_state(payload: bytes | str) -> AgentSessionState:
@@ -521,6 +532,7 @@ def parse_agent_session_state(payload: bytes | str) -> AgentSessionState:
         session_state=_str(obj, "SessionState", what),
         session_id=_str(obj, "SessionId", what, default=""),
         schema_version=_int(obj, "SchemaVersion", what, default=1),
+        reason=_opt_str(obj, "Reason", what),
     )
 
 

@@ -245,6 +245,7 @@ async def _agent_side(
     relay.agent_ready.set()
     _set_status(state, session_id, "Connected")
     clean = False
+    failed: str | None = None
     try:
         async for msg in ws:
             if msg.type != WSMsgType.BINARY:
@@ -256,7 +257,9 @@ async def _agent_side(
                     st = payloads.parse_agent_session_state(frames.decode(data).payload)
                 except (frames.FrameError, payloads.PayloadError):
                     continue
-                if st.session_state == "Terminating":
+                if st.session_state == "Failed":
+                    failed = st.reason or "The session could not start on the node."
+                elif st.session_state == "Terminating":
                     clean = True
                     break
                 continue
@@ -275,7 +278,10 @@ async def _agent_side(
         relay.agent_ready.clear()
         if not relay.ended:
             relays(state).pop(session_id, None)
-            if clean:
+            if clean and failed is not None:
+                await end_session(state, session_id, "Failed", failed)
+                await relay.close(failed, to_agent=False)
+            elif clean:
                 await end_session(state, session_id, "Terminated")
                 await relay.close("", to_agent=False)
             else:
