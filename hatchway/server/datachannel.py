@@ -344,13 +344,16 @@ def start_message(state: ServerState, row: dict[str, Any], relay: Relay) -> dict
         else "ws://" + base.removeprefix("http://")
     )
     data = row["data"]
+    content = dict(doc.document) if doc else {}
+    if "inputs" in data:
+        content["inputs"] = data["inputs"]  # the preferences StartSession resolved
     return {
         "type": "start_session",
         "sessionId": row["session_id"],
         "token": relay.agent_token,
         "streamUrl": f"{ws_base}/v1/data-channel/{row['session_id']}?role=publish_subscribe",
         "documentName": row["document_name"],
-        "documentContent": doc.document if doc else {},
+        "documentContent": content,
         "parameters": data.get("parameters") or {},
         "runAsUser": data.get("run_as_user"),
         "sessionOwner": row["owner"],

@@ -33,7 +33,7 @@ from hatchway.ssm import (
     target_arn,
 )
 from hatchway.ssm.arns import InvalidTarget
-from hatchway.ssm.documents import DocumentError, validate_parameters
+from hatchway.ssm.documents import DocumentError, interpolate, validate_parameters
 
 ACTIVE = ("Connecting", "Connected", "Disconnected", "Terminating")
 HISTORY = ("Terminated", "Failed")
@@ -117,6 +117,25 @@ def _tags(row: dict[str, Any] | None) -> dict[str, str]:
     return {x["Key"]: x["Value"] for x in row["data"].get("tags", [])}
 
 
+def effective_inputs(
+    state: ServerState, doc: ResolvedDocument, parameters: dict[str, list[str]]
+) -> dict[str, Any]:
+    """The session preferences a session runs with, parameters filled in.
+
+    A document with its own ``inputs`` uses them; one without (AWS's Port and command
+    documents, most custom ones) inherits the account's preferences, the ``inputs`` of
+    ``SSM-SessionManagerRunShell`` (docs/session-documents.md).
+    """
+    raw = doc.document.get("inputs")
+    if not isinstance(raw, dict):
+        prefs = _document(state, DEFAULT_SESSION_DOCUMENT)
+        raw = prefs.document.get("inputs") if prefs is not None else None
+    if not isinstance(raw, dict):
+        return {}
+    out = interpolate(raw, parameters)
+    return out if isinstance(out, dict) else {}
+
+
 @operation("ssm", "StartSession")
 async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     target: str = params["Target"]
@@ -166,8 +185,7 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         parameters = validate_parameters(doc.document, params.get("Parameters"))
     except DocumentError as exc:
         raise ServiceError(exc.code, exc.message) from exc
-    raw_inputs = doc.document.get("inputs")
-    inputs: dict[str, Any] = raw_inputs if isinstance(raw_inputs, dict) else {}
+    inputs = effective_inputs(call.state, doc, parameters)
     max_duration = str(inputs.get("maxSessionDuration") or "") or None
     now = datetime.now(UTC)
     for _ in range(3):
@@ -188,6 +206,7 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
                             "reason": params.get("Reason"),
                             "owner_userid": call.caller.user_id,
                             "parameters": parameters,
+                            "inputs": inputs,
                             "document_version": doc.version,
                             "max_session_duration": max_duration,
                             "idle_session_timeout": str(inputs.get("idleSessionTimeout") or "20"),
