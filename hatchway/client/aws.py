@@ -1,8 +1,10 @@
-"""The AWS side of a session: SSM calls through boto3 and the SigV4-signed upgrade.
+"""The AWS side of a session: SSM calls through botocore and the SigV4-signed upgrade.
 
 Credentials come from botocore's standard chain for the profile the AWS CLI passed (argv[4],
 ``""`` for none) and the region of argv[2]; ResumeSession and TerminateSession go to the SSM
-endpoint of argv[6], as the official plugin does (spec §1.2).
+endpoint of argv[6], as the official plugin does (spec §1.2). botocore is imported on first
+use, not with the plugin: the plugin starts once per session and its imports are on the path
+to the first prompt.
 """
 
 from __future__ import annotations
@@ -11,10 +13,7 @@ import logging
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-import boto3
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.config import Config
+from hatchway.client.fastsign import sign_get, static_credentials
 
 __all__ = [
     "PRESIGN_KEYS",
@@ -70,7 +69,7 @@ def http_form(url: str) -> str:
 
 
 def upgrade_host(url: str) -> str:
-    """The Host header aiohttp sends for ``url`` (port omitted when it is the default)."""
+    """The Host header a websocket client sends for ``url`` (no port when it is the default)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if ":" in host:
@@ -82,7 +81,7 @@ def upgrade_host(url: str) -> str:
 
 
 class BotoControlPlane:
-    """:class:`ControlPlane` with boto3: region, profile and SSM endpoint as the CLI gave them."""
+    """:class:`ControlPlane` with botocore: region, profile and SSM endpoint as the CLI gave."""
 
     def __init__(self, region: str, profile: str = "", endpoint_url: str = "") -> None:
         self.region = region
@@ -93,15 +92,21 @@ class BotoControlPlane:
 
     def session(self) -> Any:
         if self._session is None:
-            self._session = boto3.Session(
-                profile_name=self.profile or None, region_name=self.region or None
-            )
+            import botocore.session
+
+            session = botocore.session.Session(profile=self.profile or None)
+            if self.region:
+                session.set_config_variable("region", self.region)
+            self._session = session
         return self._session
 
     def client(self) -> Any:
         if self._client is None:
-            self._client = self.session().client(
+            from botocore.config import Config
+
+            self._client = self.session().create_client(
                 "ssm",
+                region_name=self._region(),
                 endpoint_url=self.endpoint_url or None,
                 config=Config(connect_timeout=5, read_timeout=15, retries={"max_attempts": 2}),
             )
@@ -114,11 +119,21 @@ class BotoControlPlane:
     def terminate(self, session_id: str) -> None:
         self.client().terminate_session(SessionId=session_id)
 
+    def _region(self) -> str:
+        return self.region or self.session().get_config_variable("region") or "us-east-1"
+
     def sign_upgrade(self, url: str) -> dict[str, str]:
+        if self.region:
+            static = static_credentials(self.profile)
+            if static is not None:  # the fast path: no botocore import (fastsign.py)
+                return sign_get(http_form(url), upgrade_host(url), static, self.region)
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
         credentials = self.session().get_credentials()
         if credentials is None:
             raise RuntimeError("no AWS credentials found to sign the data channel upgrade")
-        region = self.region or self.session().region_name or "us-east-1"
+        region = self._region()
         request = AWSRequest(method="GET", url=http_form(url), headers={"Host": upgrade_host(url)})
         SigV4Auth(credentials.get_frozen_credentials(), "ssmmessages", region).add_auth(request)
         return {k: v for k, v in request.headers.items()}

@@ -22,12 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from hatchway.client.aws import BotoControlPlane, ControlPlane, is_presigned, upgrade_host
 from hatchway.client.handler import SessionHandler
 from hatchway.client.shell import ShellHandler
 from hatchway.client.terminal import TerminalIO
+from hatchway.client.websocket import HandshakeError, MsgType, WebSocket, WebSocketError, connect
 from hatchway.protocol import (
     CLIENT_VERSION,
     RESEND_INTERVAL,
@@ -169,8 +168,7 @@ class Session:
         self.connections = 0
         """Websockets opened so far (1 + reconnects)."""
         self._pending: list[tuple[int, bytes]] = []
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._http: aiohttp.ClientSession | None = None
+        self._ws: WebSocket | None = None
         self._done: asyncio.Future[_Exit] | None = None
         self._acked = asyncio.Event()
         self._last_activity = time.monotonic()
@@ -184,27 +182,25 @@ class Session:
         self._done = loop.create_future()
         self.io.say(f"\nStarting session with SessionId: {self.session_id}\n")
         result: _Exit
-        async with aiohttp.ClientSession() as http:
-            self._http = http
+        try:
             try:
-                try:
-                    await self._open_first()
-                except ConnectError as exc:
-                    result = _Exit(1, f"Cannot perform start session: {exc}\n")
-                else:
-                    self._install_signals()
-                    self._spawn(self._read_loop(), "reader")
-                    self._spawn(self._resend_loop(), "resend")
-                    result = await self._done
-            except asyncio.CancelledError:
-                result = _Exit(130, exiting_message(self.session_id), terminate=True)
-            finally:
-                await self._shutdown()
-            if result.terminate:
-                await self._terminate()
-            if self._ws is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._ws.close(), 2)
+                await self._open_first()
+            except ConnectError as exc:
+                result = _Exit(1, f"Cannot perform start session: {exc}\n")
+            else:
+                self._install_signals()
+                self._spawn(self._read_loop(), "reader")
+                self._spawn(self._resend_loop(), "resend")
+                result = await self._done
+        except asyncio.CancelledError:
+            result = _Exit(130, exiting_message(self.session_id), terminate=True)
+        finally:
+            await self._shutdown()
+        if result.terminate:
+            await self._terminate()
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.close(), 2)
         if result.message:
             self.io.say(result.message)
         return result.code
@@ -325,8 +321,7 @@ class Session:
 
     # --- the websocket ---------------------------------------------------------------------
 
-    async def _connect(self, url: str, token: str) -> aiohttp.ClientWebSocketResponse:
-        assert self._http is not None
+    async def _connect(self, url: str, token: str) -> WebSocket:
         headers: dict[str, str] = {}
         if self.sign and not is_presigned(url):
             try:
@@ -336,14 +331,7 @@ class Session:
                 headers = {}
             else:
                 headers.setdefault("Host", upgrade_host(url))
-        ws = await self._http.ws_connect(
-            url,
-            headers=headers,
-            heartbeat=self.heartbeat,
-            autoping=True,
-            max_msg_size=0,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-        )
+        ws = await connect(url, headers, heartbeat=self.heartbeat)
         await ws.send_str(
             build_open_data_channel(
                 token,
@@ -367,9 +355,9 @@ class Session:
                     self._connect(self.stream_url, self.params.token), CONNECT_TIMEOUT
                 )
                 return
-            except aiohttp.WSServerHandshakeError as exc:
+            except HandshakeError as exc:
                 raise ConnectError(f"{exc.status} {exc.message}") from exc
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except (WebSocketError, OSError, TimeoutError) as exc:
                 last = exc
                 log.warning("opening the data channel failed: %s", exc)
         raise ConnectError(str(last) or type(last).__name__)
@@ -394,7 +382,7 @@ class Session:
                 self.stream_url = url
             try:
                 ws = await asyncio.wait_for(self._connect(self.stream_url, token), CONNECT_TIMEOUT)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except (WebSocketError, OSError, TimeoutError) as exc:
                 last = exc
                 log.warning("reconnecting the data channel failed: %s", exc)
                 continue
@@ -412,23 +400,22 @@ class Session:
             return  # buffered in the stream; re-sent after the reconnect
         try:
             await ws.send_bytes(data)
-        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+        except (WebSocketError, ConnectionError, OSError) as exc:
             log.debug("write failed (will reconnect): %s", exc)
 
     async def _read_loop(self) -> None:
-        closing = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
         while not self.finished:
             ws = self._ws
             assert ws is not None
             reason = ""
             while True:
                 msg = await ws.receive()
-                if msg.type == aiohttp.WSMsgType.BINARY:
+                if msg.type is MsgType.BINARY:
                     await self._on_frame(msg.data)
                     if self.finished:
                         return
-                elif msg.type in closing or msg.type == aiohttp.WSMsgType.ERROR:
-                    reason = msg.extra if isinstance(msg.extra, str) else ""
+                elif msg.type is MsgType.CLOSE:
+                    reason = msg.extra
                     break
                 else:
                     log.debug("ignoring websocket message %s", msg.type)
