@@ -710,10 +710,12 @@ def report(res: dict[str, Any]) -> None:
             f"{fmt_ms(min(xs))} | {fmt_ms(max(xs))} |"
         )
     p50 = pct(s["first"], 50)
+    proc50 = pct(res["start_proc"], 50)
     print(
         f"\nratio p50 in-process ÷ local: {p50 / pct(s['base'], 50):.2f}×; "
         f"overhead over the local spawn {fmt_ms(p50 - pct(s['base'], 50))} ms; "
-        f"goal ≤ {GOAL_START_MS:.0f} ms: {'met' if 1000 * p50 <= GOAL_START_MS else 'MISSED'}"
+        f"goal ≤ {GOAL_START_MS:.0f} ms, judged on the `session-manager-plugin` process "
+        f"(what the AWS CLI runs): {'met' if 1000 * proc50 <= GOAL_START_MS else 'MISSED'}"
     )
 
     print("\n### (b) Keystroke echo (ms)\n")
