@@ -521,7 +521,13 @@ async def encrypt(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 
 @operation("kms", "Decrypt")
 async def decrypt(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    blob: bytes = params["CiphertextBlob"]
+    blob: bytes | None = params.get("CiphertextBlob")
+    if blob is None:  # optional in the model (for DryRun modifiers), required in practice
+        raise ServiceError(
+            "ValidationException",
+            "1 validation error detected: Value null at 'ciphertextBlob' failed to satisfy "
+            "constraint: Member must not be null",
+        )
     named = kms.resolve(call.state, params["KeyId"]) if params.get("KeyId") else None
     if params.get("Recipient"):
         raise ServiceError(
