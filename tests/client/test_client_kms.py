@@ -10,8 +10,11 @@ the same session without a key shows both (the proxy sees the real traffic).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -20,13 +23,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from clienthelp import clean_aws_env, plugin_on_path
 from test_client_broker import srv, status
 
 from hatchway.agent.kms import KmsDecrypter, KmsSettings
 from hatchway.agent.registration import Registration
-from hatchway.client.kms import is_aws_endpoint, kms_endpoint
+from hatchway.client.aws import BotoControlPlane
+from hatchway.client.kms import BotoDataKeys, is_aws_endpoint, kms_endpoint
+from hatchway.client.session import Session, SessionParams
+from hatchway.client.terminal import TerminalIO
 from hatchway.protocol import PayloadType, decode, parse_handshake_request
 
 BIN = Path(sys.executable).parent
@@ -435,3 +442,80 @@ def test_agent_kms_endpoint() -> None:
     assert client.meta.endpoint_url == "http://broker:8080"
     with pytest.raises(ValueError):
         KmsSettings(credentials="instance")
+
+
+# -- hostile or broken clients ------------------------------------------------------------
+
+
+class ForeignContextKeys:
+    """Real GenerateDataKey on the broker, but bound to another session's context."""
+
+    def __init__(self, broker: Any) -> None:
+        self.kms = broker.client("kms")
+
+    def generate_data_key(self, key_id: str, context: dict[str, str]) -> tuple[bytes, bytes]:
+        wrong = {**context, "aws:ssm:SessionId": "someone-else-0123456789abcdef0"}
+        out = self.kms.generate_data_key(KeyId=key_id, NumberOfBytes=64, EncryptionContext=wrong)
+        return out["Plaintext"], out["CiphertextBlob"]
+
+
+class EchoingSession(Session):
+    """Answers the EncChallengeRequest without decrypting it (it does not hold the key)."""
+
+    def _kms_challenge(self, challenge: str) -> str:
+        return challenge
+
+
+def _run_in_process(broker: Any, session_cls: type[Session], kms: Any) -> tuple[bytes, str]:
+    response = broker.client("ssm").start_session(Target=TARGET, DocumentName="KmsShell")
+    params = SessionParams(
+        session_id=response["SessionId"],
+        token=response["TokenValue"],
+        stream_url=response["StreamUrl"],
+        region=srv.REGION,
+        endpoint_url=broker.url,
+        target=TARGET,
+    )
+    read_fd, write_fd = os.pipe()
+    out = io.BytesIO()
+    session = session_cls(
+        params,
+        api=BotoControlPlane(srv.REGION, "", broker.url),
+        io=TerminalIO(read_fd, out, io.BytesIO(), interactive=False),
+        signals=False,
+        kms=kms,
+    )
+    try:
+        asyncio.run(asyncio.wait_for(session.run(), 60))
+    finally:
+        os.close(write_fd)
+        os.close(read_fd)
+    return out.getvalue(), response["SessionId"]
+
+
+def test_a_data_key_for_another_session_does_not_decrypt_on_the_node(
+    broker: Any, node: Any, documents: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in _env(srv.ADMIN_KEY, srv.ADMIN_SECRET).items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    out, sid = _run_in_process(broker, Session, ForeignContextKeys(broker))
+    assert (
+        b"Encountered error while initiating handshake. Fetching data key failed: Unable to "
+        b"retrieve data key, InvalidCiphertextException" in out
+    )
+    assert b"encrypted using AWS KMS" not in out
+    assert status(broker, sid) == "Failed"
+
+
+def test_a_client_that_cannot_answer_the_challenge_is_refused(
+    broker: Any, node: Any, documents: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in _env(srv.ADMIN_KEY, srv.ADMIN_SECRET).items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    kms = BotoDataKeys(lambda: boto3.Session(region_name=srv.REGION), broker.url)
+    out, sid = _run_in_process(broker, EchoingSession, kms)
+    assert b"Encountered error while initiating handshake. KMS challenge mismatch" in out
+    assert b"encrypted using AWS KMS" not in out
+    assert status(broker, sid) == "Failed"
