@@ -277,6 +277,10 @@ class AgentSession:
         except ValueError as exc:  # a data key of the wrong size
             self.fail(f"{failed} {exc}")
             return
+        except Exception as exc:  # anything else must still end the handshake, not hang it
+            log.exception("session %s: decrypting the data key failed", self.session_id)
+            self.fail(f"{failed} {exc}")
+            return
         if self.finished.is_set():
             return
         self._cipher = cipher

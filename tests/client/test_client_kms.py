@@ -361,14 +361,16 @@ def test_user_without_generate_data_key_fails_cleanly(
     assert f"SessionId: {sid} : " in out
     assert "never-9" not in out and "encrypted using AWS KMS" not in out
     assert status(broker, sid) == "Failed"
-    # The shell never started: no stream data but the handshake and the error text.
-    kinds = {f.payload_type for _, f in data_channel_messages(tap.since(mark))}
-    assert PayloadType.ENC_CHALLENGE_REQUEST not in kinds
+    # The shell never started and the keystrokes were never sent.
+    messages = data_channel_messages(tap.since(mark))
+    assert PayloadType.ENC_CHALLENGE_REQUEST not in {f.payload_type for _, f in messages}
+    assert not any(b"never-" in f.payload for _, f in messages)
 
 
 def test_node_that_may_not_decrypt_fails_the_session_with_the_reason(
     broker: Any, node: Any, documents: dict[str, str], tap: Tap, tmp_path: Path
 ) -> None:
+    mark = tap.mark()
     done = aws_start_session(tap, tmp_path, "KmsShellNodeDenied", b"echo never-$((3*3))\r")
     out = done.stdout.decode()
     sid = session_id(done.stdout)
@@ -381,6 +383,7 @@ def test_node_that_may_not_decrypt_fails_the_session_with_the_reason(
     ) in out
     assert "never-9" not in out
     assert status(broker, sid) == "Failed"
+    assert not any(b"never-" in f.payload for _, f in data_channel_messages(tap.since(mark)))
 
 
 def test_aws_endpoint_url_kms_is_where_the_client_asks(
