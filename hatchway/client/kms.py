@@ -8,6 +8,8 @@ passed the plugin (argv[2], argv[4]) — as AWS's plugin does. The endpoint:
    broker serves KMS on the same front door as SSM, so ``aws ssm start-session --endpoint-url
    http://broker`` needs nothing more;
 3. else botocore's choice, AWS's regional KMS (``kms.<region>.amazonaws.com``).
+
+botocore and the cipher are imported on first use: sessions without KMS never load them.
 """
 
 from __future__ import annotations
@@ -15,10 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
-
-from botocore.config import Config
-
-from hatchway.protocol.crypto import DATA_KEY_SIZE
 
 __all__ = [
     "AWS_HOST_SUFFIXES",
@@ -69,6 +67,8 @@ class BotoDataKeys:
 
     def client(self) -> Any:
         if self._client is None:
+            from botocore.config import Config
+
             self._client = self.session().client(
                 "kms",
                 endpoint_url=self.endpoint_url,
@@ -77,6 +77,8 @@ class BotoDataKeys:
         return self._client
 
     def generate_data_key(self, key_id: str, context: dict[str, str]) -> tuple[bytes, bytes]:
+        from hatchway.protocol.crypto import DATA_KEY_SIZE
+
         out = self.client().generate_data_key(
             KeyId=key_id, NumberOfBytes=DATA_KEY_SIZE, EncryptionContext=context
         )

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -49,12 +49,9 @@ from hatchway.protocol import (
     Stream,
     build_open_data_channel,
 )
-from hatchway.protocol.crypto import (
-    DecryptError,
-    SessionCipher,
-    answer_challenge,
-    encryption_context,
-)
+
+if TYPE_CHECKING:  # the cipher (and `cryptography`) loads only for KMS sessions
+    from hatchway.protocol.crypto import SessionCipher
 
 __all__ = [
     "EOF_IDLE",
@@ -539,6 +536,8 @@ class Session:
         """Decrypt what the agent encrypted; a payload that fails ends the session."""
         if self.cipher is None or payload_type not in ENCRYPTED_IN:
             return payload
+        from hatchway.protocol.crypto import DecryptError
+
         try:
             return self.cipher.decrypt(payload)
         except DecryptError as exc:
@@ -556,6 +555,8 @@ class Session:
     def _kms_data_key(self, key_id: str, challenge: str) -> str:
         """The KMSEncryption action: GenerateDataKey with the user's credentials (blocking)."""
         assert self.kms is not None
+        from hatchway.protocol.crypto import SessionCipher, encryption_context
+
         # ClientHandshake acknowledges a non-empty challenge: it is then part of the context.
         context = encryption_context(self.session_id, self.params.target, challenge or None)
         try:
@@ -570,6 +571,8 @@ class Session:
     def _kms_challenge(self, challenge: str) -> str:
         if self.cipher is None:
             raise ProtocolError("EncChallengeRequest before a KMS data key was generated")
+        from hatchway.protocol.crypto import answer_challenge
+
         return answer_challenge(self.cipher, challenge)
 
     async def _on_handshake(self, payload_type: int, payload: bytes) -> None:
