@@ -58,19 +58,27 @@ def kms_endpoint(ssm_endpoint: str, environ: Mapping[str, str]) -> str | None:
 
 class BotoDataKeys:
     """:class:`DataKeySource` with botocore, sharing the session (credentials) of the SSM
-    calls. Blocking: call it from a worker thread."""
+    calls: ``session`` returns a boto3 or a botocore session. Blocking: call it from a worker
+    thread."""
 
-    def __init__(self, session: Callable[[], Any], endpoint_url: str | None) -> None:
+    def __init__(
+        self, session: Callable[[], Any], endpoint_url: str | None, region: str | None = None
+    ) -> None:
         self.session = session
         self.endpoint_url = endpoint_url
+        self.region = region
         self._client: Any = None
 
     def client(self) -> Any:
         if self._client is None:
             from botocore.config import Config
 
-            self._client = self.session().client(
+            session = self.session()
+            # botocore's Session.create_client, or boto3's Session.client: same arguments.
+            create = getattr(session, "create_client", None) or session.client
+            self._client = create(
                 "kms",
+                region_name=self.region or None,
                 endpoint_url=self.endpoint_url,
                 config=Config(connect_timeout=5, read_timeout=15, retries={"max_attempts": 2}),
             )

@@ -633,7 +633,7 @@ def run_session(params: SessionParams, io: TerminalIO | None = None) -> int:
     """Run a session with boto3 credentials (region/profile/endpoint of ``params``); KMS data
     keys come from the endpoint :func:`~hatchway.client.kms.kms_endpoint` picks."""
     api = BotoControlPlane(params.region, params.profile, params.endpoint_url)
-    kms = BotoDataKeys(api.session, kms_endpoint(params.endpoint_url, os.environ))
+    kms = BotoDataKeys(api.session, kms_endpoint(params.endpoint_url, os.environ), params.region)
     session = Session(params, api=api, io=io or TerminalIO.system(), kms=kms)
     try:
         return asyncio.run(session.run())

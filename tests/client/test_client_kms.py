@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.session
 import pytest
 from clienthelp import clean_aws_env, plugin_on_path
 from test_client_broker import srv, status
@@ -522,3 +523,19 @@ def test_a_client_that_cannot_answer_the_challenge_is_refused(
     assert b"Encountered error while initiating handshake. KMS challenge mismatch" in out
     assert b"encrypted using AWS KMS" not in out
     assert status(broker, sid) == "Failed"
+
+
+def test_data_keys_with_a_boto3_or_a_botocore_session(
+    broker: Any, documents: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in _env(srv.ADMIN_KEY, srv.ADMIN_SECRET).items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    context = {"aws:ssm:SessionId": "s-1", "aws:ssm:TargetId": TARGET}
+    for make in (boto3.Session, botocore.session.Session):
+        source = BotoDataKeys(make, broker.url, srv.REGION)
+        plaintext, blob = source.generate_data_key(ALIAS, context)
+        assert len(plaintext) == 64
+        back = broker.client("kms").decrypt(CiphertextBlob=blob, EncryptionContext=context)
+        assert back["Plaintext"] == plaintext
+        assert source.client().meta.region_name == srv.REGION
