@@ -11,6 +11,8 @@ waits for its output to be acknowledged, reports ``Terminating`` and closes the 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import time
@@ -21,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from hatchway.agent.control import ControlChannel, signed_headers
+from hatchway.agent.kms import KmsDecrypter, KmsError, KmsSettings
 from hatchway.agent.plugin import PluginError, SessionPlugin
 from hatchway.agent.registration import Registration
 from hatchway.agent.shell import DEFAULT_USER, ShellPlugin
@@ -35,10 +38,18 @@ from hatchway.protocol import (
     ProtocolError,
     Role,
     SendBytes,
+    SessionType,
     Stream,
     build_agent_session_state,
     build_open_data_channel,
     encode,
+)
+from hatchway.protocol.crypto import (
+    SessionCipher,
+    encryption_context,
+    handshake_challenge,
+    new_challenge,
+    verify_challenge,
 )
 from hatchway.protocol.handshake import (
     HANDSHAKE_ERROR,
@@ -56,6 +67,7 @@ OUTPUT_CHUNK = 64 * 1024  # AWS paces 1 KiB per ms; Hatchway sends up to 64 KiB 
 MAX_UNACKED = 2048  # frames in flight before the PTY is no longer read (backpressure)
 DRAIN_TIMEOUT = 5.0
 ENCRYPTED_OUT = (PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE)
+KMS_MESSAGE = "This session is encrypted using AWS KMS."
 
 Notify = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -68,10 +80,13 @@ class SessionSettings:
         default_user: str = DEFAULT_USER,
         allow_root: bool = False,
         create_default_user: bool = True,
+        kms: KmsSettings | None = None,
     ) -> None:
         self.default_user = default_user
         self.allow_root = allow_root
         self.create_default_user = create_default_user
+        self.kms = kms or KmsSettings()
+        """Where kms:Decrypt of session data keys goes (default: the broker)."""
 
 
 class AgentSession:
@@ -106,6 +121,9 @@ class AgentSession:
         """Set when the session is KMS-encrypted: seals outgoing Output/StdErr/ExitCode."""
         self.decrypt: Callable[[bytes], bytes] | None = None
         """Set when the session is KMS-encrypted: opens incoming Output payloads."""
+        self.kms = KmsDecrypter(reg, settings.kms)
+        self._cipher: SessionCipher | None = None
+        self._challenge_secret: bytes | None = None
 
     # -- SessionIO (what plugins use) -------------------------------------------------
 
@@ -221,7 +239,7 @@ class AgentSession:
         if hs.failed:
             self.fail(hs.error or HANDSHAKE_ERROR)
         elif hs.state is HandshakeState.COMPLETE_DUE:
-            message = "This session is encrypted using AWS KMS." if hs.kms is not None else ""
+            message = KMS_MESSAGE if hs.kms is not None else ""
             self.outbox.put_nowait(
                 self.stream.send(
                     PayloadType.HANDSHAKE_COMPLETE, hs.complete(time.time(), message), time.time()
@@ -230,11 +248,61 @@ class AgentSession:
             self.handshake_done.set()
 
     async def _kms_challenge(self) -> None:
-        """KMS: decrypt the client's data key, then challenge it (the KMS work plugs in here)."""
-        self.fail(f"{HANDSHAKE_ERROR} KMS encryption is not supported by this agent.")
+        """KMS: ``kms:Decrypt`` the client's data key, split it, send the EncChallengeRequest.
+
+        The encryption context names this session and this node (plus the handshake's random
+        challenge when the client acknowledged it), so a data key made for another session or
+        node does not decrypt. Any failure ends the session as Failed, telling the user why.
+        """
+        hs = self.handshake
+        assert hs is not None and hs.kms is not None and hs.kms_ciphertext_key is not None
+        failed = f"{HANDSHAKE_ERROR} Fetching data key failed:"
+        try:
+            blob = base64.b64decode(hs.kms_ciphertext_key, validate=True)
+        except (binascii.Error, ValueError):
+            self.fail(f"{failed} the KMSCipherTextKey is not base64.")
+            return
+        context = encryption_context(
+            self.session_id,
+            self.reg.instance_id,
+            hs.kms.challenge if hs.challenge_acknowledged else None,
+        )
+        try:
+            data_key = await self.kms.decrypt_data_key(blob, context, hs.kms.kms_key_id)
+            cipher = SessionCipher(Role.AGENT, data_key)
+        except KmsError as exc:
+            log.warning("session %s: kms:Decrypt failed: %s", self.session_id, exc)
+            self.fail(f"{failed} Unable to retrieve data key, {exc}")
+            return
+        except ValueError as exc:  # a data key of the wrong size
+            self.fail(f"{failed} {exc}")
+            return
+        except Exception as exc:  # anything else must still end the handshake, not hang it
+            log.exception("session %s: decrypting the data key failed", self.session_id)
+            self.fail(f"{failed} {exc}")
+            return
+        if self.finished.is_set():
+            return
+        self._cipher = cipher
+        self._challenge_secret, challenge = new_challenge(cipher)
+        now = time.time()
+        payload = hs.challenge_request(challenge, now)
+        self.outbox.put_nowait(self.stream.send(PayloadType.ENC_CHALLENGE_REQUEST, payload, now))
 
     async def _kms_verify(self, challenge: str) -> None:
-        self.fail(f"{HANDSHAKE_ERROR} KMS encryption is not supported by this agent.")
+        """KMS: the client's EncChallengeResponse must open to our challenge with its key."""
+        hs = self.handshake
+        assert hs is not None
+        cipher, secret = self._cipher, self._challenge_secret
+        ok = (
+            cipher is not None
+            and secret is not None
+            and verify_challenge(cipher, secret, challenge)
+        )
+        if hs.challenge_verified(ok) is HandshakeState.COMPLETE_DUE and cipher is not None:
+            # From here on nothing of the session leaves or enters unencrypted.
+            self.encrypt, self.decrypt = cipher.encrypt, cipher.decrypt
+        self._after_handshake_step()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -372,7 +440,11 @@ class AgentSession:
 
     def _kms_parameters(self, session_type: str) -> KmsParameters | None:
         """KMS encryption parameters when the document names a key (never for Port)."""
-        return None
+        inputs = self.document.get("inputs")
+        key_id = inputs.get("kmsKeyId") if isinstance(inputs, dict) else None
+        if not isinstance(key_id, str) or not key_id.strip() or session_type == SessionType.PORT:
+            return None
+        return KmsParameters(key_id.strip(), handshake_challenge())
 
     async def _drain(self) -> None:
         """Wait (bounded) until the client acknowledged everything we sent."""

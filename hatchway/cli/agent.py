@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from hatchway.agent.kms import CREDENTIAL_SOURCES, KmsSettings
 from hatchway.agent.registration import RegistrationError, load, register
 from hatchway.agent.session import SessionSettings, run_node
 
@@ -30,6 +31,18 @@ from hatchway.agent.session import SessionSettings, run_node
 @click.option(
     "--allow-root-sessions", is_flag=True, help="Allow sessions to run as root (never the default)."
 )
+@click.option(
+    "--kms-endpoint-url",
+    help="Where kms:Decrypt of session data keys goes (default: the broker, --endpoint).",
+)
+@click.option(
+    "--kms-credentials",
+    type=click.Choice(CREDENTIAL_SOURCES),
+    default="node",
+    show_default=True,
+    help="Sign KMS calls with the node's credentials, or botocore's default chain (for AWS KMS).",
+)
+@click.option("--kms-region", help="Region of the KMS calls (default: the node's).")
 @click.option("--log-level", default="INFO", show_default=True)
 def agent_cmd(
     endpoint: str,
@@ -40,6 +53,9 @@ def agent_cmd(
     state_dir: Path,
     session_user: str,
     allow_root_sessions: bool,
+    kms_endpoint_url: str | None,
+    kms_credentials: str,
+    kms_region: str | None,
     log_level: str,
 ) -> None:
     """Run the node agent."""
@@ -65,7 +81,8 @@ def agent_cmd(
         if region:
             reg.region = region
         reg.endpoint = endpoint
-        await run_node(reg, SessionSettings(session_user, allow_root_sessions))
+        kms = KmsSettings(kms_endpoint_url or None, kms_credentials, kms_region or None)
+        await run_node(reg, SessionSettings(session_user, allow_root_sessions, kms=kms))
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())

@@ -12,18 +12,21 @@ repeated.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import os
 import random
 import signal
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hatchway.client.aws import BotoControlPlane, ControlPlane, is_presigned, upgrade_host
 from hatchway.client.handler import SessionHandler
+from hatchway.client.kms import BotoDataKeys, DataKeySource, kms_endpoint
 from hatchway.client.shell import ShellHandler
 from hatchway.client.terminal import TerminalIO
 from hatchway.client.websocket import HandshakeError, MsgType, WebSocket, WebSocketError, connect
@@ -45,6 +48,9 @@ from hatchway.protocol import (
     Stream,
     build_open_data_channel,
 )
+
+if TYPE_CHECKING:  # the cipher (and `cryptography`) loads only for KMS sessions
+    from hatchway.protocol.crypto import SessionCipher
 
 __all__ = [
     "EOF_IDLE",
@@ -82,6 +88,8 @@ EOF_IDLE = 1.0
 CONNECT_TIMEOUT = 15.0
 FINAL_CLOSE_CODES = 4000
 """Websocket close codes from here on (application-defined) end the session: no resume."""
+ENCRYPTED_IN = frozenset({PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE})
+"""What the agent encrypts in a KMS session (we encrypt only Output, spec §3.3)."""
 
 
 @dataclass
@@ -150,6 +158,7 @@ class Session:
         eof_idle: float = EOF_IDLE,
         heartbeat: float | None = HEARTBEAT,
         clock: Callable[[], float] = time.time,
+        kms: DataKeySource | None = None,
     ) -> None:
         self.params = params
         self.session_id = params.session_id
@@ -162,7 +171,16 @@ class Session:
         self.heartbeat = heartbeat
         self.clock = clock
         self.stream = Stream(Role.CLIENT)
-        self.handshake = ClientHandshake(client_version=CLIENT_VERSION, session_types=HANDLERS)
+        self.kms = kms
+        self.cipher: SessionCipher | None = None
+        """The session key once a KMS handshake generated it (then Output is encrypted)."""
+        self.handshake = ClientHandshake(
+            client_version=CLIENT_VERSION,
+            session_types=HANDLERS,
+            kms_data_key=self._kms_data_key if kms is not None else None,
+            kms_challenge=self._kms_challenge,
+            acknowledge_challenge=True,
+        )
         self.handler: SessionHandler | None = None
         self.stream_url = params.stream_url
         self.connections = 0
@@ -296,6 +314,8 @@ class Session:
             payload = b"\r"
         for start in range(0, max(len(payload), 1), 1024):
             piece = payload[start : start + 1024]
+            if self.cipher is not None and payload_type == PayloadType.OUTPUT:
+                piece = self.cipher.encrypt(piece)
             while not self.stream.writable:
                 self._acked.clear()
                 await self._acked.wait()
@@ -488,7 +508,9 @@ class Session:
         if payload_type in HANDSHAKE_TYPES:
             await self._on_handshake(payload_type, payload)
         elif self.handler is not None:
-            await self.handler.on_payload(payload_type, payload)
+            opened = self._open(payload_type, payload)
+            if opened is not None:
+                await self.handler.on_payload(payload_type, opened)
         elif self.handshake.request is None and payload_type == PayloadType.OUTPUT:
             # No handshake: the first Output makes it a shell (the plugin's ProcessFirstMessage).
             await self._start_handler(SessionType.STANDARD_STREAM, None)
@@ -497,10 +519,57 @@ class Session:
         else:
             self._pending.append((payload_type, payload))
 
+    def _open(self, payload_type: int, payload: bytes) -> bytes | None:
+        """Decrypt what the agent encrypted; a payload that fails ends the session."""
+        if self.cipher is None or payload_type not in ENCRYPTED_IN:
+            return payload
+        from hatchway.protocol.crypto import DecryptError
+
+        try:
+            return self.cipher.decrypt(payload)
+        except DecryptError as exc:
+            log.error("undecryptable payload (type %d) from the agent: %s", payload_type, exc)
+            self._finish(
+                _Exit(
+                    1,
+                    f"\n\nSession {self.session_id}: data from the agent failed to decrypt "
+                    f"({exc}); ending the session.\n\n",
+                    terminate=True,
+                )
+            )
+            return None
+
+    def _kms_data_key(self, key_id: str, challenge: str) -> str:
+        """The KMSEncryption action: GenerateDataKey with the user's credentials (blocking)."""
+        assert self.kms is not None
+        from hatchway.protocol.crypto import SessionCipher, encryption_context
+
+        # ClientHandshake acknowledges a non-empty challenge: it is then part of the context.
+        context = encryption_context(self.session_id, self.params.target, challenge or None)
+        try:
+            plaintext, blob = self.kms.generate_data_key(key_id, context)
+            cipher = SessionCipher(Role.CLIENT, plaintext)
+        except Exception as exc:  # reported to the agent as the action's error
+            log.warning("KMSEncryption failed: %s", exc)
+            raise
+        self.cipher = cipher
+        return base64.b64encode(blob).decode("ascii")
+
+    def _kms_challenge(self, challenge: str) -> str:
+        if self.cipher is None:
+            raise ProtocolError("EncChallengeRequest before a KMS data key was generated")
+        from hatchway.protocol.crypto import answer_challenge
+
+        return answer_challenge(self.cipher, challenge)
+
     async def _on_handshake(self, payload_type: int, payload: bytes) -> None:
         try:
-            reply = self.handshake.handle(payload_type, payload)
-        except ProtocolError as exc:
+            if payload_type == PayloadType.HANDSHAKE_REQUEST:
+                # The KMS action calls GenerateDataKey: off the event loop.
+                reply = await asyncio.to_thread(self.handshake.handle, payload_type, payload)
+            else:
+                reply = self.handshake.handle(payload_type, payload)
+        except ValueError as exc:  # ProtocolError, or a challenge that does not decrypt
             self._finish(_Exit(1, f"\n\nSession {self.session_id}: handshake failed: {exc}\n\n"))
             return
         if reply is not None:
@@ -541,13 +610,18 @@ class Session:
         await self.handler.start()
         pending, self._pending = self._pending, []
         for payload_type, payload in pending:
-            await self.handler.on_payload(payload_type, payload)
+            opened = self._open(payload_type, payload)
+            if opened is None:
+                return
+            await self.handler.on_payload(payload_type, opened)
 
 
 def run_session(params: SessionParams, io: TerminalIO | None = None) -> int:
-    """Run a session with boto3 credentials (region/profile/endpoint of ``params``)."""
+    """Run a session with boto3 credentials (region/profile/endpoint of ``params``); KMS data
+    keys come from the endpoint :func:`~hatchway.client.kms.kms_endpoint` picks."""
     api = BotoControlPlane(params.region, params.profile, params.endpoint_url)
-    session = Session(params, api=api, io=io or TerminalIO.system())
+    kms = BotoDataKeys(api.session, kms_endpoint(params.endpoint_url, os.environ), params.region)
+    session = Session(params, api=api, io=io or TerminalIO.system(), kms=kms)
     try:
         return asyncio.run(session.run())
     except KeyboardInterrupt:

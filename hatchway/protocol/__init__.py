@@ -5,6 +5,8 @@
   handshake messages, agent_session_state, the OpenDataChannelInput text frame.
 * :mod:`.stream` — the reliable stream (sequence numbers, acks, reordering, retransmission).
 * :mod:`.handshake` — the session handshake, agent side and client side.
+* :mod:`.crypto` — KMS session encryption: the block cipher and the challenge (import it
+  from there).
 
 Nothing here opens sockets, reads clocks or imports other ``hatchway`` packages; see
 ``docs/data-channel-protocol.md``.

@@ -267,7 +267,10 @@ class ClientHandshake:
     the others; answers unknown ActionTypes with Unsupported. KMS: ``kms_data_key`` is called
     with ``(kms_key_id, challenge)`` and returns the base64 KMSCipherTextKey (it may raise to
     fail the action); without it the KMSEncryption action is Failed. ``kms_challenge`` turns
-    the agent's EncChallengeRequest challenge into the response challenge.
+    the agent's EncChallengeRequest challenge into the response challenge. With
+    ``acknowledge_challenge`` a non-empty ``Challenge`` is acknowledged
+    (``ChallengeAcknowledgement: true``): the agent then adds it to the encryption context as
+    ``aws:ssm:RandomChallenge``, so the hook must have put it in the data key's context too.
     """
 
     def __init__(
@@ -277,10 +280,12 @@ class ClientHandshake:
         kms_data_key: KmsDataKeyHook | None = None,
         kms_challenge: ChallengeHook | None = None,
         session_types: Collection[str] = SUPPORTED_SESSION_TYPES,
+        acknowledge_challenge: bool = False,
     ) -> None:
         self.client_version = client_version
         self.kms_data_key = kms_data_key
         self.kms_challenge = kms_challenge
+        self.acknowledge_challenge = acknowledge_challenge
         self.session_types = frozenset(str(t) for t in session_types)
         self.request: HandshakeRequest | None = None
         self.agent_version: str | None = None
@@ -383,7 +388,10 @@ class ClientHandshake:
                 error = f"Failed to generate a KMS data key: {exc}"
             else:
                 self.encrypted = True
+                acknowledged = self.acknowledge_challenge and bool(challenge)
                 return ProcessedAction(
-                    ActionType.KMS_ENCRYPTION, ActionStatus.SUCCESS, kms_result(ciphertext_key)
+                    ActionType.KMS_ENCRYPTION,
+                    ActionStatus.SUCCESS,
+                    kms_result(ciphertext_key, challenge_acknowledgement=acknowledged),
                 )
         return ProcessedAction(ActionType.KMS_ENCRYPTION, ActionStatus.FAILED, error=error)

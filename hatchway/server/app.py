@@ -1,6 +1,7 @@
-"""The HTTP front door: one endpoint for SSM (JSON 1.1), IAM and STS (Query).
+"""The HTTP front door: one endpoint for SSM and KMS (JSON 1.1), IAM and STS (Query).
 
-Every API request is routed by ``X-Amz-Target`` (JSON) or ``Action`` + credential scope (Query),
+Every API request is routed by ``X-Amz-Target`` (JSON: ``AmazonSSM.<Op>`` or
+``TrentService.<Op>``) or ``Action`` + credential scope (Query),
 authenticated with SigV4, parsed and validated from botocore's service models, handed to the
 operation's handler (which takes the IAM decisions), serialized in AWS's shapes, and audited.
 """
@@ -33,6 +34,8 @@ log = logging.getLogger("hatchway.server")
 STATE_KEY = web.AppKey("state", ServerState)
 TASKS_KEY = web.AppKey("tasks", list)
 _JSON_TYPE = "application/x-amz-json-1.1"
+_JSON_SERVICES = {"AmazonSSM": "ssm", "TrentService": "kms"}
+"""X-Amz-Target prefix → service (an unknown prefix is SSM's UnknownOperationException)."""
 
 
 class _Route:
@@ -56,11 +59,13 @@ class _Route:
 def _route(req: sigv4.IncomingRequest) -> _Route:
     target = req.headers.get("X-Amz-Target") or req.headers.get("x-amz-target")
     if target is not None or req.headers.get("Content-Type", "").startswith(_JSON_TYPE):
+        prefix = (target or "").strip().rpartition(".")[0]
+        json_service = _JSON_SERVICES.get(prefix, "ssm")
         try:
-            op = jsonproto.parse_target(target, load_service("ssm"))
+            op = jsonproto.parse_target(target, load_service(json_service))
         except ServiceError as unknown:
-            return _Route("json", "ssm", None, {}, unknown)
-        return _Route("json", "ssm", op, {})
+            return _Route("json", json_service, None, {}, unknown)
+        return _Route("json", json_service, op, {})
     form = dict(parse_qsl(req.query, keep_blank_values=True))
     if req.method == "POST":
         form.update(parse_qsl(req.body.decode("utf-8", "replace"), keep_blank_values=True))

@@ -95,6 +95,32 @@ SSM_TRUST = {
 }
 
 
+SESSION_KEYS_POLICY = "HatchwaySessionDataKeys"
+
+
+def session_keys_policy(region: str, account: str) -> dict[str, object]:
+    """The node role's inline grant for KMS-encrypted sessions (docs/kms.md).
+
+    ``kms:Decrypt`` on this account's keys, only for a session data key whose encryption
+    context names the calling node as the target (the role session name of a node's
+    credentials is its instance id, so ``aws:userid`` ends with ``:<instance id>``).
+    """
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "DecryptDataKeysOfSessionsOnThisNode",
+                "Effect": "Allow",
+                "Action": "kms:Decrypt",
+                "Resource": f"arn:aws:kms:{region}:{account}:key/*",
+                "Condition": {
+                    "StringLike": {"aws:userid": "*:${kms:EncryptionContext:aws:ssm:TargetId}"}
+                },
+            }
+        ],
+    }
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -217,6 +243,16 @@ def bootstrap(state: ServerState) -> tuple[str, str] | None:
         state.store.insert(
             t.iam_attachments,
             {"kind": "role", "name": NODE_ROLE, "policy_arn": arns["AmazonSSMManagedInstanceCore"]},
+        )
+        grant = session_keys_policy(state.config.region, state.config.account_id)
+        state.store.insert(
+            t.iam_inline,
+            {
+                "kind": "role",
+                "name": NODE_ROLE,
+                "policy_name": SESSION_KEYS_POLICY,
+                "document": json.dumps(grant),
+            },
         )
     env_id = os.environ.get("HATCHWAY_ADMIN_ACCESS_KEY_ID")
     env_secret = os.environ.get("HATCHWAY_ADMIN_SECRET_ACCESS_KEY")

@@ -29,7 +29,12 @@ _REDACT = {
     "PolicyDocument",
     "Content",
 }
-_SOURCES = {"ssm": "ssm.amazonaws.com", "iam": "iam.amazonaws.com", "sts": "sts.amazonaws.com"}
+_SOURCES = {
+    "ssm": "ssm.amazonaws.com",
+    "iam": "iam.amazonaws.com",
+    "sts": "sts.amazonaws.com",
+    "kms": "kms.amazonaws.com",
+}
 
 
 @dataclass
@@ -37,7 +42,7 @@ class Call:
     """The context a handler runs in."""
 
     state: ServerState
-    service: str  # "ssm" | "iam" | "sts"
+    service: str  # "ssm" | "iam" | "sts" | "kms"
     operation: str
     protocol: str  # "json" | "query"
     caller: Caller

@@ -172,11 +172,46 @@ def test_upgrade_from_version_1_adds_the_token_index(store: Store) -> None:
         c.execute(text("DROP INDEX hw_session_tokens_session"))
         c.execute(text("UPDATE hw_meta SET value = '1' WHERE key = 'schema_version'"))
     upgraded = Store(store.url)
-    assert upgraded.schema_version == 2
+    assert upgraded.schema_version == MIGRATIONS[-1][0]
     with upgraded.engine.connect() as c:
         if upgraded.dialect == "sqlite":
             q = "SELECT name FROM sqlite_master WHERE name = 'hw_session_tokens_session'"
         else:
             q = "SELECT indexname FROM pg_indexes WHERE indexname = 'hw_session_tokens_session'"
         assert c.execute(text(q)).first() is not None
+    upgraded.close()
+
+
+def test_upgrade_from_version_2_adds_the_kms_tables(store: Store) -> None:
+    with store.transaction() as c:
+        c.execute(text("DROP TABLE hw_kms_aliases"))
+        c.execute(text("DROP TABLE hw_kms_keys"))
+        c.execute(text("UPDATE hw_meta SET value = '2' WHERE key = 'schema_version'"))
+    upgraded = Store(store.url)
+    assert upgraded.schema_version == MIGRATIONS[-1][0] >= 3
+    now = datetime.now(UTC)
+    upgraded.insert(
+        t.kms_keys,
+        {
+            "key_id": "0b1c2d3e-0000-4000-8000-000000000001",
+            "state": "Enabled",
+            "created": now,
+            "deletion_date": None,
+            "material": "sealed",
+            "data": {"description": ""},
+        },
+    )
+    upgraded.insert(
+        t.kms_aliases,
+        {
+            "alias_name": "alias/x",
+            "key_id": "0b1c2d3e-0000-4000-8000-000000000001",
+            "created": now,
+            "updated": now,
+        },
+    )
+    assert upgraded.get(t.kms_aliases, alias_name="alias/x") is not None
+    again = Store(store.url)
+    assert again.schema_version == upgraded.schema_version  # idempotent
+    again.close()
     upgraded.close()

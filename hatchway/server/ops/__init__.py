@@ -7,7 +7,7 @@ from hatchway.server.state import ServerState
 
 def register_all() -> None:
     """Import every operation module so that its handlers register themselves."""
-    from hatchway.server.ops import documents, iam, nodes, sessions, sts  # noqa: F401
+    from hatchway.server.ops import documents, iam, kms, nodes, sessions, sts  # noqa: F401
 
 
 def seed_account(state: ServerState) -> None:

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: Services whose models the broker loads, by botocore's service name.
-SERVICES: tuple[str, ...] = ("ssm", "iam", "sts")
+SERVICES: tuple[str, ...] = ("ssm", "iam", "sts", "kms")
 
 _loader_lock = threading.Lock()
 
@@ -47,7 +47,7 @@ def _loader() -> Any:
 
 @cache
 def load_service(name: str) -> ServiceModel:
-    """Return botocore's :class:`ServiceModel` for ``name`` ("ssm", "iam" or "sts"), cached.
+    """Return botocore's :class:`ServiceModel` for ``name`` (one of :data:`SERVICES`), cached.
 
     Raises :class:`KeyError` for a service the broker does not speak.
     """

@@ -30,6 +30,11 @@ def _v2(conn: Connection) -> None:
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial schema", _v1),
     (2, "index session tokens by session", _v2),
+    (
+        3,
+        "kms keys",
+        lambda conn: schema.metadata.create_all(conn, tables=[schema.kms_keys, schema.kms_aliases]),
+    ),
 ]
 
 

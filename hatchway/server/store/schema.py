@@ -187,3 +187,25 @@ audit = Table(
     Column("decision", String(16), nullable=False),
     Column("data", Text, nullable=False),
 )
+
+# The built-in KMS: symmetric keys (material sealed under master.key) and their aliases.
+kms_keys = Table(
+    "hw_kms_keys",
+    metadata,
+    Column("key_id", String(36), primary_key=True),
+    Column("state", String(32), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("deletion_date", DateTime(timezone=True), nullable=True),
+    Column("material", Text, nullable=False),
+    Column("data", Text, nullable=False),
+)
+
+kms_aliases = Table(
+    "hw_kms_aliases",
+    metadata,
+    Column("alias_name", String(256), primary_key=True),
+    Column("key_id", String(36), nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+    Index("hw_kms_aliases_key", "key_id"),
+)
