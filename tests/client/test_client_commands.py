@@ -215,6 +215,31 @@ def test_our_plugin_alone_exits_with_the_command_code(stack: Any, path: str) -> 
     assert done.returncode == 128 + 15, done.stderr  # killed by SIGTERM, as a shell reports it
 
 
+def test_hatchway_start_session_exits_with_the_command_code(stack: Any, path: str) -> None:
+    done = subprocess.run(
+        [
+            str(BIN / "hatchway"),
+            "start-session",
+            "--target",
+            TARGET,
+            "--endpoint-url",
+            stack.url,
+            "--region",
+            REGION,
+            "--document-name",
+            "AWS-StartNonInteractiveCommand",
+            "--parameters",
+            json.dumps({"command": ["echo almost; exit 4"]}),
+        ],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        env=Creds().env(path),
+        timeout=60,
+    )
+    assert done.returncode == 4, done.stderr
+    assert b"\nalmost\n" in done.stdout
+
+
 def test_aws_start_interactive_command_runs_on_a_terminal(stack: Any, path: str) -> None:
     run = start(
         stack,
