@@ -599,3 +599,43 @@ def test_interactive_command_in_a_terminal(stack: Any, path: str) -> None:
         t.wait("CLI-EXIT=0")
     finally:
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, check=False)
+
+
+def test_the_node_runs_the_version_start_session_validated(stack: Any, path: str) -> None:
+    ssm = stack.client("ssm")
+    create_doc(
+        stack,
+        "HwVersioned",
+        {
+            "sessionType": "NonInteractiveCommands",
+            "properties": {"linux": {"commands": "echo version-one"}},
+        },
+    )
+    response = ssm.start_session(Target=TARGET, DocumentName="HwVersioned")
+    # A new default version is published before the client connects.
+    v2 = json.dumps(
+        {
+            "schemaVersion": "1.0",
+            "sessionType": "Standard_Stream",
+            "inputs": {"shellProfile": {"linux": "echo version-two"}},
+        }
+    )
+    ssm.update_document(Name="HwVersioned", Content=v2, DocumentVersion="$LATEST")
+    ssm.update_document_default_version(Name="HwVersioned", DocumentVersion="2")
+    done = subprocess.run(
+        [
+            "session-manager-plugin",
+            json.dumps(response),
+            REGION,
+            "StartSession",
+            "",
+            json.dumps({"Target": TARGET, "DocumentName": "HwVersioned"}),
+            stack.url,
+        ],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        env=Creds().env(path),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"\nversion-one\n" in done.stdout and b"version-two" not in done.stdout
