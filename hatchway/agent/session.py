@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from hatchway.agent.command import InteractiveCommandsPlugin, NonInteractiveCommandsPlugin
 from hatchway.agent.control import ControlChannel, signed_headers
 from hatchway.agent.kms import KmsDecrypter, KmsError, KmsSettings
 from hatchway.agent.plugin import PluginError, SessionPlugin
@@ -59,7 +60,12 @@ from hatchway.protocol.handshake import (
     KmsParameters,
     requires_handshake,
 )
-from hatchway.ssm.documents import DocumentError, interpolate, validate_parameters
+from hatchway.ssm.documents import (
+    DocumentError,
+    interpolate_inputs,
+    interpolate_properties,
+    validate_parameters,
+)
 
 log = logging.getLogger("hatchway.agent.session")
 
@@ -400,9 +406,14 @@ class AgentSession:
         except DocumentError as exc:
             raise PluginError(str(exc)) from None
         resolved = dict(doc)
-        for key in ("inputs", "properties"):
-            if key in doc:
-                resolved[key] = interpolate(doc[key], params)
+        # The broker sends the preferences already resolved (it had to, to inherit
+        # SSM-SessionManagerRunShell's): filling them in twice would re-expand a value that
+        # happens to contain "{{ }}".
+        if "inputs" in doc and not self.task.get("inputsResolved"):
+            resolved["inputs"] = interpolate_inputs(doc["inputs"], params)
+        if "properties" in doc:
+            session_type = str(doc.get("sessionType", "Standard_Stream"))
+            resolved["properties"] = interpolate_properties(session_type, doc["properties"], params)
         return resolved
 
     async def _start(self) -> bool:
@@ -461,6 +472,8 @@ class AgentSession:
 
 PLUGINS: dict[str, Callable[[AgentSession], SessionPlugin]] = {
     "Standard_Stream": ShellPlugin,
+    "InteractiveCommands": InteractiveCommandsPlugin,
+    "NonInteractiveCommands": NonInteractiveCommandsPlugin,
 }
 """Session type → plugin class."""
 

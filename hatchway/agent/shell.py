@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import pwd
+import re
 import signal
 import struct
 import subprocess
@@ -22,9 +23,11 @@ import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from hatchway.agent.plugin import PluginError, SessionIO, SessionPlugin
 from hatchway.protocol import PayloadError, PayloadType, parse_size
+from hatchway.ssm.documents import is_true
 
 log = logging.getLogger("hatchway.agent.shell")
 
@@ -40,6 +43,22 @@ _RESET_SIGNALS = (
     signal.SIGTTOU,
     signal.SIGPIPE,
     signal.SIGCHLD,
+)
+
+
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")  # what useradd accepts everywhere
+NO_RUN_AS_USER = (
+    "please set the RunAs default user: Run As is enabled, but neither an SSMSessionRunAs "
+    "tag on the IAM user or role nor runAsDefaultUser in the session preferences names an "
+    "OS user"
+)
+ROOT_NOT_SUPPORTED = (
+    "Session Manager does not support using an operating system's root user account "
+    "(RunAs user {name})"
+)
+ELEVATED_NOT_ALLOWED = (
+    "The document asks for runAsElevated, but this node does not allow sessions to run as "
+    "root (hatchway agent --allow-root-sessions)."
 )
 
 
@@ -61,17 +80,20 @@ def resolve_user(name: str, *, allow_root: bool = False, create: bool = False) -
     demand (needs root). Root only when ``allow_root``: never a silent fallback."""
     try:
         pw = pwd.getpwnam(name)
-    except KeyError:
-        if not create or os.geteuid() != 0:
+    except (KeyError, ValueError):
+        if not create or os.geteuid() != 0 or not _USER_NAME.fullmatch(name):
             raise RunAsError(
                 f"failed to start pty since RunAs user {name} does not exist"
             ) from None
-        subprocess.run(
-            ["useradd", "--create-home", "--shell", "/bin/bash", name],
-            check=True,
-            capture_output=True,
-        )
-        pw = pwd.getpwnam(name)
+        try:
+            subprocess.run(
+                ["useradd", "--create-home", "--shell", "/bin/bash", "--", name],
+                check=True,
+                capture_output=True,
+            )
+            pw = pwd.getpwnam(name)
+        except (subprocess.CalledProcessError, OSError, KeyError) as exc:
+            raise RunAsError(f"could not create the session user {name}: {exc}") from None
     if pw.pw_uid == 0 and not allow_root:
         raise RunAsError("sessions do not run as root unless the agent is configured to")
     if os.geteuid() != 0 and pw.pw_uid != os.geteuid():
@@ -84,6 +106,78 @@ def resolve_user(name: str, *, allow_root: bool = False, create: bool = False) -
         else "/bin/sh"
     )
     return OsUser(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, shell)
+
+
+def session_user(io: SessionIO, *, elevated: bool = False) -> OsUser:
+    """The OS user a session runs as (ssm-spec 6.2), or :class:`PluginError` saying why none.
+
+    * ``elevated`` (the document's ``runAsElevated``): root, only if the node allows root
+      sessions; otherwise the session fails (never silently as someone else).
+    * Run As enabled in the session's preferences: the broker's ``runAsUser`` (the caller's
+      ``SSMSessionRunAs`` tag) else ``runAsDefaultUser``. That user must exist: it is never
+      created, never root, and there is no fallback to ``ssm-user``.
+    * Otherwise the node's default user (``ssm-user``, created on first use).
+    """
+    settings = io.settings
+    inputs = io.document.get("inputs") or {}
+    try:
+        if elevated:
+            if not settings.allow_root:
+                raise PluginError(ELEVATED_NOT_ALLOWED)
+            return resolve_user("root", allow_root=True)
+        if is_true(inputs.get("runAsEnabled")):
+            name = str(io.task.get("runAsUser") or inputs.get("runAsDefaultUser") or "").strip()
+            if not name:
+                raise PluginError(NO_RUN_AS_USER)
+            if os.geteuid() != 0:
+                raise PluginError("the agent must run as root to use RunAs")
+            user = resolve_user(name, allow_root=True, create=False)
+            if user.uid == 0:
+                raise PluginError(ROOT_NOT_SUPPORTED.format(name=name))
+            return user
+        return resolve_user(
+            settings.default_user,
+            allow_root=settings.allow_root,
+            create=settings.create_default_user,
+        )
+    except RunAsError as exc:
+        raise PluginError(str(exc)) from None
+
+
+def login_env(user: OsUser, term: str | None = None) -> dict[str, str]:
+    """The clean environment of a login: nothing of the agent's own leaks into a session."""
+    env = {
+        "HOME": user.home,
+        "SHELL": user.shell,
+        "USER": user.name,
+        "LOGNAME": user.name,
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+    }
+    if term:
+        env["TERM"] = term
+    return env
+
+
+def as_user(user: OsUser) -> dict[str, Any]:
+    """``subprocess.Popen`` arguments that run a child as ``user``: uid, gid, supplementary
+    groups (when the agent is root) and the home directory as working directory."""
+    as_other = os.geteuid() == 0 and user.uid != 0
+    return {
+        "cwd": user.home if os.path.isdir(user.home) else "/",
+        "user": user.uid if as_other else None,
+        "group": user.gid if as_other else None,
+        "extra_groups": os.getgrouplist(user.name, user.gid) if as_other else None,
+    }
+
+
+def reset_signals() -> None:
+    """In a child before exec: default signal dispositions, nothing blocked. An agent started
+    with ``&`` or nohup ignores SIGINT/SIGQUIT/SIGHUP; a session must not inherit that, or
+    Ctrl-C stops working in it."""
+    for sig in _RESET_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def _set_size(fd: int, cols: int, rows: int) -> None:
@@ -120,16 +214,6 @@ class PtyShell:
     def start(self) -> None:
         master, slave = os.openpty()
         _set_size(master, self.cols, self.rows)
-        env = {
-            "HOME": self.user.home,
-            "SHELL": self.user.shell,
-            "USER": self.user.name,
-            "LOGNAME": self.user.name,
-            "TERM": self.term,
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-        }
-        as_other = os.geteuid() == 0 and self.user.uid != 0
         argv = [self.user.shell, "-l"]
         if self.argv is not None:
             argv = self.argv
@@ -139,25 +223,18 @@ class PtyShell:
 
         def child_setup() -> None:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-            # An agent started with `&` or nohup ignores SIGINT/SIGQUIT/SIGHUP; a shell must
-            # not inherit that, or Ctrl-C stops working in the session.
-            for sig in _RESET_SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            reset_signals()
 
         self.proc = subprocess.Popen(
             argv,
             stdin=slave,
             stdout=slave,
             stderr=slave,
-            env=env,
-            cwd=self.user.home if os.path.isdir(self.user.home) else "/",
+            env=login_env(self.user, self.term),
             start_new_session=True,
             preexec_fn=child_setup,
             close_fds=True,
-            user=self.user.uid if as_other else None,
-            group=self.user.gid if as_other else None,
-            extra_groups=os.getgrouplist(self.user.name, self.user.gid) if as_other else None,
+            **as_user(self.user),
         )
         os.close(slave)
         self.master = master
@@ -253,15 +330,13 @@ class ShellPlugin(SessionPlugin):
         self.shell: PtyShell | None = None
 
     def _user(self) -> OsUser:
-        settings = self.io.settings
-        try:
-            return resolve_user(
-                self.io.task.get("runAsUser") or settings.default_user,
-                allow_root=settings.allow_root,
-                create=settings.create_default_user and not self.io.task.get("runAsUser"),
-            )
-        except RunAsError as exc:
-            raise PluginError(str(exc)) from None
+        return session_user(self.io)
+
+    def _profile(self) -> str | None:
+        """``shellProfile.linux``: run at the start of a Standard_Stream shell."""
+        inputs = self.io.document.get("inputs") or {}
+        profile = (inputs.get("shellProfile") or {}).get("linux")
+        return profile if isinstance(profile, str) and profile.strip() else None
 
     def _argv(self, user: OsUser) -> list[str] | None:
         """The command to run instead of a plain login shell (None: the login shell)."""
@@ -269,10 +344,8 @@ class ShellPlugin(SessionPlugin):
 
     async def start(self) -> None:
         user = self._user()
-        inputs = self.io.document.get("inputs") or {}
-        profile = (inputs.get("shellProfile") or {}).get("linux") or None
         self.shell = PtyShell(
-            user, self._output, self.io.exited, profile=profile, argv=self._argv(user)
+            user, self._output, self.io.exited, profile=self._profile(), argv=self._argv(user)
         )
         self.shell.start()
 

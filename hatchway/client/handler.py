@@ -56,5 +56,9 @@ class SessionHandler:
         """Bytes to send for a local SIGINT/SIGQUIT/SIGTSTP, or None to end the session."""
         return None
 
+    def exit_status(self) -> int | None:
+        """The process exit status when the channel closes normally (None: 0)."""
+        return None
+
     async def stop(self) -> None:
         """Undo :meth:`start` (restore the terminal); called exactly once on every exit."""

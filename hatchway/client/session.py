@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hatchway.client.aws import BotoControlPlane, ControlPlane, is_presigned, upgrade_host
+from hatchway.client.command import CommandHandler
 from hatchway.client.handler import SessionHandler
 from hatchway.client.kms import BotoDataKeys, DataKeySource, kms_endpoint
 from hatchway.client.shell import ShellHandler
@@ -69,7 +70,7 @@ log = logging.getLogger("hatchway.client")
 HANDLERS: dict[str, type[SessionHandler]] = {
     SessionType.STANDARD_STREAM: ShellHandler,
     SessionType.INTERACTIVE_COMMANDS: ShellHandler,
-    SessionType.NON_INTERACTIVE_COMMANDS: ShellHandler,
+    SessionType.NON_INTERACTIVE_COMMANDS: CommandHandler,
     # SessionType.PORT: PortHandler — a later issue (smux v1 / basic forwarding).
 }
 """Session type → handler. The handshake accepts exactly these types."""
@@ -499,7 +500,8 @@ class Session:
                 self._last_activity = time.monotonic()
                 self._acked.set()
             elif isinstance(event, ChannelClosed):
-                self._finish(_Exit(0, exiting_message(self.session_id, event.output)))
+                status = self.handler.exit_status() if self.handler is not None else None
+                self._finish(_Exit(status or 0, exiting_message(self.session_id, event.output)))
                 return
             elif isinstance(event, Publication):
                 log.debug("publication paused=%s", event.paused)

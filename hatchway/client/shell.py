@@ -83,6 +83,10 @@ class ShellHandler(SessionHandler):
     def signal_bytes(self, signum: int) -> bytes | None:
         return CONTROL_BYTES.get(signal.Signals(signum))
 
+    def exit_status(self) -> int | None:
+        code = self.exit_code
+        return code if code is not None and 0 <= code <= 255 else None
+
     async def _pump_stdin(self) -> None:
         reader = StdinReader(self.ctx.io.stdin_fd, STDIN_CHUNK)
         while True:

@@ -336,15 +336,19 @@ def start_message(state: ServerState, row: dict[str, Any], relay: Relay) -> dict
     """What the node needs to run the session (the role of AWS's ``interactive_shell``)."""
     from hatchway.server.ops.sessions import _document
 
-    doc = _document(state, row["document_name"])
+    data = row["data"]
+    stored = data.get("document")
+    if isinstance(stored, dict):
+        content = dict(stored)  # the version StartSession authorized and validated
+    else:
+        doc = _document(state, row["document_name"])  # sessions started before it was kept
+        content = dict(doc.document) if doc else {}
     base = state.config.base_url
     ws_base = (
         ("wss://" + base[len("https://") :])
         if base.startswith("https://")
         else "ws://" + base.removeprefix("http://")
     )
-    data = row["data"]
-    content = dict(doc.document) if doc else {}
     if "inputs" in data:
         content["inputs"] = data["inputs"]  # the preferences StartSession resolved
     return {
@@ -355,6 +359,7 @@ def start_message(state: ServerState, row: dict[str, Any], relay: Relay) -> dict
         "documentName": row["document_name"],
         "documentContent": content,
         "parameters": data.get("parameters") or {},
+        "inputsResolved": "inputs" in data,
         "runAsUser": data.get("run_as_user"),
         "sessionOwner": row["owner"],
         "target": row["target"],

@@ -332,6 +332,9 @@ def _mark(
     )
 
 
+_COMMAND_TYPES = ("InteractiveCommands", "NonInteractiveCommands")
+
+
 def _record_exit(state: ServerState, instance_id: str, data: dict[str, Any]) -> None:
     """The exit code of a session's shell, as the node reports it (kept in Details)."""
     sid = str(data.get("sessionId", ""))
@@ -339,7 +342,8 @@ def _record_exit(state: ServerState, instance_id: str, data: dict[str, Any]) -> 
     if row is None or row["target"] != instance_id:
         return  # a node can only speak for its own sessions
     details = dict(row["data"], exit_code=data.get("exitCode"))
-    details["details"] = f"The shell exited with code {data.get('exitCode')}."
+    what = "command" if row["data"].get("session_type") in _COMMAND_TYPES else "shell"
+    details["details"] = f"The {what} exited with code {data.get('exitCode')}."
     state.store.update(t.sessions, {"session_id": sid}, {"data": details})
 
 

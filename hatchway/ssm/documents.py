@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ __all__ = [
     "content_hash",
     "convert_content",
     "interpolate",
+    "interpolate_inputs",
+    "interpolate_properties",
+    "interpolate_shell",
+    "is_true",
     "parameter_summary",
     "parse_content",
     "platform_types",
@@ -205,6 +210,79 @@ def interpolate(value: Any, params: Mapping[str, list[str]]) -> Any:
     return value
 
 
+def interpolate_shell(value: Any, params: Mapping[str, list[str]]) -> Any:
+    """:func:`interpolate` for text a shell runs (``commands``, ``shellProfile.linux``).
+
+    A string (or one element of a list) that is exactly one reference is replaced by the
+    parameter's value unquoted: the document says "run what the caller gives", and
+    ``allowedPattern``/``allowedValues`` are what restrict it. A reference inside a longer
+    string is replaced by its values, each quoted with :func:`shlex.quote` and joined with
+    spaces, so a value like ``x; touch /tmp/pwned`` stays one argument. A list element that
+    resolves to several values contributes each as its own element.
+    """
+    if isinstance(value, str):
+        whole = _WHOLE_REF.fullmatch(value)
+        if whole and whole.group(1) in params:
+            vals = params[whole.group(1)]
+            return vals[0] if len(vals) == 1 else list(vals)
+
+        def sub(m: re.Match[str]) -> str:
+            vals = params.get(m.group(1))
+            return m.group(0) if vals is None else " ".join(shlex.quote(v) for v in vals)
+
+        return _REF.sub(sub, value)
+    if isinstance(value, list):
+        out: list[Any] = []
+        for item in value:
+            done = interpolate_shell(item, params)
+            out.extend(done if isinstance(done, list) else [done])
+        return out
+    return value
+
+
+def interpolate_inputs(inputs: Any, params: Mapping[str, list[str]]) -> Any:
+    """A document's ``inputs`` with parameters filled in; ``shellProfile.linux`` (shell
+    text) gets :func:`interpolate_shell`'s quoting, everything else :func:`interpolate`."""
+    if not isinstance(inputs, Mapping):
+        return inputs
+    out = {k: interpolate(v, params) for k, v in inputs.items() if k != "shellProfile"}
+    profile = inputs.get("shellProfile")
+    if isinstance(profile, Mapping):
+        resolved = {k: interpolate(v, params) for k, v in profile.items()}
+        if "linux" in profile:
+            linux = interpolate_shell(profile["linux"], params)
+            resolved["linux"] = "\n".join(linux) if isinstance(linux, list) else linux
+        out["shellProfile"] = resolved
+    elif "shellProfile" in inputs:
+        out["shellProfile"] = interpolate(profile, params)
+    return out
+
+
+def interpolate_properties(
+    session_type: str, properties: Any, params: Mapping[str, list[str]]
+) -> Any:
+    """A document's ``properties`` with parameters filled in; for the command session types
+    ``<platform>.commands`` gets :func:`interpolate_shell`'s quoting."""
+    if session_type not in _COMMAND_TYPES or not isinstance(properties, Mapping):
+        return interpolate(properties, params)
+    out: dict[str, Any] = {}
+    for platform, cfg in properties.items():
+        if isinstance(cfg, Mapping):
+            out[platform] = {
+                k: interpolate_shell(v, params) if k == "commands" else interpolate(v, params)
+                for k, v in cfg.items()
+            }
+        else:
+            out[platform] = interpolate(cfg, params)
+    return out
+
+
+def is_true(value: Any) -> bool:
+    """A document boolean: JSON ``true`` or the string ``"true"`` (any case), as the agent
+    reads ``runAsEnabled``, ``runAsElevated``, ``separateOutputStream``."""
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
 # -- Session schema -----------------------------------------------------------------------
 
 _TOP_KEYS = ("schemaVersion", "description", "sessionType", "inputs", "parameters", "properties")
@@ -236,6 +314,7 @@ _PORT_PROPERTIES = (
     "localConnectionType",
 )
 _COMMAND_PLATFORMS = {"linux": "Linux", "windows": "Windows", "macos": "MacOS"}
+_COMMAND_TYPES = ("InteractiveCommands", "NonInteractiveCommands")
 _SEPARATOR = re.compile(r"[0-9a-zA-Z\r\n_:-]{0,30}")
 _PARAM_NAME = re.compile(r"[a-zA-Z0-9_]{1,128}")
 _PARAM_KEYS = (

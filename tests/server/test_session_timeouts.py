@@ -5,6 +5,7 @@ The broker runs with ``--timeout-unit 1``: the documents' minutes count as secon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Ag
     for name, inputs in (
         ("Idle2", {"idleSessionTimeout": "2"}),
         ("Max3", {"idleSessionTimeout": "60", "maxSessionDuration": "3"}),
+        ("Idle5", {"idleSessionTimeout": "5"}),
+        ("Idle10", {"idleSessionTimeout": "10"}),
     ):
         ssm.create_document(
             Name=name,
@@ -106,3 +109,72 @@ def test_max_duration_ends_even_an_active_session(stack: tuple[Broker, Agent]) -
 
     assert asyncio.run(go()) == MAX_MESSAGE
     assert _history(broker, s["SessionId"])["Details"] == MAX_MESSAGE
+
+
+async def _listen(c: Client, seconds: float) -> None:
+    """Read (ack, retransmit) for ``seconds`` or until the channel closes."""
+    with contextlib.suppress(TimeoutError):
+        await c.read_until(None, seconds)
+
+
+def _active_status(broker: Broker, sid: str) -> str | None:
+    found = broker.client("ssm").describe_sessions(
+        State="Active", Filters=[{"key": "SessionId", "value": sid}]
+    )["Sessions"]
+    return str(found[0]["Status"]) if found else None
+
+
+def test_resizing_the_terminal_resets_the_idle_timer(stack: tuple[Broker, Agent]) -> None:
+    broker, _ = stack
+    s = broker.client("ssm").start_session(Target=TARGET, DocumentName="Idle5")
+
+    async def go() -> tuple[bool, str]:
+        c = Client(s["StreamUrl"], s["TokenValue"])
+        await c.open()
+        start = time.monotonic()
+        # 9 s without a keystroke, only window-size changes: longer than the 5 s timeout.
+        while time.monotonic() - start < 9:
+            await c.resize(80 + int(time.monotonic() - start), 24)
+            await _listen(c, 1.0)
+            if c.result.closed is not None:
+                break
+        survived = c.result.closed is None
+        await _listen(c, 30)  # then nothing at all: the idle timeout ends it
+        await c.close()
+        assert c.result.closed is not None
+        return survived, c.result.closed.output
+
+    survived, output = asyncio.run(go())
+    assert survived
+    assert output == IDLE_MESSAGE
+    assert _history(broker, s["SessionId"])["Details"] == IDLE_MESSAGE
+
+
+def test_resuming_the_session_resets_the_idle_timer(stack: tuple[Broker, Agent]) -> None:
+    broker, _ = stack
+    ssm = broker.client("ssm")
+    s = ssm.start_session(Target=TARGET, DocumentName="Idle10")
+    sid = s["SessionId"]
+
+    async def go() -> tuple[str | None, str]:
+        first = Client(s["StreamUrl"], s["TokenValue"])
+        await first.open()
+        t0 = time.monotonic()
+        await _listen(first, 6)  # 6 s idle
+        await first.close()  # the network drops; the client resumes
+        resumed = ssm.resume_session(SessionId=sid)
+        second = Client(resumed["StreamUrl"], resumed["TokenValue"])
+        await second.open()
+        # 13 s after the start the first idle deadline (10 s) has passed; the resume at 6 s
+        # moved it to 16 s.
+        await _listen(second, 13 - (time.monotonic() - t0))
+        alive = _active_status(broker, sid)
+        await _listen(second, 30)
+        await second.close()
+        assert second.result.closed is not None
+        return alive, second.result.closed.output
+
+    alive, output = asyncio.run(go())
+    assert alive == "Connected"
+    assert output == IDLE_MESSAGE
+    assert _history(broker, sid)["Status"] == "Terminated"

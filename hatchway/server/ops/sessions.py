@@ -20,6 +20,7 @@ from sqlalchemy import or_, select
 from hatchway.server import crypto
 from hatchway.server.call import Call, operation
 from hatchway.server.errors import ServiceError, access_denied
+from hatchway.server.identity import Caller
 from hatchway.server.nodes import ping_status
 from hatchway.server.ops.documents import ResolvedDocument, load_document
 from hatchway.server.ops.paging import page
@@ -33,7 +34,12 @@ from hatchway.ssm import (
     target_arn,
 )
 from hatchway.ssm.arns import InvalidTarget
-from hatchway.ssm.documents import DocumentError, interpolate, validate_parameters
+from hatchway.ssm.documents import (
+    DocumentError,
+    interpolate_inputs,
+    is_true,
+    validate_parameters,
+)
 
 ACTIVE = ("Connecting", "Connected", "Disconnected", "Terminating")
 HISTORY = ("Terminated", "Failed")
@@ -132,8 +138,30 @@ def effective_inputs(
         raw = prefs.document.get("inputs") if prefs is not None else None
     if not isinstance(raw, dict):
         return {}
-    out = interpolate(raw, parameters)
+    out = interpolate_inputs(raw, parameters)
     return out if isinstance(out, dict) else {}
+
+
+RUN_AS_TAG = "SSMSessionRunAs"
+
+
+def run_as_user(caller: Caller, inputs: dict[str, Any]) -> str | None:
+    """The OS user a Run As session runs as (ssm-spec 6.2), ``None`` when Run As is off.
+
+    The caller's ``SSMSessionRunAs`` tag wins: an IAM user's tag, or for an assumed role the
+    role's tag, where a session tag of the same key (AssumeRole ``Tags``) overrides the
+    role's. Without a tag, the preferences' ``runAsDefaultUser``. When neither names a user
+    the result is ``""``: the session still starts and the node fails it with the reason,
+    as on AWS.
+    """
+    if not is_true(inputs.get("runAsEnabled")):
+        return None
+    tagged = ""
+    # Caller.tags lists the role's tags before the session's; the last match wins.
+    for key, value in caller.tags.items():
+        if key.lower() == RUN_AS_TAG.lower() and value.strip():
+            tagged = value.strip()
+    return tagged or str(inputs.get("runAsDefaultUser") or "").strip()
 
 
 @operation("ssm", "StartSession")
@@ -210,6 +238,10 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
                             "document_version": doc.version,
                             "max_session_duration": max_duration,
                             "idle_session_timeout": str(inputs.get("idleSessionTimeout") or "20"),
+                            "run_as_user": run_as_user(call.caller, inputs),
+                            "session_type": doc.document.get("sessionType"),
+                            # The version StartSession validated is the one the node runs.
+                            "document": doc.document,
                             "tags": {
                                 "aws:ssmmessages:session-id": call.caller.user_id,
                                 "aws:ssmmessages:target-id": target,
