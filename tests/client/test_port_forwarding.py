@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import random
 import re
@@ -455,6 +456,56 @@ def test_basic_forwarding_when_either_end_is_old(
     assert bodies == [blob(i, 200_000 + i) for i in range(3)]
     assert b"Connection accepted for session " in out
     assert b"Waiting for connections" not in out  # basic mode prints only the port line
+
+
+def test_unix_socket_listener(stack: Any, admin_credentials: None, tmp_path: Path) -> None:
+    # AWS-StartPortForwardingSessionToSocket's shape, as an account document.
+    content = {
+        "schemaVersion": "1.0",
+        "sessionType": "Port",
+        "parameters": {
+            "portNumber": {"type": "String", "default": "80"},
+            "localUnixSocket": {"type": "String"},
+        },
+        "properties": {
+            "portNumber": "{{ portNumber }}",
+            "type": "LocalPortForwarding",
+            "localUnixSocket": "{{ localUnixSocket }}",
+            "localConnectionType": "unix",
+        },
+    }
+    stack.client("ssm").create_document(
+        Name="Unix-Socket-Forwarding",
+        DocumentType="Session",
+        Content=json.dumps(content),
+    )
+    path = tmp_path / "forward.sock"
+    with http_server() as web:
+        response = _start(
+            stack,
+            "Unix-Socket-Forwarding",
+            {"portNumber": [str(web.server_port)], "localUnixSocket": [str(path)]},
+        )
+
+        async def go() -> tuple[bytes, bytes]:
+            client = PipeClient(response, stack.url)
+            task = asyncio.create_task(client.session.run())
+            try:
+                await wait_for(lambda: b"Unix socket" in client.output, 20)
+                reader, writer = await asyncio.open_unix_connection(str(path))
+                writer.write(b"GET /5/70000 HTTP/1.0\r\n\r\n")
+                data = await reader.read()
+                writer.close()
+                client.session.end_locally(0)
+                await asyncio.wait_for(task, 30)
+            finally:
+                client.close()
+            return data, client.output
+
+        data, out = asyncio.run(go())
+    assert data.endswith(b"\r\n\r\n" + blob(5, 70_000))
+    assert f"Unix socket {path} opened for sessionId {response['SessionId']}.".encode() in out
+    assert not path.exists()  # removed when the session ended
 
 
 def test_slow_local_reader_holds_the_agent_back(stack: Any, admin_credentials: None) -> None:
