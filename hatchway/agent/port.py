@@ -169,6 +169,8 @@ class _Connection(asyncio.Protocol):
             self.address = (str(peer[0]), int(peer[1]))
         if self.plugin.reading_paused:
             transport.pause_reading()
+        # What the client sent while we dialed goes first, before anything delivered later.
+        self.attach_pending()
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -472,7 +474,6 @@ class PortPlugin(SessionPlugin):
                 if conn.transport is not None:
                     conn.transport.abort()
                 return
-            conn.attach_pending()
             conn.opened = True
             self.io.record("conn", self._conn_record(conn, "open", None))
             return

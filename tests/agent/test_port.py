@@ -428,3 +428,36 @@ def test_basic_mode_redials_after_disconnect_to_port() -> None:
     io, seen = asyncio.run(go())
     assert seen == [b"first", b"second"]
     assert [r["event"] for r in io.records] == ["open", "close", "open", "close"]
+
+
+def test_data_sent_while_dialing_keeps_its_order() -> None:
+    # Client data keeps arriving while the destination is being dialed; what was buffered
+    # must reach it before anything delivered after the connection came up.
+    async def go() -> tuple[bytes, int]:
+        received = bytearray()
+        done = asyncio.Event()
+
+        async def collect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(65536):
+                received.extend(data)
+            done.set()
+
+        srv, port = await server(collect)
+        io = FakeIO(mux_props(port))
+        plugin = PortPlugin(io)
+        await plugin.start()
+        plugin.on_input(PayloadType.OUTPUT, encode_frame(Cmd.SYN, 3))
+        sent, after_open = 0, 0
+        while after_open < 50:  # one piece per loop turn, from before the dial to well after
+            plugin.on_input(PayloadType.OUTPUT, encode_frame(Cmd.PSH, 3, b"%06d," % sent))
+            sent += 1
+            after_open += bool(io.records)
+            await asyncio.sleep(0)
+        plugin.on_input(PayloadType.OUTPUT, encode_frame(Cmd.FIN, 3))
+        await asyncio.wait_for(done.wait(), 10)
+        plugin.close()
+        srv.close()
+        return bytes(received), sent
+
+    received, sent = asyncio.run(go())
+    assert received == b"".join(b"%06d," % i for i in range(sent))
