@@ -12,7 +12,7 @@ handshake tells both ends the properties, so they agree):
 * **stream** — no ``type`` (``AWS-StartSSHSession``): one TCP connection, raw bytes; when the
   destination closes, the session ends.
 
-Flow control: destination data goes out in frames of up to 64 KiB as soon as it is read;
+Flow control: destination data goes out in frames of up to 256 KiB as soon as it is read;
 when the session's send window is full every destination socket stops being read until
 acknowledgements free it. Toward a destination, each connection buffers at most
 :data:`HIGH_WATER` bytes; above that the plugin stops accepting client data, which then waits
@@ -41,6 +41,8 @@ from hatchway.agent.plugin import PluginError, SessionIO, SessionPlugin
 from hatchway.protocol import Flag, PayloadError, PayloadType, build_flag, parse_flag, parse_version
 from hatchway.protocol.outbox import Outbox
 from hatchway.protocol.smux import (
+    HEADER_SIZE,
+    MAX_FRAME,
     Reply,
     SmuxError,
     SmuxRole,
@@ -70,8 +72,10 @@ MUX_CLIENT_VERSION = (1, 1, 70)
 KEEPALIVE_CLIENT_VERSION = (1, 2, 331, 0)
 """Clients up to this version run smux keepalive and drop a session silent for 30 s."""
 KEEPALIVE_INTERVAL = 10.0
-FRAME_BYTES = 64 * 1024
+FRAME_BYTES = 256 * 1024
 """Largest Output payload we send (AWS sends 1 KiB every millisecond)."""
+READ_BYTES = FRAME_BYTES - HEADER_SIZE * -(-FRAME_BYTES // MAX_FRAME)
+"""One socket read: with the smux header of every 32 KiB it fills one frame exactly."""
 HIGH_WATER = 1024 * 1024
 """Bytes buffered toward one destination before client data is held back."""
 LOW_WATER = 256 * 1024
@@ -135,15 +139,20 @@ def _version(text: str | None) -> tuple[int, ...] | None:
     return parse_version(text) if text else None
 
 
-class _Connection(asyncio.Protocol):
-    """One TCP connection to the destination (one smux stream, or the basic connection)."""
+class _Connection(asyncio.BufferedProtocol):
+    """One TCP connection to the destination (one smux stream, or the basic connection).
+
+    Reads land in the plugin's one read buffer (the loop runs one callback at a time and the
+    data is framed, i.e. copied, before the next read), sized so that one read plus its smux
+    headers is one full data-channel frame.
+    """
 
     def __init__(self, plugin: PortPlugin, stream_id: int) -> None:
         self.plugin = plugin
         self.stream_id = stream_id
         self.transport: asyncio.Transport | None = None
         self.address: tuple[str, int] | None = None
-        self.pending: list[bytes] = []  # client data that arrived while dialing
+        self.pending: list[bytes | memoryview] = []  # client data that came while dialing
         self.pending_size = 0
         self.bytes_in = 0  # from the destination
         self.bytes_out = 0  # to the destination
@@ -172,9 +181,12 @@ class _Connection(asyncio.Protocol):
         # What the client sent while we dialed goes first, before anything delivered later.
         self.attach_pending()
 
-    def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
-        self.plugin.from_destination(self, data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.plugin.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.bytes_in += nbytes
+        self.plugin.from_destination(self, self.plugin.read_buffer[:nbytes])
 
     def eof_received(self) -> bool:
         return False  # smux v1 has no half-close: the connection ends
@@ -194,7 +206,7 @@ class _Connection(asyncio.Protocol):
 
     # the plugin's side
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self.bytes_out += len(data)
         if self.transport is None:
             self.pending.append(data)
@@ -235,6 +247,7 @@ class PortPlugin(SessionPlugin):
         self.started = False
         self.closed = False
         self._outbox = Outbox(FRAME_BYTES)
+        self.read_buffer = memoryview(bytearray(READ_BYTES))
         self._flush_scheduled = False
         self._blocked: set[int] = set()
         self._resume_scheduled = False
@@ -483,11 +496,12 @@ class PortPlugin(SessionPlugin):
 
     # --- destination → client --------------------------------------------------------
 
-    def from_destination(self, conn: _Connection, data: bytes) -> None:
+    def from_destination(self, conn: _Connection, data: memoryview) -> None:
+        """Destination bytes (a view of the read buffer, valid during this call only)."""
         if self.smux is not None:
             self._send(PayloadType.OUTPUT, self.smux.send(conn.stream_id, data))
         else:
-            self._send(PayloadType.OUTPUT, data)
+            self._send(PayloadType.OUTPUT, bytes(data))
 
     def destination_closed(self, conn: _Connection) -> None:
         if self.closed:

@@ -54,7 +54,7 @@ from hatchway.ssm.documents import DocumentError, interpolate, validate_paramete
 
 log = logging.getLogger("hatchway.agent.session")
 
-OUTPUT_CHUNK = 64 * 1024  # AWS paces 1 KiB per ms; Hatchway sends up to 64 KiB per frame
+OUTPUT_CHUNK = 256 * 1024  # AWS paces 1 KiB per ms; Hatchway sends up to 256 KiB per frame
 MAX_UNACKED = 2048  # frames in flight before the PTY is no longer read (backpressure)
 MAX_UNACKED_BYTES = 8 * 1024 * 1024  # …or bytes in flight
 DRAIN_TIMEOUT = 5.0

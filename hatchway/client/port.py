@@ -40,7 +40,16 @@ from hatchway.protocol import (
     parse_flag,
 )
 from hatchway.protocol.outbox import Outbox
-from hatchway.protocol.smux import Reply, SmuxError, SmuxRole, SmuxSession, StreamClosed, StreamData
+from hatchway.protocol.smux import (
+    HEADER_SIZE,
+    MAX_FRAME,
+    Reply,
+    SmuxError,
+    SmuxRole,
+    SmuxSession,
+    StreamClosed,
+    StreamData,
+)
 
 __all__ = [
     "CONNECT_ERROR_MESSAGE",
@@ -59,7 +68,10 @@ KEEPALIVE_OFF_AFTER_AGENT = "3.1.1511.0"
 """Agents up to this version may run smux keepalive and drop a session silent for 30 s."""
 TERMINATE_FLAG_AFTER_AGENT = "2.3.722.0"
 KEEPALIVE_INTERVAL = 10.0
-READ_SIZE = 64 * 1024
+READ_SIZE = 256 * 1024
+"""Output frames carry up to this much (the session's DATA_CHUNK)."""
+READ_BYTES = READ_SIZE - HEADER_SIZE * -(-READ_SIZE // MAX_FRAME)
+"""One socket read: with the smux header of every 32 KiB it fills one frame exactly."""
 HIGH_WATER = 1024 * 1024
 """Bytes waiting for the send window (or for a slow local reader) before we push back."""
 LOW_WATER = 256 * 1024
@@ -77,8 +89,8 @@ def _newer(version: str | None, than: str) -> bool:
     return version is not None and compare_versions(version, than) == 1
 
 
-class _Local(asyncio.Protocol):
-    """One accepted local connection."""
+class _Local(asyncio.BufferedProtocol):
+    """One accepted local connection; reads land in the handler's one read buffer."""
 
     def __init__(self, handler: PortHandler) -> None:
         self.handler = handler
@@ -93,8 +105,11 @@ class _Local(asyncio.Protocol):
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         self.handler.accepted(self)
 
-    def data_received(self, data: bytes) -> None:
-        self.handler.from_local(self, data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.handler.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.handler.from_local(self, self.handler.read_buffer[:nbytes])
 
     def eof_received(self) -> bool:
         return False  # smux v1 has no half-close: the connection ends
@@ -110,7 +125,7 @@ class _Local(asyncio.Protocol):
         self.write_paused = False
         self.handler.maybe_resume()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
@@ -149,6 +164,7 @@ class PortHandler(SessionHandler):
         self.bound_port: int | None = None
         self.connections = 0
         self._outbox = Outbox(READ_SIZE)
+        self.read_buffer = memoryview(bytearray(READ_BYTES))
         self._wakeup = asyncio.Event()
         self._reading = True
         self._tasks: list[asyncio.Task[Any]] = []
@@ -260,11 +276,12 @@ class PortHandler(SessionHandler):
             conn.set_reading(False)
             self.waiting.append(conn)
 
-    def from_local(self, conn: _Local, data: bytes) -> None:
+    def from_local(self, conn: _Local, data: memoryview) -> None:
+        """Local bytes (a view of the read buffer, valid during this call only)."""
         if self.smux is not None:
             self._queue(PayloadType.OUTPUT, self.smux.send(conn.stream_id, data))
         elif conn is self.active:
-            self._queue(PayloadType.OUTPUT, data)
+            self._queue(PayloadType.OUTPUT, bytes(data))
 
     def local_closed(self, conn: _Local) -> None:
         if self._stopping:

@@ -86,7 +86,7 @@ EOF_IDLE = 1.0
 CONNECT_TIMEOUT = 15.0
 FINAL_CLOSE_CODES = 4000
 """Websocket close codes from here on (application-defined) end the session: no resume."""
-DATA_CHUNK = 64 * 1024
+DATA_CHUNK = 256 * 1024
 """Port data goes out in frames of up to this size (keystrokes: 1024 bytes)."""
 MAX_UNACKED_BYTES = 8 * 1024 * 1024
 """Bytes in flight before senders wait for acknowledgements (besides AWS's 10 000 frames)."""
@@ -333,7 +333,9 @@ class Session:
             while not self.stream.writable:
                 self._acked.clear()
                 await self._acked.wait()
-            piece = bytes(view[start : start + DATA_CHUNK])
+            piece = (
+                payload if len(payload) <= DATA_CHUNK else bytes(view[start : start + DATA_CHUNK])
+            )
             await self._write(self.stream.send(PayloadType.OUTPUT, piece, self.clock()))
 
     def resume_input(self) -> None:

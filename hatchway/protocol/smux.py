@@ -82,11 +82,12 @@ class SmuxRole(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SmuxFrame:
-    """One decoded frame (``data`` is empty except for PSH)."""
+    """One decoded frame (``data`` is empty except for PSH; a read-only view into the bytes
+    given to :meth:`Decoder.feed` when those were ``bytes``)."""
 
     cmd: int
     stream_id: int
-    data: bytes = b""
+    data: bytes | memoryview = b""
 
 
 def encode_frame(cmd: int, stream_id: int, data: bytes = b"") -> bytes:
@@ -148,16 +149,17 @@ class Decoder:
         if self._buf:
             self._buf += data
             with memoryview(self._buf) as view:
-                frames, used = self._parse(view)
+                frames, used = self._parse(view, copy=True)  # _buf changes: copy data out
             del self._buf[:used]
         else:
-            with memoryview(data) as view:
-                frames, used = self._parse(view)
-                if used < len(view):
-                    self._buf += view[used:]
+            # Immutable input: frame data are views into it (no copy).
+            view = memoryview(data)
+            frames, used = self._parse(view, copy=not isinstance(data, bytes))
+            if used < len(view):
+                self._buf += view[used:]
         return frames
 
-    def _parse(self, buf: memoryview) -> tuple[list[SmuxFrame], int]:
+    def _parse(self, buf: memoryview, *, copy: bool) -> tuple[list[SmuxFrame], int]:
         frames: list[SmuxFrame] = []
         pos, end = 0, buf.nbytes
         unpack = _HEADER.unpack_from
@@ -170,7 +172,8 @@ class Decoder:
                 if end - pos - HEADER_SIZE < length:
                     break
                 start = pos + HEADER_SIZE
-                frames.append(SmuxFrame(Cmd.PSH, sid, bytes(buf[start : start + length])))
+                piece = buf[start : start + length]
+                frames.append(SmuxFrame(Cmd.PSH, sid, bytes(piece) if copy else piece))
                 pos = start + length
             elif cmd in _COMMANDS:
                 # SYN, FIN and NOP carry no data whatever the length says (xtaci/smux reads
@@ -198,7 +201,7 @@ class StreamData:
     """Data for an open stream."""
 
     stream_id: int
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)

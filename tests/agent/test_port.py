@@ -40,7 +40,7 @@ class FakeIO:
         self.smux = Decoder()
 
     def output(self, data: bytes, payload_type: int = PayloadType.OUTPUT) -> None:
-        assert len(data) <= 64 * 1024
+        assert len(data) <= port_mod.FRAME_BYTES
         self.outputs.append((payload_type, data))
 
     def exited(self, code: int) -> None:

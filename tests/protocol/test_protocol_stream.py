@@ -465,7 +465,11 @@ def run_link(
     return client, agent
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(
     st.randoms(use_true_random=False),
     st.floats(0.0, 0.4),
