@@ -187,9 +187,10 @@ class PortHandler(SessionHandler):
             self._signals.append(signum)
         try:
             await self._listen()
-        except OSError as exc:
+        except (OSError, ValueError, OverflowError) as exc:  # in use, no permission, bad port
             where = self.unix_socket if self.unix else f"localhost:{self.local_port}"
-            self.ctx.io.say(f"\nCannot listen on {where}: {exc.strerror or exc}\n")
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self.ctx.io.say(f"\nCannot listen on {where}: {reason}\n")
             self.ctx.end_locally(1)
             return
         if self.mode is ForwardMode.MUX and not _newer(

@@ -287,6 +287,19 @@ def test_refused_port_then_served_in_the_same_session(stack: Any, cli_factory: A
     wait_status(stack, sid, "Terminated")
 
 
+def test_local_port_in_use_ends_the_session(stack: Any, cli_factory: Any) -> None:
+    # AWS's plugin hangs until the idle timeout here (aws/session-manager-plugin#141).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cli = cli_factory("AWS-StartPortForwardingSession", f"portNumber=80,localPortNumber={port}")
+        sid = cli.session_id
+        assert cli.wait() == 255  # the plugin exited 1; the CLI reports a failed plugin so
+    assert f"Cannot listen on localhost:{port}: Address already in use" in cli.text
+    wait_status(stack, sid, "Terminated")
+
+
 # --- ssh through ProxyCommand -----------------------------------------------------------------
 
 
