@@ -271,7 +271,7 @@ class PortPlugin(SessionPlugin):
         port_text = str(props.get("portNumber") or "").strip()
         if not port_text:
             raise PluginError(f"Port number is empty in session properties. {props}")
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
             raise PluginError(f"Invalid port number {port_text} in session properties.")
         self.port = int(port_text)
         self.host = str(props.get("host") or "").strip()

@@ -123,6 +123,7 @@ def test_denied_networks_come_from_the_environment(monkeypatch: pytest.MonkeyPat
     [
         ({"type": "LocalPortForwarding"}, "Port number is empty in session properties."),
         ({"portNumber": "99999"}, "Invalid port number 99999"),
+        ({"portNumber": "²2"}, "Invalid port number ²2"),
         ({"portNumber": "22", "host": "169.254.169.254"}, "Forwarding to IP address"),
     ],
 )
