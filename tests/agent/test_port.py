@@ -462,3 +462,24 @@ def test_data_sent_while_dialing_keeps_its_order() -> None:
 
     received, sent = asyncio.run(go())
     assert received == b"".join(b"%06d," % i for i in range(sent))
+
+
+def test_keepalive_nops_for_clients_that_still_run_smux_keepalive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Plugins up to 1.2.331.0 drop a smux session silent for 30 s: talk to them every 10 s.
+    monkeypatch.setattr(port_mod, "KEEPALIVE_INTERVAL", 0.01)
+
+    async def go(client: str) -> list[SmuxFrame]:
+        srv, port = await server(lambda r, w: asyncio.sleep(0))
+        io = FakeIO(mux_props(port), client)
+        plugin = PortPlugin(io)
+        await plugin.start()
+        await asyncio.sleep(0.1)
+        plugin.close()
+        srv.close()
+        return io.frames()
+
+    old = asyncio.run(go("1.2.0.0"))
+    assert old and all(f == SmuxFrame(Cmd.NOP, 0) for f in old)
+    assert asyncio.run(go("1.2.764.0")) == []
