@@ -21,7 +21,8 @@ Workloads, each run ``--runs`` times, interleaved with its baseline:
 
 The baseline does the same against the node-side server directly. CPU seconds of the broker,
 the agent and the plugin are read from /proc for every run. ``--profile DIR`` samples the
-three with py-spy during one extra download run and prints their hottest functions.
+three with py-spy during one extra run of the first workload (pick it with ``--only``) and
+prints their hottest functions.
 """
 
 from __future__ import annotations
@@ -332,11 +333,13 @@ def run(args: argparse.Namespace, broker: Any, agent: Any, node_port: int) -> No
             exe = args.pyspy or shutil.which("py-spy") or "py-spy"
             out = Path(args.profile)
             out.mkdir(parents=True, exist_ok=True)
-            secs = int(max(r["secs"] for r in results[next(iter(results))]["tunnel"]) * 2 + 3)
-            print(f"\nprofiling one 1-connection download with py-spy ({exe}) → {out}")
+            first = next(iter(results))  # the first workload run (see --only)
+            fn, conns = WORKLOADS[first]
+            secs = int(max(r["secs"] for r in results[first]["tunnel"]) * 2 + 3)
+            print(f"\nprofiling one run of {first!r} with py-spy ({exe}) → {out}")
             spies = {k: pyspy_start(exe, p, out / f"{k}.txt", secs) for k, p in pids.items()}
             time.sleep(1.0)
-            r = timed(download, plugin.port, n, 1, pids)
+            r = timed(fn, plugin.port, n, conns, pids)
             print(f"  run: {r['mbps']:.1f} MB/s (sampled, slower)")
             for spy in spies.values():
                 spy.wait(secs + 30)
