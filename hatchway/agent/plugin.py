@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Protocol
 
-from hatchway.protocol import PayloadType
+from hatchway.protocol import AgentHandshake, PayloadType
 
 __all__ = ["PluginError", "SessionIO", "SessionPlugin"]
 
@@ -29,6 +29,8 @@ class SessionIO(Protocol):
     """The session document with parameters interpolated."""
     settings: Any
     """The node's :class:`~hatchway.agent.session.SessionSettings`."""
+    handshake: AgentHandshake | None
+    """The handshake, when the session had one (its ``client_version`` picks Port modes)."""
 
     def output(self, data: bytes, payload_type: int = PayloadType.OUTPUT) -> None:
         """Queue ``data`` to the client as ``output_stream_data`` (split, acked, retransmitted)."""
@@ -42,6 +44,10 @@ class SessionIO(Protocol):
 
     def exited(self, code: int) -> None:
         """The plugin's work is over (shell exited, command ended): drain and end the session."""
+        ...
+
+    def resume_input(self) -> None:
+        """:meth:`SessionPlugin.accepting` turned True: deliver the client data held back."""
         ...
 
     def record(self, kind: str, data: Any) -> None:
@@ -70,6 +76,12 @@ class SessionPlugin:
 
     def on_writable(self) -> None:
         """The client acknowledged enough output: resume reading the source."""
+
+    def accepting(self) -> bool:
+        """False while the plugin cannot take more client data (a slow destination): Output
+        from the client then waits unacknowledged, so the client stops at its window, until
+        the plugin calls :meth:`SessionIO.resume_input`."""
+        return True
 
     def close(self) -> None:
         """Stop everything the plugin started (called exactly once, also after failures)."""

@@ -26,6 +26,7 @@ from hatchway.agent.command import InteractiveCommandsPlugin, NonInteractiveComm
 from hatchway.agent.control import ControlChannel, signed_headers
 from hatchway.agent.kms import KmsDecrypter, KmsError, KmsSettings
 from hatchway.agent.plugin import PluginError, SessionPlugin
+from hatchway.agent.port import PortPlugin
 from hatchway.agent.registration import Registration
 from hatchway.agent.shell import DEFAULT_USER, ShellPlugin
 from hatchway.protocol import (
@@ -37,6 +38,7 @@ from hatchway.protocol import (
     PayloadError,
     PayloadType,
     ProtocolError,
+    Publication,
     Role,
     SendBytes,
     SessionType,
@@ -69,8 +71,9 @@ from hatchway.ssm.documents import (
 
 log = logging.getLogger("hatchway.agent.session")
 
-OUTPUT_CHUNK = 64 * 1024  # AWS paces 1 KiB per ms; Hatchway sends up to 64 KiB per frame
+OUTPUT_CHUNK = 256 * 1024  # AWS paces 1 KiB per ms; Hatchway sends up to 256 KiB per frame
 MAX_UNACKED = 2048  # frames in flight before the PTY is no longer read (backpressure)
+MAX_UNACKED_BYTES = 8 * 1024 * 1024  # …or bytes in flight
 DRAIN_TIMEOUT = 5.0
 ENCRYPTED_OUT = (PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE)
 KMS_MESSAGE = "This session is encrypted using AWS KMS."
@@ -111,7 +114,12 @@ class AgentSession:
         self.notify = notify
         self.session_id: str = task["sessionId"]
         self.document: dict[str, Any] = {}
-        self.stream = Stream(Role.AGENT, max_unacked=MAX_UNACKED)
+        self.stream = Stream(
+            Role.AGENT,
+            max_unacked=MAX_UNACKED,
+            max_unacked_bytes=MAX_UNACKED_BYTES,
+            ready=self._ready,
+        )
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.plugin: SessionPlugin | None = None
         self.handshake: AgentHandshake | None = None
@@ -149,6 +157,22 @@ class AgentSession:
         self.exit_code = code
         self.finished.set()
 
+    def resume_input(self) -> None:
+        """The plugin takes client data again: deliver (and ack) what the stream held back."""
+        for event in self.stream.pump(time.time()):
+            if isinstance(event, SendBytes):
+                self.outbox.put_nowait(event.data)
+            elif isinstance(event, Deliver):
+                self._deliver(event)
+
+    def _ready(self, frame: Frame) -> bool:
+        """Client Output waits, unacknowledged, while the plugin cannot take it (a port
+        destination that is slow or still connecting); nothing waits during the handshake."""
+        plugin, hs = self.plugin, self.handshake
+        if plugin is None or frame.payload_type != PayloadType.OUTPUT:
+            return True
+        return (hs is not None and not hs.done) or plugin.accepting()
+
     def record(self, kind: str, data: Any) -> None:
         for sink in self.recorders:
             try:
@@ -160,7 +184,8 @@ class AgentSession:
         """End the session as Failed, telling the user why."""
         if self.failure is None:
             self.failure = message
-            self.output(f"{message}\r\n".encode())
+            if self.document.get("sessionType") != "Port":  # Port data stays byte-exact:
+                self.output(f"{message}\r\n".encode())  # the reason goes in channel_closed
         self.finished.set()
 
     # -- outgoing ---------------------------------------------------------------------
@@ -333,6 +358,10 @@ class AgentSession:
                 elif isinstance(ev, ChannelClosed):
                     self.finished.set()
                     return
+                elif isinstance(ev, Publication) and not ev.paused:
+                    # The broker says a client (re)connected: re-send what it may have missed.
+                    for data in self.stream.resend_all(time.time()):
+                        self.outbox.put_nowait(data)
             if self.plugin is not None and self.stream.writable:
                 self.plugin.on_writable()
         self.finished.set()
@@ -474,6 +503,7 @@ PLUGINS: dict[str, Callable[[AgentSession], SessionPlugin]] = {
     "Standard_Stream": ShellPlugin,
     "InteractiveCommands": InteractiveCommandsPlugin,
     "NonInteractiveCommands": NonInteractiveCommandsPlugin,
+    "Port": PortPlugin,
 }
 """Session type → plugin class."""
 

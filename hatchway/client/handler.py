@@ -3,7 +3,7 @@
 The session type comes from the handshake's SessionType action, or is ``Standard_Stream``
 when output arrives without a handshake (spec §5, the plugin's ``ProcessFirstMessage``).
 :data:`hatchway.client.session.HANDLERS` maps each type to a :class:`SessionHandler`
-subclass; a Port handler (smux/basic forwarding) plugs in there later.
+subclass.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from hatchway.client.terminal import TerminalIO
+from hatchway.protocol import ClientHandshake
 
 __all__ = ["SessionContext", "SessionHandler"]
 
@@ -20,9 +21,19 @@ class SessionContext(Protocol):
 
     session_id: str
     io: TerminalIO
+    handshake: ClientHandshake
+    """The handshake (Port reads the agent's version from it)."""
 
     async def send(self, payload_type: int, payload: bytes) -> None:
         """Send a stream message (waits while the unacked buffer is full)."""
+        ...
+
+    async def send_data(self, payload: bytes) -> None:
+        """Send port data as Output, byte for byte, in large frames (waits for the window)."""
+        ...
+
+    def resume_input(self) -> None:
+        """:meth:`SessionHandler.accepting` turned True: deliver the output held back."""
         ...
 
     def input_ended(self) -> None:
@@ -51,6 +62,11 @@ class SessionHandler:
 
     async def on_payload(self, payload_type: int, payload: bytes) -> None:
         """A stream payload from the agent (handshake payloads never get here)."""
+
+    def accepting(self) -> bool:
+        """False while the handler cannot take more Output (a slow local reader): the agent's
+        frames then wait unacknowledged until the handler calls ``ctx.resume_input()``."""
+        return True
 
     def signal_bytes(self, signum: int) -> bytes | None:
         """Bytes to send for a local SIGINT/SIGQUIT/SIGTSTP, or None to end the session."""

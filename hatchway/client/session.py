@@ -28,6 +28,7 @@ from hatchway.client.aws import BotoControlPlane, ControlPlane, is_presigned, up
 from hatchway.client.command import CommandHandler
 from hatchway.client.handler import SessionHandler
 from hatchway.client.kms import BotoDataKeys, DataKeySource, kms_endpoint
+from hatchway.client.port import PortHandler
 from hatchway.client.shell import ShellHandler
 from hatchway.client.terminal import TerminalIO
 from hatchway.client.websocket import HandshakeError, MsgType, WebSocket, WebSocketError, connect
@@ -38,6 +39,8 @@ from hatchway.protocol import (
     ChannelClosed,
     ClientHandshake,
     Deliver,
+    DuplicatePolicy,
+    Frame,
     FrameError,
     GaveUp,
     PayloadType,
@@ -71,7 +74,7 @@ HANDLERS: dict[str, type[SessionHandler]] = {
     SessionType.STANDARD_STREAM: ShellHandler,
     SessionType.INTERACTIVE_COMMANDS: ShellHandler,
     SessionType.NON_INTERACTIVE_COMMANDS: CommandHandler,
-    # SessionType.PORT: PortHandler — a later issue (smux v1 / basic forwarding).
+    SessionType.PORT: PortHandler,
 }
 """Session type → handler. The handshake accepts exactly these types."""
 
@@ -91,6 +94,10 @@ FINAL_CLOSE_CODES = 4000
 """Websocket close codes from here on (application-defined) end the session: no resume."""
 ENCRYPTED_IN = frozenset({PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE})
 """What the agent encrypts in a KMS session (we encrypt only Output, spec §3.3)."""
+DATA_CHUNK = 256 * 1024
+"""Port data goes out in frames of up to this size (keystrokes: 1024 bytes)."""
+MAX_UNACKED_BYTES = 8 * 1024 * 1024
+"""Bytes in flight before senders wait for acknowledgements (besides AWS's 10 000 frames)."""
 
 
 @dataclass
@@ -171,7 +178,14 @@ class Session:
         self.eof_idle = eof_idle
         self.heartbeat = heartbeat
         self.clock = clock
-        self.stream = Stream(Role.CLIENT)
+        self.stream = Stream(
+            Role.CLIENT,
+            # Re-ack duplicates (AWS's plugin ignores them): an ack lost when the websocket
+            # dropped is otherwise never repaired, and the agent resends that frame forever.
+            duplicates=DuplicatePolicy.REACK,
+            ready=self._ready,
+            max_unacked_bytes=MAX_UNACKED_BYTES,
+        )
         self.kms = kms
         self.cipher: SessionCipher | None = None
         """The session key once a KMS handshake generated it (then Output is encrypted)."""
@@ -190,6 +204,9 @@ class Session:
         self._ws: WebSocket | None = None
         self._done: asyncio.Future[_Exit] | None = None
         self._acked = asyncio.Event()
+        self._rx = asyncio.Lock()  # frames and pumped deliveries reach the handler in order
+        self._pumper: asyncio.Task[None] | None = None
+        self._pump_wanted = False
         self._last_activity = time.monotonic()
         self._tasks: list[asyncio.Task[Any]] = []
         self._signals: list[int] = []
@@ -225,7 +242,10 @@ class Session:
         return result.code
 
     def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
+        self._spawned(asyncio.create_task(coro, name=name))
+
+    def _spawned(self, task: asyncio.Task[Any]) -> None:
+        self._tasks = [t for t in self._tasks if not t.done()]
         self._tasks.append(task)
         task.add_done_callback(self._task_done)
 
@@ -321,6 +341,40 @@ class Session:
                 self._acked.clear()
                 await self._acked.wait()
             await self._write(self.stream.send(payload_type, piece, self.clock()))
+
+    async def send_data(self, payload: bytes) -> None:
+        """Send port data as Output, byte for byte (no keystroke quirk), in frames of up to
+        :data:`DATA_CHUNK` bytes; waits while the unacked window is full."""
+        view = memoryview(payload)
+        for start in range(0, len(payload), DATA_CHUNK):
+            while not self.stream.writable:
+                self._acked.clear()
+                await self._acked.wait()
+            piece = (
+                payload if len(payload) <= DATA_CHUNK else bytes(view[start : start + DATA_CHUNK])
+            )
+            await self._write(self.stream.send(PayloadType.OUTPUT, piece, self.clock()))
+
+    def resume_input(self) -> None:
+        """The handler takes agent output again: deliver (and ack) what the stream held back."""
+        self._pump_wanted = True
+        if not self.finished and (self._pumper is None or self._pumper.done()):
+            self._pumper = asyncio.create_task(self._pump(), name="pump")
+            self._spawned(self._pumper)
+
+    async def _pump(self) -> None:
+        while self._pump_wanted:
+            self._pump_wanted = False
+            async with self._rx:
+                await self._handle(self.stream.pump(self.clock()))
+
+    def _ready(self, frame: Frame) -> bool:
+        """Agent Output waits, unacknowledged, while the handler cannot take it (a local
+        port client that reads slowly, or none connected yet in basic forwarding)."""
+        handler = self.handler
+        if handler is None or frame.payload_type != PayloadType.OUTPUT:
+            return True
+        return handler.accepting()
 
     def input_ended(self) -> None:
         if self.io.interactive:  # a terminal that hangs up: nobody to drain for
@@ -485,11 +539,15 @@ class Session:
     # --- incoming --------------------------------------------------------------------------
 
     async def _on_frame(self, data: bytes) -> None:
-        try:
-            events = self.stream.receive(data, self.clock())
-        except FrameError as exc:
-            log.warning("dropping an undecodable frame: %s", exc)
-            return
+        async with self._rx:
+            try:
+                events = self.stream.receive(data, self.clock())
+            except FrameError as exc:
+                log.warning("dropping an undecodable frame: %s", exc)
+                return
+            await self._handle(events)
+
+    async def _handle(self, events: list[Any]) -> None:
         for event in events:
             if isinstance(event, SendBytes):
                 await self._write(event.data)

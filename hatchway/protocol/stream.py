@@ -146,6 +146,7 @@ class _Pending:
     sequence_number: int
     data: bytes
     last_sent: float
+    size: int = 0
     attempts: int = 0
 
 
@@ -193,9 +194,12 @@ class Stream:
 
     * ``duplicates`` — :class:`DuplicatePolicy` for messages older than the expected one.
     * ``ready`` — called with each in-order frame before delivery; returning False leaves it
-      undelivered and unacked so the peer retransmits it (the agent's "handler not ready").
+      undelivered and unacked (the agent's "handler not ready"). Such a frame, and any frame
+      arriving after it while it waits, is kept unacknowledged, so a sender stops at its window;
+      :meth:`pump` delivers and acks them once ``ready`` says yes (a retransmission does too).
       Frames already acked and buffered wait for :meth:`pump`. Can be reassigned any time.
     * ``max_unacked`` — :meth:`send` raises :class:`BufferFull` at this many unacked frames.
+    * ``max_unacked_bytes`` — …or when this many payload bytes are unacked (None: no limit).
     * ``max_out_of_order`` — frames ahead of the expected one beyond this are neither
       buffered nor acked (the peer retransmits them).
     * ``max_attempts`` — retransmissions of one frame before :meth:`due` raises
@@ -211,6 +215,7 @@ class Stream:
         duplicates: DuplicatePolicy | None = None,
         ready: Callable[[Frame], bool] | None = None,
         max_unacked: int | None = None,
+        max_unacked_bytes: int | None = None,
         max_out_of_order: int | None = None,
         max_attempts: int | _Default | None = _Default.ROLE,
         epoch_offset: float = 0.0,
@@ -223,6 +228,7 @@ class Stream:
         self.duplicates = duplicates or defaults.duplicates
         self.ready = ready
         self.max_unacked = defaults.max_unacked if max_unacked is None else max_unacked
+        self.max_unacked_bytes = max_unacked_bytes
         self.max_out_of_order = (
             defaults.max_out_of_order if max_out_of_order is None else max_out_of_order
         )
@@ -234,7 +240,9 @@ class Stream:
         self._next_seq = 0
         self._expected = 0
         self._unacked: OrderedDict[int, _Pending] = OrderedDict()
+        self._unacked_bytes = 0
         self._ahead: dict[int, Frame] = {}
+        self._held: set[int] = set()  # in _ahead but not acked (``ready`` said no)
         self._srtt = INITIAL_RTT
         self._rttvar = 0.0
         self._rto = INITIAL_RTO
@@ -297,7 +305,9 @@ class Stream:
     @property
     def writable(self) -> bool:
         """False when :meth:`send` would raise :class:`BufferFull`."""
-        return len(self._unacked) < self.max_unacked
+        return len(self._unacked) < self.max_unacked and (
+            self.max_unacked_bytes is None or self._unacked_bytes < self.max_unacked_bytes
+        )
 
     def _created(self, now: float) -> int:
         return max(1, int((now + self.epoch_offset) * 1000))
@@ -310,7 +320,9 @@ class Stream:
         Raises :class:`BufferFull` when :attr:`writable` is False.
         """
         if not self.writable:
-            raise BufferFull(f"{len(self._unacked)} stream messages unacknowledged")
+            raise BufferFull(
+                f"{len(self._unacked)} stream messages ({self._unacked_bytes} bytes) unacknowledged"
+            )
         seq = self._next_seq
         data = encode(
             Frame(
@@ -324,7 +336,8 @@ class Stream:
             )
         )
         self._next_seq += 1
-        self._unacked[seq] = _Pending(seq, data, now)
+        self._unacked[seq] = _Pending(seq, data, now, len(payload))
+        self._unacked_bytes += len(payload)
         return data
 
     def send_all(
@@ -377,8 +390,9 @@ class Stream:
         return handler(frame, now)
 
     def pump(self, now: float) -> list[Event]:
-        """Deliver buffered in-order frames held back by ``ready`` (call when it turns True)."""
-        return list(self._drain())
+        """Deliver (and ack, if not yet) buffered in-order frames held back by ``ready``
+        (call when it turns True)."""
+        return list(self._drain(now))
 
     def _ack(self, frame: Frame, now: float) -> SendBytes:
         return SendBytes(encode(ack_frame(frame, self._new_id(), self._created(now))))
@@ -386,11 +400,14 @@ class Stream:
     def _is_ready(self, frame: Frame) -> bool:
         return self.ready is None or self.ready(frame)
 
-    def _drain(self) -> Iterator[Event]:
+    def _drain(self, now: float) -> Iterator[Event]:
         while (frame := self._ahead.get(self._expected)) is not None:
             if not self._is_ready(frame):
                 return
             del self._ahead[self._expected]
+            if self._expected in self._held:
+                self._held.discard(self._expected)
+                yield self._ack(frame, now)
             self._expected += 1
             yield Deliver(frame.payload_type, frame.payload, frame.sequence_number)
 
@@ -398,23 +415,42 @@ class Stream:
         seq = frame.sequence_number
         if seq == self._expected:
             if not self._is_ready(frame):
+                if seq not in self._ahead:
+                    self._hold(frame)
                 return []
             self._ahead.pop(seq, None)
+            self._held.discard(seq)
             self._expected += 1
             events: list[Event] = [
                 self._ack(frame, now),
                 Deliver(frame.payload_type, frame.payload, seq),
             ]
-            events.extend(self._drain())
+            events.extend(self._drain(now))
             return events
         if seq > self._expected:
             if seq not in self._ahead and len(self._ahead) >= self.max_out_of_order:
                 return []
+            if self._expected in self._ahead:
+                # Delivery waits for ``ready``: new frames stay unacked, so the sender stops
+                # at its window, until pump() (or this arrival, if ready now agrees).
+                events = (
+                    [] if seq in self._held or seq not in self._ahead else [self._ack(frame, now)]
+                )
+                if seq not in self._ahead:
+                    self._hold(frame)
+                events.extend(self._drain(now))
+                return events
+            self._held.discard(seq)
             self._ahead[seq] = frame
             return [self._ack(frame, now)]
         if self.duplicates is DuplicatePolicy.REACK:
             return [self._ack(frame, now)]
         return []
+
+    def _hold(self, frame: Frame) -> None:
+        if len(self._ahead) < self.max_out_of_order or frame.sequence_number in self._ahead:
+            self._ahead[frame.sequence_number] = frame
+            self._held.add(frame.sequence_number)
 
     def _on_ack(self, frame: Frame, now: float) -> list[Event]:
         try:
@@ -424,6 +460,7 @@ class Stream:
         pending = self._unacked.pop(seq, None)
         if pending is None:
             return []
+        self._unacked_bytes -= pending.size
         self._update_rto(now - pending.last_sent)
         return [Acked(seq)]
 

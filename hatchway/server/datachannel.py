@@ -101,6 +101,12 @@ class Relay:
                 await ws.close()
 
 
+def _publication(message_type: str) -> bytes:
+    return frames.encode(
+        frames.Frame(message_type, 0, 0, b"", uuid.uuid4(), int(time.time() * 1000), flags=3)
+    )
+
+
 def relays(state: ServerState) -> dict[str, Relay]:
     table: dict[str, Relay] = state.relays
     return table
@@ -205,6 +211,11 @@ async def _client_side(
         await relay.client.close(code=4000, message=b"replaced by a resumed connection")
     relay.client = ws
     relay.last_input = time.monotonic()  # a resume counts as activity
+    if relay.agent is not None and not relay.agent.closed:
+        # A resumed client: tell the agent to re-send what it sent into the gap at once,
+        # rather than one frame per retransmission tick.
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await relay.agent.send_bytes(_publication(frames.MessageType.START_PUBLICATION))
     _set_status(state, session_id, "Connected" if relay.agent is not None else "Connecting")
     try:
         async for msg in ws:

@@ -172,7 +172,7 @@ def test_handshake_then_shell() -> None:
 
 def test_unsupported_session_type_is_refused() -> None:
     def configure(peer: FakePeer) -> None:
-        peer.handshake = "Port"
+        peer.handshake = "Telnet_Stream"  # Port is supported now
 
     async def script(peer: FakePeer, s: FakeSession, client: PipeClient) -> None:
         await wait_for(lambda: s.handshake_done)
@@ -182,7 +182,7 @@ def test_unsupported_session_type_is_refused() -> None:
     assert s.handshake_response is not None
     (action,) = parse_handshake_response(s.handshake_response).actions
     assert action.status == 2
-    assert b"Session type Port is not supported" in client.output
+    assert b"Session type Telnet_Stream is not supported" in client.output
 
 
 def test_presigned_url_is_not_signed() -> None:

@@ -12,6 +12,7 @@ import aiohttp
 
 from hatchway.protocol import (
     ChannelClosed,
+    ClientHandshake,
     Deliver,
     PayloadType,
     Role,
@@ -39,6 +40,8 @@ class Client:
         self.stream = Stream(Role.CLIENT)
         self.result = Result()
         self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.handshake: ClientHandshake | None = None
+        """Set to answer the agent's handshake (sessions that require one)."""
         self._http: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
@@ -97,6 +100,10 @@ class Client:
                             await ws.send_bytes(ev.data)
                     elif isinstance(ev, Deliver) and ev.payload_type == PayloadType.OUTPUT:
                         self.result.output += ev.payload
+                    elif isinstance(ev, Deliver) and self.handshake is not None:
+                        reply = self.handshake.handle(ev.payload_type, ev.payload)
+                        if reply is not None:
+                            await self.send(reply[1], reply[0])
                     elif isinstance(ev, ChannelClosed):
                         self.result.closed = ev
                         return

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from conftest import Agent, Broker, start_agent, start_broker, stop_broker
 from pclient import Client
 
-from hatchway.protocol import build_open_data_channel, decode
+from hatchway.protocol import ClientHandshake, build_open_data_channel, decode
 
 TARGET = "i-0d47a0c1b2c3d4e5f"
 
@@ -251,17 +251,18 @@ def test_terminated_session_cannot_be_opened(broker: Broker, node: Agent) -> Non
 def test_a_session_the_agent_cannot_run_closes_promptly_without_resends(
     broker: Broker, node: Agent
 ) -> None:
-    # Port sessions come with a later agent: the refusal must be delivered once and acked.
+    # The agent refuses the destination after the handshake: the reason comes once, in
+    # channel_closed, and nothing the agent sent is retransmitted.
     s = broker.client("ssm").start_session(
         Target=TARGET,
-        DocumentName="AWS-StartPortForwardingSession",
-        Parameters={"portNumber": ["80"]},
+        DocumentName="AWS-StartPortForwardingSessionToRemoteHost",
+        Parameters={"host": ["169.254.169.254"], "portNumber": ["80"]},
     )
 
-    async def go() -> tuple[float, list[int], bytes]:
+    async def go() -> tuple[float, list[int], str]:
         c = Client(s["StreamUrl"], s["TokenValue"])
+        c.handshake = ClientHandshake()
         await c.open()
-        await c.resize(80, 24)
         t0 = time.monotonic()
         r = await c.read_until(None, 10)
         await c.close()
@@ -270,9 +271,11 @@ def test_a_session_the_agent_cannot_run_closes_promptly_without_resends(
             for f in r.frames
             if decode(f).message_type == "output_stream_data"
         ]
-        return time.monotonic() - t0, seqs, r.output
+        assert r.closed is not None
+        return time.monotonic() - t0, seqs, r.closed.output
 
-    elapsed, seqs, output = asyncio.run(go())
-    assert b"Session type Port is not supported" in output
-    assert seqs == [0]  # no retransmission: the agent read our ack
+    elapsed, seqs, reason = asyncio.run(go())
+    assert reason == "Forwarding to IP address 169.254.169.254 is forbidden."
+    assert seqs == [0, 1]  # HandshakeRequest, HandshakeComplete; no retransmission
     assert elapsed < 4.0
+    assert _status(broker, s["SessionId"]) == "Failed"
