@@ -22,6 +22,7 @@ import aiohttp
 
 from hatchway.agent.control import ControlChannel, signed_headers
 from hatchway.agent.plugin import PluginError, SessionPlugin
+from hatchway.agent.recorder import LogStreamer
 from hatchway.agent.registration import Registration
 from hatchway.agent.shell import DEFAULT_USER, ShellPlugin
 from hatchway.protocol import (
@@ -102,6 +103,8 @@ class AgentSession:
         self._tasks: set[asyncio.Future[Any]] = set()
         self.recorders: list[Callable[[str, Any], None]] = []
         """Session-log sinks: each gets every :meth:`record` event."""
+        self.log_stream: LogStreamer | None = None
+        """Streams the session log to the broker, when the broker asked for it."""
         self.encrypt: Callable[[bytes], bytes] | None = None
         """Set when the session is KMS-encrypted: seals outgoing Output/StdErr/ExitCode."""
         self.decrypt: Callable[[bytes], bytes] | None = None
@@ -299,6 +302,8 @@ class AgentSession:
                 if self.plugin is not None:
                     self.plugin.close()
                     self.record("end", self.exit_code)
+                if self.log_stream is not None:
+                    self.log_stream.close()  # before Terminating: the broker then has it all
                 if not ws.closed:
                     if self.failure is not None:
                         self.outbox.put_nowait(self._control_frame("Failed", self.failure))
@@ -342,6 +347,7 @@ class AgentSession:
         try:
             self.document = self._resolve_document()
             session_type = str(self.document.get("sessionType", "Standard_Stream"))
+            self._start_log(session_type)
             factory = PLUGINS.get(session_type)
             if factory is None:
                 raise PluginError(f"Session type {session_type} is not supported by this agent.")
@@ -369,6 +375,19 @@ class AgentSession:
         except PluginError as exc:
             self.fail(str(exc))
             return False
+
+    def _start_log(self, session_type: str) -> None:
+        """Stream the session log to the broker if its ``start_session`` asks for it."""
+        wanted = self.task.get("sessionLog")
+        if not isinstance(wanted, dict):
+            return
+        self.log_stream = LogStreamer(
+            self.session_id,
+            self.outbox.put_nowait,
+            session_type=session_type,
+            record_input=wanted.get("input") is True,
+        )
+        self.recorders.append(self.log_stream)
 
     def _kms_parameters(self, session_type: str) -> KmsParameters | None:
         """KMS encryption parameters when the document names a key (never for Port)."""
