@@ -30,6 +30,7 @@ def _v2(conn: Connection) -> None:
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial schema", _v1),
     (2, "index session tokens by session", _v2),
+    (4, "session logs", lambda conn: schema.metadata.create_all(conn, tables=[schema.session_log])),
 ]
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -186,4 +187,17 @@ audit = Table(
     Column("principal", String(2048), nullable=False),
     Column("decision", String(16), nullable=False),
     Column("data", Text, nullable=False),
+)
+
+# Session logs as the agent streamed them: one row per agent_session_log batch (its payload
+# verbatim), with the client address the broker saw when it arrived. Rendered on demand.
+session_log = Table(
+    "hw_session_log",
+    metadata,
+    Column("session_id", String(96), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("received", DateTime(timezone=True), nullable=False),
+    Column("source_ip", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("chunk", LargeBinary, nullable=False),
 )
