@@ -8,8 +8,10 @@ the node: whatever was sent is the broker's before the session ends, so killing 
 the session's user) cannot take it back. The broker decides what is recorded: it asks for the
 log (and for keystrokes) in the ``start_session`` message.
 
-Cost on the output path: one ``time.time()`` and one list append per event; a batch costs one
-small JSON header, a join and a frame digest (no base64, no copies per event).
+Cost on the output path: one ``time.time()`` and one list append per event. Output the broker
+can read as it relays it (everything but KMS-encrypted output) is not sent twice: the batch
+names the output frames that carried it. Otherwise a batch costs one small JSON header, a join
+and a frame digest (no base64, no copies per event).
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from typing import Any
 
 from hatchway.protocol import Frame, encode
 from hatchway.protocol.payloads import ACK_FLAGS
-from hatchway.protocol.sessionlog import AGENT_SESSION_LOG, BODY_KINDS, build_session_log
+from hatchway.protocol.sessionlog import (
+    AGENT_SESSION_LOG,
+    BODY_KINDS,
+    OutputRef,
+    build_session_log,
+)
 
 log = logging.getLogger("hatchway.agent.recorder")
 
@@ -39,6 +46,8 @@ class LogStreamer:
     ``send`` queues one encoded frame for the data channel (it must not block). ``record_input``
     adds the keystrokes (``"i"``): off unless the broker asks, since input typed with echo off
     (passwords) would otherwise be stored; what the user sees echoed is in the output.
+    ``output_ref`` names the output frames that already carried an ``"o"`` event's bytes (or
+    None): the batch then refers to them instead of repeating the bytes.
     """
 
     def __init__(
@@ -49,6 +58,7 @@ class LogStreamer:
         session_type: str = "Standard_Stream",
         record_input: bool = False,
         start: float | None = None,
+        output_ref: Callable[[bytes], OutputRef | None] | None = None,
     ) -> None:
         self.session_id = session_id
         self.send = send
@@ -56,6 +66,7 @@ class LogStreamer:
         self.kinds = _PORT_KINDS if session_type == "Port" else KINDS
         if not record_input:
             self.kinds = self.kinds - {"i"}
+        self.output_ref = output_ref
         self.seq = 0
         self.closed = False
         self._events: list[tuple[float, str, Any]] = []
@@ -68,7 +79,9 @@ class LogStreamer:
         if kind in BODY_KINDS:
             if not data:
                 return
-            self._size += len(data)
+            self._size += len(data)  # referenced output too: references then go out promptly
+            if kind == "o" and self.output_ref is not None:
+                data = self.output_ref(data) or data
         self._events.append((time.time() - self.start, kind, data))
         if self._size >= FLUSH_BYTES:
             self.flush()

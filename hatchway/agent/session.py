@@ -49,6 +49,7 @@ from hatchway.protocol.handshake import (
     KmsParameters,
     requires_handshake,
 )
+from hatchway.protocol.sessionlog import OutputRef
 from hatchway.ssm.documents import DocumentError, interpolate, validate_parameters
 
 log = logging.getLogger("hatchway.agent.session")
@@ -57,6 +58,7 @@ OUTPUT_CHUNK = 64 * 1024  # AWS paces 1 KiB per ms; Hatchway sends up to 64 KiB 
 MAX_UNACKED = 2048  # frames in flight before the PTY is no longer read (backpressure)
 DRAIN_TIMEOUT = 5.0
 ENCRYPTED_OUT = (PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE)
+LOGGED_OUT = (PayloadType.OUTPUT, PayloadType.STDERR)  # what the broker captures for the log
 
 Notify = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -105,6 +107,7 @@ class AgentSession:
         """Session-log sinks: each gets every :meth:`record` event."""
         self.log_stream: LogStreamer | None = None
         """Streams the session log to the broker, when the broker asked for it."""
+        self._sent: tuple[bytes, OutputRef] | None = None
         self.encrypt: Callable[[bytes], bytes] | None = None
         """Set when the session is KMS-encrypted: seals outgoing Output/StdErr/ExitCode."""
         self.decrypt: Callable[[bytes], bytes] | None = None
@@ -114,11 +117,24 @@ class AgentSession:
 
     def output(self, data: bytes, payload_type: int = PayloadType.OUTPUT) -> None:
         now = time.time()
+        first = self.stream.next_sequence_number
         for i in range(0, max(len(data), 1), OUTPUT_CHUNK):
             chunk = data[i : i + OUTPUT_CHUNK]
             if self.encrypt is not None and payload_type in ENCRYPTED_OUT:
                 chunk = self.encrypt(chunk)
             self.outbox.put_nowait(self.stream.send(payload_type, chunk, now))
+        if self.encrypt is None and payload_type in LOGGED_OUT:
+            # If the plugin records this same output, the log can name these frames instead of
+            # carrying the bytes a second time (the broker reads them as it relays them).
+            self._sent = (data, OutputRef(first, self.stream.next_sequence_number - 1))
+
+    def _output_ref(self, data: bytes) -> OutputRef | None:
+        """The frames that carried ``data``, if it is what :meth:`output` sent last."""
+        sent = self._sent
+        if sent is not None and sent[0] is data:
+            self._sent = None
+            return sent[1]
+        return None
 
     @property
     def writable(self) -> bool:
@@ -386,6 +402,7 @@ class AgentSession:
             self.outbox.put_nowait,
             session_type=session_type,
             record_input=wanted.get("input") is True,
+            output_ref=self._output_ref,
         )
         self.recorders.append(self.log_stream)
 

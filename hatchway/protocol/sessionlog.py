@@ -16,6 +16,11 @@ Payload: one line of JSON, a newline, then the raw bytes of the batch's output a
 * ``"o"`` (output) and ``"i"`` (input) events carry the byte length of their slice of the body,
   in order; every other kind carries a JSON value: ``"r"`` ``[cols, rows]``, ``"conn"`` a
   port-connection record (object), ``"end"`` the exit code (or null).
+* An ``"o"`` event may instead carry ``[first, last]``: its bytes are the payloads of the
+  agent's own ``output_stream_data`` frames ``first`` to ``last`` (sequence numbers) on the same
+  channel, which the receiver relayed just before (:class:`OutputRef`). So output the broker
+  can read anyway crosses the wire once, not twice; output it cannot read (KMS-encrypted
+  sessions) comes in the body.
 
 The body is not base64: bulk shell output travels at the cost of one copy.
 """
@@ -35,6 +40,7 @@ __all__ = [
     "BODY_KINDS",
     "LogBatch",
     "LogEvent",
+    "OutputRef",
     "build_session_log",
     "parse_session_log",
 ]
@@ -47,8 +53,17 @@ _WHAT = "agent_session_log"
 
 
 @dataclass(frozen=True, slots=True)
+class OutputRef:
+    """The data of an ``"o"`` event: output frames ``first``..``last`` of the sender's stream."""
+
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
 class LogEvent:
-    """One recorded event: seconds since the session's start, kind, data (bytes for o/i)."""
+    """One recorded event: seconds since the session's start, kind, data (bytes for o/i, or
+    an :class:`OutputRef` for o)."""
 
     time: float
     kind: str
@@ -69,11 +84,14 @@ class LogBatch:
 def build_session_log(
     session_id: str, seq: int, start: float, events: Sequence[tuple[float, str, Any]]
 ) -> bytes:
-    """The payload of one batch; ``events`` are ``(seconds since start, kind, data)``."""
+    """The payload of one batch; ``events`` are ``(seconds since start, kind, data)``, the
+    data of ``"o"``/``"i"`` bytes (or a memoryview) or an :class:`OutputRef`."""
     heads: list[list[Any]] = []
-    body: list[bytes] = []
+    body: list[bytes | memoryview] = []
     for t, kind, value in events:
-        if kind in BODY_KINDS:
+        if isinstance(value, OutputRef):
+            heads.append([round(t, 6), kind, [value.first, value.last]])
+        elif kind in BODY_KINDS:
             heads.append([round(t, 6), kind, len(value)])
             body.append(value)
         else:
@@ -89,7 +107,7 @@ def build_session_log(
         separators=(",", ":"),
     )
     # ensure_ascii (the default) keeps the header one line of ASCII: no raw newline inside.
-    return header.encode() + b"\n" + b"".join(body)
+    return b"".join([header.encode(), b"\n", *body])
 
 
 def _number(value: Any, name: str) -> float:
@@ -133,7 +151,15 @@ def parse_session_log(payload: bytes) -> LogBatch:
         if not isinstance(kind, str) or not kind:
             raise PayloadError(f"{_WHAT}: an event kind must be a non-empty string")
         value = item[2]
-        if kind in BODY_KINDS:
+        if kind == "o" and isinstance(value, list):
+            if (
+                len(value) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                or not 0 <= value[0] <= value[1]
+            ):
+                raise PayloadError(f"{_WHAT}: an output reference must be [first, last]")
+            value = OutputRef(value[0], value[1])
+        elif kind in BODY_KINDS:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise PayloadError(f"{_WHAT}: an {kind!r} event needs a byte length")
             if offset + value > len(payload):

@@ -283,6 +283,8 @@ async def _agent_side(
             if payload_type is None or payload_type > 12:
                 log.warning("data channel %s: dropped an invalid agent frame", session_id)
                 continue
+            if kind == frames.MessageType.OUTPUT_STREAM_DATA:
+                state.recordings.capture(session_id, data, payload_type)  # the log names it
             client = relay.client
             if client is not None and not client.closed:
                 with contextlib.suppress(ConnectionError, RuntimeError):

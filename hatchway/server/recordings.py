@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -34,8 +35,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from hatchway.protocol import FrameError, PayloadError, decode, digest_ok
-from hatchway.protocol.sessionlog import LogBatch, LogEvent, parse_session_log
+from hatchway.protocol import FrameError, PayloadError, decode
+from hatchway.protocol.sessionlog import (
+    LogBatch,
+    LogEvent,
+    OutputRef,
+    build_session_log,
+    parse_session_log,
+)
 from hatchway.server import asciicast
 from hatchway.server.call import audit
 from hatchway.server.errors import ServiceError
@@ -58,6 +65,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("hatchway.server.recordings")
 
 FLUSH_INTERVAL = 0.1  # seconds a received batch may wait before it is in the store
+CAPTURE_LIMIT = 32 * 1024 * 1024  # bytes of relayed output a session may hold for its log
+_LOGGED_OUTPUT = frozenset({1, 11})  # Output and StdErr payloads
+_SEQ = struct.Struct(">q")
+_SEQ_OFFSET = 48
+_U32 = struct.Struct(">I")
 _PAGE = 200  # rows read at a time when rendering
 _CLOSE_WAIT = 20.0  # seconds a stopping broker waits for deliveries under way
 BROKER = "hatchway-broker"  # the principal of delivery audit events
@@ -167,6 +179,10 @@ class LiveLog:
     last_seq: int = -1
     stream: CloudWatchStream | None = None
     cw_off: bool = False  # the log group did not exist at the start check
+    capture: bool = False  # keep relayed output until the log names it (OutputRef)
+    captured: dict[int, memoryview] = field(default_factory=dict)
+    captured_bytes: int = 0
+    consumed: int = -1  # the last output frame a log batch named
 
 
 @dataclass
@@ -297,6 +313,9 @@ class Recordings:
             Destinations.from_inputs(inputs if isinstance(inputs, dict) else {}, session_type),
             run_as=_run_as(data, inputs if isinstance(inputs, dict) else {}),
         )
+        kms = inputs.get("kmsKeyId") if isinstance(inputs, dict) else None
+        # Output the broker can read is not sent twice: the log names the frames (OutputRef).
+        live.capture = session_type != "Port" and not (isinstance(kms, str) and kms.strip())
         if live.dest.check_first:
             failure, warning = await asyncio.to_thread(self.delivery.check, live.dest)
             if failure is not None:
@@ -319,6 +338,45 @@ class Recordings:
 
     # -- while it runs ------------------------------------------------------------------------
 
+    def capture(self, session_id: str, data: bytes, payload_type: int) -> None:
+        """An output frame the node sent (already checked by the relay): kept until a log
+        batch names it. Re-sent frames are ignored; memory is bounded (oldest dropped)."""
+        live = self.live.get(session_id)
+        if live is None or not live.capture or payload_type not in _LOGGED_OUTPUT:
+            return
+        seq = _SEQ.unpack_from(data, _SEQ_OFFSET)[0]
+        if seq <= live.consumed or seq in live.captured:
+            return
+        payload = memoryview(data)[_U32.unpack_from(data)[0] + 4 :]  # no copy yet
+        live.captured[seq] = payload
+        live.captured_bytes += len(payload)
+        while live.captured_bytes > CAPTURE_LIMIT:
+            oldest = next(iter(live.captured))
+            live.captured_bytes -= len(live.captured.pop(oldest))
+
+    def _resolve(self, live: LiveLog, ref: OutputRef) -> bytes | memoryview:
+        """The bytes of the output frames ``ref`` names; frames before it were not recorded
+        (a failure message, say) and are dropped."""
+        found: list[tuple[int, memoryview]] = []
+        for seq in list(live.captured):
+            if seq <= ref.last:
+                payload = live.captured.pop(seq)
+                live.captured_bytes -= len(payload)
+                if seq >= ref.first:
+                    found.append((seq, payload))
+        live.consumed = max(live.consumed, ref.last)
+        if len(found) != ref.last - ref.first + 1:
+            log.warning(
+                "session %s: output frames %s-%s were not all seen; the recording has a gap",
+                live.session_id,
+                ref.first,
+                ref.last,
+            )
+        if len(found) == 1:
+            return found[0][1]  # the usual case: copied once, into the stored batch
+        found.sort(key=lambda item: item[0])
+        return b"".join(p for _s, p in found)
+
     def ingest(self, session_id: str, data: bytes) -> None:
         """An ``agent_session_log`` frame from the node's side of ``session_id``."""
         live = self.live.get(session_id)
@@ -326,9 +384,9 @@ class Recordings:
             log.warning("session %s: a log batch for no live session was dropped", session_id)
             return
         try:
+            # No digest check (the channel is TCP/TLS; the agent wrote it): the batch must
+            # still parse, and its lengths add up, or it is not kept.
             frame = decode(data)
-            if not digest_ok(frame):
-                raise PayloadError("payload digest mismatch")
             batch = parse_session_log(frame.payload)
         except (FrameError, PayloadError) as exc:
             log.warning("session %s: dropped a bad log batch: %s", session_id, exc)
@@ -339,14 +397,26 @@ class Recordings:
         if batch.seq <= live.last_seq:
             return  # a re-sent batch we already have
         live.last_seq = batch.seq
+        payload = frame.payload
+        if any(isinstance(ev.data, OutputRef) for ev in batch.events):
+            events = [
+                LogEvent(ev.time, ev.kind, self._resolve(live, ev.data))
+                if isinstance(ev.data, OutputRef)
+                else ev
+                for ev in batch.events
+            ]
+            batch = LogBatch(batch.session_id, batch.seq, batch.start, tuple(events))
+            payload = build_session_log(
+                session_id, batch.seq, batch.start, [(e.time, e.kind, e.data) for e in events]
+            )  # what is stored is self-contained
         self.pending.append(
             {
                 "session_id": session_id,
                 "seq": batch.seq,
                 "received": datetime.now(UTC),
                 "source_ip": live.client_ip,
-                "size": len(frame.payload),
-                "chunk": frame.payload,
+                "size": len(payload),
+                "chunk": payload,
             }
         )
         if live.stream is not None and live.stream.enabled:

@@ -7,9 +7,14 @@ from typing import Any
 
 from hatchway.agent.recorder import FLUSH_BYTES, LogStreamer
 from hatchway.agent.registration import Registration
-from hatchway.agent.session import AgentSession, SessionSettings
+from hatchway.agent.session import OUTPUT_CHUNK, AgentSession, SessionSettings
 from hatchway.protocol import decode
-from hatchway.protocol.sessionlog import AGENT_SESSION_LOG, LogBatch, parse_session_log
+from hatchway.protocol.sessionlog import (
+    AGENT_SESSION_LOG,
+    LogBatch,
+    OutputRef,
+    parse_session_log,
+)
 
 
 def _batches(frames: list[bytes]) -> list[LogBatch]:
@@ -128,3 +133,30 @@ def test_a_session_streams_only_when_the_broker_asks() -> None:
     kinds = _kinds(_batches(asked))
     assert [k for k, _ in kinds] == ["conn", "conn"]
     assert kinds[1][1]["bytes_out"] == 4096
+
+
+def test_output_the_broker_relays_is_named_not_repeated() -> None:
+    async def go(encrypted: bool) -> list[LogBatch]:
+        s = _session({"sessionLog": {"input": False}})
+        if encrypted:
+            s.encrypt = lambda b: b"sealed:" + b
+        s._start_log("Standard_Stream")
+        big = b"y" * (OUTPUT_CHUNK + 10)  # two output frames
+        for data in (b"$ ", big):
+            s.output(data)
+            s.record("o", data)
+        s.record("o", b"$ ")  # equal, but not the object just sent: carried in the body
+        assert s.log_stream is not None
+        s.log_stream.close()
+        logs = []
+        while not s.outbox.empty():
+            item = s.outbox.get_nowait()
+            assert item is not None
+            if decode(item).message_type == AGENT_SESSION_LOG:
+                logs.append(item)
+        return _batches(logs)
+
+    plain = [ev.data for b in asyncio.run(go(False)) for ev in b.events]
+    assert plain == [OutputRef(0, 0), OutputRef(1, 2), b"$ "]
+    sealed = [ev.data for b in asyncio.run(go(True)) for ev in b.events]
+    assert sealed == [b"$ ", b"y" * (OUTPUT_CHUNK + 10), b"$ "]  # plaintext, in the body

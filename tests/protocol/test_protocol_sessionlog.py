@@ -11,7 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hatchway.protocol import PayloadError
-from hatchway.protocol.sessionlog import LogEvent, build_session_log, parse_session_log
+from hatchway.protocol.sessionlog import (
+    LogEvent,
+    OutputRef,
+    build_session_log,
+    parse_session_log,
+)
 
 _time = st.floats(min_value=0, max_value=1e7, allow_nan=False)
 _json = st.recursive(
@@ -24,6 +29,13 @@ _event = st.one_of(
     st.tuples(_time, st.just("r"), st.tuples(st.integers(1, 999), st.integers(1, 999)).map(list)),
     st.tuples(_time, st.just("conn"), st.dictionaries(st.text(max_size=8), _json, max_size=5)),
     st.tuples(_time, st.just("end"), st.none() | st.integers(-255, 255)),
+    st.tuples(
+        _time,
+        st.just("o"),
+        st.tuples(st.integers(0, 2**40), st.integers(0, 64)).map(
+            lambda a: OutputRef(a[0], a[0] + a[1])
+        ),
+    ),
 )
 
 
@@ -86,6 +98,11 @@ def _header(**over: Any) -> bytes:
         (_header(Events=[[0.1, "o", -1]]), "byte length"),
         (_header(Events=[[0.1, "o", "ab"]]), "byte length"),
         (_header(Events=[[0.1, "o", 3]]) + b"ab", "past the body"),
+        (_header(Events=[[0.1, "o", [5, 4]]]), "output reference"),
+        (_header(Events=[[0.1, "o", [-1, 4]]]), "output reference"),
+        (_header(Events=[[0.1, "o", [1, 2, 3]]]), "output reference"),
+        (_header(Events=[[0.1, "o", [1, True]]]), "output reference"),
+        (_header(Events=[[0.1, "i", [1, 2]]]), "byte length"),  # input is never a reference
     ],
 )
 def test_malformed_payloads_say_why(payload: bytes, message: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any
 import pytest
 
 from hatchway.agent.recorder import LogStreamer
-from hatchway.protocol import decode, encode
+from hatchway.protocol import Frame, PayloadType, Role, Stream, decode, encode
+from hatchway.protocol.sessionlog import AGENT_SESSION_LOG, OutputRef, build_session_log
 from hatchway.server import recordings
 from hatchway.server.crypto import SecretBox
 from hatchway.server.recordings import Recordings
@@ -138,7 +140,7 @@ def test_a_restarted_broker_does_not_fail_on_batches_it_already_has(state: Serve
 def test_bad_or_foreign_batches_are_dropped(state: ServerState) -> None:
     (good,) = _frames("Standard_Stream", [("o", b"ok")])
     frame = decode(good)
-    tampered = good[:-1] + b"X"  # digest no longer matches
+    truncated = good[:-1]  # the body is one byte short of what the events say
     garbage = encode(type(frame)(frame.message_type, 0, 0, b"not a batch", frame.message_id, 1))
     other = good.replace(SID.encode(), b"bobby-0123456789abcdef0")
     rec = state.recordings
@@ -146,7 +148,7 @@ def test_bad_or_foreign_batches_are_dropped(state: ServerState) -> None:
     async def go() -> None:
         rec.ingest(SID, good)  # no live session yet: dropped
         await rec.prepare(_session(state), "Standard_Stream")
-        for data in (b"short", tampered, garbage, other):
+        for data in (b"short", truncated, garbage, other):
             rec.ingest(SID, data)
         await rec.flush()
 
@@ -179,3 +181,58 @@ def test_port_connections_get_who_and_from(state: ServerState) -> None:
     assert [e[1] for e in events] == ["m", "m"]
     assert json.loads(events[1][2])["bytes_out"] == 2000
     assert SID not in rec.live
+
+
+def test_output_named_by_reference_is_taken_from_the_relayed_frames(state: ServerState) -> None:
+    """The agent names the output frames the broker relayed instead of resending the bytes."""
+    client_stream = Stream(Role.AGENT)  # the agent's side of the reliable stream
+    now = 0.0
+    relayed = [
+        client_stream.send(PayloadType.OUTPUT, b"Failed: not recorded\r\n", now),  # seq 0
+        client_stream.send(PayloadType.OUTPUT, b"$ ", now),  # seq 1
+        client_stream.send(PayloadType.HANDSHAKE_COMPLETE, b"{}", now),  # seq 2: not output
+        client_stream.send(PayloadType.OUTPUT, b"echo hi\r\n", now),  # seq 3
+        client_stream.send(PayloadType.STDERR, b"hi\r\n", now),  # seq 4
+    ]
+    batches = [
+        build_session_log(SID, 0, 100.0, [(0.1, "o", OutputRef(1, 1))]),
+        build_session_log(SID, 1, 100.0, [(0.2, "o", OutputRef(3, 4)), (0.3, "o", b"inline")]),
+        build_session_log(SID, 2, 100.0, [(0.4, "o", OutputRef(7, 7))]),  # never relayed
+    ]
+    rec = state.recordings
+
+    async def go() -> None:
+        await rec.prepare(_session(state), "Standard_Stream")
+        for frame in relayed:
+            ptype = decode(frame).payload_type
+            rec.capture(SID, frame, ptype)
+            rec.capture(SID, frame, ptype)  # a retransmission
+        for seq, payload in enumerate(batches):
+            rec.ingest(SID, _log_frame(payload))
+            if seq == 0:
+                rec.capture(SID, relayed[1], PayloadType.OUTPUT)  # re-sent after its use
+        await rec.flush()
+
+    asyncio.run(go())
+    out = [(ev.time, ev.data) for ev in recordings.iter_events(state.store, SID) if ev.kind == "o"]
+    assert out == [(0.1, b"$ "), (0.2, b"echo hi\r\nhi\r\n"), (0.3, b"inline"), (0.4, b"")]
+    live = rec.live[SID]
+    assert live.captured == {} and live.captured_bytes == 0
+
+
+def test_encrypted_and_port_sessions_capture_nothing(state: ServerState) -> None:
+    row = _session(state)
+    frame = Stream(Role.AGENT).send(PayloadType.OUTPUT, b"x" * 100, 0.0)
+
+    async def go(inputs: dict[str, Any], session_type: str) -> int:
+        await state.recordings.prepare(dict(row, data={"inputs": inputs}), session_type)
+        state.recordings.capture(SID, frame, PayloadType.OUTPUT)
+        return state.recordings.live[SID].captured_bytes
+
+    assert asyncio.run(go({}, "Standard_Stream")) == 100
+    assert asyncio.run(go({"kmsKeyId": "alias/k"}, "Standard_Stream")) == 0
+    assert asyncio.run(go({}, "Port")) == 0
+
+
+def _log_frame(payload: bytes) -> bytes:
+    return encode(Frame(AGENT_SESSION_LOG, 0, 0, payload, uuid.uuid4(), 1, 3))
