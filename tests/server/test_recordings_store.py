@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from hatchway.agent.recorder import LogStreamer
 from hatchway.protocol import Frame, PayloadType, Role, Stream, decode, encode
@@ -82,9 +83,18 @@ def _session(state: ServerState) -> dict[str, Any]:
     return row
 
 
-def test_the_migration_is_number_four(state: ServerState) -> None:
+def test_migration_four_adds_the_session_log_to_an_older_store(state: ServerState) -> None:
     assert (4, "session logs") in [(n, name) for n, name, _ in MIGRATIONS]
     assert state.store.schema_version == MIGRATIONS[-1][0]
+    with state.store.transaction() as c:
+        c.execute(text("DROP TABLE hw_session_log"))
+        c.execute(text("UPDATE hw_meta SET value = '2' WHERE key = 'schema_version'"))
+    upgraded = Store(state.store.url)
+    try:
+        assert upgraded.schema_version == MIGRATIONS[-1][0]
+        assert upgraded.count(t.session_log) == 0  # the table is back, empty
+    finally:
+        upgraded.close()
 
 
 def test_batches_are_stored_once_and_render_back(state: ServerState) -> None:

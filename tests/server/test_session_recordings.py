@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import Agent, Broker, start_agent, start_broker, stop_broker
 from pclient import Client
@@ -224,3 +229,89 @@ def test_the_broker_decides_and_keystrokes_stay_out_by_default(
     finally:
         a.stop()
         stop_broker(b)
+
+
+def _shell_session(broker: Broker, target: str, command: bytes, until: bytes) -> str:
+    s = broker.client("ssm").start_session(Target=target)
+
+    async def go() -> None:
+        c = Client(s["StreamUrl"], s["TokenValue"])
+        await c.open()
+        await c.send(command + b"\r")
+        await c.read_until(until)
+        await c.send(b"exit\r")
+        await c.read_until(None)
+        await c.close()
+
+    asyncio.run(go())
+    return str(s["SessionId"])
+
+
+def test_recordings_on_postgresql(
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS hatchway_rec")
+        conn.execute("CREATE DATABASE hatchway_rec")
+    url = postgres_url.rsplit("/", 1)[0] + "/hatchway_rec"
+    b = start_broker(tmp_path_factory.mktemp("rec-pg") / "data", "--database-url", url)
+    a = start_agent(b, tmp_path_factory.mktemp("rec-pg-node") / "state")
+    try:
+        sid = _shell_session(b, a.instance_id, b"echo pg-$((6*7))", b"pg-42")
+
+        def replay() -> list[list[Any]]:
+            out = subprocess.run(
+                [str(BIN / "hatchway"), "sessions", "replay", sid, "--raw", "--database-url", url],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+            return [json.loads(line) for line in out.splitlines()[1:]]
+
+        deadline = time.monotonic() + 20
+        while not has_exit(events := replay()):
+            assert time.monotonic() < deadline, events
+            time.sleep(0.2)
+        assert "pg-42" in text_of(events)
+    finally:
+        a.stop()
+        stop_broker(b)
+
+
+@pytest.mark.skipif(
+    shutil.which("tmux") is None and not os.environ.get("CI"), reason="tmux is not installed"
+)
+def test_replay_in_a_terminal_shows_what_the_user_saw(broker: Broker, node: Agent) -> None:
+    sid = _shell_session(
+        broker, TARGET, b"printf '\\033[1;31mred-%s\\033[0m\\n' $((3*3))", b"red-9"
+    )
+    wait_cast(broker.data_dir, sid, has_exit)
+    name = f"replay-{uuid.uuid4().hex[:8]}"
+    cmd = (
+        f"{BIN / 'hatchway'} sessions replay {sid} --data-dir {broker.data_dir} --max-idle 0.2; "
+        "echo replay-done; sleep 30"
+    )
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", name, "-x", "100", "-y", "30", cmd],
+        check=True,
+        timeout=10,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            screen = subprocess.run(
+                ["tmux", "capture-pane", "-p", "-e", "-t", name],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
+            if "replay-done" in screen:
+                break
+            assert time.monotonic() < deadline, screen
+            time.sleep(0.1)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", name], timeout=10)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", screen)
+    assert "red-9" in plain  # the output, as the terminal drew it
+    assert "\x1b[31mred-9" in screen  # in red: escape sequences replayed, not stripped
+    assert plain.index("red-9") < plain.index("replay-done")
