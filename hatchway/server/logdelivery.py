@@ -28,8 +28,6 @@ from datetime import UTC, datetime
 from typing import IO, Any
 from urllib.parse import quote
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 log = logging.getLogger("hatchway.server.logdelivery")
@@ -163,6 +161,8 @@ class LogDelivery:
         s3_endpoint_url: str | None = None,
         logs_endpoint_url: str | None = None,
     ) -> None:
+        import boto3  # only brokers need it (the CLI imports this module too)
+
         self.region = boto3.session.Session().region_name or region
         self.s3_endpoint_url = s3_endpoint_url
         self.logs_endpoint_url = logs_endpoint_url
@@ -171,6 +171,9 @@ class LogDelivery:
         self._passed: dict[tuple[str, str], float] = {}
 
     def client(self, service: str) -> Any:
+        import boto3
+        from botocore.config import Config
+
         with self._lock:  # creating boto3 clients is not thread-safe; using them is
             found = self._clients.get(service)
             if found is None:
