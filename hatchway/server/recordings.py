@@ -225,7 +225,14 @@ class CloudWatchStream:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), self.interval)
-            await self._push(final=self.stopping.is_set())
+            try:
+                await self._push(final=self.stopping.is_set())
+            except Exception as exc:  # a bug here must not end the session or the relay
+                log.exception("session %s: CloudWatch streaming stopped", self.live.session_id)
+                self.enabled = False
+                self.error = f"CloudWatch Logs streaming stopped: {exc}"
+                self.recordings.report(self.live, "cloudwatch", self.error)
+                return
             if self.stopping.is_set():
                 return
 
@@ -466,6 +473,13 @@ class Recordings:
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, live: LiveLog) -> None:
+        try:
+            await self._deliver_all(live)
+        except Exception as exc:  # AWS errors are handled inside; this is anything else
+            log.exception("session %s: log delivery failed", live.session_id)
+            self.report(live, "all", f"log delivery failed: {exc}")
+
+    async def _deliver_all(self, live: LiveLog) -> None:
         urls: dict[str, str] = {}
         if live.stream is not None:
             await live.stream.close()
