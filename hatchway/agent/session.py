@@ -27,6 +27,7 @@ from hatchway.agent.control import ControlChannel, signed_headers
 from hatchway.agent.kms import KmsDecrypter, KmsError, KmsSettings
 from hatchway.agent.plugin import PluginError, SessionPlugin
 from hatchway.agent.port import PortPlugin
+from hatchway.agent.recorder import LogStreamer
 from hatchway.agent.registration import Registration
 from hatchway.agent.shell import DEFAULT_USER, ShellPlugin
 from hatchway.protocol import (
@@ -62,6 +63,7 @@ from hatchway.protocol.handshake import (
     KmsParameters,
     requires_handshake,
 )
+from hatchway.protocol.sessionlog import OutputRef
 from hatchway.ssm.documents import (
     DocumentError,
     interpolate_inputs,
@@ -77,6 +79,7 @@ MAX_UNACKED_BYTES = 8 * 1024 * 1024  # …or bytes in flight
 DRAIN_TIMEOUT = 5.0
 ENCRYPTED_OUT = (PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE)
 KMS_MESSAGE = "This session is encrypted using AWS KMS."
+LOGGED_OUT = (PayloadType.OUTPUT, PayloadType.STDERR)  # what the broker captures for the log
 
 Notify = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -131,6 +134,9 @@ class AgentSession:
         self._tasks: set[asyncio.Future[Any]] = set()
         self.recorders: list[Callable[[str, Any], None]] = []
         """Session-log sinks: each gets every :meth:`record` event."""
+        self.log_stream: LogStreamer | None = None
+        """Streams the session log to the broker, when the broker asked for it."""
+        self._sent: tuple[bytes, OutputRef] | None = None
         self.encrypt: Callable[[bytes], bytes] | None = None
         """Set when the session is KMS-encrypted: seals outgoing Output/StdErr/ExitCode."""
         self.decrypt: Callable[[bytes], bytes] | None = None
@@ -143,11 +149,24 @@ class AgentSession:
 
     def output(self, data: bytes, payload_type: int = PayloadType.OUTPUT) -> None:
         now = time.time()
+        first = self.stream.next_sequence_number
         for i in range(0, max(len(data), 1), OUTPUT_CHUNK):
             chunk = data[i : i + OUTPUT_CHUNK]
             if self.encrypt is not None and payload_type in ENCRYPTED_OUT:
                 chunk = self.encrypt(chunk)
             self.outbox.put_nowait(self.stream.send(payload_type, chunk, now))
+        if self.encrypt is None and payload_type in LOGGED_OUT:
+            # If the plugin records this same output, the log can name these frames instead of
+            # carrying the bytes a second time (the broker reads them as it relays them).
+            self._sent = (data, OutputRef(first, self.stream.next_sequence_number - 1))
+
+    def _output_ref(self, data: bytes) -> OutputRef | None:
+        """The frames that carried ``data``, if it is what :meth:`output` sent last."""
+        sent = self._sent
+        if sent is not None and sent[0] is data:
+            self._sent = None
+            return sent[1]
+        return None
 
     @property
     def writable(self) -> bool:
@@ -402,6 +421,8 @@ class AgentSession:
                 if self.plugin is not None:
                     self.plugin.close()
                     self.record("end", self.exit_code)
+                if self.log_stream is not None:
+                    self.log_stream.close()  # before Terminating: the broker then has it all
                 if not ws.closed:
                     if self.failure is not None:
                         self.outbox.put_nowait(self._control_frame("Failed", self.failure))
@@ -450,6 +471,7 @@ class AgentSession:
         try:
             self.document = self._resolve_document()
             session_type = str(self.document.get("sessionType", "Standard_Stream"))
+            self._start_log(session_type)
             factory = PLUGINS.get(session_type)
             if factory is None:
                 raise PluginError(f"Session type {session_type} is not supported by this agent.")
@@ -477,6 +499,20 @@ class AgentSession:
         except PluginError as exc:
             self.fail(str(exc))
             return False
+
+    def _start_log(self, session_type: str) -> None:
+        """Stream the session log to the broker if its ``start_session`` asks for it."""
+        wanted = self.task.get("sessionLog")
+        if not isinstance(wanted, dict):
+            return
+        self.log_stream = LogStreamer(
+            self.session_id,
+            self.outbox.put_nowait,
+            session_type=session_type,
+            record_input=wanted.get("input") is True,
+            output_ref=self._output_ref,
+        )
+        self.recorders.append(self.log_stream)
 
     def _kms_parameters(self, session_type: str) -> KmsParameters | None:
         """KMS encryption parameters when the document names a key (never for Port)."""

@@ -9,6 +9,7 @@ from hatchway.cli.agent import agent_cmd
 from hatchway.cli.audit import audit_cmd
 from hatchway.cli.policy import policy
 from hatchway.cli.server import server_cmd
+from hatchway.cli.sessions import sessions
 from hatchway.cli.up import up_cmd
 from hatchway.client.start import start_session_cmd
 
@@ -24,6 +25,7 @@ cli.add_command(server_cmd)
 cli.add_command(agent_cmd)
 cli.add_command(audit_cmd)
 cli.add_command(up_cmd)
+cli.add_command(sessions)
 cli.add_command(start_session_cmd)
 
 

@@ -51,6 +51,25 @@ from hatchway.ssm import StartSessionMode
     hidden=True,
     help="Seconds per minute of idle/max session timeouts (tests shorten it).",
 )
+@click.option(
+    "--s3-endpoint-url",
+    help="S3 endpoint for session logs (default: AWS_ENDPOINT_URL_S3, else AWS).",
+)
+@click.option(
+    "--logs-endpoint-url",
+    help="CloudWatch Logs endpoint for session logs (default: AWS_ENDPOINT_URL_LOGS, else AWS).",
+)
+@click.option(
+    "--record-input",
+    is_flag=True,
+    help="Keep keystrokes in recordings (input typed with echo off, passwords, included).",
+)
+@click.option(
+    "--cloudwatch-stream-interval",
+    default=1.0,
+    show_default=True,
+    help="Seconds between events of CloudWatch session-log streaming.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def server_cmd(
     listen: str,
@@ -64,6 +83,10 @@ def server_cmd(
     session_token_ttl: float,
     ping_interval: float,
     timeout_unit: float,
+    s3_endpoint_url: str | None,
+    logs_endpoint_url: str | None,
+    record_input: bool,
+    cloudwatch_stream_interval: float,
     log_level: str,
 ) -> None:
     """Run the broker: SSM, IAM and STS APIs with SigV4 and enforced IAM policies."""
@@ -84,5 +107,9 @@ def server_cmd(
         token_ttl=session_token_ttl,
         ping_interval=ping_interval,
         timeout_unit=timeout_unit,
+        s3_endpoint_url=s3_endpoint_url,
+        logs_endpoint_url=logs_endpoint_url,
+        record_input=record_input,
+        log_stream_interval=cloudwatch_stream_interval,
     )
     asyncio.run(serve(config))

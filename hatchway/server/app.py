@@ -214,6 +214,7 @@ async def _start_background(app: web.Application) -> None:
     app[TASKS_KEY] = [
         asyncio.create_task(state.audit_log.run()),
         asyncio.create_task(enforce_timeouts(state)),
+        asyncio.create_task(state.recordings.run()),
     ]
 
 
@@ -222,6 +223,7 @@ async def _stop_background(app: web.Application) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    await app[STATE_KEY].recordings.close()  # audits deliveries: before the audit log closes
     app[STATE_KEY].audit_log.close()
 
 

@@ -9,7 +9,8 @@ through unchanged, so sequence numbers, digests and ciphertext stay end to end:
 * client → agent: forwarded if the header decodes (digests are not checked: some third-party
   clients write garbage there); undecodable frames are dropped and logged;
 * agent → client: only frames that decode, carry a correct digest and a message type a client
-  knows; ``agent_session_state`` updates the session's state and is not forwarded.
+  knows; ``agent_session_state`` updates the session's state and ``agent_session_log`` (the
+  session's recording, :mod:`hatchway.server.recordings`) is kept; neither is forwarded.
 
 When the client goes away the session is ``Disconnected`` and resumable (both ends retransmit
 what was not acknowledged); when the agent goes away unexpectedly the session ``Failed``.
@@ -31,6 +32,7 @@ from aiohttp import WSMsgType, web
 from sqlalchemy import and_
 
 from hatchway.protocol import frames, payloads
+from hatchway.protocol.sessionlog import AGENT_SESSION_LOG
 from hatchway.server import crypto
 from hatchway.server.errors import ServiceError
 from hatchway.server.nodes import _state, authenticate_client, authenticate_node, json_error
@@ -178,7 +180,7 @@ async def handle_data_channel(request: web.Request) -> web.StreamResponse:
     if opened.is_agent:
         await _agent_side(state, session_id, ws, opened)
     else:
-        await _client_side(state, session_id, row, ws, opened)
+        await _client_side(state, session_id, row, ws, opened, request.remote or "")
     return ws
 
 
@@ -188,6 +190,7 @@ async def _client_side(
     row: dict[str, Any],
     ws: web.WebSocketResponse,
     opened: payloads.OpenDataChannel,
+    remote: str = "",
 ) -> None:
     token = opened.token
     if not token or not _spend_token(state, session_id, token):
@@ -206,10 +209,18 @@ async def _client_side(
             table.pop(session_id, None)
             await end_session(state, session_id, "Failed", "The node was not connected.")
             return
+        failure = await state.recordings.prepare(row, _session_type(state, row))
+        if failure is not None:  # AWS's encryption checks of the log destinations
+            relay.client = ws
+            await relay.close(failure)
+            table.pop(session_id, None)
+            await end_session(state, session_id, "Failed", failure)
+            return
         await node.send(start_message(state, row, relay))
     elif relay.client is not None and not relay.client.closed:
         await relay.client.close(code=4000, message=b"replaced by a resumed connection")
     relay.client = ws
+    state.recordings.client_seen(session_id, remote)
     relay.last_input = time.monotonic()  # a resume counts as activity
     if relay.agent is not None and not relay.agent.closed:
         # A resumed client: tell the agent to re-send what it sent into the gap at once,
@@ -274,12 +285,17 @@ async def _agent_side(
                     clean = True
                     break
                 continue
+            if kind == AGENT_SESSION_LOG:
+                state.recordings.ingest(session_id, data)
+                continue
             if kind not in TO_CLIENT:
                 continue
             payload_type = frames.forwardable(data)
             if payload_type is None or payload_type > 12:
                 log.warning("data channel %s: dropped an invalid agent frame", session_id)
                 continue
+            if kind == frames.MessageType.OUTPUT_STREAM_DATA:
+                state.recordings.capture(session_id, data, payload_type)  # the log names it
             client = relay.client
             if client is not None and not client.closed:
                 with contextlib.suppress(ConnectionError, RuntimeError):
@@ -299,6 +315,7 @@ async def _agent_side(
                 why = "The session ended because the node's data channel closed unexpectedly."
                 await end_session(state, session_id, "Failed", why)
                 await relay.close(why, to_agent=False)
+        await state.recordings.finish(session_id)
 
 
 IDLE_MESSAGE = "Your session timed out due to inactivity and has been terminated."
@@ -374,7 +391,15 @@ def start_message(state: ServerState, row: dict[str, Any], relay: Relay) -> dict
         "runAsUser": data.get("run_as_user"),
         "sessionOwner": row["owner"],
         "target": row["target"],
+        "sessionLog": state.recordings.start_request(),
     }
+
+
+def _session_type(state: ServerState, row: dict[str, Any]) -> str:
+    from hatchway.server.ops.sessions import _document
+
+    doc = _document(state, row["document_name"])
+    return str((doc.document if doc else {}).get("sessionType", "Standard_Stream"))
 
 
 def add_routes(app: web.Application) -> None:

@@ -26,6 +26,10 @@ class ServerConfig:
     token_ttl: float = 60.0  # seconds a data-channel token stays valid unused
     ping_interval: float = 20.0  # agent heartbeat period the broker asks for
     timeout_unit: float = 60.0  # seconds per "minute" of idleSessionTimeout/maxSessionDuration
+    s3_endpoint_url: str | None = None  # session logs to S3 (default: AWS_ENDPOINT_URL_S3 / AWS)
+    logs_endpoint_url: str | None = None  # ... and to CloudWatch Logs (AWS_ENDPOINT_URL_LOGS)
+    record_input: bool = False  # keep keystrokes ("i" events) in recordings, not only the echo
+    log_stream_interval: float = 1.0  # seconds between CloudWatch streaming events
 
     @property
     def store_url(self) -> str:
@@ -56,8 +60,10 @@ class ServerState:
         self.doc_cache: dict[str, tuple[tuple[int, int], float, Any]] = {}
         self.audit_path = config.data_dir / "audit.jsonl"
         from hatchway.server.call import AuditLog
+        from hatchway.server.recordings import Recordings
 
         self.audit_log = AuditLog(store, self.audit_path)
+        self.recordings = Recordings(self)
 
     def iam_changed(self) -> None:
         self.generation = next(self._generation)

@@ -326,7 +326,10 @@ async def close_data_channel(
     """channel_closed to both ends of a live data channel, and the node told to stop."""
     relay = state.relays.pop(session_id, None)
     if relay is not None:
+        node_side = relay.agent is not None
         await relay.close(output)
+        if not node_side:  # else the node's side finishes the recording when it goes
+            await state.recordings.finish(session_id)
     node = state.nodes.get(target)
     if node is not None:
         # If the node's channel is going away, its session ends with it.
@@ -356,7 +359,7 @@ def _session_out(row: dict[str, Any]) -> dict[str, Any]:
         "Owner": row["owner"],
         "Reason": d.get("reason"),
         "Details": d.get("details"),
-        "OutputUrl": {},
+        "OutputUrl": d.get("output_url") or {},
         "MaxSessionDuration": d.get("max_session_duration"),
         "AccessType": "Standard",
     }

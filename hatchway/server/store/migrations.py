@@ -35,6 +35,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
         "kms keys",
         lambda conn: schema.metadata.create_all(conn, tables=[schema.kms_keys, schema.kms_aliases]),
     ),
+    (4, "session logs", lambda conn: schema.metadata.create_all(conn, tables=[schema.session_log])),
 ]
 
 

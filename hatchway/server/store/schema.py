@@ -13,6 +13,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -208,4 +209,17 @@ kms_aliases = Table(
     Column("created", DateTime(timezone=True), nullable=False),
     Column("updated", DateTime(timezone=True), nullable=False),
     Index("hw_kms_aliases_key", "key_id"),
+)
+
+# Session logs as the agent streamed them: one row per agent_session_log batch (its payload
+# verbatim), with the client address the broker saw when it arrived. Rendered on demand.
+session_log = Table(
+    "hw_session_log",
+    metadata,
+    Column("session_id", String(96), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("received", DateTime(timezone=True), nullable=False),
+    Column("source_ip", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("chunk", LargeBinary, nullable=False),
 )

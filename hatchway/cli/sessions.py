@@ -1,0 +1,220 @@
+"""``hatchway sessions``: the broker's session history and recordings, read from its store.
+
+``list`` shows sessions with the size of their recordings; ``replay`` plays a recording in the
+terminal with its original timing (or dumps it as an asciicast v2 file with ``--raw``);
+``connections`` prints a port session's connection records. Like ``hatchway audit``, these
+read the store directly (``--data-dir`` / ``--database-url``): they are for whoever runs the
+broker, not for API users.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hatchway.server import asciicast, recordings
+from hatchway.server.state import ServerConfig
+from hatchway.server.store import Store
+from hatchway.server.store import schema as t
+
+_STATES = {
+    "active": ("Connecting", "Connected", "Disconnected", "Terminating"),
+    "history": ("Terminated", "Failed"),
+}
+
+
+def _store(data_dir: Path, database_url: str | None) -> Store:
+    return Store(ServerConfig(data_dir=data_dir, database_url=database_url).store_url)
+
+
+def _store_options(fn: Any) -> Any:
+    fn = click.option("--database-url", help="postgresql://… (default: SQLite in the data dir)")(fn)
+    return click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path),
+        default=Path("hatchway-data"),
+        show_default=True,
+    )(fn)
+
+
+@click.group("sessions")
+def sessions() -> None:
+    """Session history and recordings (asciicast v2) kept by the broker."""
+
+
+def _session(store: Store, session_id: str) -> dict[str, Any]:
+    row = store.get(t.sessions, session_id=session_id)
+    if row is None:
+        raise click.ClickException(f"Session {session_id} does not exist.")
+    return row
+
+
+@sessions.command("list")
+@_store_options
+@click.option(
+    "--state",
+    type=click.Choice(["all", "active", "history"]),
+    default="all",
+    show_default=True,
+)
+@click.option("--limit", default=50, show_default=True, help="The most recent N sessions.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def list_cmd(data_dir: Path, database_url: str | None, state: str, limit: int, output: str) -> None:
+    """Sessions, newest first, with the size of their recordings."""
+    store = _store(data_dir, database_url)
+    conds = [t.sessions.c.status.in_(_STATES[state])] if state in _STATES else []
+    rows = store.select(t.sessions, *conds, order_by=[t.sessions.c.start_date.desc()], limit=limit)
+    sizes = recordings.sizes(store)
+    store.close()
+    for row in rows:
+        batches, size = sizes.get(row["session_id"], (0, 0))
+        if output == "json":
+            click.echo(
+                json.dumps(
+                    {
+                        "SessionId": row["session_id"],
+                        "Status": row["status"],
+                        "Target": row["target"],
+                        "Owner": row["owner"],
+                        "DocumentName": row["document_name"],
+                        "StartDate": row["start_date"].isoformat(),
+                        "EndDate": row["end_date"].isoformat() if row["end_date"] else None,
+                        "Details": row["data"].get("details"),
+                        "OutputUrl": row["data"].get("output_url") or {},
+                        "RecordingBytes": size,
+                        "RecordingBatches": batches,
+                    }
+                )
+            )
+        else:
+            click.echo(
+                f"{row['session_id']}  {row['status']:<12} {row['target']}  "
+                f"{row['start_date']:%Y-%m-%d %H:%M:%S}  {row['owner']}  "
+                f"recording {_human(size) if batches else '-'}"
+            )
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@sessions.command("replay")
+@click.argument("session_id", required=False)
+@_store_options
+@click.option("--cast", "cast_file", type=click.File("r"), help="Play this .cast file instead.")
+@click.option("--speed", default=1.0, show_default=True, help="Playback speed factor.")
+@click.option(
+    "--max-idle",
+    type=float,
+    default=None,
+    help="Cap pauses at this many seconds (of recording time).",
+)
+@click.option("--raw", is_flag=True, help="Print the asciicast v2 recording instead of playing.")
+def replay_cmd(
+    session_id: str | None,
+    data_dir: Path,
+    database_url: str | None,
+    cast_file: Any,
+    speed: float,
+    max_idle: float | None,
+    raw: bool,
+) -> None:
+    """Play a session's recording with its original timing (Ctrl-C stops).
+
+    Output goes to stdout as it was recorded; connection records and the exit code (markers)
+    go to stderr. A live session plays up to what the broker has received so far.
+    """
+    if speed <= 0:
+        raise click.BadParameter("must be positive", param_hint="--speed")
+    if cast_file is None and session_id is None:
+        raise click.UsageError("Name a session (or --cast FILE).")
+    store: Store | None = None
+    try:
+        if cast_file is not None:
+            lines: Iterable[str] = cast_file
+        else:
+            assert session_id is not None
+            store = _store(data_dir, database_url)
+            lines = recordings.cast_lines(store, _session(store, session_id))
+        if raw:
+            empty = True
+            for line in lines:
+                click.echo(line.rstrip("\n"))
+                empty = False
+            if empty:
+                raise click.ClickException(f"Session {session_id} has no recording.")
+            return
+        try:
+            cast = asciicast.read(lines)
+        except asciicast.CastError as exc:
+            raise click.ClickException(f"No recording to play: {exc}") from None
+    finally:
+        if store is not None:
+            store.close()
+    when = datetime.fromtimestamp(cast.header.get("timestamp", 0)).isoformat(sep=" ")
+    click.echo(
+        f"[{cast.header.get('title') or 'recording'}, {when}, "
+        f"{cast.header.get('width')}x{cast.header.get('height')}]",
+        err=True,
+    )
+    try:
+        play(cast, speed=speed, max_idle=max_idle)
+    except KeyboardInterrupt:
+        click.echo("", err=True)
+
+
+def play(
+    cast: asciicast.Cast,
+    *,
+    speed: float = 1.0,
+    max_idle: float | None = None,
+    out: Any = None,
+    err: Any = None,
+) -> None:
+    """Write the recording's output with its timing (pauses capped at ``max_idle``)."""
+    out = out or sys.stdout.buffer
+    err = err or sys.stderr
+    last = 0.0
+    for ev in cast.events:
+        gap = max(0.0, ev.time - last)
+        last = ev.time
+        if max_idle is not None:
+            gap = min(gap, max_idle)
+        if gap > 0:
+            time.sleep(gap / speed)
+        if ev.code == "o":
+            out.write(ev.data.encode())
+            out.flush()
+        elif ev.code == "m":
+            err.write(f"\r\n# {ev.data}\r\n")
+            err.flush()
+
+
+@sessions.command("connections")
+@click.argument("session_id")
+@_store_options
+def connections_cmd(session_id: str, data_dir: Path, database_url: str | None) -> None:
+    """A port session's connections (JSON lines): who, from where, to which host and port,
+    bytes each way, when."""
+    store = _store(data_dir, database_url)
+    try:
+        row = _session(store, session_id)
+        start = recordings.started(store, session_id) or 0.0
+        for ev in recordings.iter_events(store, session_id, row["owner"]):
+            if ev.kind == "conn" and isinstance(ev.data, dict):
+                stamp = datetime.fromtimestamp(start + ev.time).astimezone().isoformat()
+                click.echo(json.dumps({"time": stamp, **ev.data}))
+    finally:
+        store.close()
