@@ -90,12 +90,19 @@ Hatchway is up.
   admin   credentials in {creds}{" (new)" if generated else ""}
 
 Try, in another terminal:
-  export {env}
-  .venv/bin/aws --endpoint-url {url} ssm start-session --target {reg.instance_id}
-  .venv/bin/hatchway start-session --endpoint-url {url} --target {reg.instance_id}
-  .venv/bin/aws --endpoint-url {url} ssm describe-instance-information
-  .venv/bin/aws --endpoint-url {url} iam create-user --user-name alice
-  .venv/bin/hatchway policy demo
+  export {env} PATH=$PWD/.venv/bin:$PATH
+  aws --endpoint-url {url} ssm start-session --target {reg.instance_id}
+  hatchway start-session --endpoint-url {url} --target {reg.instance_id}
+  aws --endpoint-url {url} ssm start-session --target {reg.instance_id} \\
+      --document-name AWS-StartNonInteractiveCommand --parameters command="uname -a"
+  aws --endpoint-url {url} ssm start-session --target {reg.instance_id} \\
+      --document-name AWS-StartPortForwardingSession \\
+      --parameters portNumber=22,localPortNumber=0
+  hatchway sessions list --data-dir {config.data_dir}
+  hatchway sessions replay --data-dir {config.data_dir} SESSION_ID
+  aws --endpoint-url {url} ssm describe-instance-information
+  aws --endpoint-url {url} iam create-user --user-name alice
+  hatchway policy demo
 
 Ctrl-C stops both.""",
         flush=True,
