@@ -19,7 +19,7 @@ import json
 import re
 import shlex
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -185,6 +185,23 @@ def _is_ref(value: Any) -> bool:
     return isinstance(value, str) and _WHOLE_REF.fullmatch(value) is not None
 
 
+def _substitute(
+    text: str, params: Mapping[str, list[str]], join: Callable[[list[str]], str]
+) -> str | list[str]:
+    """``text`` that is exactly one known reference → its value(s); otherwise every known
+    reference inside it replaced by ``join`` of its values (unknown ones are left)."""
+    whole = _WHOLE_REF.fullmatch(text)
+    if whole and whole.group(1) in params:
+        vals = params[whole.group(1)]
+        return vals[0] if len(vals) == 1 else list(vals)
+
+    def sub(m: re.Match[str]) -> str:
+        vals = params.get(m.group(1))
+        return m.group(0) if vals is None else join(vals)
+
+    return _REF.sub(sub, text)
+
+
 def interpolate(value: Any, params: Mapping[str, list[str]]) -> Any:
     """Replace ``{{ name }}`` references in ``value`` (recursively) with parameter values.
 
@@ -193,16 +210,7 @@ def interpolate(value: Any, params: Mapping[str, list[str]]) -> Any:
     the values joined with ``","``. Unknown names and ``{{ssm:…}}`` are left as they are.
     """
     if isinstance(value, str):
-        whole = _WHOLE_REF.fullmatch(value)
-        if whole and whole.group(1) in params:
-            vals = params[whole.group(1)]
-            return vals[0] if len(vals) == 1 else list(vals)
-
-        def sub(m: re.Match[str]) -> str:
-            vals = params.get(m.group(1))
-            return m.group(0) if vals is None else ",".join(vals)
-
-        return _REF.sub(sub, value)
+        return _substitute(value, params, ",".join)
     if isinstance(value, Mapping):
         return {k: interpolate(v, params) for k, v in value.items()}
     if isinstance(value, list):
@@ -221,16 +229,7 @@ def interpolate_shell(value: Any, params: Mapping[str, list[str]]) -> Any:
     resolves to several values contributes each as its own element.
     """
     if isinstance(value, str):
-        whole = _WHOLE_REF.fullmatch(value)
-        if whole and whole.group(1) in params:
-            vals = params[whole.group(1)]
-            return vals[0] if len(vals) == 1 else list(vals)
-
-        def sub(m: re.Match[str]) -> str:
-            vals = params.get(m.group(1))
-            return m.group(0) if vals is None else " ".join(shlex.quote(v) for v in vals)
-
-        return _REF.sub(sub, value)
+        return _substitute(value, params, lambda vals: " ".join(shlex.quote(v) for v in vals))
     if isinstance(value, list):
         out: list[Any] = []
         for item in value:
