@@ -53,13 +53,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import aiohttp
+from pyspy import pyspy_start, summarize_raw
 
 from hatchway.agent.shell import PtyShell, resolve_user
 from hatchway.client.aws import BotoControlPlane
@@ -569,52 +569,6 @@ def plugin_process_start(ssm: Any, endpoint: str, n: int) -> list[float]:
     return times
 
 
-# -- profiling ------------------------------------------------------------------------------
-
-
-def pyspy_start(pid: int, out: Path, seconds: int) -> subprocess.Popen[bytes]:
-    exe = shutil.which("py-spy", path=str(BIN)) or "py-spy"
-    argv = [exe, "record", "-p", str(pid), "-d", str(seconds), "-r", "250", "-f", "raw"]
-    return subprocess.Popen(
-        [*argv, "-o", str(out), "--nonblocking"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def summarize_raw(path: Path, top: int) -> None:
-    """Self and inclusive samples per function from py-spy's collapsed stacks."""
-    own: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not stack:
-            continue
-        k = int(n)
-        frames = [f.split(" (", 1)[0] + " " + _short(f) for f in stack.split(";")]
-        total += k
-        own[frames[-1]] += k
-        for f in set(frames):
-            incl[f] += k
-    print(f"  {path.name}: {total} busy samples")
-    print("  self:")
-    for f, k in own.most_common(top):
-        print(f"    {100 * k / max(total, 1):5.1f}%  {f}")
-    print("  inclusive:")
-    for f, k in incl.most_common(top + 10):
-        print(f"    {100 * k / max(total, 1):5.1f}%  {f}")
-
-
-def _short(frame: str) -> str:
-    if "(" not in frame:
-        return ""
-    where = frame.rsplit("(", 1)[1].rstrip(")")
-    file, _, _line = where.rpartition(":")
-    parts = Path(file).parts
-    return "/".join(parts[-2:])
-
-
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -672,7 +626,12 @@ async def run(args: argparse.Namespace, broker: Any, agent: Any) -> None:
         out.mkdir(parents=True, exist_ok=True)
         print(f"\nprofiling one raw-client throughput run with py-spy → {out}", flush=True)
         secs = int(max(r["secs"] for r in res["cat_raw"]) + 2)
-        spies = {n: pyspy_start(p, out / f"{n}.txt", secs) for n, p in pids.items()}
+        spies = {
+            n: pyspy_start(
+                shutil.which("py-spy", path=str(BIN)) or "py-spy", p, out / f"{n}.txt", secs
+            )
+            for n, p in pids.items()
+        }
         await asyncio.sleep(0.5)
         r = await raw_cat(ssm, pids)
         print(f"  run: {FILE.stat().st_size / 1e6 / r['secs']:.1f} MB/s (sampled, slower)")
