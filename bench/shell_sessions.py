@@ -724,8 +724,9 @@ def report(res: dict[str, Any]) -> None:
         )
     print(
         f"\nratio session ÷ local: raw {med['cat_raw'] / med['cat_base']:.3f}, plugin "
-        f"{med['cat_plugin'] / med['cat_base']:.3f}; goal ≥ {GOAL_MBPS:.0f} MB/s: "
-        f"{'met' if min(med['cat_raw'], med['cat_plugin']) >= GOAL_MBPS else 'MISSED'}"
+        f"{med['cat_plugin'] / med['cat_base']:.3f}; goal ≥ {GOAL_MBPS:.0f} MB/s with our "
+        f"plugin: {'met' if med['cat_plugin'] >= GOAL_MBPS else 'MISSED'} (the bench's raw "
+        f"aiohttp client: {'also met' if med['cat_raw'] >= GOAL_MBPS else 'below'})"
     )
 
 

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import enum
+import functools
 import hashlib
 import os
 import struct
@@ -61,15 +62,24 @@ class Message:
         return self.data.decode("utf-8", "replace")
 
 
+@functools.lru_cache(maxsize=16)
+def _ones(words: int) -> int:
+    """An int whose little-endian bytes are ``01 00 00 00`` repeated ``words`` times."""
+    return int.from_bytes(b"\x01\x00\x00\x00" * words, "little")
+
+
 def mask(data: bytes, key: bytes) -> bytes:
-    """XOR ``data`` with the 4-byte ``key`` repeated (RFC 6455 §5.3), in one big-int step."""
+    """XOR ``data`` with the 4-byte ``key`` repeated (RFC 6455 §5.3) in big-int steps: the
+    repeated key is ``key × 0x…0001_00000001`` (cached per length), so no key stream is built."""
     n = len(data)
     if not n:
         return b""
-    stream = key * (n // 4 + 1)
-    return (int.from_bytes(data, "little") ^ int.from_bytes(stream[:n], "little")).to_bytes(
-        n, "little"
-    )
+    words, rest = divmod(n, 4)
+    k = int.from_bytes(key, "little")
+    value = int.from_bytes(data, "little") ^ (k * _ones(words))
+    if rest:
+        value ^= int.from_bytes(key[:rest], "little") << (32 * words)
+    return value.to_bytes(n, "little")
 
 
 def encode_frame(opcode: int, payload: bytes, key: bytes | None = None) -> bytes:
