@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,7 +91,7 @@ Hatchway is up.
   admin   credentials in {creds}{" (new)" if generated else ""}
 
 Try, in another terminal:
-  export {env} PATH=$PWD/.venv/bin:$PATH
+  export {env} PATH={Path(sys.executable).parent}:$PATH
   aws --endpoint-url {url} ssm start-session --target {reg.instance_id}
   hatchway start-session --endpoint-url {url} --target {reg.instance_id}
   aws --endpoint-url {url} ssm start-session --target {reg.instance_id} \\
