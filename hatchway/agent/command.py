@@ -43,7 +43,7 @@ from hatchway.agent.shell import (
     session_user,
 )
 from hatchway.protocol import PayloadType, build_exit_code
-from hatchway.ssm.documents import is_true
+from hatchway.ssm.documents import is_true, parameter_environment
 
 __all__ = [
     "CONTROL_SIGNALS",
@@ -191,7 +191,7 @@ class NonInteractiveCommandsPlugin(SessionPlugin):
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
-                env=login_env(user),
+                env={**login_env(user), **parameter_environment(self.io.parameters)},
                 start_new_session=True,  # its own process group: signals and cleanup
                 preexec_fn=reset_signals,
                 close_fds=True,

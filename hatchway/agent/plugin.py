@@ -27,6 +27,9 @@ class SessionIO(Protocol):
     """The broker's ``start_session`` message (document, parameters, run-as user, owner)."""
     document: dict[str, Any]
     """The session document with parameters interpolated."""
+    parameters: dict[str, list[str]]
+    """The session's parameters, validated, defaults applied (shell text reads them from the
+    environment: :func:`hatchway.ssm.documents.parameter_environment`)."""
     settings: Any
     """The node's :class:`~hatchway.agent.session.SessionSettings`."""
     handshake: AgentHandshake | None

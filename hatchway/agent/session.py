@@ -117,6 +117,7 @@ class AgentSession:
         self.notify = notify
         self.session_id: str = task["sessionId"]
         self.document: dict[str, Any] = {}
+        self.parameters: dict[str, list[str]] = {}
         self.stream = Stream(
             Role.AGENT,
             max_unacked=MAX_UNACKED,
@@ -453,6 +454,7 @@ class AgentSession:
             )
         try:
             params = validate_parameters(doc, self.task.get("parameters") or {})
+            self.parameters = params
         except DocumentError as exc:
             raise PluginError(str(exc)) from None
         resolved = dict(doc)

@@ -27,7 +27,7 @@ from typing import Any
 
 from hatchway.agent.plugin import PluginError, SessionIO, SessionPlugin
 from hatchway.protocol import PayloadError, PayloadType, parse_size
-from hatchway.ssm.documents import is_true
+from hatchway.ssm.documents import is_true, parameter_environment
 
 log = logging.getLogger("hatchway.agent.shell")
 
@@ -198,9 +198,12 @@ class PtyShell:
         term: str = "xterm-256color",
         profile: str | None = None,
         argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.user = user
         self.argv = argv
+        self.extra_env = env or {}
+        """Added to the login environment (the document's parameters for its shell text)."""
         self.on_output = on_output
         self.on_exit = on_exit
         self.cols, self.rows = cols, rows
@@ -230,7 +233,7 @@ class PtyShell:
             stdin=slave,
             stdout=slave,
             stderr=slave,
-            env=login_env(self.user, self.term),
+            env={**login_env(self.user, self.term), **self.extra_env},
             start_new_session=True,
             preexec_fn=child_setup,
             close_fds=True,
@@ -345,7 +348,12 @@ class ShellPlugin(SessionPlugin):
     async def start(self) -> None:
         user = self._user()
         self.shell = PtyShell(
-            user, self._output, self.io.exited, profile=self._profile(), argv=self._argv(user)
+            user,
+            self._output,
+            self.io.exited,
+            profile=self._profile(),
+            argv=self._argv(user),
+            env=parameter_environment(self.io.parameters),
         )
         self.shell.start()
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shlex
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ __all__ = [
     "interpolate_properties",
     "interpolate_shell",
     "is_true",
+    "parameter_environment",
     "parameter_summary",
     "parse_content",
     "platform_types",
@@ -218,18 +218,69 @@ def interpolate(value: Any, params: Mapping[str, list[str]]) -> Any:
     return value
 
 
+PARAM_ENV_PREFIX = "HATCHWAY_PARAM_"
+"""Shell text reads parameter values from these environment variables (see
+:func:`interpolate_shell` and :func:`parameter_environment`)."""
+
+
+def parameter_environment(params: Mapping[str, list[str]]) -> dict[str, str]:
+    """The environment a session's shell text needs: ``HATCHWAY_PARAM_<name>`` for every
+    parameter, its values joined with spaces."""
+    return {f"{PARAM_ENV_PREFIX}{name}": " ".join(values) for name, values in params.items()}
+
+
+def _shell_contexts(text: str) -> list[str]:
+    """For each position of ``text``, the quoting in force there: ``u`` (unquoted), ``s``
+    (inside '…') or ``d`` (inside "…"), by POSIX shell rules for quotes and backslashes."""
+    out: list[str] = []
+    state = "u"
+    escaped = False
+    for ch in text:
+        out.append(state)
+        if escaped:
+            escaped = False
+        elif state == "s":
+            if ch == "'":
+                state = "u"
+        elif ch == "\\":
+            escaped = True
+        elif state == "d":
+            if ch == '"':
+                state = "u"
+        elif ch == "'":
+            state = "s"
+        elif ch == '"':
+            state = "d"
+    return out
+
+
 def interpolate_shell(value: Any, params: Mapping[str, list[str]]) -> Any:
     """:func:`interpolate` for text a shell runs (``commands``, ``shellProfile.linux``).
 
     A string (or one element of a list) that is exactly one reference is replaced by the
-    parameter's value unquoted: the document says "run what the caller gives", and
+    parameter's value: the document says "run what the caller gives", and
     ``allowedPattern``/``allowedValues`` are what restrict it. A reference inside a longer
-    string is replaced by its values, each quoted with :func:`shlex.quote` and joined with
-    spaces, so a value like ``x; touch /tmp/pwned`` stays one argument. A list element that
-    resolves to several values contributes each as its own element.
+    string never puts the value into the script: it becomes an expansion of the variable
+    ``HATCHWAY_PARAM_<name>`` (the node sets it, :func:`parameter_environment`), written for
+    the quoting around the reference — ``"${V}"`` in plain text, ``${V}`` inside "…",
+    ``'"${V}"'`` inside '…'. A shell never parses the result of an expansion as code, so a
+    value like ``x; touch /tmp/pwned`` or ``$(id)`` stays data however the document quotes it.
+    A list element that resolves to several values contributes each as its own element.
     """
     if isinstance(value, str):
-        return _substitute(value, params, lambda vals: " ".join(shlex.quote(v) for v in vals))
+        whole = _WHOLE_REF.fullmatch(value)
+        if whole and whole.group(1) in params:
+            return _substitute(value, params, " ".join)
+        contexts = _shell_contexts(value)
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in params:
+                return m.group(0)
+            var = "${" + PARAM_ENV_PREFIX + name + "}"
+            return {"u": f'"{var}"', "d": var, "s": f"'\"{var}\"'"}[contexts[m.start()]]
+
+        return _REF.sub(sub, value)
     if isinstance(value, list):
         out: list[Any] = []
         for item in value:
