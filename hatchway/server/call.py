@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -213,7 +214,8 @@ class AuditLog:
         self.interval = interval
         self.batch = batch
         self.pending: list[dict[str, Any]] = []
-        self._file = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - long-lived
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._file = open(fd, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - long-lived
 
     def record(self, event: dict[str, Any], row: dict[str, Any]) -> None:
         self._file.write(json.dumps(event) + "\n")

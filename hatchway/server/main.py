@@ -36,13 +36,31 @@ def load_scps(files: list[Path]) -> list[list[object]]:
     return levels
 
 
+def private_data_dir(path: Path) -> None:
+    """The data directory holds the master key, the SQLite store (recordings, sealed secrets)
+    and the audit log: it is mode 0700, so only the broker's user reaches anything inside,
+    whatever the files' own modes (SQLite creates its files 0644). Files left group- or
+    world-readable by an older start are tightened too."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    tighten(path)
+
+
+def tighten(path: Path) -> None:
+    """Drop group and other permissions from the files in ``path``."""
+    for child in path.iterdir():
+        if child.is_file() and not child.is_symlink():
+            child.chmod(child.stat().st_mode & 0o700)
+
+
 def build_state(config: ServerConfig) -> tuple[ServerState, tuple[str, str] | None]:
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(config.data_dir)
     store = Store(config.store_url)
     box = SecretBox.from_dir(config.data_dir)
     state = ServerState(config, store, box, load_scps(config.scp_files))  # type: ignore[arg-type]
     generated = bootstrap(state)
     seed_account(state)  # refresh AWS-owned documents on every start (idempotent)
+    tighten(config.data_dir)  # the store's files, created 0644 by SQLite
     return state, generated
 
 

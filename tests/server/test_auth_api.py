@@ -179,6 +179,10 @@ def test_admin_credentials_file_when_generated(tmp_path: Path) -> None:
         creds = data / "admin-credentials"
         assert stat.S_IMODE(creds.stat().st_mode) == 0o600
         assert stat.S_IMODE((data / "master.key").stat().st_mode) == 0o600
+        # The store (recordings, sealed secrets) and the audit log sit in a private directory.
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        for child in data.iterdir():
+            assert stat.S_IMODE(child.stat().st_mode) & 0o077 == 0, child
         text = creds.read_text()
         assert text.startswith("[default]\naws_access_key_id = AKIA")
         secret = text.split("aws_secret_access_key = ")[1].strip()
