@@ -54,6 +54,10 @@ TO_CLIENT = frozenset(
     }
 )
 
+FROM_CLIENT = frozenset({frames.MessageType.INPUT_STREAM_DATA, frames.MessageType.ACKNOWLEDGE})
+"""What a client may send toward the node: stream data and acks. Flow-control messages
+(start/pause_publication) and channel_closed come from the broker itself, never a client."""
+
 
 @dataclass
 class Relay:
@@ -236,6 +240,9 @@ async def _client_side(
             kind = frames.peek_type(data)  # the header must be sound; digests are not checked
             if kind is None:
                 log.warning("data channel %s: dropped a malformed client frame", session_id)
+                continue
+            if kind not in FROM_CLIENT:
+                log.warning("data channel %s: dropped a client %s frame", session_id, kind)
                 continue
             if kind == frames.MessageType.INPUT_STREAM_DATA:
                 relay.last_input = time.monotonic()  # acks alone are not activity

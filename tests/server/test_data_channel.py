@@ -11,6 +11,7 @@ import os
 import signal
 import struct
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +19,14 @@ from botocore.exceptions import ClientError
 from conftest import Agent, Broker, start_agent, start_broker, stop_broker
 from pclient import Client
 
-from hatchway.protocol import ClientHandshake, build_open_data_channel, decode
+from hatchway.protocol import (
+    ClientHandshake,
+    Frame,
+    build_channel_closed,
+    build_open_data_channel,
+    decode,
+    encode,
+)
 
 TARGET = "i-0d47a0c1b2c3d4e5f"
 
@@ -119,6 +127,37 @@ def test_malformed_frames_are_dropped_not_fatal(broker: Broker, node: Agent) -> 
     assert b"still-9" in asyncio.run(go())
     broker.client("ssm").terminate_session(SessionId=s["SessionId"])
     assert broker.client("sts").get_caller_identity()["Account"]  # the broker still serves
+
+
+def test_clients_cannot_send_the_brokers_control_messages(broker: Broker, node: Agent) -> None:
+    """channel_closed and start/pause_publication are the broker's to send: from a client
+    they never reach the node (a channel_closed would end the session there, and every
+    start_publication would make the agent re-send all it has not had acknowledged)."""
+    s = _start(broker)
+
+    async def go() -> bytes:
+        c = Client(s["StreamUrl"], s["TokenValue"])
+        await c.open()
+        assert c.ws is not None
+        await c.read_until(b"$ ")
+        for kind, payload in (
+            ("start_publication", b""),
+            ("pause_publication", b""),
+            (
+                "channel_closed",
+                build_channel_closed(s["SessionId"], "bye", message_id=uuid.uuid4()),
+            ),
+        ):
+            frame = Frame(kind, 0, 0, payload, uuid.uuid4(), int(time.time() * 1000), flags=3)
+            await c.ws.send_bytes(encode(frame))
+        await c.send(b"echo alive-$((5*5))\r")
+        r = await c.read_until(b"alive-25")
+        await c.close()
+        return r.output
+
+    assert b"alive-25" in asyncio.run(go())
+    assert _status(broker, s["SessionId"]) in ("Connected", "Disconnected")
+    broker.client("ssm").terminate_session(SessionId=s["SessionId"])
 
 
 def test_terminate_session_closes_the_client(broker: Broker, node: Agent) -> None:
