@@ -296,7 +296,12 @@ async def connect(
         lines = [f"GET {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in fields.items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         await writer.drain()
-        head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            raise WebSocketError("the server closed the connection before answering") from exc
+        except asyncio.LimitOverrunError as exc:
+            raise WebSocketError("the handshake answer is too large") from exc
         if len(head) > _MAX_HEADER:
             raise WebSocketError("the handshake answer is too large")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hatchway.client.websocket import (
     HandshakeError,
     MsgType,
+    WebSocketError,
     accept_key,
     connect,
     encode_frame,
@@ -249,3 +250,27 @@ async def test_server_that_is_not_a_websocket() -> None:
             await connect(f"ws://127.0.0.1:{port}/")
     finally:
         server.close()
+
+
+@sync
+async def test_a_server_that_closes_or_floods_before_answering() -> None:
+    """Both are network errors the session retries, not crashes (WebSocketError)."""
+
+    async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nX: " + b"y" * (3 << 20))
+        await writer.drain()
+
+    for behaviour in (close_at_once, flood):
+        server = await asyncio.start_server(behaviour, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(WebSocketError) as err:
+                await connect(f"ws://127.0.0.1:{port}/")
+            assert not isinstance(err.value, HandshakeError)
+        finally:
+            server.close()
