@@ -386,8 +386,6 @@ class PortPlugin(SessionPlugin):
             self.update_blocked(conn)
             self._refuse(conn.stream_id, _reason(exc))
             return
-        if conn.closing and conn.transport is not None:
-            conn.transport.close()
 
     def _refuse(self, stream_id: int, reason: str) -> None:
         log.warning(
@@ -489,6 +487,8 @@ class PortPlugin(SessionPlugin):
                 return
             conn.opened = True
             self.io.record("conn", self._conn_record(conn, "open", None))
+            if conn.closing and conn.transport is not None:
+                conn.transport.close()  # the client let go while we were dialing
             return
         if first is None:
             raise OSError("missing address")

@@ -50,6 +50,8 @@ __all__ = [
 VERSION = 1
 HEADER_SIZE = 8
 MAX_FRAME = 32768
+MAX_STREAMS = 4096
+"""Streams one server-role session tracks at once (open, or closed by one end only)."""
 """Largest data part we put in one PSH frame (smux's default ``MaxFrameSize``)."""
 MAX_LENGTH = 0xFFFF
 """Largest data part the length field can announce; the decoder accepts up to this."""
@@ -234,9 +236,14 @@ class SmuxSession:
     bytes (any split) and returns events. A stream lives until both ends sent FIN.
     """
 
-    def __init__(self, role: SmuxRole, *, max_frame: int = MAX_FRAME) -> None:
+    def __init__(
+        self, role: SmuxRole, *, max_frame: int = MAX_FRAME, max_streams: int = MAX_STREAMS
+    ) -> None:
         self.role = SmuxRole(role)
         self.max_frame = max_frame
+        self.max_streams = max_streams
+        """Server role: streams tracked at once; a SYN beyond it is answered with FIN at once
+        (a peer that opens streams and never closes them cannot grow the table)."""
         self.decoder = Decoder()
         self._streams: dict[int, _State] = {}
         self._next_id = FIRST_CLIENT_STREAM - 2
@@ -299,7 +306,7 @@ class SmuxSession:
             elif cmd == Cmd.SYN:
                 if sid in self._streams:
                     continue
-                if self.role is SmuxRole.SERVER:
+                if self.role is SmuxRole.SERVER and len(self._streams) < self.max_streams:
                     self._streams[sid] = _State()
                     events.append(StreamOpened(sid))
                 else:

@@ -226,3 +226,18 @@ def test_nop_is_a_no_op() -> None:
     server = SmuxSession(SmuxRole.SERVER)
     assert server.nop() == bytes.fromhex("01 03 0000 00000000")
     assert server.receive(server.nop()) == []
+
+
+def test_server_tracks_a_bounded_number_of_streams() -> None:
+    """A peer that opens streams and never closes them cannot grow the table: past the limit
+    a SYN is answered with FIN and opens nothing."""
+    server = SmuxSession(SmuxRole.SERVER, max_streams=2)
+    events = server.receive(encode_frame(Cmd.SYN, 3) + encode_frame(Cmd.SYN, 5))
+    assert [e for e in events if isinstance(e, StreamOpened)] == [StreamOpened(3), StreamOpened(5)]
+    events = server.receive(encode_frame(Cmd.SYN, 7) + encode_frame(Cmd.PSH, 7, b"data"))
+    assert events == [Reply(encode_frame(Cmd.FIN, 7))]
+    assert server.streams == frozenset({3, 5})
+    # Once a stream is closed by both ends there is room again.
+    server.close(3)
+    server.receive(encode_frame(Cmd.FIN, 3))
+    assert StreamOpened(9) in server.receive(encode_frame(Cmd.SYN, 9))
