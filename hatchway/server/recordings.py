@@ -66,6 +66,8 @@ log = logging.getLogger("hatchway.server.recordings")
 
 FLUSH_INTERVAL = 0.1  # seconds a received batch may wait before it is in the store
 CAPTURE_LIMIT = 32 * 1024 * 1024  # bytes of relayed output a session may hold for its log
+PENDING_LIMIT = 256 * 1024 * 1024
+"""Bytes of log batches held while the store cannot be written (oldest dropped beyond)."""
 _LOGGED_OUTPUT = frozenset({1, 11})  # Output and StdErr payloads
 _SEQ = struct.Struct(">q")
 _SEQ_OFFSET = 48
@@ -435,8 +437,24 @@ class Recordings:
         """Write what is queued (in a worker thread: the relay keeps running)."""
         async with self._flushing:
             rows, self.pending = self.pending, []
-            if rows:
+            if not rows:
+                return
+            try:
                 await asyncio.to_thread(self._write, rows)
+            except Exception:
+                # Kept for the next flush (a locked or restarting database must not leave a
+                # gap in the recording); bounded, so a long outage cannot exhaust memory.
+                self.pending[:0] = rows
+                excess = sum(len(r["chunk"]) for r in self.pending) - PENDING_LIMIT
+                while excess > 0 and self.pending:
+                    dropped = self.pending.pop(0)
+                    excess -= len(dropped["chunk"])
+                    log.error(
+                        "session %s: dropped log batch %s: the store is not writable",
+                        dropped["session_id"],
+                        dropped["seq"],
+                    )
+                raise
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         store = self.state.store

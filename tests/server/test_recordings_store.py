@@ -246,3 +246,32 @@ def test_encrypted_and_port_sessions_capture_nothing(state: ServerState) -> None
 
 def _log_frame(payload: bytes) -> bytes:
     return encode(Frame(AGENT_SESSION_LOG, 0, 0, payload, uuid.uuid4(), 1, 3))
+
+
+def test_batches_survive_a_store_that_cannot_be_written() -> None:
+    """A failed write keeps the batches for the next flush (no gap in the recording)."""
+    from hatchway.server.recordings import Recordings
+
+    rec = Recordings.__new__(Recordings)  # only the queue and the writer are exercised
+    rec.pending = [{"session_id": "s", "seq": n, "chunk": b"x" * 10} for n in range(3)]
+    rec._flushing = asyncio.Lock()
+    written: list[list[dict[str, Any]]] = []
+    failures = [RuntimeError("database is locked")]
+
+    def write(rows: list[dict[str, Any]]) -> None:
+        if failures:
+            raise failures.pop()
+        written.append(rows)
+
+    rec._write = write  # type: ignore[method-assign]
+
+    async def go() -> None:
+        with pytest.raises(RuntimeError):
+            await rec.flush()
+        assert [r["seq"] for r in rec.pending] == [0, 1, 2]
+        rec.pending.append({"session_id": "s", "seq": 3, "chunk": b"y"})
+        await rec.flush()
+
+    asyncio.run(go())
+    assert [r["seq"] for r in written[0]] == [0, 1, 2, 3]
+    assert rec.pending == []
