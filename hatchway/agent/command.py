@@ -28,16 +28,17 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from hatchway.agent.plugin import PluginError, SessionIO, SessionPlugin
 from hatchway.agent.shell import (
+    KILL_GRACE,
     READ_BATCH,
     OsUser,
     ShellPlugin,
     as_user,
+    end_process_group,
     login_env,
     reset_signals,
     session_user,
@@ -65,7 +66,6 @@ CONTROL_SIGNALS = {
 
 PLATFORM = "macos" if sys.platform == "darwin" else "linux"
 _SEPARATOR = re.compile(r"[0-9a-zA-Z\r\n_:-]{0,30}")
-KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL when a session ends mid-command
 
 
 def command_config(document: dict[str, Any]) -> dict[str, Any]:
@@ -320,25 +320,4 @@ class NonInteractiveCommandsPlugin(SessionPlugin):
         if proc is None:
             return
         # The command is not reaped yet (see _reap), so its pid still names its group.
-        pgid = proc.pid
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + KILL_GRACE
-        while time.monotonic() < deadline and not self._has_exited(proc.pid):
-            time.sleep(0.02)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            log.warning("session %s: command %d did not die", self.io.session_id, proc.pid)
-        if self.exit_code is None and proc.returncode is not None:
-            self.exit_code = _exit_status(proc.returncode)
-
-    @staticmethod
-    def _has_exited(pid: int) -> bool:
-        try:
-            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
-        except ChildProcessError:
-            return True
-        return info is not None
+        end_process_group(proc, signal.SIGTERM, KILL_GRACE)

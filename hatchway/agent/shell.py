@@ -20,6 +20,7 @@ import signal
 import struct
 import subprocess
 import termios
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -313,14 +314,47 @@ class PtyShell:
         """Hang up the shell's process group; kill what is left after a moment."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        pgid = self.proc.pid
+        end_process_group(self.proc, signal.SIGHUP)
+
+
+KILL_GRACE = 1.0
+"""Seconds a session's processes get to exit after SIGHUP/SIGTERM before SIGKILL."""
+
+
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` (our child) has exited, without reaping it: an unreaped leader keeps
+    its pid, so the process group id stays ours to signal."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return info is not None
+
+
+def end_process_group(
+    proc: subprocess.Popen[bytes], first: signal.Signals, grace: float = KILL_GRACE
+) -> threading.Thread:
+    """Send ``first`` to the process group led by ``proc``, then — in a thread, so the event
+    loop and the node's other sessions never wait — SIGKILL what is left after ``grace`` and
+    reap the leader."""
+    pgid = proc.pid
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, first)
+
+    def finish() -> None:
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and not _exited(pgid):
+            time.sleep(0.02)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGHUP)
+            os.killpg(pgid, signal.SIGKILL)
         try:
-            self.proc.wait(1.0)
+            proc.wait(5)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
+            log.warning("process %d did not die", pgid)
+
+    thread = threading.Thread(target=finish, name=f"end-{pgid}", daemon=True)
+    thread.start()
+    return thread
 
 
 class ShellPlugin(SessionPlugin):
