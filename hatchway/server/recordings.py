@@ -66,6 +66,9 @@ log = logging.getLogger("hatchway.server.recordings")
 
 FLUSH_INTERVAL = 0.1  # seconds a received batch may wait before it is in the store
 CAPTURE_LIMIT = 32 * 1024 * 1024  # bytes of relayed output a session may hold for its log
+CAPTURE_TOTAL_LIMIT = (
+    256 * 1024 * 1024
+)  # …and all sessions together (oldest of the session dropped)
 PENDING_LIMIT = 256 * 1024 * 1024
 """Bytes of log batches held while the store cannot be written (oldest dropped beyond)."""
 _LOGGED_OUTPUT = frozenset({1, 11})  # Output and StdErr payloads
@@ -300,6 +303,8 @@ class Recordings:
         self.delivery = LogDelivery(cfg.region, cfg.s3_endpoint_url, cfg.logs_endpoint_url)
         self.live: dict[str, LiveLog] = {}
         self.pending: list[dict[str, Any]] = []
+        self.captured_total = 0
+        """Bytes of relayed output held for log batches, over all sessions."""
         self._flushing = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -359,9 +364,14 @@ class Recordings:
         payload = memoryview(data)[_U32.unpack_from(data)[0] + 4 :]  # no copy yet
         live.captured[seq] = payload
         live.captured_bytes += len(payload)
-        while live.captured_bytes > CAPTURE_LIMIT:
+        self.captured_total += len(payload)
+        while live.captured and (
+            live.captured_bytes > CAPTURE_LIMIT or self.captured_total > CAPTURE_TOTAL_LIMIT
+        ):
             oldest = next(iter(live.captured))
-            live.captured_bytes -= len(live.captured.pop(oldest))
+            dropped = len(live.captured.pop(oldest))
+            live.captured_bytes -= dropped
+            self.captured_total -= dropped
 
     def _resolve(self, live: LiveLog, ref: OutputRef) -> bytes | memoryview:
         """The bytes of the output frames ``ref`` names; frames before it were not recorded
@@ -371,6 +381,7 @@ class Recordings:
             if seq <= ref.last:
                 payload = live.captured.pop(seq)
                 live.captured_bytes -= len(payload)
+                self.captured_total -= len(payload)
                 if seq >= ref.first:
                     found.append((seq, payload))
         live.consumed = max(live.consumed, ref.last)
@@ -480,6 +491,10 @@ class Recordings:
     async def finish(self, session_id: str) -> None:
         """The node's side is gone: store the rest, then deliver in the background."""
         live = self.live.pop(session_id, None)
+        if live is not None:
+            self.captured_total -= live.captured_bytes
+            live.captured.clear()
+            live.captured_bytes = 0
         try:
             await self.flush()
         except Exception:
