@@ -1,11 +1,14 @@
-"""One session on the node: its data channel to the broker and the shell it runs.
+"""One session on the node: its data channel to the broker and the plugin that does the work.
 
 The broker asks for a session over the control channel (``start_session``: session id, the
-data-channel URL and token, the document, parameters, run-as user). The agent opens the data
-channel with a SigV4-signed upgrade, says ``agent_session_state: Connected``, starts the shell
-in a PTY and runs the reliable stream: PTY output goes out as ``output_stream_data`` (acked,
-retransmitted), client input, Size and Flag messages come in. When the shell exits the agent
-waits for its output to be acknowledged, reports ``Terminating`` and closes the channel.
+data-channel URL and token, the document, parameters, run-as user, whether to stream the
+session log). The agent opens the data channel with a SigV4-signed upgrade, says
+``agent_session_state: Connected``, resolves and re-validates the document, handshakes when the
+session type or a KMS key calls for it, and starts the plugin for the ``sessionType`` (a shell,
+a command, port forwarding). The reliable stream carries the plugin's output as
+``output_stream_data`` (acked, retransmitted; encrypted with a KMS key) and brings client input,
+Size and Flag messages. When the plugin is done the agent waits for its output to be
+acknowledged, reports ``Terminating`` (or ``Failed`` with the reason) and closes the channel.
 """
 
 from __future__ import annotations
@@ -85,7 +88,8 @@ Notify = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class SessionSettings:
-    """How the node maps sessions to OS users (Run As comes with the preferences work)."""
+    """How the node runs sessions: the default OS user (``ssm-user``, created on demand when
+    Run As is off), whether root sessions are allowed, and where KMS data keys are decrypted."""
 
     def __init__(
         self,

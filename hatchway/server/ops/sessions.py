@@ -2,9 +2,10 @@
 DescribeSessions, GetConnectionStatus.
 
 A session starts ``Connecting`` with a single-use data-channel token that expires
-``token_ttl`` seconds after StartSession/ResumeSession if unused. The data channel itself comes
-with the shell-session work; until a client uses its token, a session stays Connecting, and one
-whose tokens all expired unused ends as Terminated.
+``token_ttl`` seconds after StartSession/ResumeSession if unused (hatchway/server/datachannel.py
+spends it); until a client uses its token, a session stays Connecting, and one whose tokens all
+expired unused ends as Terminated. StartSession also fixes what the node will run: the
+validated document version, its parameters, the session preferences and the Run As user.
 """
 
 from __future__ import annotations
