@@ -4,7 +4,7 @@ broker and agent, real TCP servers on the node side, and OpenSSH through ``Proxy
 Covered: 20 parallel HTTP downloads through one mux session (every byte checked by hash),
 forwarding to a remote host (127.0.0.2), the refused addresses (instance metadata and the
 agent's own deny list), a refused destination port that starts listening later in the same
-session, Ctrl-C, ssh, basic (unmultiplexed) forwarding, a slow local reader, and a dropped
+session (and the connection records the broker keeps for it), Ctrl-C, ssh, basic (unmultiplexed) forwarding, a slow local reader, and a dropped
 websocket in the middle of transfers both ways.
 """
 
@@ -285,6 +285,32 @@ def test_refused_port_then_served_in_the_same_session(stack: Any, cli_factory: A
     cli.interrupt()
     assert cli.wait() == 0
     wait_status(stack, sid, "Terminated")
+    # The broker kept the session's connections (AWS logs nothing for port sessions): who,
+    # from where, to which host and port, and the bytes each way.
+    records = connection_records(stack, sid)
+    refused = [r for r in records if r["event"] == "refused"]
+    assert len(refused) == 1 and refused[0]["port"] == port
+    closed = [r for r in records if r["event"] == "close"]
+    assert len(closed) == 2
+    assert {r["port"] for r in records} == {port}
+    assert all(r["who"] == "arn:aws:iam::123456789012:user/admin" for r in records)
+    assert all(r["from"] == "127.0.0.1" for r in records)
+    # To the destination went the two requests; back came the two responses, bodies included.
+    assert all(r["bytes_out"] >= len("GET /4/5 HTTP/1.0\r\n\r\n") for r in closed)
+    small, big = sorted(r["bytes_in"] for r in closed)
+    assert small > 5 and big > 123_456 and big - small > 123_000
+    assert [r["event"] for r in records].count("open") == 2
+
+
+def connection_records(broker: Any, sid: str) -> list[dict[str, Any]]:
+    """``hatchway sessions connections`` for ``sid``, read from the broker's store."""
+    out = subprocess.run(
+        [str(BIN / "hatchway"), "sessions", "connections", sid, "--data-dir", str(broker.data_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines()]
 
 
 def test_local_port_in_use_ends_the_session(stack: Any, cli_factory: Any) -> None:
