@@ -171,8 +171,14 @@ def test_pty_resize_and_tilde_dot(broker: object, node: object, plugin_path: str
         p.read_until(b"C=100x30")
         p.set_size(133, 41)
         p.proc.send_signal(__import__("signal").SIGWINCH)
-        p.type(b"echo D=$(tput cols)x$(tput lines)\r")
-        p.read_until(b"D=133x41")
+        # The Size message and the next keystrokes race (the plugin sends Size from its
+        # SIGWINCH handler): ask until the shell reports the new size, as a user would see it.
+        for attempt in range(20):
+            p.type(f"echo D{attempt}=$(tput cols)x$(tput lines)\r".encode())
+            p.read_until(f"D{attempt}=".encode() + b"1")  # the echo's output, not its echo
+            if f"D{attempt}=133x41".encode() in p.output:
+                break
+        assert b"=133x41" in p.output
         p.type(b"sleep 600\r")
         p.type(b"~.")
         assert p.wait() == 0

@@ -4,8 +4,9 @@ broker and agent, real TCP servers on the node side, and OpenSSH through ``Proxy
 Covered: 20 parallel HTTP downloads through one mux session (every byte checked by hash),
 forwarding to a remote host (127.0.0.2), the refused addresses (instance metadata and the
 agent's own deny list), a refused destination port that starts listening later in the same
-session (and the connection records the broker keeps for it), Ctrl-C, ssh, basic (unmultiplexed) forwarding, a slow local reader, and a dropped
-websocket in the middle of transfers both ways.
+session (and the connection records the broker keeps for it), Ctrl-C, ssh, basic
+(unmultiplexed) forwarding, a slow local reader, and a dropped websocket in the middle of
+transfers both ways.
 """
 
 from __future__ import annotations
