@@ -35,10 +35,8 @@ import asyncio
 import datetime as dt
 import json
 import os
-import platform
 import pstats
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -49,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchlib import cpu_all, cpu_pid, cpu_self, machine
+
 BIN = Path(sys.executable).parent
 ADMIN_KEY = "AKIAHATCHWAYBENCH001"
 ADMIN_SECRET = "hatchway-bench-admin-secret-000000000000"
@@ -57,7 +57,6 @@ TARGET = "i-02573cafcfEXAMPLE"
 WORKLOADS = ("health", "sts", "status", "session")
 GOAL_RPS = 1000.0
 GOAL_P99_MS = 20.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -226,19 +225,6 @@ class Signer:
         return body, dict(req.headers.items())
 
 
-def _cpu_self() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _cpu_pid(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
 def _run_delay(pid: int) -> float:
     """Seconds the process spent runnable but waiting for a CPU (``/proc/PID/schedstat``)."""
     total = 0.0
@@ -248,16 +234,6 @@ def _run_delay(pid: int) -> float:
     except (OSError, IndexError, ValueError):
         return float("nan")
     return total
-
-
-def _cpu_all() -> float:
-    """Busy CPU seconds of the whole machine (all processes, all CPUs), from /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return float("nan")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / CLK_TCK
 
 
 def sign_baseline(url: str, count: int) -> dict[str, Any]:
@@ -354,11 +330,11 @@ async def load(spec: dict[str, Any]) -> dict[str, Any]:
         end = warm_end + spec["seconds"]
         tasks = [asyncio.create_task(worker(session)) for _ in range(n)]
         await asyncio.sleep(max(0.0, warm_end - loop.time()))
-        cpu0, broker0, wall0 = _cpu_self(), _cpu_pid(spec["broker_pid"]), loop.time()
-        all0, wait0 = _cpu_all(), _run_delay(spec["broker_pid"])
+        cpu0, broker0, wall0 = cpu_self(), cpu_pid(spec["broker_pid"]), loop.time()
+        all0, wait0 = cpu_all(), _run_delay(spec["broker_pid"])
         await asyncio.sleep(max(0.0, end - loop.time()))
-        cpu1, broker1, wall1 = _cpu_self(), _cpu_pid(spec["broker_pid"]), loop.time()
-        all1, wait1 = _cpu_all(), _run_delay(spec["broker_pid"])
+        cpu1, broker1, wall1 = cpu_self(), cpu_pid(spec["broker_pid"]), loop.time()
+        all1, wait1 = cpu_all(), _run_delay(spec["broker_pid"])
         await asyncio.gather(*tasks)
     wall = wall1 - wall0
     return {
@@ -398,21 +374,6 @@ def client_main(spec: dict[str, Any]) -> None:
 
 
 # -- report ---------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"nproc {os.cpu_count()}, CPU {model!r}, "
-        f"{platform.python_implementation()} {platform.python_version()}"
-    )
 
 
 def _rate(r: dict[str, Any], slot: str = "a") -> float:

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import os
-import platform
 import re
 import shutil
 import socket
@@ -45,31 +43,19 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from pyspy import pyspy_start, summarize_raw
+from benchlib import cpu_all, cpu_pid, machine, pyspy_start, server_conftest, summarize_raw
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TARGET = "i-0be4c4b0bench0f0d"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 GOAL_MBPS = 100.0
 GOAL_RATIO = 0.30
 BUF = 1 << 20
 
 
-def _server_conftest() -> ModuleType:
-    path = ROOT / "tests" / "server" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("hatchway_tests_server_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-srv = _server_conftest()
+srv = server_conftest()
 
 # The node-side server, run as its own process so that it does not share this one's GIL.
 NODE_SERVER = textwrap.dedent(
@@ -115,32 +101,6 @@ NODE_SERVER = textwrap.dedent(
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def cpu_pid(pid: int) -> float:
-    """CPU seconds of a process and its reaped children... of the process itself."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def cpu_all() -> float:
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
-
-
-def machine() -> str:
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return (
-        f"nproc {os.cpu_count()}, CPU {model!r}, "
-        f"{platform.python_implementation()} {platform.python_version()}"
-    )
 
 
 def loadavg() -> str:

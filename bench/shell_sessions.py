@@ -38,13 +38,10 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import importlib.util
 import io
 import json
 import os
-import platform
 import pty
-import resource
 import select
 import shutil
 import statistics
@@ -55,11 +52,18 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
-from pyspy import pyspy_start, summarize_raw
+from benchlib import (
+    cpu_all,
+    cpu_pid,
+    cpu_self,
+    machine,
+    pyspy_start,
+    server_conftest,
+    summarize_raw,
+)
 
 from hatchway.agent.shell import PtyShell, resolve_user
 from hatchway.client.aws import BotoControlPlane
@@ -82,7 +86,6 @@ USER = "ssm-user"
 MARKER = b"@@HW-END@@"
 TYPED_MARKER = b'echo "@@HW-""END@@"'  # the echo of the typed line does not contain MARKER
 FILE = Path("/tmp/hatchway-bench-200MB.txt")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 GOAL_START_MS = 150.0
 GOAL_ECHO_P99_MS = 10.0
 GOAL_MBPS = 50.0
@@ -90,17 +93,7 @@ KEYS = b"abcdefghijklmnopqrstuvwxyz0123456789"
 LINE = 40
 
 
-def _server_conftest() -> ModuleType:
-    path = ROOT / "tests" / "server" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("hatchway_tests_server_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-srv = _server_conftest()
+srv = server_conftest()
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -117,25 +110,6 @@ def pct(values: list[float], p: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def cpu_pid(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def cpu_all() -> float:
-    """Busy CPU seconds of the whole machine (all CPUs), from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
-
-
-def cpu_self() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def make_file(size: int) -> None:
     """``size`` bytes of printable lines: 1 MiB of base64'd random data, repeated."""
     if FILE.exists() and FILE.stat().st_size == size:
@@ -149,18 +123,6 @@ def make_file(size: int) -> None:
             out.write(block[:left])
             left -= len(block)
     FILE.chmod(0o644)
-
-
-def machine() -> str:
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return (
-        f"nproc {os.cpu_count()}, CPU {model!r}, "
-        f"{platform.python_implementation()} {platform.python_version()}"
-    )
 
 
 class MarkerCounter:
