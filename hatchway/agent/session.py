@@ -34,6 +34,7 @@ from hatchway.agent.recorder import LogStreamer
 from hatchway.agent.registration import Registration
 from hatchway.agent.shell import DEFAULT_USER, ShellPlugin
 from hatchway.protocol import (
+    ENCRYPTED_PAYLOAD_TYPES,
     ChannelClosed,
     Deliver,
     Frame,
@@ -80,7 +81,6 @@ OUTPUT_CHUNK = 256 * 1024  # AWS paces 1 KiB per ms; Hatchway sends up to 256 Ki
 MAX_UNACKED = 2048  # frames in flight before the PTY is no longer read (backpressure)
 MAX_UNACKED_BYTES = 8 * 1024 * 1024  # …or bytes in flight
 DRAIN_TIMEOUT = 5.0
-ENCRYPTED_OUT = (PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE)
 KMS_MESSAGE = "This session is encrypted using AWS KMS."
 LOGGED_OUT = (PayloadType.OUTPUT, PayloadType.STDERR)  # what the broker captures for the log
 
@@ -157,7 +157,7 @@ class AgentSession:
         first = self.stream.next_sequence_number
         for i in range(0, max(len(data), 1), OUTPUT_CHUNK):
             chunk = data[i : i + OUTPUT_CHUNK]
-            if self.encrypt is not None and payload_type in ENCRYPTED_OUT:
+            if self.encrypt is not None and payload_type in ENCRYPTED_PAYLOAD_TYPES:
                 chunk = self.encrypt(chunk)
             self.outbox.put_nowait(self.stream.send(payload_type, chunk, now))
         if self.encrypt is None and payload_type in LOGGED_OUT:

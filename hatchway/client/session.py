@@ -34,6 +34,7 @@ from hatchway.client.terminal import TerminalIO
 from hatchway.client.websocket import HandshakeError, MsgType, WebSocket, WebSocketError, connect
 from hatchway.protocol import (
     CLIENT_VERSION,
+    ENCRYPTED_PAYLOAD_TYPES,
     RESEND_INTERVAL,
     Acked,
     ChannelClosed,
@@ -92,8 +93,6 @@ EOF_IDLE = 1.0
 CONNECT_TIMEOUT = 15.0
 FINAL_CLOSE_CODES = 4000
 """Websocket close codes from here on (application-defined) end the session: no resume."""
-ENCRYPTED_IN = frozenset({PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE})
-"""What the agent encrypts in a KMS session (we encrypt only Output, spec §3.3)."""
 DATA_CHUNK = 256 * 1024
 """Port data goes out in frames of up to this size (keystrokes: 1024 bytes)."""
 MAX_UNACKED_BYTES = 8 * 1024 * 1024
@@ -581,7 +580,7 @@ class Session:
 
     def _open(self, payload_type: int, payload: bytes) -> bytes | None:
         """Decrypt what the agent encrypted; a payload that fails ends the session."""
-        if self.cipher is None or payload_type not in ENCRYPTED_IN:
+        if self.cipher is None or payload_type not in ENCRYPTED_PAYLOAD_TYPES:
             return payload
         from hatchway.protocol.crypto import DecryptError
 

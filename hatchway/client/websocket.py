@@ -82,19 +82,16 @@ def mask(data: bytes, key: bytes) -> bytes:
     return value.to_bytes(n, "little")
 
 
-def encode_frame(opcode: int, payload: bytes, key: bytes | None = None) -> bytes:
-    """One final frame; masked with ``key`` (a client always masks)."""
+def encode_frame(opcode: int, payload: bytes, key: bytes) -> bytes:
+    """One final frame, masked with the 4-byte ``key`` (a client always masks)."""
     n = len(payload)
     head = bytes([0x80 | opcode])
-    bit = 0x80 if key is not None else 0
     if n < 126:
-        head += bytes([bit | n])
+        head += bytes([0x80 | n])
     elif n < 1 << 16:
-        head += bytes([bit | 126]) + struct.pack("!H", n)
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
     else:
-        head += bytes([bit | 127]) + struct.pack("!Q", n)
-    if key is None:
-        return head + payload
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
     return head + key + mask(payload, key)
 
 

@@ -14,6 +14,7 @@ Nothing here opens sockets, reads clocks or imports other ``hatchway`` packages;
 
 from hatchway.protocol.errors import BufferFull, FrameError, GaveUp, PayloadError, ProtocolError
 from hatchway.protocol.frames import (
+    ENCRYPTED_PAYLOAD_TYPES,
     HEADER_LENGTH,
     HEADER_SIZE,
     Flag,
@@ -108,6 +109,7 @@ __all__ = [
     "AGENT_VERSION",
     "CLIENT_VERSION",
     "DEFAULT_CHUNK_SIZE",
+    "ENCRYPTED_PAYLOAD_TYPES",
     "HANDSHAKE_ERROR",
     "HANDSHAKE_TIMEOUT",
     "HANDSHAKE_TIMEOUT_MESSAGE",

@@ -30,6 +30,7 @@ from hatchway.protocol.errors import FrameError
 
 __all__ = [
     "DIGEST_SIZE",
+    "ENCRYPTED_PAYLOAD_TYPES",
     "HEADER_LENGTH",
     "HEADER_SIZE",
     "MESSAGE_TYPE_SIZE",
@@ -96,6 +97,11 @@ class PayloadType(IntEnum):
     FLAG = 10
     STDERR = 11
     EXIT_CODE = 12
+
+
+ENCRYPTED_PAYLOAD_TYPES = frozenset({PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE})
+"""What a KMS-encrypted session seals (spec §3.3, §6): the agent's Output, StdErr and ExitCode;
+the client's Output (the only one of them it sends)."""
 
 
 class Flag(IntEnum):

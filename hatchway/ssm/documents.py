@@ -190,16 +190,24 @@ def _substitute(
 ) -> str | list[str]:
     """``text`` that is exactly one known reference → its value(s); otherwise every known
     reference inside it replaced by ``join`` of its values (unknown ones are left)."""
-    whole = _WHOLE_REF.fullmatch(text)
-    if whole and whole.group(1) in params:
-        vals = params[whole.group(1)]
-        return vals[0] if len(vals) == 1 else list(vals)
+    value = _whole_reference(text, params)
+    if value is not None:
+        return value
 
     def sub(m: re.Match[str]) -> str:
         vals = params.get(m.group(1))
         return m.group(0) if vals is None else join(vals)
 
     return _REF.sub(sub, text)
+
+
+def _whole_reference(text: str, params: Mapping[str, list[str]]) -> str | list[str] | None:
+    """The value(s) of the known parameter ``text`` consists of, or None if it is not one."""
+    whole = _WHOLE_REF.fullmatch(text)
+    if whole is None or whole.group(1) not in params:
+        return None
+    vals = params[whole.group(1)]
+    return vals[0] if len(vals) == 1 else list(vals)
 
 
 def interpolate(value: Any, params: Mapping[str, list[str]]) -> Any:
@@ -268,9 +276,9 @@ def interpolate_shell(value: Any, params: Mapping[str, list[str]]) -> Any:
     A list element that resolves to several values contributes each as its own element.
     """
     if isinstance(value, str):
-        whole = _WHOLE_REF.fullmatch(value)
-        if whole and whole.group(1) in params:
-            return _substitute(value, params, " ".join)
+        whole = _whole_reference(value, params)
+        if whole is not None:
+            return whole
         contexts = _shell_contexts(value)
 
         def sub(m: re.Match[str]) -> str:
