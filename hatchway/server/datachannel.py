@@ -312,16 +312,12 @@ async def _agent_side(
         relay.agent_ready.clear()
         if not relay.ended:
             relays(state).pop(session_id, None)
-            if clean and failed is not None:
-                await end_session(state, session_id, "Failed", failed)
-                await relay.close(failed, to_agent=False)
-            elif clean:
-                await end_session(state, session_id, "Terminated")
-                await relay.close("", to_agent=False)
-            else:
-                why = "The session ended because the node's data channel closed unexpectedly."
-                await end_session(state, session_id, "Failed", why)
-                await relay.close(why, to_agent=False)
+            if not clean:
+                failed = "The session ended because the node's data channel closed unexpectedly."
+            await end_session(
+                state, session_id, "Terminated" if failed is None else "Failed", failed
+            )
+            await relay.close(failed or "", to_agent=False)
         await state.recordings.finish(session_id)
 
 
