@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 
 from hatchway.protocol import FrameError, PayloadError, decode
 from hatchway.protocol.sessionlog import (
@@ -471,7 +470,7 @@ class Recordings:
         store = self.state.store
         try:
             store.insert_many(t.session_log, rows)
-        except IntegrityError:
+        except Conflict:
             # Some batch is there already (a broker restarted mid-session): one at a time.
             for row in rows:
                 with contextlib.suppress(Conflict):

@@ -215,3 +215,57 @@ def test_upgrade_from_version_2_adds_the_kms_tables(store: Store) -> None:
     assert again.schema_version == upgraded.schema_version  # idempotent
     again.close()
     upgraded.close()
+
+
+def test_rows_read_the_same_whichever_path_wrote_them(store: Store) -> None:
+    """On SQLite the keyed statements run on the driver; SQLAlchemy's own statements must
+    read what they wrote and the other way round (datetimes, booleans, JSON, NULL)."""
+    start = datetime(2026, 11, 28, 1, 2, 3, 456789, tzinfo=UTC)
+    direct = {**_session("s-direct", reason=None, n=[1, {"a": True}]), "start_date": start}
+    store.insert(t.sessions, direct)
+    via_sql = {**_session("s-sql", reason="r"), "start_date": start, "end_date": start}
+    with store.transaction() as c:
+        c.execute(t.sessions.insert(), {**via_sql, "data": '{"reason": "r"}'})
+    rows = {r["session_id"]: r for r in store.select(t.sessions)}
+    for sid in ("s-direct", "s-sql"):
+        assert store.get(t.sessions, session_id=sid) == rows[sid]
+    assert rows["s-direct"]["start_date"] == start
+    assert rows["s-direct"]["end_date"] is None
+    assert rows["s-direct"]["data"] == {"reason": None, "n": [1, {"a": True}]}
+    assert rows["s-sql"]["end_date"] == start
+    # A column left out gets its default; booleans come back as booleans.
+    store.insert(
+        t.session_tokens,
+        {"token_hash": "h1", "session_id": "s-direct", "expires": start},
+    )
+    token = store.get(t.session_tokens, token_hash="h1")
+    assert token is not None and token["used"] is False
+    assert store.update(t.session_tokens, {"session_id": "s-direct"}, {"used": True}) == 1
+    assert store.select(t.session_tokens, token_hash="h1")[0]["used"] is True
+    assert store.update(t.session_tokens, {"session_id": "nobody"}, {"used": True}) == 0
+
+
+def test_insert_many_is_all_or_nothing(store: Store) -> None:
+    store.insert(t.sessions, _session("s-9"))
+    rows = [_session("s-10"), _session("s-9"), _session("s-11")]
+    with pytest.raises(Conflict):
+        store.insert_many(t.sessions, rows)
+    assert store.get(t.sessions, session_id="s-10") is None
+    store.insert_many(t.sessions, [_session("s-10"), _session("s-11", reason="x")])
+    assert store.count(t.sessions) == 3
+
+
+def test_a_transaction_inside_a_transaction_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    # SQLite only: there a thread's transactions share its one writer connection.
+    store = Store(f"sqlite:///{tmp_path / 'h.db'}")
+    with pytest.raises(RuntimeError, match="already open"), store.transaction() as c:
+        store.insert(t.sessions, _session("s-20"), c)
+        with store.transaction():
+            pass
+    assert store.get(t.sessions, session_id="s-20") is None
+    with store.transaction() as c:  # the thread's writer is usable again
+        store.insert(t.sessions, _session("s-21"), c)
+    assert store.get(t.sessions, session_id="s-21") is not None
+    store.close()

@@ -307,30 +307,31 @@ async def end_session(
         row = state.store.get(t.sessions, session_id=session_id)
     if row is None or row["status"] in HISTORY:
         return False
-    data = dict(row["data"])
+    values: dict[str, Any] = {"status": status, "end_date": datetime.now(UTC)}
     if details:
-        data["details"] = details
+        values["data"] = {**row["data"], "details": details}
     with state.store.transaction() as c:
-        state.store.update(
-            t.sessions,
-            {"session_id": session_id},
-            {"status": status, "end_date": datetime.now(UTC), "data": data},
-            c,
-        )
+        state.store.update(t.sessions, {"session_id": session_id}, values, c)
         state.store.update(t.session_tokens, {"session_id": session_id}, {"used": True}, c)
     return True
 
 
 async def close_data_channel(
-    state: ServerState, session_id: str, target: str, output: str = ""
+    state: ServerState, session_id: str, target: str, output: str = "", *, started: bool = True
 ) -> None:
-    """channel_closed to both ends of a live data channel, and the node told to stop."""
+    """channel_closed to both ends of a live data channel, and the node told to stop.
+
+    ``started=False`` says no client ever connected (the session was still Connecting): then,
+    without a relay, the node was never asked to start it and is not told to stop it.
+    """
     relay = state.relays.pop(session_id, None)
     if relay is not None:
         node_side = relay.agent is not None
         await relay.close(output)
         if not node_side:  # else the node's side finishes the recording when it goes
             await state.recordings.finish(session_id)
+    elif not started:
+        return
     node = state.nodes.get(target)
     if node is not None:
         # If the node's channel is going away, its session ends with it.
@@ -344,7 +345,8 @@ async def terminate_session(call: Call, params: dict[str, Any]) -> dict[str, Any
     row = _authorize_session(call, "ssm:TerminateSession", sid)
     if row is not None:
         await end_session(call.state, sid, row=row)
-        await close_data_channel(call.state, sid, row["target"])
+        started = row["status"] != "Connecting"
+        await close_data_channel(call.state, sid, row["target"], started=started)
     return {"SessionId": sid}
 
 

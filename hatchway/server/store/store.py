@@ -3,11 +3,16 @@
 Rows come back as plain dicts of their columns, with the JSON ``data`` column decoded. Every
 write runs in its own transaction unless the caller passes one from :meth:`Store.transaction`,
 so an operation that changes several tables changes all or nothing.
+
+On SQLite the simple statements (a row by key, an insert, an update by key, many inserts) and
+the transactions themselves run on the driver directly (see :mod:`.direct`); everything else,
+and everything on PostgreSQL, goes through SQLAlchemy.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from hatchway.server.store import schema
+from hatchway.server.store.direct import Statements, defaults
 from hatchway.server.store.migrations import migrate
 
 Record = dict[str, Any]
@@ -54,9 +60,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    # Single reads run in SQLite's autocommit mode: no BEGIN/COMMIT round for them.
-    if not conn.get_execution_options().get("hatchway_read"):
+    # The reader runs in SQLite's autocommit mode (no BEGIN/COMMIT round for a single read);
+    # on the writer, Store.transaction issues BEGIN itself.
+    if not conn.get_execution_options().get("hatchway_own_begin"):
         conn.exec_driver_sql("BEGIN")
+
+
+def _driver(conn: Connection) -> Any:
+    """The DB-API connection beneath a SQLAlchemy connection (in its transaction)."""
+    return conn.connection.dbapi_connection
 
 
 def _aware(value: Any) -> Any:
@@ -74,6 +86,9 @@ class Store:
             kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
             if url in ("sqlite://", "sqlite:///:memory:"):
                 kwargs["poolclass"] = StaticPool
+            else:
+                # Each thread keeps a reader and a writer; worker threads come and go.
+                kwargs.update(pool_size=8, max_overflow=64)
             self.engine: Engine = create_engine(url, **kwargs)
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
@@ -88,22 +103,55 @@ class Store:
         self._update_stmts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
         self._versions: dict[str, int] = {}
         self._local = threading.local()
+        self._direct = Statements(self.engine.dialect) if self.dialect == "sqlite" else None
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     def close(self) -> None:
-        reader: Connection | None = getattr(self._local, "reader", None)
-        if reader is not None:
-            reader.close()
+        for name in ("reader", "writer"):
+            c: Connection | None = getattr(self._local, name, None)
+            if c is not None:
+                c.close()
         self.engine.dispose()
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """One transaction for several writes: all of them happen, or none."""
-        with self.engine.begin() as conn:
+        """One transaction for several writes: all of them happen, or none.
+
+        Transactions are synchronous: nothing may ``await`` inside one, and one thread holds
+        at most one at a time (on SQLite a second one on the same thread raises).
+        """
+        if self._direct is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        conn = self._writer()
+        raw = _driver(conn)
+        if raw.in_transaction:
+            raise RuntimeError("a store transaction is already open on this thread")
+        raw.execute("BEGIN")
+        try:
             yield conn
+            raw.execute("COMMIT")
+        except BaseException:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            raise
+        finally:
+            if conn.in_transaction():
+                # Statements run through SQLAlchemy opened its bookkeeping; the driver's
+                # transaction is over, so this only resets that.
+                conn.rollback()
+
+    def _writer(self) -> Connection:
+        """This thread's long-lived SQLite connection for writes (BEGIN is ours to issue)."""
+        c: Connection | None = getattr(self._local, "writer", None)
+        if c is None or c.closed or c.invalidated:
+            c = self.engine.connect().execution_options(hatchway_own_begin=True)
+            self._local.writer = c
+        return c
 
     @contextmanager
     def _conn(self, conn: Connection | None) -> Iterator[Connection]:
@@ -147,7 +195,7 @@ class Store:
         if c is None or c.closed:
             c = self.engine.connect()
             if self.dialect == "sqlite":
-                c = c.execution_options(hatchway_read=True)
+                c = c.execution_options(hatchway_own_begin=True)
             else:
                 c = c.execution_options(isolation_level="AUTOCOMMIT")
             self._local.reader = c
@@ -167,6 +215,19 @@ class Store:
         return rows
 
     def get(self, table: Table, conn: Connection | None = None, **keys: Any) -> Record | None:
+        if self._direct is not None:
+            q = self._direct.get(table, tuple(keys))
+            if conn is not None:
+                found = _driver(conn).execute(q.sql, q.args(keys)).fetchone()
+            else:
+                reader = self._reader()
+                try:
+                    found = _driver(reader).execute(q.sql, q.args(keys)).fetchone()
+                except sqlite3.Error:
+                    self._local.reader = None  # a broken connection is not reused
+                    reader.invalidate()
+                    raise
+            return q.record(found) if found is not None else None
         stmt = self._get_stmt(table, tuple(keys))
         if conn is not None:
             row = conn.execute(stmt, keys).mappings().first()
@@ -217,6 +278,18 @@ class Store:
         """Insert a row; :class:`Conflict` if its key exists. In a caller's transaction the
         row goes in under a savepoint so that the rest stays intact; ``savepoint=False`` skips
         that when a conflict should abort the whole transaction anyway."""
+        if self._direct is not None:
+            # A failing statement is undone by SQLite itself and leaves the caller's
+            # transaction as it was: no savepoint needed.
+            names = tuple(values)
+            p = self._direct.insert(table, names)
+            row = {**defaults(table, names), **values}
+            try:
+                self._run(conn, p.sql, p.args(row))
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(str(exc)) from exc
+            self._changed(table)
+            return
         stmt = self._insert_stmts.get(table.name)
         if stmt is None:
             stmt = self._insert_stmts[table.name] = insert(table)
@@ -233,12 +306,33 @@ class Store:
             raise Conflict(str(exc.orig)) from exc
         self._changed(table)
 
+    def _run(self, conn: Connection | None, sql: str, args: Sequence[Any]) -> int:
+        """One statement on the driver: in ``conn``'s transaction, else on its own."""
+        if conn is not None:
+            return int(_driver(conn).execute(sql, args).rowcount)
+        with self.transaction() as c:
+            return int(_driver(c).execute(sql, args).rowcount)
+
     def insert_many(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert several rows in one transaction (executemany)."""
+        """Insert several rows in one transaction (executemany); :class:`Conflict` (and
+        nothing inserted) if any key exists."""
         if not rows:
             return
-        with self.engine.begin() as c:
-            c.execute(insert(table), [self._values(r) for r in rows])
+        try:
+            if self._direct is not None:
+                shapes: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+                for r in rows:
+                    shapes.setdefault(tuple(r), []).append(r)
+                with self.transaction() as c:
+                    for names, group in shapes.items():
+                        p = self._direct.insert(table, names)
+                        extra = defaults(table, names)
+                        _driver(c).executemany(p.sql, [p.args({**extra, **r}) for r in group])
+            else:
+                with self.engine.begin() as c:
+                    c.execute(insert(table), [self._values(r) for r in rows])
+        except (IntegrityError, sqlite3.IntegrityError) as exc:
+            raise Conflict(str(getattr(exc, "orig", exc))) from exc
         self._changed(table)
 
     def version(self, table: Table) -> int:
@@ -257,6 +351,13 @@ class Store:
         *where: ColumnElement[bool],
     ) -> int:
         """Update matching rows; returns how many changed."""
+        if self._direct is not None and not where:
+            p = self._direct.update(table, tuple(keys), tuple(values))
+            args = {f"k_{k}": v for k, v in keys.items()}
+            args.update({f"v_{k}": v for k, v in values.items()})
+            n = self._run(conn, p.sql, p.args(args))
+            self._changed(table)
+            return n
         vals = self._values(values)
         if where:
             q: Any = update(table).where(self._where(table, keys), *where).values(**vals)
