@@ -200,6 +200,17 @@ async def _handle_api(request: web.Request) -> web.Response:
         )
     except Exception:
         log.exception("could not write the audit record for %s", call_id)
+    try:
+        await state.store.settled()  # nothing is answered before its writes are committed
+    except Exception:
+        log.exception("the store could not commit the writes of %s", call_id)
+        failed = ServiceError(
+            "InternalServerError" if route.protocol == "json" else "InternalFailure",
+            "An internal error occurred.",
+            500,
+            sender=False,
+        )
+        return _error_response(route, failed, call_id)
     return response
 
 
@@ -211,6 +222,7 @@ async def _start_background(app: web.Application) -> None:
     from hatchway.server.datachannel import enforce_timeouts
 
     state = app[STATE_KEY]
+    state.store.batch_commits(asyncio.get_running_loop())
     app[TASKS_KEY] = [
         asyncio.create_task(state.audit_log.run()),
         asyncio.create_task(enforce_timeouts(state)),
@@ -225,6 +237,7 @@ async def _stop_background(app: web.Application) -> None:
             await task
     await app[STATE_KEY].recordings.close()  # audits deliveries: before the audit log closes
     app[STATE_KEY].audit_log.close()
+    app[STATE_KEY].store.stop_batching()
 
 
 def create_app(state: ServerState) -> web.Application:

@@ -95,6 +95,14 @@ async def handle_register(request: web.Request) -> web.Response:
         error=error,
         request_id=str(uuid.uuid4()),
     )
+    if error is None:
+        try:
+            await state.store.settled()  # the credentials exist before the node holds them
+        except Exception:
+            log.exception("the store could not commit a node's registration")
+            return json_error(
+                ServiceError("InternalServerError", "An internal error occurred.", 500)
+            )
     return response
 
 

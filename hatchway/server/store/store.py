@@ -11,10 +11,11 @@ and everything on PostgreSQL, goes through SQLAlchemy.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -77,6 +78,38 @@ def _aware(value: Any) -> Any:
     return value
 
 
+class _Batch:
+    """The event loop thread's open SQLite transaction and the future its commit resolves."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, thread: int, writer: Callable[[], Connection]
+    ) -> None:
+        self.loop = loop
+        self.thread = thread
+        self.writer = writer
+        self.done: asyncio.Future[BaseException | None] | None = None
+
+    def begin(self, raw: Any) -> None:
+        raw.execute("BEGIN")
+        self.done = self.loop.create_future()
+        self.loop.call_soon(self.commit)
+
+    def commit(self) -> None:
+        done, self.done = self.done, None
+        if done is None:
+            return
+        raw = _driver(self.writer())
+        failure: BaseException | None = None
+        try:
+            raw.execute("COMMIT")
+        except Exception as exc:  # every writer of this iteration hears of it in settled()
+            failure = exc
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+        if not done.done() and not self.loop.is_closed():
+            done.set_result(failure)
+
+
 class Store:
     """Records in SQLite (``sqlite:///path``) or PostgreSQL (``postgresql://…``)."""
 
@@ -104,12 +137,14 @@ class Store:
         self._versions: dict[str, int] = {}
         self._local = threading.local()
         self._direct = Statements(self.engine.dialect) if self.dialect == "sqlite" else None
+        self._batch: _Batch | None = None
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     def close(self) -> None:
+        self.stop_batching()
         for name in ("reader", "writer"):
             c: Connection | None = getattr(self._local, name, None)
             if c is not None:
@@ -121,7 +156,9 @@ class Store:
         """One transaction for several writes: all of them happen, or none.
 
         Transactions are synchronous: nothing may ``await`` inside one, and one thread holds
-        at most one at a time (on SQLite a second one on the same thread raises).
+        at most one at a time (on SQLite a second one on the same thread raises). On the event
+        loop's thread, once :meth:`batch_commits` was called, each is a savepoint inside the
+        loop iteration's shared SQLite transaction: see there.
         """
         if self._direct is None:
             with self.engine.begin() as conn:
@@ -129,24 +166,63 @@ class Store:
             return
         conn = self._writer()
         raw = _driver(conn)
-        if raw.in_transaction:
+        if getattr(self._local, "open", False):
             raise RuntimeError("a store transaction is already open on this thread")
-        raw.execute("BEGIN")
+        self._local.open = True
         try:
-            yield conn
-            raw.execute("COMMIT")
-        except BaseException:
-            if raw.in_transaction:
-                raw.execute("ROLLBACK")
-            raise
+            if self._batch is not None and threading.get_ident() == self._batch.thread:
+                if not raw.in_transaction:
+                    self._batch.begin(raw)
+                raw.execute("SAVEPOINT hw_txn")
+                try:
+                    yield conn
+                except BaseException:
+                    raw.execute("ROLLBACK TO hw_txn")
+                    raw.execute("RELEASE hw_txn")
+                    raise
+                raw.execute("RELEASE hw_txn")
+                return
+            raw.execute("BEGIN")
+            try:
+                yield conn
+                raw.execute("COMMIT")
+            except BaseException:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+                raise
         finally:
-            if conn.in_transaction():
-                # Statements run through SQLAlchemy opened its bookkeeping; the driver's
-                # transaction is over, so this only resets that.
-                conn.rollback()
+            self._local.open = False
+
+    def batch_commits(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Group commit on SQLite for transactions run on ``loop``'s thread (call it there).
+
+        The first transaction of a loop iteration opens one SQLite transaction; it and every
+        later one in the same iteration run as savepoints inside it (a failing one is rolled
+        back alone), and a callback scheduled with ``call_soon`` commits them all at once.
+        Code that answers a client must ``await`` :meth:`settled` first: it returns once what
+        was written so far is committed, and raises if that commit failed. Reads on this
+        thread see the iteration's writes at once. No-op on PostgreSQL.
+        """
+        if self._direct is not None:
+            self._batch = _Batch(loop, threading.get_ident(), self._writer)
+
+    async def settled(self) -> None:
+        """Wait until this loop's writes so far are committed (see :meth:`batch_commits`)."""
+        batch = self._batch
+        if batch is not None and batch.done is not None:
+            failure = await asyncio.shield(batch.done)
+            if failure is not None:
+                raise failure
+
+    def stop_batching(self) -> None:
+        """Commit what is pending and return to one commit per transaction."""
+        batch, self._batch = self._batch, None
+        if batch is not None:
+            batch.commit()
 
     def _writer(self) -> Connection:
-        """This thread's long-lived SQLite connection for writes (BEGIN is ours to issue)."""
+        """This thread's long-lived SQLite connection, for reads and writes alike (BEGIN is
+        the store's to issue; SQLAlchemy's own transaction bookkeeping on it is ignored)."""
         c: Connection | None = getattr(self._local, "writer", None)
         if c is None or c.closed or c.invalidated:
             c = self.engine.connect().execution_options(hatchway_own_begin=True)
@@ -157,6 +233,9 @@ class Store:
     def _conn(self, conn: Connection | None) -> Iterator[Connection]:
         if conn is not None:
             yield conn
+        elif self._direct is not None:
+            with self.transaction() as c:
+                yield c
         else:
             with self.engine.begin() as c:
                 yield c
@@ -190,18 +269,19 @@ class Store:
 
     def _reader(self) -> Connection:
         """This thread's long-lived connection for single reads, outside any transaction
-        (SQLite autocommit; PostgreSQL AUTOCOMMIT): no pool round trip per read."""
+        (PostgreSQL AUTOCOMMIT): no pool round trip per read. On SQLite, the thread's one
+        connection (its page cache stays warm across writes)."""
+        if self._direct is not None:
+            return self._writer()
         c: Connection | None = getattr(self._local, "reader", None)
         if c is None or c.closed:
-            c = self.engine.connect()
-            if self.dialect == "sqlite":
-                c = c.execution_options(hatchway_own_begin=True)
-            else:
-                c = c.execution_options(isolation_level="AUTOCOMMIT")
+            c = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             self._local.reader = c
         return c
 
     def _read(self, stmt: Any, params: Mapping[str, Any] | None = None) -> list[Any]:
+        if self._direct is not None:
+            return list(self._writer().execute(stmt, dict(params or {})).mappings())
         c = self._reader()
         try:
             rows = list(c.execute(stmt, dict(params or {})).mappings())
@@ -217,16 +297,8 @@ class Store:
     def get(self, table: Table, conn: Connection | None = None, **keys: Any) -> Record | None:
         if self._direct is not None:
             q = self._direct.get(table, tuple(keys))
-            if conn is not None:
-                found = _driver(conn).execute(q.sql, q.args(keys)).fetchone()
-            else:
-                reader = self._reader()
-                try:
-                    found = _driver(reader).execute(q.sql, q.args(keys)).fetchone()
-                except sqlite3.Error:
-                    self._local.reader = None  # a broken connection is not reused
-                    reader.invalidate()
-                    raise
+            raw = _driver(conn if conn is not None else self._writer())
+            found = raw.execute(q.sql, q.args(keys)).fetchone()
             return q.record(found) if found is not None else None
         stmt = self._get_stmt(table, tuple(keys))
         if conn is not None:
