@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +19,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from botocore.model import OperationModel
 
-from hatchway.server import sigv4
+from hatchway.server import crypto, sigv4
 from hatchway.server.call import OPERATIONS, Call, audit
 from hatchway.server.errors import ServiceError
 from hatchway.server.identity import credential_lookup, lookup_key, resolve_caller
@@ -118,7 +117,7 @@ async def _handle_api(request: web.Request) -> web.Response:
         request.method, raw_path, raw_query, dict(request.headers), body
     )
     route = _route(incoming)
-    call_id = str(uuid.uuid4())
+    call_id = crypto.request_id()
     if route.error is not None or route.op is None:
         return _error_response(route, route.error or ServiceError("InvalidAction", ""), call_id)
     op = route.op

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import os
-import uuid
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,6 +14,7 @@ from typing import Any
 
 from hatchway.iam import Decision, Request
 from hatchway.iam.context import Context, make_context
+from hatchway.server import crypto
 from hatchway.server.errors import ServiceError, access_denied
 from hatchway.server.identity import Caller
 from hatchway.server.state import ServerState
@@ -50,7 +51,7 @@ class Call:
     source_ip: str
     user_agent: str = ""
     secure: bool = False
-    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    request_id: str = field(default_factory=crypto.request_id)
     decisions: list[Decision] = field(default_factory=list)
 
     @property
@@ -67,13 +68,13 @@ class Call:
 
     def base_context(self) -> Context:
         """The global condition keys AWS puts in every request context."""
-        now = datetime.now(UTC)
+        current, epoch = _clock()
         ctx = self.caller.context()
         ctx.update(
             {
                 "aws:sourceip": self.source_ip,
-                "aws:currenttime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "aws:epochtime": str(int(now.timestamp())),
+                "aws:currenttime": current,
+                "aws:epochtime": epoch,
                 "aws:securetransport": "true" if self.secure else "false",
                 "aws:requestedregion": self.region,
                 "aws:useragent": self.user_agent,
@@ -105,6 +106,19 @@ class Call:
 
     def deny(self, decision: Decision) -> ServiceError:
         return access_denied(decision.message or "Access denied", self.protocol)
+
+
+_CLOCK: list[tuple[int, str, str]] = [(0, "", "")]
+
+
+def _clock() -> tuple[str, str]:
+    """``aws:CurrentTime`` and ``aws:EpochTime`` for now (formatted once per second)."""
+    second = int(time.time())
+    hit = _CLOCK[0]
+    if hit[0] != second:
+        now = datetime.fromtimestamp(second, UTC)
+        hit = _CLOCK[0] = (second, now.strftime("%Y-%m-%dT%H:%M:%SZ"), str(second))
+    return hit[1], hit[2]
 
 
 Handler = Callable[[Call, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -157,7 +171,7 @@ def audit(
         outcome = "error"
     event: dict[str, Any] = {
         "eventVersion": "1.08",
-        "eventID": str(uuid.uuid4()),
+        "eventID": crypto.request_id(),
         "eventTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "eventSource": _SOURCES.get(service, service),
         "eventName": operation,
@@ -218,7 +232,10 @@ class AuditLog:
         self._file = open(fd, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - long-lived
 
     def record(self, event: dict[str, Any], row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(event) + "\n")
+        line = json.dumps(event)
+        self._file.write(line + "\n")
+        if row.get("data") is event:
+            row = {**row, "data": line}  # the same text for the store's JSON column
         self.pending.append(row)
         if len(self.pending) >= self.batch:
             self.flush()

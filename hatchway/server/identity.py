@@ -29,13 +29,19 @@ class Caller:
     issued: datetime | None = None
     access_key_id: str = ""
     entity: Record | None = None  # the IAM user or role behind the caller
+    _context: Context | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def arn(self) -> str:
         return self.principal.arn
 
     def context(self) -> Context:
-        """Principal-derived global condition keys (lower-cased)."""
+        """Principal-derived global condition keys (lower-cased); a fresh dict each time."""
+        if self._context is None:
+            self._context = self._build_context()
+        return dict(self._context)
+
+    def _build_context(self) -> Context:
         ctx = self.principal.context()
         ctx["aws:userid"] = self.user_id
         for k, v in self.tags.items():
