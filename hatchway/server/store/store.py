@@ -110,6 +110,40 @@ class _Batch:
             done.set_result(failure)
 
 
+#: SQLite's default: a commit checkpoints once the log holds this many pages.
+AUTOCHECKPOINT = 1000
+#: Seconds between the background thread's passive checkpoints while commits are grouped.
+CHECKPOINT_INTERVAL = 0.25
+
+
+class _Checkpointer:
+    """A thread that checkpoints the SQLite write-ahead log in passive mode (never waiting for
+    or blocking readers and writers) on its own connection; SQLite does the copying without
+    holding Python's GIL."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            while not self._stop.wait(CHECKPOINT_INTERVAL):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    continue  # the next round tries again
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 class Store:
     """Records in SQLite (``sqlite:///path``) or PostgreSQL (``postgresql://…``)."""
 
@@ -138,6 +172,7 @@ class Store:
         self._local = threading.local()
         self._direct = Statements(self.engine.dialect) if self.dialect == "sqlite" else None
         self._batch: _Batch | None = None
+        self._checkpointer: _Checkpointer | None = None
 
     @property
     def dialect(self) -> str:
@@ -202,9 +237,17 @@ class Store:
         Code that answers a client must ``await`` :meth:`settled` first: it returns once what
         was written so far is committed, and raises if that commit failed. Reads on this
         thread see the iteration's writes at once. No-op on PostgreSQL.
+
+        Checkpoints (copying the write-ahead log into the database file) move off this thread
+        too: a background thread runs a passive checkpoint every ``CHECKPOINT_INTERVAL``
+        seconds, so that no commit on the loop stalls for one.
         """
-        if self._direct is not None:
-            self._batch = _Batch(loop, threading.get_ident(), self._writer)
+        if self._direct is None:
+            return
+        self._batch = _Batch(loop, threading.get_ident(), self._writer)
+        if self.url not in ("sqlite://", "sqlite:///:memory:"):
+            _driver(self._writer()).execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = _Checkpointer(self.engine.url.database or "")
 
     async def settled(self) -> None:
         """Wait until this loop's writes so far are committed (see :meth:`batch_commits`)."""
@@ -219,6 +262,10 @@ class Store:
         batch, self._batch = self._batch, None
         if batch is not None:
             batch.commit()
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.stop()
+            _driver(self._writer()).execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT}")
 
     def _writer(self) -> Connection:
         """This thread's long-lived SQLite connection, for reads and writes alike (BEGIN is
