@@ -70,6 +70,13 @@ from hatchway.ssm import StartSessionMode
     show_default=True,
     help="Seconds between events of CloudWatch session-log streaming.",
 )
+@click.option(
+    "--workers",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 64),
+    help="API worker processes beside the broker's own (0: one process serves everything).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def server_cmd(
     listen: str,
@@ -87,6 +94,7 @@ def server_cmd(
     logs_endpoint_url: str | None,
     record_input: bool,
     cloudwatch_stream_interval: float,
+    workers: int,
     log_level: str,
 ) -> None:
     """Run the broker: SSM, IAM and STS APIs with SigV4 and enforced IAM policies."""
@@ -111,5 +119,6 @@ def server_cmd(
         logs_endpoint_url=logs_endpoint_url,
         record_input=record_input,
         log_stream_interval=cloudwatch_stream_interval,
+        workers=workers,
     )
     asyncio.run(serve(config))

@@ -221,7 +221,8 @@ async def _start_background(app: web.Application) -> None:
     from hatchway.server.datachannel import enforce_timeouts
 
     state = app[STATE_KEY]
-    state.store.batch_commits(asyncio.get_running_loop())
+    if not state.config.workers:  # several processes: one commit per transaction
+        state.store.batch_commits(asyncio.get_running_loop())
     app[TASKS_KEY] = [
         asyncio.create_task(state.audit_log.run()),
         asyncio.create_task(enforce_timeouts(state)),

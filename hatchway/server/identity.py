@@ -82,6 +82,8 @@ def resolve_caller(state: ServerState, key: Record) -> Caller | None:
         return cached  # type: ignore[no-any-return]
     caller = _resolve(state, key)
     if caller is not None:
+        if len(state.policy_cache) > 10_000:  # entries of older generations pile up
+            state.policy_cache.clear()
         state.policy_cache[cache_key] = caller
     return caller
 

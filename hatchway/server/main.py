@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import signal
+import socket
 from pathlib import Path
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from hatchway.server.crypto import SecretBox
 from hatchway.server.ops import seed_account
 from hatchway.server.state import ServerConfig, ServerState
 from hatchway.server.store import Store
+from hatchway.server.workers import COUNTERS_FILE, Listener, WorkerPool
 
 log = logging.getLogger("hatchway.server")
 
@@ -84,15 +86,31 @@ async def serve(config: ServerConfig) -> None:
             flush=True,
         )
         print(f"  aws_access_key_id = {akid}\n  aws_secret_access_key = {secret}", flush=True)
+    if config.workers:
+        counters = config.data_dir / COUNTERS_FILE
+        counters.unlink(missing_ok=True)
+        state.store.join_processes(counters, 0, config.workers + 1)
     app = create_app(state)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = config.listen.rpartition(":")
-    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
-    await site.start()
-    bound = runner.addresses[0] if runner.addresses else (host, port)
-    if config.public_url is None:  # StreamUrls must name the port actually bound
-        config.public_url = f"http://{bound[0]}:{bound[1]}"
+    pool: WorkerPool | None = None
+    listener: Listener | None = None
+    if config.workers:
+        sock = socket.create_server((host or "127.0.0.1", int(port)), backlog=1024)
+        bound = sock.getsockname()[:2]
+        if config.public_url is None:  # StreamUrls must name the port actually bound
+            config.public_url = f"http://{bound[0]}:{bound[1]}"
+        pool = WorkerPool(state, config.workers, lambda conn, head: listener.serve(conn, head))  # type: ignore[union-attr]
+        listener = Listener(sock, runner, pool)
+        await pool.start()
+        listener.start()
+    else:
+        site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+        await site.start()
+        bound = runner.addresses[0] if runner.addresses else (host, port)
+        if config.public_url is None:  # StreamUrls must name the port actually bound
+            config.public_url = f"http://{bound[0]}:{bound[1]}"
     print(
         f"Hatchway broker listening on http://{bound[0]}:{bound[1]} "
         f"(store: {state.store.dialect}, region {config.region}, "
@@ -106,5 +124,8 @@ async def serve(config: ServerConfig) -> None:
     gc.freeze()
     gc.set_threshold(10_000, 20, 50)
     await wait_for_stop()
+    if listener is not None and pool is not None:
+        listener.close()
+        await pool.stop()
     await runner.cleanup()
     state.store.close()

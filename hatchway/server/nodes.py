@@ -370,6 +370,9 @@ def ping_status(state: ServerState, row: dict[str, Any]) -> str:
 
 
 async def close_channel(state: ServerState, instance_id: str) -> None:
+    if state.link is not None:  # an API worker: the primary holds the channels
+        await state.link.call("close_channel", instance_id)
+        return
     channel = state.nodes.pop(instance_id, None)
     if channel is not None:
         await channel.ws.close(code=4001, message=b"deregistered")

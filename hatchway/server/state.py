@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ class ServerConfig:
     logs_endpoint_url: str | None = None  # ... and to CloudWatch Logs (AWS_ENDPOINT_URL_LOGS)
     record_input: bool = False  # keep keystrokes ("i" events) in recordings, not only the echo
     log_stream_interval: float = 1.0  # seconds between CloudWatch streaming events
+    workers: int = 0  # API worker processes beside this one (docs/broker.md, "Processes")
 
     @property
     def store_url(self) -> str:
@@ -50,12 +50,11 @@ class ServerState:
         self.store = store
         self.box = box
         self.scps = scps
-        # Bumped on every IAM write: compiled policy sets are cached per (key, generation).
-        self._generation = itertools.count(1)
-        self.generation = next(self._generation)
         self.policy_cache: dict[tuple[str, int], Any] = {}
         self.nodes: dict[str, Any] = {}  # instance id -> live control channel
         self.relays: dict[str, Any] = {}  # session id -> live data-channel relay
+        # In an API worker: how to ask the primary, which holds nodes and relays, to act.
+        self.link: Any = None
         self.key_cache: dict[str, tuple[tuple[int, int], Any]] = {}
         self.doc_cache: dict[str, tuple[tuple[int, int], float, Any]] = {}
         self.audit_path = config.data_dir / "audit.jsonl"
@@ -65,7 +64,13 @@ class ServerState:
         self.audit_log = AuditLog(store, self.audit_path)
         self.recordings = Recordings(self)
 
+    @property
+    def generation(self) -> int:
+        """Bumped on every IAM write (by any process of the broker, once committed): compiled
+        policy sets are cached per (key, generation)."""
+        return self.store.version("iam")
+
     def iam_changed(self) -> None:
-        self.generation = next(self._generation)
+        self.store.bump("iam")
         self.policy_cache.clear()
         self.key_cache.clear()

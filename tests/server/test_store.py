@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -268,4 +273,111 @@ def test_a_transaction_inside_a_transaction_is_refused_and_changes_nothing(
     with store.transaction() as c:  # the thread's writer is usable again
         store.insert(t.sessions, _session("s-21"), c)
     assert store.get(t.sessions, session_id="s-21") is not None
+    store.close()
+
+
+class _FailingCommit:
+    """The driver connection, except that COMMIT fails (as on a full disk)."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real = real
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.real.in_transaction
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.real.execute(sql, *args)
+
+
+def test_group_commit_one_transaction_per_loop_iteration(tmp_path: Path) -> None:
+    """On the event loop's thread, the transactions of one iteration commit together: a failing
+    one is undone alone, the others become visible to other connections only at the commit,
+    and settled() returns once they are committed."""
+    path = tmp_path / "h.db"
+    store = Store(f"sqlite:///{path}")
+    other = sqlite3.connect(path)
+
+    def visible() -> set[str]:
+        return {r[0] for r in other.execute("SELECT session_id FROM hw_sessions")}
+
+    async def scenario() -> None:
+        store.batch_commits(asyncio.get_running_loop())
+        store.insert(t.sessions, _session("g-1"))
+        with pytest.raises(RuntimeError), store.transaction() as c:
+            store.insert(t.sessions, _session("g-2"), c)
+            raise RuntimeError("undone alone")
+        with store.transaction() as c:
+            with pytest.raises(Conflict):
+                store.insert(t.sessions, _session("g-1"), c)
+            store.insert(t.sessions, _session("g-3"), c)
+        # This thread sees the iteration's writes; another connection does not, yet.
+        assert store.get(t.sessions, session_id="g-3") is not None
+        assert visible() == set()
+        await store.settled()
+        assert visible() == {"g-1", "g-3"}
+        await store.settled()  # nothing pending: returns at once
+
+    asyncio.run(scenario())
+    store.stop_batching()
+    # One commit per transaction again.
+    store.insert(t.sessions, _session("g-4"))
+    assert visible() == {"g-1", "g-3", "g-4"}
+    other.close()
+    store.close()
+
+
+def test_a_failed_group_commit_is_reported_and_leaves_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    store = Store(f"sqlite:///{path}")
+
+    async def scenario() -> None:
+        store.batch_commits(asyncio.get_running_loop())
+        batch = store._batch
+        assert batch is not None
+        real = batch.writer
+        real_raw = real().connection.dbapi_connection
+        wrapped = SimpleNamespace(
+            connection=SimpleNamespace(dbapi_connection=_FailingCommit(real_raw))
+        )
+        batch.writer = lambda: wrapped  # type: ignore[assignment,return-value]
+        store.insert(t.sessions, _session("f-1"))
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            await store.settled()
+        batch.writer = real
+        assert store.get(t.sessions, session_id="f-1") is None
+        store.insert(t.sessions, _session("f-2"))  # the next iteration works again
+        await store.settled()
+
+    asyncio.run(scenario())
+    store.stop_batching()
+    assert store.get(t.sessions, session_id="f-2") is not None
+    store.close()
+
+
+def test_the_log_is_checkpointed_off_the_loop_while_commits_are_grouped(tmp_path: Path) -> None:
+    """With commits grouped, the loop's connection never checkpoints; the pages still reach the
+    database file, copied there by the background thread."""
+    path = tmp_path / "h.db"
+    store = Store(f"sqlite:///{path}")
+
+    async def scenario() -> None:
+        store.batch_commits(asyncio.get_running_loop())
+        (autocheckpoint,) = store._writer().exec_driver_sql("PRAGMA wal_autocheckpoint").one()
+        assert autocheckpoint == 0
+        before = path.stat().st_size
+        for i in range(300):
+            store.insert(t.sessions, _session(f"c-{i}", pad="x" * 2000))
+            await store.settled()
+        deadline = time.monotonic() + 10
+        while path.stat().st_size < before + 300_000 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert path.stat().st_size >= before + 300_000
+
+    asyncio.run(scenario())
+    store.stop_batching()
+    (autocheckpoint,) = store._writer().exec_driver_sql("PRAGMA wal_autocheckpoint").one()
+    assert autocheckpoint == 1000
     store.close()

@@ -323,7 +323,11 @@ async def close_data_channel(
 
     ``started=False`` says no client ever connected (the session was still Connecting): then,
     without a relay, the node was never asked to start it and is not told to stop it.
+    In an API worker, the primary (which holds relays and nodes) does it.
     """
+    if state.link is not None:
+        await state.link.call("close_data_channel", session_id, target, output, started)
+        return
     relay = state.relays.pop(session_id, None)
     if relay is not None:
         node_side = relay.agent is not None

@@ -12,12 +12,16 @@ and everything on PostgreSQL, goes through SQLAlchemy.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import mmap
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -110,6 +114,42 @@ class _Batch:
             done.set_result(failure)
 
 
+class _SharedCounters:
+    """Change counters shared by the processes of one broker: a file mapped into each, one
+    row of 64-bit counters per process; a counter's value is the sum over the rows."""
+
+    NAMES: tuple[str, ...] = ("iam", *(table.name for table in schema.metadata.sorted_tables))
+
+    def __init__(self, path: Path, index: int, count: int) -> None:
+        width = len(self.NAMES)
+        size = 8 * width * count
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._cells = memoryview(self._map).cast("Q")
+        self._slot = {name: i for i, name in enumerate(self.NAMES)}
+        self._width = width
+        self._count = count
+        self._row = index * width
+
+    def read(self, name: str) -> int:
+        slot = self._slot.get(name)
+        if slot is None:
+            return 0
+        cells, width = self._cells, self._width
+        return sum(cells[p * width + slot] for p in range(self._count))
+
+    def bump(self, name: str) -> None:
+        slot = self._slot.get(name)
+        if slot is not None:  # only this process writes its row: no lost updates
+            cell = self._row + slot
+            self._cells[cell] = (self._cells[cell] + 1) & 0xFFFFFFFFFFFFFFFF
+
+
 #: SQLite's default: a commit checkpoints once the log holds this many pages.
 AUTOCHECKPOINT = 1000
 #: Seconds between the background thread's passive checkpoints while commits are grouped.
@@ -173,6 +213,8 @@ class Store:
         self._direct = Statements(self.engine.dialect) if self.dialect == "sqlite" else None
         self._batch: _Batch | None = None
         self._checkpointer: _Checkpointer | None = None
+        self._shared: _SharedCounters | None = None
+        self._lock_path: str | None = None
 
     @property
     def dialect(self) -> str:
@@ -195,16 +237,39 @@ class Store:
         loop's thread, once :meth:`batch_commits` was called, each is a savepoint inside the
         loop iteration's shared SQLite transaction: see there.
         """
+        if getattr(self._local, "open", False):
+            raise RuntimeError("a store transaction is already open on this thread")
+        if not hasattr(self._local, "dirty"):
+            self._local.dirty = set()
         if self._direct is None:
-            with self.engine.begin() as conn:
-                yield conn
+            self._local.open = True
+            try:
+                with self.engine.begin() as conn:
+                    yield conn
+            except BaseException:
+                self._local.dirty.clear()
+                raise
+            finally:
+                self._local.open = False
+            self._publish()
             return
         conn = self._writer()
         raw = _driver(conn)
-        if getattr(self._local, "open", False):
-            raise RuntimeError("a store transaction is already open on this thread")
         self._local.open = True
         try:
+            if self._lock_path is not None:
+                with self._write_lock():
+                    raw.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield conn
+                        raw.execute("COMMIT")
+                    except BaseException:
+                        if raw.in_transaction:
+                            raw.execute("ROLLBACK")
+                        raise
+                self._local.open = False
+                self._publish()
+                return
             if self._batch is not None and threading.get_ident() == self._batch.thread:
                 if not raw.in_transaction:
                     self._batch.begin(raw)
@@ -226,7 +291,21 @@ class Store:
                     raw.execute("ROLLBACK")
                 raise
         finally:
-            self._local.open = False
+            if self._local.open:
+                self._local.open = False
+                self._local.dirty.clear()  # only a commit publishes (and _publish cleared it)
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        fd: int | None = getattr(self._local, "lock_fd", None)
+        if fd is None:
+            assert self._lock_path is not None
+            fd = self._local.lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def batch_commits(self, loop: asyncio.AbstractEventLoop) -> None:
         """Group commit on SQLite for transactions run on ``loop``'s thread (call it there).
@@ -454,12 +533,49 @@ class Store:
             raise Conflict(str(getattr(exc, "orig", exc))) from exc
         self._changed(table)
 
-    def version(self, table: Table) -> int:
-        """A counter of this process's writes to ``table``: caches of its rows key on it."""
-        return self._versions.get(table.name, 0)
+    def version(self, table: Table | str) -> int:
+        """A counter of writes to ``table`` (or a named counter, see :meth:`bump`): caches of
+        its rows key on it. This process's writes, or, after :meth:`join_processes`, the
+        committed writes of every process of the broker."""
+        name = table if isinstance(table, str) else table.name
+        if self._shared is not None:
+            return self._shared.read(name)
+        return self._versions.get(name, 0)
+
+    def bump(self, name: str) -> None:
+        """Count a change that is not a table's (``"iam"``: any IAM write), once committed."""
+        self._versions[name] = self._versions.get(name, 0) + 1
+        if self._shared is not None:
+            if getattr(self._local, "open", False):
+                self._local.dirty.add(name)
+            else:
+                self._shared.bump(name)
 
     def _changed(self, table: Table) -> None:
-        self._versions[table.name] = self._versions.get(table.name, 0) + 1
+        self.bump(table.name)
+
+    def _publish(self) -> None:
+        """After a commit: the transaction's changes become visible to the other processes."""
+        dirty: set[str] = self._local.dirty
+        if self._shared is not None:
+            for name in dirty:
+                self._shared.bump(name)
+        dirty.clear()
+
+    def join_processes(self, path: Path, index: int, count: int) -> None:
+        """Work as process ``index`` of ``count`` sharing this store on one machine.
+
+        ``path`` holds the shared change counters (:meth:`version`), each process writing only
+        its own row, so that a cache in one process sees another's committed writes at its
+        next lookup. On SQLite, writers take an exclusive ``flock`` on ``<database>-hwlock``
+        (one descriptor per thread) around ``BEGIN IMMEDIATE`` … ``COMMIT``: the kernel wakes
+        the next writer the moment the lock is free, where SQLite's own busy handler would
+        sleep a millisecond or more. Not combined with :meth:`batch_commits` (a group commit
+        would hold the write lock for a whole loop iteration).
+        """
+        self._shared = _SharedCounters(path, index, count)
+        if self._direct is not None:
+            self._lock_path = f"{self.engine.url.database}-hwlock"
 
     def update(
         self,

@@ -1,0 +1,550 @@
+"""A broker on several processes: API workers beside the primary (``hatchway server --workers N``).
+
+One Python process serves about one core's worth of signed API calls. With ``--workers N`` the
+broker process (the *primary*) keeps the listening socket, the nodes' control channels, the
+data channels and every background task, and starts N *API workers* that serve the SSM, IAM,
+STS and KMS APIs with the same code, store and keys:
+
+* The primary accepts each connection and peeks at its first bytes without reading them. A
+  connection whose first request is ``POST /`` (an AWS API call: boto3, the AWS CLI, the
+  plugins' TerminateSession) is handed to a worker, round robin, by passing its descriptor over a
+  Unix socket (``SCM_RIGHTS``); the worker serves it, keep-alive included. Every other
+  connection (websockets, node registration, ``/health``) stays with the primary. Should a
+  worker meet a request it does not serve on a connection it was given, it hands the connection
+  back with the request's head, and the primary serves it from there.
+* What an API call must do where the channels live (TerminateSession closing a data channel,
+  DeregisterManagedInstance closing a control channel) the worker asks of the primary over the
+  same socket, and answers its client once the primary has done it.
+* Caches stay coherent through the store's shared change counters
+  (:meth:`~hatchway.server.store.Store.join_processes`): a worker's IAM write, once committed,
+  is seen by every process at its next request. On SQLite, writers of all processes serialize on
+  one ``flock``.
+* A worker that dies is started again; its clients reconnect as they would to any server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from hatchway.server.state import ServerConfig, ServerState
+from hatchway.ssm import StartSessionMode
+
+log = logging.getLogger("hatchway.server.workers")
+
+#: Counters shared by the broker's processes (see Store.join_processes).
+COUNTERS_FILE = "store-counters"
+_API_PREFIXES = (b"POST / ", b"POST /?")
+_SNIFF_BYTES = len(_API_PREFIXES[0])
+_SNIFF_TIMEOUT = 30.0  # seconds a new connection may stay silent before it is closed
+_MAX_MESSAGE = 256 * 1024
+
+
+def is_api_start(head: bytes) -> bool | None:
+    """True: the connection opens with ``POST /`` (an API call); False: anything else; None:
+    too few bytes yet to tell."""
+    if any(head.startswith(p) for p in _API_PREFIXES):
+        return True
+    if len(head) < _SNIFF_BYTES and any(p.startswith(head) for p in _API_PREFIXES):
+        return None
+    return False
+
+
+# -- configuration passed to workers ----------------------------------------------------------
+
+
+def config_to_json(config: ServerConfig) -> str:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, list):
+            value = [str(v) for v in value]
+        elif isinstance(value, StartSessionMode):
+            value = value.value
+        out[f.name] = value
+    return json.dumps(out)
+
+
+def config_from_json(text: str) -> ServerConfig:
+    raw = json.loads(text)
+    raw["data_dir"] = Path(raw["data_dir"])
+    raw["scp_files"] = [Path(p) for p in raw["scp_files"]]
+    raw["start_session_mode"] = StartSessionMode(raw["start_session_mode"])
+    return ServerConfig(**raw)
+
+
+# -- messages on the primary <-> worker socket -----------------------------------------------
+# SOCK_SEQPACKET keeps message boundaries. The first byte says what follows:
+#   C (primary -> worker, with a descriptor): serve this connection
+#   H (worker -> primary, with a descriptor): serve this connection; the rest is the request
+#     head the worker already read
+#   E (worker -> primary): JSON {"id", "op", "args"}: do this where the channels live
+#   A (primary -> worker): JSON {"id", "error"}: done
+
+
+class _Endpoint:
+    """One end of the primary <-> worker socket, on the event loop."""
+
+    def __init__(self, sock: socket.socket, on_message: Callable[[bytes, list[int]], None]) -> None:
+        self.sock = sock
+        self.sock.setblocking(False)
+        self._on_message = on_message
+        self.closed = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.sock, _MAX_MESSAGE, 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                self.close()
+                return
+            try:
+                self._on_message(data, fds)
+            except Exception:
+                log.exception("could not handle a message from the other process")
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
+    def send(self, data: bytes, fds: list[int] | None = None) -> None:
+        # Messages are small and the peer reads at once: a full buffer means it is stuck.
+        self.sock.setblocking(True)
+        try:
+            self.sock.settimeout(5.0)
+            socket.send_fds(self.sock, [data], fds or [])
+        finally:
+            self.sock.setblocking(False)
+
+    def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+def _head_of(request: web.Request) -> bytes:
+    """The request's head as the client sent it (for handing the connection back)."""
+    v = request.version
+    lines = [f"{request.method} {request.raw_path} HTTP/{v.major}.{v.minor}".encode("latin-1")]
+    lines += [name + b": " + value for name, value in request.raw_headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class _Replay(asyncio.Protocol):
+    """Wraps aiohttp's protocol for a handed-back connection: feeds it the head first."""
+
+    def __init__(self, inner: asyncio.Protocol, head: bytes) -> None:
+        self._inner = inner
+        self._head = head
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+        self._inner.data_received(self._head)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+# -- the primary ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Worker:
+    index: int
+    proc: subprocess.Popen[bytes]
+    link: _Endpoint
+
+
+class WorkerPool:
+    """The primary's API workers: started, fed connections, asked nothing, restarted."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        count: int,
+        serve_here: Callable[[socket.socket, bytes], Awaitable[None]],
+    ) -> None:
+        self.state = state
+        self.count = count
+        self._serve_here = serve_here
+        self._workers: dict[int, _Worker] = {}
+        self._next = itertools.cycle(range(1, count + 1))
+        self._stopping = False
+        self._monitor: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        for index in range(1, self.count + 1):
+            self._spawn(index)
+        self._monitor = asyncio.create_task(self._watch())
+
+    def _spawn(self, index: int) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        config = self.state.config
+        argv = [
+            sys.executable,
+            "-m",
+            "hatchway.server.workers",
+            "--fd",
+            str(theirs.fileno()),
+            "--index",
+            str(index),
+            "--count",
+            str(self.count + 1),
+            "--config",
+            config_to_json(config),
+            "--log-level",
+            logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+        ]
+        proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()])
+        theirs.close()
+        link = _Endpoint(ours, lambda data, fds: self._message(index, data, fds))
+        self._workers[index] = _Worker(index, proc, link)
+
+    async def _watch(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(0.5)
+            for index, worker in list(self._workers.items()):
+                if worker.proc.poll() is not None and not self._stopping:
+                    log.error(
+                        "API worker %s exited (status %s); starting it again",
+                        index,
+                        worker.proc.returncode,
+                    )
+                    worker.link.close()
+                    self._spawn(index)
+
+    def dispatch(self, conn: socket.socket) -> bool:
+        """Give ``conn`` to a worker (False: none could take it; the caller serves it)."""
+        for _ in range(self.count):
+            worker = self._workers.get(next(self._next))
+            if worker is None or worker.proc.poll() is not None or worker.link.closed.done():
+                continue
+            try:
+                worker.link.send(b"C", [conn.fileno()])
+            except OSError:
+                continue
+            conn.close()  # the worker holds its own descriptor now
+            return True
+        return False
+
+    def _message(self, index: int, data: bytes, fds: list[int]) -> None:
+        kind, body = data[:1], data[1:]
+        if kind == b"H" and len(fds) == 1:
+            sock = socket.socket(fileno=fds[0])
+            self._spawn_task(self._serve_here(sock, body))
+        elif kind == b"E":
+            self._spawn_task(self._effect(index, json.loads(body)))
+        else:
+            for fd in fds:
+                os.close(fd)
+            log.warning("API worker %s sent an unknown message", index)
+
+    def _spawn_task(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _effect(self, index: int, msg: dict[str, Any]) -> None:
+        error: str | None = None
+        try:
+            await run_effect(self.state, msg["op"], msg["args"])
+        except Exception as exc:
+            log.exception("effect %s asked by API worker %s failed", msg.get("op"), index)
+            error = str(exc) or type(exc).__name__
+        worker = self._workers.get(index)
+        if worker is not None and not worker.link.closed.done():
+            with contextlib.suppress(OSError):
+                worker.link.send(b"A" + json.dumps({"id": msg["id"], "error": error}).encode())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        for worker in self._workers.values():
+            if worker.proc.poll() is None:
+                worker.proc.send_signal(signal.SIGTERM)
+        for worker in self._workers.values():
+            try:
+                await asyncio.to_thread(worker.proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+            worker.link.close()
+
+
+async def run_effect(state: ServerState, op: str, args: list[Any]) -> None:
+    """Do, in this process, what an API call asked of the process holding the channels."""
+    from hatchway.server.nodes import close_channel
+    from hatchway.server.ops.sessions import close_data_channel
+
+    if op == "close_data_channel":
+        session_id, target, output, started = args
+        await close_data_channel(state, session_id, target, output, started=started)
+    elif op == "close_channel":
+        await close_channel(state, args[0])
+    else:
+        raise ValueError(f"unknown effect {op!r}")
+
+
+class Listener:
+    """The primary's listening socket: API connections to the workers, the rest served here."""
+
+    def __init__(self, sock: socket.socket, runner: web.AppRunner, pool: WorkerPool) -> None:
+        self.sock = sock
+        self.sock.setblocking(False)
+        self._runner = runner
+        self._pool = pool
+        self._pending: dict[int, tuple[socket.socket, asyncio.TimerHandle]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        for fd, (conn, timer) in list(self._pending.items()):
+            timer.cancel()
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(fd)
+            conn.close()
+        self._pending.clear()
+
+    def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(64):
+            try:
+                conn, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors, …: try again on the next event
+                log.warning("accept failed: %s", exc)
+                return
+            conn.setblocking(False)
+            fd = conn.fileno()
+            timer = loop.call_later(_SNIFF_TIMEOUT, self._drop, fd)
+            self._pending[fd] = (conn, timer)
+            loop.add_reader(fd, self._sniff, fd)
+
+    def _forget(self, fd: int) -> socket.socket | None:
+        entry = self._pending.pop(fd, None)
+        if entry is None:
+            return None
+        conn, timer = entry
+        timer.cancel()
+        asyncio.get_running_loop().remove_reader(fd)
+        return conn
+
+    def _drop(self, fd: int) -> None:
+        conn = self._forget(fd)
+        if conn is not None:
+            conn.close()
+
+    def _sniff(self, fd: int) -> None:
+        entry = self._pending.get(fd)
+        if entry is None:
+            return
+        conn = entry[0]
+        try:
+            head = conn.recv(_SNIFF_BYTES, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            head = b""
+        if not head:
+            self._drop(fd)
+            return
+        verdict = is_api_start(head)
+        if verdict is None:
+            return  # wait for more bytes
+        self._forget(fd)
+        if verdict and self._pool.dispatch(conn):
+            return
+        task = asyncio.ensure_future(self.serve(conn, b""))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def serve(self, conn: socket.socket, head: bytes) -> None:
+        """Serve ``conn`` with this process's application (after ``head``, if any)."""
+        factory: Callable[[], asyncio.Protocol] = self._runner.server  # type: ignore[assignment]
+        if head:
+            inner = factory
+            factory = lambda: _Replay(inner(), head)  # noqa: E731
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(factory, conn)
+        except OSError:
+            conn.close()
+
+
+# -- a worker -------------------------------------------------------------------------------
+
+
+class PrimaryLink:
+    """A worker's requests to the primary (see :func:`run_effect`)."""
+
+    def __init__(self, endpoint_factory: Callable[[PrimaryLink], _Endpoint]) -> None:
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[str | None]] = {}
+        self.endpoint = endpoint_factory(self)
+
+    async def call(self, op: str, *args: Any) -> None:
+        call_id = next(self._ids)
+        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = done
+        try:
+            self.endpoint.send(b"E" + json.dumps({"id": call_id, "op": op, "args": args}).encode())
+            error = await asyncio.wait_for(done, 30)
+        finally:
+            self._waiting.pop(call_id, None)
+        if error is not None:
+            raise RuntimeError(f"the primary could not {op}: {error}")
+
+    def answered(self, body: bytes) -> None:
+        msg = json.loads(body)
+        done = self._waiting.get(msg["id"])
+        if done is not None and not done.done():
+            done.set_result(msg["error"])
+
+
+async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) -> None:
+    from hatchway.server.app import STATE_KEY, handle_api, handle_health
+    from hatchway.server.crypto import SecretBox
+    from hatchway.server.main import load_scps
+    from hatchway.server.ops import register_all
+    from hatchway.server.store import Store
+
+    register_all()
+    store = Store(config.store_url)
+    store.join_processes(config.data_dir / COUNTERS_FILE, index, count)
+    scps: Any = load_scps(config.scp_files)
+    state = ServerState(config, store, SecretBox.from_dir(config.data_dir), scps)
+    loop = asyncio.get_running_loop()
+    runner_box: list[web.AppRunner] = []
+
+    def on_message(link: PrimaryLink, data: bytes, fds: list[int]) -> None:
+        kind, body = data[:1], data[1:]
+        if kind == b"C" and len(fds) == 1:
+            conn = socket.socket(fileno=fds[0])
+            conn.setblocking(False)
+            task = asyncio.ensure_future(
+                loop.connect_accepted_socket(runner_box[0].server, conn)  # type: ignore[arg-type]
+            )
+
+            def opened(t: asyncio.Future[Any]) -> None:
+                if t.cancelled() or t.exception() is not None:
+                    conn.close()
+
+            task.add_done_callback(opened)
+        elif kind == b"A":
+            link.answered(body)
+        else:
+            for extra in fds:
+                os.close(extra)
+
+    def endpoint(lk: PrimaryLink) -> _Endpoint:
+        return _Endpoint(socket.socket(fileno=fd), lambda d, f: on_message(lk, d, f))
+
+    link = PrimaryLink(endpoint)
+    state.link = link
+
+    async def hand_back(request: web.Request) -> web.StreamResponse:
+        """A request the workers do not serve, on a connection the primary gave: return the
+        connection, with what was read of it, to the primary."""
+        transport = request.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if transport is None or sock is None:
+            raise web.HTTPServiceUnavailable()
+        body = await request.read()
+        dup = os.dup(sock.fileno())
+        try:
+            link.endpoint.send(b"H" + _head_of(request) + body, [dup])
+        finally:
+            os.close(dup)
+        transport.abort()  # the primary's descriptor keeps the connection open
+        return web.Response()
+
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app[STATE_KEY] = state
+    app.router.add_post("/", handle_api)
+    app.router.add_get("/health", handle_health)
+    app.router.add_route("*", "/{tail:.*}", hand_back)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    runner_box.append(runner)
+    audit = asyncio.create_task(state.audit_log.run())
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 50)
+    closed = asyncio.ensure_future(link.endpoint.closed)
+    waiter = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([closed, waiter], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    await runner.cleanup()
+    audit.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await audit
+    state.audit_log.close()
+    store.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="A Hatchway API worker (started by the broker).")
+    ap.add_argument("--fd", type=int, required=True)
+    ap.add_argument("--index", type=int, required=True)
+    ap.add_argument("--count", type=int, required=True)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args()
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s[worker {args.index}]: %(message)s",
+    )
+    asyncio.run(_worker_main(args.fd, args.index, args.count, config_from_json(args.config)))
+
+
+if __name__ == "__main__":
+    main()
