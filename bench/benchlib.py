@@ -43,6 +43,22 @@ def cpu_pid(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (from each thread's ``children`` list)."""
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(x) for x in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return out
+
+
+def cpu_tree(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live children (a broker with API workers)."""
+    return cpu_pid(pid) + sum(cpu_pid(child) for child in children(pid))
+
+
 def cpu_all() -> float:
     """Busy CPU seconds of the whole machine (all processes, all CPUs), from /proc/stat."""
     try:

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib import cpu_all, cpu_pid, cpu_self, machine
+from benchlib import cpu_all, cpu_self, cpu_tree, machine
 from leanhttp import Connection, Signer
 
 BIN = Path(sys.executable).parent
@@ -80,7 +80,7 @@ class Proc:
                 self.proc.wait()
 
 
-def start_broker(tmp: Path, profile: Path | None) -> tuple[Proc, str]:
+def start_broker(tmp: Path, profile: Path | None, workers: int = 0) -> tuple[Proc, str]:
     log = tmp / "broker.log"
     env = {
         **os.environ,
@@ -102,6 +102,8 @@ def start_broker(tmp: Path, profile: Path | None) -> tuple[Proc, str]:
         "5",
         "--log-level",
         "WARNING",
+        "--workers",
+        str(workers),
     ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -290,10 +292,10 @@ async def load(spec: dict[str, Any]) -> dict[str, Any]:
         end = warm_end + spec["seconds"]
         tasks = [asyncio.create_task(worker(conn)) for conn in conns]
         await asyncio.sleep(max(0.0, warm_end - loop.time()))
-        cpu0, broker0, wall0 = cpu_self(), cpu_pid(spec["broker_pid"]), loop.time()
+        cpu0, broker0, wall0 = cpu_self(), cpu_tree(spec["broker_pid"]), loop.time()
         all0, wait0 = cpu_all(), _run_delay(spec["broker_pid"])
         await asyncio.sleep(max(0.0, end - loop.time()))
-        cpu1, broker1, wall1 = cpu_self(), cpu_pid(spec["broker_pid"]), loop.time()
+        cpu1, broker1, wall1 = cpu_self(), cpu_tree(spec["broker_pid"]), loop.time()
         all1, wait1 = cpu_all(), _run_delay(spec["broker_pid"])
         await asyncio.gather(*tasks)
     finally:
@@ -434,6 +436,9 @@ def main() -> None:
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
     ap.add_argument("--profile", type=Path, help="cProfile the broker under the session load")
     ap.add_argument("--keep", action="store_true", help="keep the temporary data dir")
+    ap.add_argument(
+        "--workers", type=int, default=0, help="the broker's API worker processes (--workers)"
+    )
     args = ap.parse_args()
     if args.client:
         client_main(json.loads(args.client))
@@ -448,7 +453,7 @@ def main() -> None:
         f"# Broker: StartSession + TerminateSession, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
     )
     print(f"# {machine()}; store SQLite in {tmp}")
-    broker, url = start_broker(tmp, args.profile.resolve() if args.profile else None)
+    broker, url = start_broker(tmp, args.profile.resolve() if args.profile else None, args.workers)
     agent: Proc | None = None
     results: dict[tuple[str, int], dict[str, Any]] = {}
     try:

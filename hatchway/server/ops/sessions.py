@@ -301,19 +301,25 @@ async def end_session(
     status: str = "Terminated",
     details: str | None = None,
     row: dict[str, Any] | None = None,
-) -> bool:
-    """Move an active session to History and spend its tokens."""
+) -> bool | None:
+    """Move an active session to History and spend its tokens.
+
+    Returns None if the session was not active, else whether a client had connected (one of
+    its tokens was spent already). Under the store's write lock that answer is final: a client
+    presenting a token after this finds it spent and is refused.
+    """
     if row is None:
         row = state.store.get(t.sessions, session_id=session_id)
     if row is None or row["status"] in HISTORY:
-        return False
+        return None
     values: dict[str, Any] = {"status": status, "end_date": datetime.now(UTC)}
     if details:
         values["data"] = {**row["data"], "details": details}
     with state.store.transaction() as c:
+        spent = state.store.get(t.session_tokens, c, session_id=session_id, used=True)
         state.store.update(t.sessions, {"session_id": session_id}, values, c)
         state.store.update(t.session_tokens, {"session_id": session_id}, {"used": True}, c)
-    return True
+    return spent is not None
 
 
 async def close_data_channel(
@@ -321,12 +327,14 @@ async def close_data_channel(
 ) -> None:
     """channel_closed to both ends of a live data channel, and the node told to stop.
 
-    ``started=False`` says no client ever connected (the session was still Connecting): then,
-    without a relay, the node was never asked to start it and is not told to stop it.
+    ``started=False`` says no client ever connected (no token of the session was spent): then
+    there is no relay, the node was never asked to start the session and is not told to stop
+    it, and an API worker need not ask the primary.
     In an API worker, the primary (which holds relays and nodes) does it.
     """
     if state.link is not None:
-        await state.link.call("close_data_channel", session_id, target, output, started)
+        if started:
+            await state.link.call("close_data_channel", session_id, target, output, started)
         return
     relay = state.relays.pop(session_id, None)
     if relay is not None:
@@ -348,9 +356,8 @@ async def terminate_session(call: Call, params: dict[str, Any]) -> dict[str, Any
     sid = params["SessionId"]
     row = _authorize_session(call, "ssm:TerminateSession", sid)
     if row is not None:
-        await end_session(call.state, sid, row=row)
-        started = row["status"] != "Connecting"
-        await close_data_channel(call.state, sid, row["target"], started=started)
+        connected = await end_session(call.state, sid, row=row)
+        await close_data_channel(call.state, sid, row["target"], started=connected is not False)
     return {"SessionId": sid}
 
 
