@@ -22,9 +22,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    b = srv.start_broker(tmp_path_factory.mktemp("tmux-broker") / "data")
+@pytest.fixture(scope="module", params=[0, 2], ids=["one-process", "api-workers"])
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[object]:
+    # With API workers, the CLI's StartSession and the plugin's TerminateSession reach a
+    # worker, the data channel the broker's own process.
+    b = srv.start_broker(
+        tmp_path_factory.mktemp("tmux-broker") / "data", "--workers", str(request.param)
+    )
     a = srv.start_agent(b, tmp_path_factory.mktemp("tmux-node") / "state", TARGET)
     yield b
     a.stop()

@@ -31,9 +31,19 @@ from hatchway.protocol import (
 TARGET = "i-0d47a0c1b2c3d4e5f"
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    b = start_broker(tmp_path_factory.mktemp("dc") / "data", "--session-token-ttl", "5")
+@pytest.fixture(scope="module", params=[0, 2], ids=["one-process", "api-workers"])
+def broker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Broker]:
+    # With API workers, StartSession/TerminateSession run in a worker and the relay in the
+    # broker's own process (docs/broker.md, "Processes").
+    b = start_broker(
+        tmp_path_factory.mktemp("dc") / "data",
+        "--session-token-ttl",
+        "5",
+        "--workers",
+        str(request.param),
+    )
     yield b
     stop_broker(b)
 

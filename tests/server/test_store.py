@@ -381,3 +381,34 @@ def test_the_log_is_checkpointed_off_the_loop_while_commits_are_grouped(tmp_path
     (autocheckpoint,) = store._writer().exec_driver_sql("PRAGMA wal_autocheckpoint").one()
     assert autocheckpoint == 1000
     store.close()
+
+
+def test_a_group_that_reads_first_is_not_broken_by_another_threads_write(tmp_path: Path) -> None:
+    """The group's transaction takes the write lock when it opens: another connection's commit
+    cannot make its snapshot stale (which would fail its first write with "database is
+    locked"); that writer waits for the group's commit instead."""
+    store = Store(f"sqlite:///{tmp_path / 'h.db'}")
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        try:
+            store.insert(t.sessions, _session("theirs"))
+        except BaseException as exc:  # reported to the test below
+            errors.append(exc)
+
+    async def scenario() -> None:
+        store.batch_commits(asyncio.get_running_loop())
+        th = threading.Thread(target=other_thread)
+        with store.transaction() as c:
+            assert store.get(t.sessions, c, session_id="mine") is None  # a read comes first
+            th.start()
+            time.sleep(0.3)  # the other thread tries to commit meanwhile
+            store.insert(t.sessions, _session("mine"), c)
+        await store.settled()
+        await asyncio.to_thread(th.join, 10)
+
+    asyncio.run(scenario())
+    store.stop_batching()
+    assert errors == []
+    assert {r["session_id"] for r in store.select(t.sessions)} == {"mine", "theirs"}
+    store.close()

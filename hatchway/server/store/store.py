@@ -94,7 +94,10 @@ class _Batch:
         self.done: asyncio.Future[BaseException | None] | None = None
 
     def begin(self, raw: Any) -> None:
-        raw.execute("BEGIN")
+        # IMMEDIATE: the write lock from the start. A deferred BEGIN whose first statement
+        # reads would hold a snapshot that another connection's commit makes stale, and the
+        # first write would then fail at once with "database is locked" (SQLITE_BUSY_SNAPSHOT).
+        raw.execute("BEGIN IMMEDIATE")
         self.done = self.loop.create_future()
         self.loop.call_soon(self.commit)
 
@@ -282,7 +285,7 @@ class Store:
                     raise
                 raw.execute("RELEASE hw_txn")
                 return
-            raw.execute("BEGIN")
+            raw.execute("BEGIN IMMEDIATE")  # see _Batch.begin
             try:
                 yield conn
                 raw.execute("COMMIT")
