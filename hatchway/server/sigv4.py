@@ -30,7 +30,6 @@ from urllib.parse import unquote_plus
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.compat import HTTPHeaders
 from botocore.credentials import Credentials
 
 __all__ = [
@@ -367,25 +366,40 @@ def signed_service_and_region(req: IncomingRequest) -> tuple[str, str] | None:
 # --------------------------------------------------------------------------- the signer
 
 
+class _SignedHeaders:
+    """The signed headers, in the two ways botocore's ``canonical_headers`` and
+    ``signed_headers`` read them (iteration over the names, ``get_all``), without the cost of
+    building its ``email.message``-based ``HTTPHeaders``."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self._values: dict[str, list[str]] = {}
+        for name, value in pairs:
+            self._values.setdefault(name, []).append(value)
+
+    def __iter__(self) -> Any:
+        return iter(self._values)
+
+    def get_all(self, name: str) -> list[str]:
+        return self._values.get(name, [])
+
+
 class _Signer(SigV4Auth):  # type: ignore[misc]
     """botocore's SigV4 signer, fed exactly what the client signed.
 
-    ``headers_to_sign`` returns every header of the rebuilt request (which holds only the
-    signed ones), without botocore's client-side blacklist: the client decided what it signed.
-    ``payload`` returns the payload hash chosen by :func:`verify` (the body's SHA-256, or
-    ``UNSIGNED-PAYLOAD``); a signed ``x-amz-content-sha256`` header takes precedence inside
+    ``headers_to_sign`` returns every signed header (``signed``, set by :func:`verify`), without
+    botocore's client-side blacklist: the client decided what it signed. ``payload`` returns
+    the payload hash chosen by :func:`verify` (the body's SHA-256, or ``UNSIGNED-PAYLOAD``); a
+    signed ``x-amz-content-sha256`` header, put on the rebuilt request, takes precedence inside
     botocore's ``canonical_request`` exactly as on the client.
     """
 
     def __init__(self, access_key_id: str, secret: str, service: str, region: str) -> None:
         super().__init__(Credentials(access_key_id, secret), service, region)
         self.payload_hash = ""
+        self.signed: list[tuple[str, str]] = []
 
     def headers_to_sign(self, request: Any) -> Any:
-        header_map = HTTPHeaders()
-        for name, value in request.headers.items():
-            header_map[name.lower()] = value
-        return header_map
+        return _SignedHeaders(self.signed)
 
     def payload(self, request: Any) -> str:
         return self.payload_hash
@@ -603,8 +617,10 @@ def _compute(
 ) -> tuple[str, str, str]:
     url = _BASE_URL + req.path + (f"?{raw_query}" if raw_query else "")
     request = AWSRequest(method=req.method, url=url, params=params)
+    signer.signed = headers
     for name, value in headers:
-        request.headers[name] = value
+        if name == "x-amz-content-sha256":  # canonical_request reads it from the request
+            request.headers[name] = value
     request.context["timestamp"] = amz_date
     canonical: str = signer.canonical_request(request)
     string_to_sign: str = signer.string_to_sign(request, canonical)
