@@ -455,3 +455,37 @@ def test_processes_sharing_a_store_serialize_writes_and_see_each_others_changes(
     assert store.version(t.meta) == meta_before + 300
     assert store.version("iam") == iam_before + 2
     store.close()
+
+
+def test_the_log_starts_over_while_commits_never_stop(tmp_path: Path) -> None:
+    """With a write in every loop iteration, the log is never idle: the writer finishes the
+    background checkpoint between two groups so that SQLite starts the log over (the log
+    header's checkpoint sequence number counts the restarts), instead of letting it grow by
+    everything ever written."""
+    path = tmp_path / "h.db"
+    store = Store(f"sqlite:///{path}")
+    wal = Path(f"{path}-wal")
+
+    def restarts() -> int:
+        with wal.open("rb") as f:
+            return int.from_bytes(f.read(16)[12:16], "big")
+
+    async def scenario() -> int:
+        store.batch_commits(asyncio.get_running_loop())
+        first = None
+        deadline = time.monotonic() + 20
+        i = 0
+        while time.monotonic() < deadline:
+            store.insert(t.sessions, _session(f"w-{i}", pad="x" * 2000))
+            await store.settled()
+            i += 1
+            if first is None:
+                first = restarts()
+            elif i % 500 == 0 and restarts() >= first + 2:
+                break
+        return restarts() - (first or 0)
+
+    restarted = asyncio.run(scenario())
+    store.stop_batching()
+    store.close()
+    assert restarted >= 2

@@ -12,6 +12,7 @@ and everything on PostgreSQL, goes through SQLAlchemy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import mmap
@@ -101,6 +102,15 @@ class _Batch:
         self.done = self.loop.create_future()
         self.loop.call_soon(self.commit)
 
+    def finish_checkpoint(self) -> None:
+        """Copy what the log gained since the background checkpoint (see _Checkpointer)."""
+        raw = _driver(self.writer())
+        if raw.in_transaction:  # a group is open: after its commit
+            self.loop.call_soon(self.finish_checkpoint)
+            return
+        with contextlib.suppress(sqlite3.Error):
+            raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     def commit(self) -> None:
         done, self.done = self.done, None
         if done is None:
@@ -157,15 +167,25 @@ class _SharedCounters:
 AUTOCHECKPOINT = 1000
 #: Seconds between the background thread's passive checkpoints while commits are grouped.
 CHECKPOINT_INTERVAL = 0.25
+#: Log pages (4 KiB) from which the writer finishes a checkpoint so that the log starts over.
+RESTART_FRAMES = 1000
 
 
 class _Checkpointer:
     """A thread that checkpoints the SQLite write-ahead log in passive mode (never waiting for
     or blocking readers and writers) on its own connection; SQLite does the copying without
-    holding Python's GIL."""
+    holding Python's GIL.
 
-    def __init__(self, path: str) -> None:
+    A log that is written to all the time is never found fully copied when its writer begins
+    a transaction, so SQLite would never start it over and it would grow without end. Once
+    the thread has copied most of a long log, ``finish`` (called on the writer's event loop,
+    between two group commits) copies the pages added since on the writer's connection; the
+    writer's next transaction then starts the log over from its beginning.
+    """
+
+    def __init__(self, path: str, finish: Callable[[], None]) -> None:
         self._path = path
+        self._finish = finish
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
         self._thread.start()
@@ -176,9 +196,11 @@ class _Checkpointer:
             db.execute("PRAGMA busy_timeout=5000")
             while not self._stop.wait(CHECKPOINT_INTERVAL):
                 try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    _busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error:
                     continue  # the next round tries again
+                if frames >= RESTART_FRAMES and copied > 0:
+                    self._finish()
         finally:
             db.close()
 
@@ -329,7 +351,13 @@ class Store:
         self._batch = _Batch(loop, threading.get_ident(), self._writer)
         if self.url not in ("sqlite://", "sqlite:///:memory:"):
             _driver(self._writer()).execute("PRAGMA wal_autocheckpoint=0")
-            self._checkpointer = _Checkpointer(self.engine.url.database or "")
+            batch = self._batch
+
+            def finish() -> None:  # on the checkpointer's thread
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to do
+                    loop.call_soon_threadsafe(batch.finish_checkpoint)
+
+            self._checkpointer = _Checkpointer(self.engine.url.database or "", finish)
 
     async def settled(self) -> None:
         """Wait until this loop's writes so far are committed (see :meth:`batch_commits`)."""
