@@ -5,9 +5,13 @@ asserted: the script prints figures and ratios against baselines measured in the
 
 Set-up: a broker (``hatchway server``, SQLite store in a temporary data dir, ``--ping-interval
 5``) and a registered agent (``hatchway agent``, instance ``i-02573cafcfEXAMPLE``, Online) run as
-subprocesses. The load comes from a third process, an asyncio client on aiohttp that signs every
-request with botocore's ``SigV4Auth`` (the body and headers built as boto3 builds them), with
-the admin credentials the script gave the broker.
+subprocesses (``--workers N``: the broker with N API worker processes). The load comes from a
+third process, a lean asyncio HTTP/1.1 client (``leanhttp.py``) that builds every request as
+boto3 builds it and signs it with SigV4, with the admin credentials the script gave the broker;
+at start it checks that its signed headers equal botocore's ``SigV4Auth`` output for the same
+request and instant, so the broker receives exactly what boto3 would send. (Until 2026-11-28
+the client used aiohttp and botocore's signer: 0.35–0.45 ms of client CPU per request, which on
+two cores took CPU from the broker being measured.)
 
 Workloads, each run at 1, 10 and 50 concurrent clients (one keep-alive connection each) for
 ``--seconds`` after ``--warmup`` seconds that are not counted:
@@ -20,9 +24,10 @@ Workloads, each run at 1, 10 and 50 concurrent clients (one keep-alive connectio
 * ``session``: signed ``ssm:StartSession(Target=…)`` followed by
   ``ssm:TerminateSession(SessionId=…)`` on each client in turn. Latencies are per request.
 
-Before the load, the client times SigV4 signing alone (``SigV4Auth.add_auth`` on a fresh
-``AWSRequest``, as boto3 does per request). During each workload it records its own CPU time
-and the broker's (``/proc/PID/stat``) so the reader can tell which side was saturated.
+Before the load, the client times SigV4 signing alone, its own and botocore's
+(``SigV4Auth.add_auth`` on a fresh ``AWSRequest``, as boto3 does per request). During each
+workload it records its own CPU time and the broker's (``/proc/PID/stat``, the broker and its
+worker processes) so the reader can tell which side was saturated.
 
 ``--profile FILE`` runs the broker under cProfile, drives only the session workload at the
 highest concurrency, writes the profile to FILE and prints its top entries.

@@ -120,15 +120,20 @@ class Statements:
         cache_key = ("update", table.name, keys, names)
         hit = self._cache.get(cache_key)
         if hit is None:
-            stmt = (
-                update(table)
-                .where(and_(*(table.c[k] == bindparam(f"k_{k}") for k in keys)))
-                .values({n: bindparam(f"v_{n}") for n in names})
-            )
+            stmt = keyed_update(table, keys, names)
             binds = {f"k_{k}": table.c[k] for k in keys} | {f"v_{n}": table.c[n] for n in names}
             sql, params = self._prepare(stmt, binds)
             hit = self._cache[cache_key] = Prepared(sql, params)
         return hit
+
+
+def keyed_update(table: Table, keys: Sequence[str], names: Sequence[str]) -> Any:
+    """``UPDATE table SET <names> WHERE <keys>``, parameters ``k_<key>`` and ``v_<column>``."""
+    return (
+        update(table)
+        .where(and_(*(table.c[k] == bindparam(f"k_{k}") for k in keys)))
+        .values({n: bindparam(f"v_{n}") for n in names})
+    )
 
 
 def _defaulted(table: Table, names: tuple[str, ...]) -> list[str]:

@@ -44,7 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from hatchway.server.store import schema
-from hatchway.server.store.direct import Statements, defaults
+from hatchway.server.store.direct import Statements, defaults, keyed_update
 from hatchway.server.store.migrations import migrate
 
 Record = dict[str, Any]
@@ -282,19 +282,6 @@ class Store:
         raw = _driver(conn)
         self._local.open = True
         try:
-            if self._lock_path is not None:
-                with self._write_lock():
-                    raw.execute("BEGIN IMMEDIATE")
-                    try:
-                        yield conn
-                        raw.execute("COMMIT")
-                    except BaseException:
-                        if raw.in_transaction:
-                            raw.execute("ROLLBACK")
-                        raise
-                self._local.open = False
-                self._publish()
-                return
             if self._batch is not None and threading.get_ident() == self._batch.thread:
                 if not raw.in_transaction:
                     self._batch.begin(raw)
@@ -307,14 +294,17 @@ class Store:
                     raise
                 raw.execute("RELEASE hw_txn")
                 return
-            raw.execute("BEGIN IMMEDIATE")  # see _Batch.begin
-            try:
-                yield conn
-                raw.execute("COMMIT")
-            except BaseException:
-                if raw.in_transaction:
-                    raw.execute("ROLLBACK")
-                raise
+            with self._write_lock():
+                raw.execute("BEGIN IMMEDIATE")  # see _Batch.begin
+                try:
+                    yield conn
+                    raw.execute("COMMIT")
+                except BaseException:
+                    if raw.in_transaction:
+                        raw.execute("ROLLBACK")
+                    raise
+            self._local.open = False
+            self._publish()
         finally:
             if self._local.open:
                 self._local.open = False
@@ -322,9 +312,12 @@ class Store:
 
     @contextmanager
     def _write_lock(self) -> Iterator[None]:
+        """The processes' write lock (see :meth:`join_processes`); nothing in one process."""
+        if self._lock_path is None:
+            yield
+            return
         fd: int | None = getattr(self._local, "lock_fd", None)
         if fd is None:
-            assert self._lock_path is not None
             fd = self._local.lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
@@ -633,12 +626,7 @@ class Store:
             sig = (table.name, tuple(keys), tuple(vals))
             q = self._update_stmts.get(sig)
             if q is None:
-                q = (
-                    update(table)
-                    .where(and_(*(table.c[k] == bindparam(f"k_{k}") for k in keys)))
-                    .values({k: bindparam(f"v_{k}") for k in vals})
-                )
-                self._update_stmts[sig] = q
+                q = self._update_stmts[sig] = keyed_update(table, tuple(keys), tuple(vals))
             params = {f"k_{k}": v for k, v in keys.items()}
             params.update({f"v_{k}": v for k, v in vals.items()})
         with self._conn(conn) as c:
