@@ -111,6 +111,7 @@ async def handle_api(request: web.Request) -> web.Response:
 
 async def _handle_api(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
+    state.store.begin_call()
     body = await request.read()
     raw_path, _, raw_query = request.raw_path.partition("?")
     incoming = sigv4.IncomingRequest(

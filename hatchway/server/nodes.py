@@ -68,6 +68,7 @@ def managed_instance_id() -> str:
 
 async def handle_register(request: web.Request) -> web.Response:
     state = _state(request)
+    state.store.begin_call()
     source_ip = request.remote or ""
     try:
         body = await request.json()

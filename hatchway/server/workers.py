@@ -53,6 +53,8 @@ COUNTERS_FILE = "store-counters"
 _API_PREFIXES = (b"POST / ", b"POST /?")
 _SNIFF_BYTES = len(_API_PREFIXES[0])
 _SNIFF_TIMEOUT = 30.0  # seconds a new connection may stay silent before it is closed
+_SNIFF_RETRY = 0.01  # seconds before looking again at a connection that sent too little
+_HAND_BACK_MAX = 64 * 1024  # bytes of body a handed-back request may carry
 _MAX_MESSAGE = 256 * 1024
 
 
@@ -129,14 +131,23 @@ class _Endpoint:
                     with contextlib.suppress(OSError):
                         os.close(fd)
 
-    def send(self, data: bytes, fds: list[int] | None = None) -> None:
-        # Messages are small and the peer reads at once: a full buffer means it is stuck.
+    def send(self, data: bytes, fds: list[int] | None = None, *, wait: bool = True) -> bool:
+        """Send one message; False if the peer's buffer is full and ``wait`` is False.
+        Messages are small and the peer reads at once: a full buffer means it is stuck, so a
+        waiting send gives up (OSError) after 5 s."""
+        if not wait:
+            try:
+                socket.send_fds(self.sock, [data], fds or [])
+            except (BlockingIOError, InterruptedError):
+                return False
+            return True
         self.sock.setblocking(True)
         try:
             self.sock.settimeout(5.0)
             socket.send_fds(self.sock, [data], fds or [])
         finally:
             self.sock.setblocking(False)
+        return True
 
     def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -147,12 +158,22 @@ class _Endpoint:
             self.closed.set_result(None)
 
 
-def _head_of(request: web.Request) -> bytes:
-    """The request's head as the client sent it (for handing the connection back)."""
+_REFRAMED = frozenset({b"transfer-encoding", b"content-length", b"expect"})
+
+
+def _replay_of(request: web.Request, body: bytes) -> bytes:
+    """The request as the primary should read it, for handing the connection back: its head
+    as the client sent it, except that the body (already read, and de-chunked) is framed
+    anew by its length, and an ``Expect: 100-continue`` the worker already answered is
+    dropped."""
     v = request.version
     lines = [f"{request.method} {request.raw_path} HTTP/{v.major}.{v.minor}".encode("latin-1")]
-    lines += [name + b": " + value for name, value in request.raw_headers]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+    lines += [
+        name + b": " + value for name, value in request.raw_headers if name.lower() not in _REFRAMED
+    ]
+    if body or request.method not in ("GET", "HEAD"):
+        lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 class _Replay(asyncio.Protocol):
@@ -249,6 +270,8 @@ class WorkerPool:
                         worker.proc.returncode,
                     )
                     worker.link.close()
+                    # It may have died between a commit and publishing that change.
+                    self.state.store.invalidate_all()
                     self._spawn(index)
 
     def dispatch(self, conn: socket.socket) -> bool:
@@ -258,7 +281,8 @@ class WorkerPool:
             if worker is None or worker.proc.poll() is not None or worker.link.closed.done():
                 continue
             try:
-                worker.link.send(b"C", [conn.fileno()])
+                if not worker.link.send(b"C", [conn.fileno()], wait=False):
+                    continue  # busy: the next one (the primary itself, if all are)
             except OSError:
                 continue
             conn.close()  # the worker holds its own descriptor now
@@ -271,7 +295,11 @@ class WorkerPool:
             sock = socket.socket(fileno=fds[0])
             self._spawn_task(self._serve_here(sock, body))
         elif kind == b"E":
-            self._spawn_task(self._effect(index, json.loads(body)))
+            for fd in fds:
+                os.close(fd)
+            worker = self._workers.get(index)
+            if worker is not None:
+                self._spawn_task(self._effect(worker, json.loads(body)))
         else:
             for fd in fds:
                 os.close(fd)
@@ -282,15 +310,15 @@ class WorkerPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _effect(self, index: int, msg: dict[str, Any]) -> None:
+    async def _effect(self, worker: _Worker, msg: dict[str, Any]) -> None:
+        """Do what ``worker`` asked; the answer goes to that process (not a replacement)."""
         error: str | None = None
         try:
             await run_effect(self.state, msg["op"], msg["args"])
         except Exception as exc:
-            log.exception("effect %s asked by API worker %s failed", msg.get("op"), index)
+            log.exception("effect %s asked by API worker %s failed", msg.get("op"), worker.index)
             error = str(exc) or type(exc).__name__
-        worker = self._workers.get(index)
-        if worker is not None and not worker.link.closed.done():
+        if not worker.link.closed.done():
             with contextlib.suppress(OSError):
                 worker.link.send(b"A" + json.dumps({"id": msg["id"], "error": error}).encode())
 
@@ -367,13 +395,17 @@ class Listener:
             self._pending[fd] = (conn, timer)
             loop.add_reader(fd, self._sniff, fd)
 
+    def _resniff(self, fd: int) -> None:
+        if fd in self._pending:
+            asyncio.get_running_loop().add_reader(fd, self._sniff, fd)
+
     def _forget(self, fd: int) -> socket.socket | None:
         entry = self._pending.pop(fd, None)
         if entry is None:
             return None
         conn, timer = entry
         timer.cancel()
-        asyncio.get_running_loop().remove_reader(fd)
+        asyncio.get_running_loop().remove_reader(fd)  # no-op while waiting to look again
         return conn
 
     def _drop(self, fd: int) -> None:
@@ -397,7 +429,11 @@ class Listener:
             return
         verdict = is_api_start(head)
         if verdict is None:
-            return  # wait for more bytes
+            # The peeked bytes stay readable: look again shortly rather than at once.
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(fd)
+            loop.call_later(_SNIFF_RETRY, self._resniff, fd)
+            return
         self._forget(fd)
         if verdict and self._pool.dispatch(conn):
             return
@@ -477,6 +513,8 @@ async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) ->
 
             task.add_done_callback(opened)
         elif kind == b"A":
+            for extra in fds:
+                os.close(extra)
             link.answered(body)
         else:
             for extra in fds:
@@ -495,10 +533,16 @@ async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) ->
         sock = transport.get_extra_info("socket") if transport is not None else None
         if transport is None or sock is None:
             raise web.HTTPServiceUnavailable()
+        if (request.content_length or 0) > _HAND_BACK_MAX:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=_HAND_BACK_MAX, actual_size=request.content_length or 0
+            )
         body = await request.read()
+        if len(body) > _HAND_BACK_MAX:
+            raise web.HTTPRequestEntityTooLarge(max_size=_HAND_BACK_MAX, actual_size=len(body))
         dup = os.dup(sock.fileno())
         try:
-            link.endpoint.send(b"H" + _head_of(request) + body, [dup])
+            link.endpoint.send(b"H" + _replay_of(request, body), [dup])
         finally:
             os.close(dup)
         transport.abort()  # the primary's descriptor keeps the connection open

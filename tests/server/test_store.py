@@ -350,7 +350,8 @@ def test_a_failed_group_commit_is_reported_and_leaves_nothing(tmp_path: Path) ->
             await store.settled()
         batch.writer = real
         assert store.get(t.sessions, session_id="f-1") is None
-        store.insert(t.sessions, _session("f-2"))  # the next iteration works again
+        store.begin_call()  # the next call works again
+        store.insert(t.sessions, _session("f-2"))
         await store.settled()
 
     asyncio.run(scenario())
@@ -489,3 +490,98 @@ def test_the_log_starts_over_while_commits_never_stop(tmp_path: Path) -> None:
     store.stop_batching()
     store.close()
     assert restarted >= 2
+
+
+def test_a_writer_that_awaits_before_settled_still_hears_its_group_failed(tmp_path: Path) -> None:
+    """A call that writes, then awaits something else (a channel to close) before settled():
+    the commit fails meanwhile, with nobody waiting; settled() must still raise."""
+    store = Store(f"sqlite:///{tmp_path / 'h.db'}")
+
+    async def scenario() -> None:
+        store.batch_commits(asyncio.get_running_loop())
+        batch = store._batch
+        assert batch is not None
+        real = batch.writer
+        failing = _FailingCommit(real().connection.dbapi_connection)
+        batch.writer = lambda: SimpleNamespace(connection=SimpleNamespace(dbapi_connection=failing))  # type: ignore[assignment,return-value]
+
+        async def call() -> None:
+            store.begin_call()
+            store.insert(t.sessions, _session("late-1"))
+            await asyncio.sleep(0)  # the group's commit runs (and fails) here
+            await asyncio.sleep(0)
+            batch.writer = real
+            await store.settled()
+
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            await asyncio.create_task(call())
+
+        async def other_call() -> None:  # a later call, in another task, is not affected
+            store.begin_call()
+            store.insert(t.sessions, _session("late-2"))
+            await store.settled()
+
+        await asyncio.create_task(other_call())
+
+    asyncio.run(scenario())
+    store.stop_batching()
+    assert store.get(t.sessions, session_id="late-1") is None
+    assert store.get(t.sessions, session_id="late-2") is not None
+    store.close()
+
+
+def test_a_group_sqlite_rolls_back_whole_fails_every_writer_in_it(tmp_path: Path) -> None:
+    """Some errors (a full disk here, by max_page_count) make SQLite roll the whole group
+    back: the writer gets that error (not "no such savepoint"), every other writer of the
+    group hears of it in settled(), and the next group works."""
+    store = Store(f"sqlite:///{tmp_path / 'h.db'}")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        store.batch_commits(loop)
+        raw = store._writer().connection.dbapi_connection
+        pages = raw.execute("PRAGMA page_count").fetchone()[0]
+        raw.execute(f"PRAGMA max_page_count={pages + 2}")
+
+        async def first() -> None:
+            store.begin_call()
+            store.insert(t.sessions, _session("r-a"))
+            await store.settled()
+
+        waiting = loop.create_task(first())
+        await asyncio.sleep(0)  # first() wrote into the open group and waits on it
+        store.begin_call()
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            store.insert(t.sessions, _session("r-b", pad="x" * 200_000))
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            await waiting
+        raw.execute("PRAGMA max_page_count=1000000")
+        store.begin_call()
+        store.insert(t.sessions, _session("r-c"))
+        await store.settled()
+
+    asyncio.run(scenario())
+    store.stop_batching()
+    present = {
+        sid: store.get(t.sessions, session_id=sid) is not None for sid in ("r-a", "r-b", "r-c")
+    }
+    assert present == {"r-a": False, "r-b": False, "r-c": True}
+    store.close()
+
+
+def test_locked_rows_reads_every_matching_row_in_a_transaction(store: Store) -> None:
+    now = datetime.now(UTC)
+    store.insert(t.sessions, _session("k-1"))
+    for h, used in (("t1", False), ("t2", True), ("t3", False)):
+        store.insert(
+            t.session_tokens, {"token_hash": h, "session_id": "k-1", "expires": now, "used": used}
+        )
+    with store.transaction() as c:
+        rows = store.locked_rows(t.session_tokens, c, session_id="k-1")
+        assert store.locked_rows(t.session_tokens, c, session_id="nobody") == []
+    assert sorted((r["token_hash"], r["used"]) for r in rows) == [
+        ("t1", False),
+        ("t2", True),
+        ("t3", False),
+    ]
+    assert all(r["expires"].tzinfo is not None for r in rows)

@@ -6,6 +6,7 @@ run against a broker with workers in their own modules (test_data_channel, test_
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -209,3 +210,84 @@ def test_stopping_the_broker_stops_its_workers(tmp_path: Path) -> None:
             not Path(f"/proc/{pid}").exists()
             or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
         )
+
+
+def _read_all(sock: socket.socket, quiet: float = 1.0) -> bytes:
+    """Everything the server sends until it has been quiet for ``quiet`` seconds."""
+    sock.settimeout(quiet)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except TimeoutError:
+        pass
+    return data
+
+
+def test_a_chunked_request_handed_back_is_one_request(broker: Broker) -> None:
+    """The worker has read (and de-chunked) the body; the primary must see the same one
+    request, not the chunk framing parsed again (which let a body smuggle a second request)."""
+    host, port = broker.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        status, _ = _http(
+            sock,
+            b"POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: AmazonSSM.DescribeSessions\r\n"
+            b"Content-Type: application/x-amz-json-1.1\r\nContent-Length: 2\r\n\r\n{}",
+        )
+        assert status == 400
+        inner = b"0\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n"  # the decoded body
+        sock.sendall(
+            b"POST /hatchway/v1/register HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + f"{len(inner):x}\r\n".encode()
+            + inner
+            + b"\r\n0\r\n\r\n"
+        )
+        answer = _read_all(sock)
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
+    assert answer.startswith(b"HTTP/1.1 400") and b"SerializationException" in answer
+
+
+def test_a_first_request_that_arrives_in_pieces_is_served(broker: Broker) -> None:
+    host, port = broker.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POS")  # too little to tell an API call from anything else
+        time.sleep(0.3)
+        status, answer = _http(
+            sock,
+            b"T / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: AmazonSSM.DescribeSessions\r\n"
+            b"Content-Type: application/x-amz-json-1.1\r\nContent-Length: 2\r\n\r\n{}",
+        )
+    assert status == 400 and b"MissingAuthenticationToken" in answer
+
+
+def test_the_primary_does_not_spin_on_a_first_request_in_pieces() -> None:
+    """Peeking leaves the bytes readable: waiting for the rest must not call the peek again
+    and again (it did, about 180,000 times a second, on a full core)."""
+    from hatchway.server import workers
+
+    async def scenario() -> int:
+        listen = socket.create_server(("127.0.0.1", 0))
+        listener = workers.Listener(listen, None, None)  # type: ignore[arg-type]
+        calls = 0
+        sniff = listener._sniff
+
+        def counting(fd: int) -> None:
+            nonlocal calls
+            calls += 1
+            sniff(fd)
+
+        listener._sniff = counting  # type: ignore[method-assign]
+        listener.start()
+        loop = asyncio.get_running_loop()
+        client = socket.create_connection(listen.getsockname())
+        client.sendall(b"PO")
+        await asyncio.sleep(0.5)
+        client.close()
+        await asyncio.sleep(0.05)
+        listener.close()
+        del loop
+        return calls
+
+    calls = asyncio.run(scenario())
+    assert 1 <= calls < 200

@@ -305,8 +305,9 @@ async def end_session(
     """Move an active session to History and spend its tokens.
 
     Returns None if the session was not active, else whether a client had connected (one of
-    its tokens was spent already). Under the store's write lock that answer is final: a client
-    presenting a token after this finds it spent and is refused.
+    its tokens was spent already). The tokens are read locked (``Store.locked_rows``), so that
+    answer is final: a client spending a token at the same moment either did so first and is
+    seen, or finds the token spent after this and is refused.
     """
     if row is None:
         row = state.store.get(t.sessions, session_id=session_id)
@@ -316,10 +317,10 @@ async def end_session(
     if details:
         values["data"] = {**row["data"], "details": details}
     with state.store.transaction() as c:
-        spent = state.store.get(t.session_tokens, c, session_id=session_id, used=True)
+        tokens = state.store.locked_rows(t.session_tokens, c, session_id=session_id)
         state.store.update(t.sessions, {"session_id": session_id}, values, c)
         state.store.update(t.session_tokens, {"session_id": session_id}, {"used": True}, c)
-    return spent is not None
+    return any(token["used"] for token in tokens)
 
 
 async def close_data_channel(

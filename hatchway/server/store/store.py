@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fcntl
 import json
+import logging
 import mmap
 import os
 import sqlite3
@@ -48,6 +50,7 @@ from hatchway.server.store.direct import Statements, defaults, keyed_update
 from hatchway.server.store.migrations import migrate
 
 Record = dict[str, Any]
+log = logging.getLogger("hatchway.server.store")
 
 
 class Conflict(Exception):
@@ -83,24 +86,51 @@ def _aware(value: Any) -> Any:
     return value
 
 
+#: The groups (see Store.batch_commits) the current API call wrote in, by number.
+_GROUPS: contextvars.ContextVar[tuple[int, ...]] = contextvars.ContextVar(
+    "hatchway_store_groups", default=()
+)
+_FAILED_KEPT = 10_000  # failed groups remembered for settled()
+
+
 class _Batch:
-    """The event loop thread's open SQLite transaction and the future its commit resolves."""
+    """The event loop thread's open SQLite transaction ("group"), numbered, and the future its
+    commit resolves; failed groups are remembered so that every writer hears of it."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, thread: int, writer: Callable[[], Connection]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        thread: int,
+        writer: Callable[[], Connection],
+        on_failure: Callable[[], None],
     ) -> None:
         self.loop = loop
         self.thread = thread
         self.writer = writer
+        self.on_failure = on_failure
         self.done: asyncio.Future[BaseException | None] | None = None
+        self.number = 0
+        self.failed: dict[int, BaseException] = {}
 
     def begin(self, raw: Any) -> None:
         # IMMEDIATE: the write lock from the start. A deferred BEGIN whose first statement
         # reads would hold a snapshot that another connection's commit makes stale, and the
         # first write would then fail at once with "database is locked" (SQLITE_BUSY_SNAPSHOT).
         raw.execute("BEGIN IMMEDIATE")
+        self.number += 1
         self.done = self.loop.create_future()
         self.loop.call_soon(self.commit)
+
+    def fail(self, exc: BaseException) -> None:
+        """The open group is lost (its commit failed, or SQLite rolled it all back)."""
+        done, self.done = self.done, None
+        log.error("store: a group of writes was rolled back: %s", exc)
+        self.failed[self.number] = exc
+        while len(self.failed) > _FAILED_KEPT:
+            del self.failed[next(iter(self.failed))]
+        self.on_failure()
+        if done is not None and not done.done() and not self.loop.is_closed():
+            done.set_result(exc)
 
     def finish_checkpoint(self) -> None:
         """Copy what the log gained since the background checkpoint (see _Checkpointer)."""
@@ -112,19 +142,20 @@ class _Batch:
             raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def commit(self) -> None:
-        done, self.done = self.done, None
-        if done is None:
+        if self.done is None:
             return
         raw = _driver(self.writer())
-        failure: BaseException | None = None
         try:
             raw.execute("COMMIT")
-        except Exception as exc:  # every writer of this iteration hears of it in settled()
-            failure = exc
-            if raw.in_transaction:
-                raw.execute("ROLLBACK")
+        except Exception as exc:  # every writer of this group hears of it in settled()
+            with contextlib.suppress(sqlite3.Error):
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+            self.fail(exc)
+            return
+        done, self.done = self.done, None
         if not done.done() and not self.loop.is_closed():
-            done.set_result(failure)
+            done.set_result(None)
 
 
 class _SharedCounters:
@@ -155,6 +186,10 @@ class _SharedCounters:
             return 0
         cells, width = self._cells, self._width
         return sum(cells[p * width + slot] for p in range(self._count))
+
+    def close(self) -> None:
+        self._cells.release()
+        self._map.close()
 
     def bump(self, name: str) -> None:
         slot = self._slot.get(name)
@@ -246,11 +281,20 @@ class Store:
         return self.engine.dialect.name
 
     def close(self) -> None:
+        if self._batch is not None and threading.get_ident() != self._batch.thread:
+            self._batch = None  # another thread's group: its loop is gone with it
         self.stop_batching()
         for name in ("reader", "writer"):
             c: Connection | None = getattr(self._local, name, None)
             if c is not None:
                 c.close()
+        fd: int | None = getattr(self._local, "lock_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._local.lock_fd = None
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
         self.engine.dispose()
 
     @contextmanager
@@ -282,15 +326,27 @@ class Store:
         raw = _driver(conn)
         self._local.open = True
         try:
-            if self._batch is not None and threading.get_ident() == self._batch.thread:
+            batch = self._batch
+            if batch is not None and threading.get_ident() == batch.thread:
                 if not raw.in_transaction:
-                    self._batch.begin(raw)
+                    batch.begin(raw)
+                groups = _GROUPS.get()
+                if not groups or groups[-1] != batch.number:
+                    # Bounded: long-lived tasks (channels) write forever and never settle.
+                    _GROUPS.set((*groups[-63:], batch.number))
                 raw.execute("SAVEPOINT hw_txn")
                 try:
                     yield conn
-                except BaseException:
-                    raw.execute("ROLLBACK TO hw_txn")
-                    raw.execute("RELEASE hw_txn")
+                except BaseException as exc:
+                    if raw.in_transaction:
+                        try:
+                            raw.execute("ROLLBACK TO hw_txn")
+                            raw.execute("RELEASE hw_txn")
+                        except sqlite3.Error:
+                            raw.execute("ROLLBACK")
+                            batch.fail(exc)
+                    else:  # SQLite rolled the whole group back (a full disk, I/O error, …)
+                        batch.fail(exc)
                     raise
                 raw.execute("RELEASE hw_txn")
                 return
@@ -341,7 +397,9 @@ class Store:
         """
         if self._direct is None:
             return
-        self._batch = _Batch(loop, threading.get_ident(), self._writer)
+        if self._shared is not None:
+            raise RuntimeError("group commit is for one process (see join_processes)")
+        self._batch = _Batch(loop, threading.get_ident(), self._writer, self.invalidate_all)
         if self.url not in ("sqlite://", "sqlite:///:memory:"):
             _driver(self._writer()).execute("PRAGMA wal_autocheckpoint=0")
             batch = self._batch
@@ -352,18 +410,41 @@ class Store:
 
             self._checkpointer = _Checkpointer(self.engine.url.database or "", finish)
 
+    def begin_call(self) -> None:
+        """A new API call starts in this task: :meth:`settled` answers for its writes only."""
+        _GROUPS.set(())
+
     async def settled(self) -> None:
-        """Wait until this loop's writes so far are committed (see :meth:`batch_commits`)."""
+        """Wait until the writes of this call (since :meth:`begin_call`) are committed, and
+        raise if a group holding any of them failed (see :meth:`batch_commits`)."""
         batch = self._batch
-        if batch is not None and batch.done is not None:
+        if batch is None:
+            return
+        groups = _GROUPS.get()
+        if not groups:
+            return
+        if batch.done is not None and groups[-1] == batch.number:
             failure = await asyncio.shield(batch.done)
             if failure is not None:
                 raise failure
+        for number in groups:
+            failed = batch.failed.get(number)
+            if failed is not None:
+                raise failed
+
+    def invalidate_all(self) -> None:
+        """Count a change of everything: caches built from writes that were then rolled back
+        (or from a process that died before publishing its changes) are rebuilt."""
+        for name in _SharedCounters.NAMES:
+            self.bump(name)
 
     def stop_batching(self) -> None:
-        """Commit what is pending and return to one commit per transaction."""
+        """Commit what is pending and return to one commit per transaction (on the loop's
+        thread: the group is that thread's connection's)."""
         batch, self._batch = self._batch, None
         if batch is not None:
+            if threading.get_ident() != batch.thread:
+                raise RuntimeError("stop_batching belongs on the event loop's thread")
             batch.commit()
         checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is not None:
@@ -486,8 +567,21 @@ class Store:
         q = select(func.count()).select_from(table)
         if keys:
             q = q.where(self._where(table, keys))
-        with self._conn(conn) as c:
-            return int(c.execute(q).scalar_one())
+        if conn is not None:
+            return int(conn.execute(q).scalar_one())
+        (row,) = self._read(q)  # a read: no write transaction, no group
+        return int(next(iter(row.values())))
+
+    def locked_rows(self, table: Table, conn: Connection, **keys: Any) -> list[Record]:
+        """The rows whose ``keys`` equal the values, locked against other writers until
+        ``conn``'s transaction ends (PostgreSQL: ``FOR UPDATE``, which also waits for a writer
+        holding them and then reads its committed values; SQLite: its transactions hold the
+        database's write lock from the start)."""
+        if self._direct is not None:
+            q = self._direct.get(table, tuple(keys))
+            return [q.record(r) for r in _driver(conn).execute(q.sql, q.args(keys)).fetchall()]
+        stmt = select(table).where(self._where(table, keys)).with_for_update()
+        return [self._row(r) for r in conn.execute(stmt).mappings()]
 
     def insert(
         self,
