@@ -294,6 +294,14 @@ class _FailingCommit:
         return self.real.execute(sql, *args)
 
 
+def _fail_commits(batch: Any) -> Any:
+    """Make the group's COMMIT fail from now on; returns the real writer to put back."""
+    real = batch.writer
+    failing = _FailingCommit(real().connection.dbapi_connection)
+    batch.writer = lambda: SimpleNamespace(connection=SimpleNamespace(dbapi_connection=failing))
+    return real
+
+
 def test_group_commit_one_transaction_per_loop_iteration(tmp_path: Path) -> None:
     """On the event loop's thread, the transactions of one iteration commit together: a failing
     one is undone alone, the others become visible to other connections only at the commit,
@@ -339,12 +347,7 @@ def test_a_failed_group_commit_is_reported_and_leaves_nothing(tmp_path: Path) ->
         store.batch_commits(asyncio.get_running_loop())
         batch = store._batch
         assert batch is not None
-        real = batch.writer
-        real_raw = real().connection.dbapi_connection
-        wrapped = SimpleNamespace(
-            connection=SimpleNamespace(dbapi_connection=_FailingCommit(real_raw))
-        )
-        batch.writer = lambda: wrapped  # type: ignore[assignment,return-value]
+        real = _fail_commits(batch)
         store.insert(t.sessions, _session("f-1"))
         with pytest.raises(sqlite3.OperationalError, match="disk is full"):
             await store.settled()
@@ -501,9 +504,7 @@ def test_a_writer_that_awaits_before_settled_still_hears_its_group_failed(tmp_pa
         store.batch_commits(asyncio.get_running_loop())
         batch = store._batch
         assert batch is not None
-        real = batch.writer
-        failing = _FailingCommit(real().connection.dbapi_connection)
-        batch.writer = lambda: SimpleNamespace(connection=SimpleNamespace(dbapi_connection=failing))  # type: ignore[assignment,return-value]
+        real = _fail_commits(batch)
 
         async def call() -> None:
             store.begin_call()
