@@ -404,6 +404,29 @@ class _Signer(SigV4Auth):  # type: ignore[misc]
     def payload(self, request: Any) -> str:
         return self.payload_hash
 
+    def signature(self, string_to_sign: str, request: Any) -> str:
+        """botocore's ``signature``, with the derived signing key kept per (secret, day,
+        region, service) as every SDK keeps it: the same four ``_sign`` steps, once a day
+        instead of on every request."""
+        day = request.context["timestamp"][0:8]
+        secret = self.credentials.secret_key
+        cache_key = (secret, day, self._region_name, self._service_name)
+        key = _SIGNING_KEYS.get(cache_key)
+        if key is None:
+            key = self._sign(f"AWS4{secret}".encode(), day)
+            for part in (self._region_name, self._service_name, "aws4_request"):
+                key = self._sign(key, part)
+            if len(_SIGNING_KEYS) >= _SIGNING_KEYS_KEPT:
+                _SIGNING_KEYS.clear()
+            _SIGNING_KEYS[cache_key] = key
+        signed: str = self._sign(key, string_to_sign, hex=True)
+        return signed
+
+
+#: Derived signing keys (see _Signer.signature), a bounded few.
+_SIGNING_KEYS: dict[tuple[str, str, str, str], bytes] = {}
+_SIGNING_KEYS_KEPT = 4096
+
 
 @dataclass(frozen=True)
 class _Parsed:

@@ -798,3 +798,26 @@ def test_signed_request_with_junk(extra: dict[str, str], junk_query: str) -> Non
         verify(replace(_WS_REQUEST, headers=headers, query=query), lookup, SIGNED_AT)
     except AuthError as err:
         assert err.kind in ("signature", "incomplete", "malformed", "token_invalid", "expired")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    secret=st.text(min_size=1, max_size=40),
+    day=st.sampled_from(["20261127", "20261128", "20270101"]),
+    region=st.sampled_from(["us-east-1", "eu-west-3"]),
+    service=st.sampled_from(["ssm", "sts", "iam", "ssmmessages"]),
+    string_to_sign=st.text(max_size=200),
+)
+def test_the_signing_key_kept_per_day_signs_as_botocore(
+    secret: str, day: str, region: str, service: str, string_to_sign: str
+) -> None:
+    """The verifier keeps derived signing keys; every signature, first or from the kept key,
+    equals botocore's own ``SigV4Auth.signature``."""
+    request = AWSRequest("POST", "http://x/")
+    request.context["timestamp"] = f"{day}T120000Z"
+    expected = SigV4Auth(Credentials("AKID", secret), service, region).signature(
+        string_to_sign, request
+    )
+    for _ in range(2):  # derived, then kept
+        signer = sigv4._Signer("AKID", secret, service, region)
+        assert signer.signature(string_to_sign, request) == expected
