@@ -34,15 +34,21 @@ import logging
 import os
 import socket
 from collections.abc import Iterable
-from enum import StrEnum
 from typing import Any
 
 from hatchway.agent.plugin import PluginError, SessionIO, SessionPlugin
 from hatchway.protocol import Flag, PayloadError, PayloadType, build_flag, parse_flag, parse_version
 from hatchway.protocol.outbox import Outbox
+from hatchway.protocol.port import (
+    FRAME_BYTES,
+    HIGH_WATER,
+    KEEPALIVE_INTERVAL,
+    LOCAL_PORT_FORWARDING,
+    LOW_WATER,
+    READ_BYTES,
+    PortMode,
+)
 from hatchway.protocol.smux import (
-    HEADER_SIZE,
-    MAX_FRAME,
     Reply,
     SmuxError,
     SmuxRole,
@@ -66,19 +72,10 @@ __all__ = [
 
 log = logging.getLogger("hatchway.agent.port")
 
-LOCAL_PORT_FORWARDING = "LocalPortForwarding"
 MUX_CLIENT_VERSION = (1, 1, 70)
 """Clients from this version on speak smux (AWS's agent: ``muxSupportedClientVersion``)."""
 KEEPALIVE_CLIENT_VERSION = (1, 2, 331, 0)
 """Clients up to this version run smux keepalive and drop a session silent for 30 s."""
-KEEPALIVE_INTERVAL = 10.0
-FRAME_BYTES = 256 * 1024
-"""Largest Output payload we send (AWS sends 1 KiB every millisecond)."""
-READ_BYTES = FRAME_BYTES - HEADER_SIZE * -(-FRAME_BYTES // MAX_FRAME)
-"""One socket read: with the smux header of every 32 KiB it fills one frame exactly."""
-HIGH_WATER = 1024 * 1024
-"""Bytes buffered toward one destination before client data is held back."""
-LOW_WATER = 256 * 1024
 MAX_STREAMS = 1024
 """Concurrent connections per session; more are refused like a failed dial."""
 DIAL_TIMEOUT = 30.0
@@ -99,12 +96,6 @@ DENIED_ENV = "HATCHWAY_DENIED_PORT_FORWARDING_IPS"
 """Extra addresses or networks to refuse, comma or space separated (an agent setting)."""
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class PortMode(StrEnum):
-    MUX = "mux"
-    BASIC = "basic"
-    STREAM = "stream"
 
 
 class ForbiddenAddress(Exception):

@@ -26,7 +26,6 @@ import signal
 import socket
 import stat
 from collections import deque
-from enum import StrEnum
 from typing import Any
 
 from hatchway.client.handler import SessionContext, SessionHandler
@@ -40,9 +39,16 @@ from hatchway.protocol import (
     parse_flag,
 )
 from hatchway.protocol.outbox import Outbox
+from hatchway.protocol.port import (
+    FRAME_BYTES,
+    HIGH_WATER,
+    KEEPALIVE_INTERVAL,
+    LOCAL_PORT_FORWARDING,
+    LOW_WATER,
+    READ_BYTES,
+    PortMode,
+)
 from hatchway.protocol.smux import (
-    HEADER_SIZE,
-    MAX_FRAME,
     Reply,
     SmuxError,
     SmuxRole,
@@ -55,34 +61,19 @@ __all__ = [
     "CONNECT_ERROR_MESSAGE",
     "HIGH_WATER",
     "LOW_WATER",
-    "ForwardMode",
     "PortHandler",
+    "PortMode",
 ]
 
 log = logging.getLogger("hatchway.client")
 
-LOCAL_PORT_FORWARDING = "LocalPortForwarding"
 MUX_AFTER_AGENT = "3.0.196.0"
 """Agents newer than this speak smux (AWS plugin: TCPMultiplexingSupportedAfter…)."""
 KEEPALIVE_OFF_AFTER_AGENT = "3.1.1511.0"
 """Agents up to this version may run smux keepalive and drop a session silent for 30 s."""
 TERMINATE_FLAG_AFTER_AGENT = "2.3.722.0"
-KEEPALIVE_INTERVAL = 10.0
-READ_SIZE = 256 * 1024
-"""Output frames carry up to this much (the session's DATA_CHUNK)."""
-READ_BYTES = READ_SIZE - HEADER_SIZE * -(-READ_SIZE // MAX_FRAME)
-"""One socket read: with the smux header of every 32 KiB it fills one frame exactly."""
-HIGH_WATER = 1024 * 1024
-"""Bytes waiting for the send window (or for a slow local reader) before we push back."""
-LOW_WATER = 256 * 1024
 CONNECT_ERROR_MESSAGE = "\nConnection to destination port failed, check SSM Agent logs.\n"
 TERMINATE_SIGNALS = (signal.SIGINT, signal.SIGTSTP, signal.SIGQUIT)
-
-
-class ForwardMode(StrEnum):
-    MUX = "mux"
-    BASIC = "basic"
-    STREAM = "stream"
 
 
 def _newer(version: str | None, than: str) -> bool:
@@ -152,18 +143,18 @@ class PortHandler(SessionHandler):
         self.unix = str(props.get("localConnectionType") or "") == "unix"
         agent = ctx.handshake.agent_version
         if str(props.get("type") or "") == LOCAL_PORT_FORWARDING:
-            self.mode = ForwardMode.MUX if _newer(agent, MUX_AFTER_AGENT) else ForwardMode.BASIC
+            self.mode = PortMode.MUX if _newer(agent, MUX_AFTER_AGENT) else PortMode.BASIC
         else:
-            self.mode = ForwardMode.STREAM
+            self.mode = PortMode.STREAM
         self.agent_version = agent
-        self.smux = SmuxSession(SmuxRole.CLIENT) if self.mode is ForwardMode.MUX else None
+        self.smux = SmuxSession(SmuxRole.CLIENT) if self.mode is PortMode.MUX else None
         self.conns: dict[int, _Local] = {}
         self.active: _Local | None = None  # basic mode: the connection being forwarded
         self.waiting: deque[_Local] = deque()  # basic mode: accepted, not yet served
         self.server: asyncio.AbstractServer | None = None
         self.bound_port: int | None = None
         self.connections = 0
-        self._outbox = Outbox(READ_SIZE)
+        self._outbox = Outbox(FRAME_BYTES)
         self.read_buffer = memoryview(bytearray(READ_BYTES))
         self._wakeup = asyncio.Event()
         self._reading = True
@@ -176,7 +167,7 @@ class PortHandler(SessionHandler):
 
     async def start(self) -> None:
         self._spawn(self._sender(), "port-sender")
-        if self.mode is ForwardMode.STREAM:
+        if self.mode is PortMode.STREAM:
             self._spawn(self._pump_stdin(), "port-stdin")
             return
         for signum in TERMINATE_SIGNALS:
@@ -193,9 +184,7 @@ class PortHandler(SessionHandler):
             self.ctx.io.say(f"\nCannot listen on {where}: {reason}\n")
             self.ctx.end_locally(1)
             return
-        if self.mode is ForwardMode.MUX and not _newer(
-            self.agent_version, KEEPALIVE_OFF_AFTER_AGENT
-        ):
+        if self.mode is PortMode.MUX and not _newer(self.agent_version, KEEPALIVE_OFF_AFTER_AGENT):
             self._spawn(self._keepalive(), "port-keepalive")
 
     async def _listen(self) -> None:
@@ -210,7 +199,7 @@ class PortHandler(SessionHandler):
             self.server = await loop.create_server(lambda: _Local(self), sock=sock)
             self.bound_port = int(sock.getsockname()[1])
             shown = f"Port {self.bound_port} opened for sessionId {self.ctx.session_id}."
-        if self.mode is ForwardMode.MUX:
+        if self.mode is PortMode.MUX:
             self.ctx.io.say(f"{shown}\nWaiting for connections...\n")
         else:
             self.ctx.io.say(f"{shown}\n")
@@ -248,7 +237,7 @@ class PortHandler(SessionHandler):
         self._spawn(self._terminate(), "port-terminate")
 
     async def _terminate(self) -> None:
-        if self.mode is ForwardMode.MUX or _newer(self.agent_version, TERMINATE_FLAG_AFTER_AGENT):
+        if self.mode is PortMode.MUX or _newer(self.agent_version, TERMINATE_FLAG_AFTER_AGENT):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
                     self.ctx.send(PayloadType.FLAG, build_flag(Flag.TERMINATE_SESSION)), 2.0
@@ -260,7 +249,7 @@ class PortHandler(SessionHandler):
     def accepted(self, conn: _Local) -> None:
         self.connections += 1
         if self.connections == 1:
-            if self.mode is ForwardMode.MUX:
+            if self.mode is PortMode.MUX:
                 self.ctx.io.say(f"\nConnection accepted for session [{self.ctx.session_id}]\n")
             else:
                 self.ctx.io.say(f"Connection accepted for session {self.ctx.session_id}.\n")
@@ -308,7 +297,7 @@ class PortHandler(SessionHandler):
                 break
 
     async def _pump_stdin(self) -> None:
-        reader = StdinReader(self.ctx.io.stdin_fd, READ_SIZE)
+        reader = StdinReader(self.ctx.io.stdin_fd, FRAME_BYTES)
         while True:
             while self._outbox.size > HIGH_WATER:
                 self._wakeup.clear()
@@ -368,7 +357,7 @@ class PortHandler(SessionHandler):
         if payload_type == PayloadType.OUTPUT:
             if self.smux is not None:
                 self._mux_output(payload)
-            elif self.mode is ForwardMode.STREAM:
+            elif self.mode is PortMode.STREAM:
                 self.ctx.io.write(payload)
             elif self.active is not None:
                 self.active.write(payload)
@@ -409,9 +398,9 @@ class PortHandler(SessionHandler):
                 self._queue(PayloadType.OUTPUT, event.data)
 
     def accepting(self) -> bool:
-        if self._stopping or self.mode is ForwardMode.STREAM:
+        if self._stopping or self.mode is PortMode.STREAM:
             return True
-        if self.mode is ForwardMode.BASIC:
+        if self.mode is PortMode.BASIC:
             # Like AWS's plugin: output waits for a local client to connect.
             return self.active is not None and not self.active.write_paused
         return not any(conn.write_paused for conn in self.conns.values())
