@@ -302,11 +302,7 @@ class PortHandler(SessionHandler):
             while self._outbox.size > HIGH_WATER:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            try:
-                data = await reader.read()
-            except OSError as exc:
-                log.warning("reading stdin: %s", exc)
-                data = b""
+            data = await reader.read_or_end()
             if not data:
                 while self._outbox:
                     self._wakeup.clear()

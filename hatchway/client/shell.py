@@ -90,11 +90,7 @@ class ShellHandler(SessionHandler):
     async def _pump_stdin(self) -> None:
         reader = StdinReader(self.ctx.io.stdin_fd, STDIN_CHUNK)
         while True:
-            try:
-                data = await reader.read()
-            except OSError as exc:
-                log.warning("reading stdin: %s", exc)
-                data = b""
+            data = await reader.read_or_end()
             if not data:
                 self.ctx.input_ended()
                 return

@@ -9,6 +9,7 @@ import asyncio
 import atexit
 import contextlib
 import errno
+import logging
 import os
 import sys
 import termios
@@ -38,6 +39,8 @@ ESCAPE_HELP = (
     b"  ~? - this help message\r\n"
     b"(Escapes are only recognized immediately after a newline.)\r\n"
 )
+
+log = logging.getLogger("hatchway.client")
 
 
 @dataclass
@@ -242,6 +245,14 @@ class StdinReader:
             return await fut
         finally:
             loop.remove_reader(self.fd)
+
+    async def read_or_end(self) -> bytes:
+        """:meth:`read`, with a read error (logged) taken as the end of input."""
+        try:
+            return await self.read()
+        except OSError as exc:
+            log.warning("reading stdin: %s", exc)
+            return b""
 
     def _read_now(self) -> bytes:
         try:
