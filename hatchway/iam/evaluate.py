@@ -205,6 +205,18 @@ class PolicySet:
             groups.append(self.session)
         self._groups = tuple(groups)
 
+    def with_resource(self, policy: Policy) -> PolicySet:
+        """The same principal's policies with ``policy`` as the resource's (a role's trust
+        policy, a KMS key policy), for evaluating a request against both together."""
+        return PolicySet(
+            self.identity.policies,
+            resource=policy,
+            boundary=self.boundary.policies if self.boundary else None,
+            session=self.session.policies if self.session else None,
+            scps=[g.policies for g in self.scps],
+            rcps=[g.policies for g in self.rcps],
+        )
+
     # -- matching helpers --
 
     @staticmethod

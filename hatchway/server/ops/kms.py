@@ -26,7 +26,6 @@ from hatchway.iam import (
     Policy,
     PolicyError,
     PolicyKind,
-    PolicySet,
     Request,
     denial_message,
     make_context,
@@ -78,15 +77,7 @@ def _evaluate_with_key_policy(
     call: Call, action: str, resource: str, policy: Policy, ctx: Mapping[str, object]
 ) -> tuple[bool, str | None]:
     """The caller's IAM policies and ``policy`` (a key policy) together: allowed, or why not."""
-    own = call.caller.policies
-    combined = PolicySet(
-        own.identity.policies,
-        resource=policy,
-        boundary=own.boundary.policies if own.boundary else None,
-        session=own.session.policies if own.session else None,
-        scps=[g.policies for g in own.scps],
-        rcps=[g.policies for g in own.rcps],
-    )
+    combined = call.caller.policies.with_resource(policy)
     context = call.base_context()
     context.update(make_context(ctx))
     request = Request(action, resource, call.caller.principal, context, call.account)

@@ -9,7 +9,6 @@ from typing import Any
 from hatchway.iam import (
     PolicyError,
     PolicyKind,
-    PolicySet,
     Request,
     compile_policy,
     parse_policy,
@@ -46,14 +45,7 @@ async def assume_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     # The caller's own policies and the role's trust policy, evaluated together: the trust
     # policy is the resource policy of the role and must name the caller (or its account).
     trust = compile_policy(json.loads(role["data"]["trust"]), PolicyKind.TRUST, name="trust")
-    own = call.caller.policies
-    combined = PolicySet(
-        own.identity.policies,
-        resource=trust,
-        boundary=own.boundary.policies if own.boundary else None,
-        session=own.session.policies if own.session else None,
-        scps=[g.policies for g in own.scps],
-    )
+    combined = call.caller.policies.with_resource(trust)
     ctx = call.base_context()
     tags = {t["Key"]: t["Value"] for t in params.get("Tags") or []}
     for k, v in tags.items():
