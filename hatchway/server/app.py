@@ -86,6 +86,16 @@ def _route(req: sigv4.IncomingRequest) -> _Route:
     return _Route("query", service, model.operation_model(action), form)
 
 
+def _internal_error(route: _Route) -> ServiceError:
+    """AWS's server fault for this protocol (JSON: InternalServerError; Query: InternalFailure)."""
+    return ServiceError(
+        "InternalServerError" if route.protocol == "json" else "InternalFailure",
+        "An internal error occurred.",
+        500,
+        sender=False,
+    )
+
+
 def _error_response(route: _Route, err: ServiceError, request_id: str) -> web.Response:
     if route.protocol == "json":
         status, headers, body = jsonproto.serialize_json_error(err)
@@ -178,12 +188,7 @@ async def _handle_api(request: web.Request) -> web.Response:
         response = _error_response(route, exc, call_id)
     except Exception:
         log.exception("internal error in %s.%s", route.service, op.name)
-        error = ServiceError(
-            "InternalServerError" if route.protocol == "json" else "InternalFailure",
-            "An internal error occurred.",
-            500,
-            sender=False,
-        )
+        error = _internal_error(route)
         response = _error_response(route, error, call_id)
     try:
         audit(
@@ -204,13 +209,7 @@ async def _handle_api(request: web.Request) -> web.Response:
         await state.store.settled()  # nothing is answered before its writes are committed
     except Exception:
         log.exception("the store could not commit the writes of %s", call_id)
-        failed = ServiceError(
-            "InternalServerError" if route.protocol == "json" else "InternalFailure",
-            "An internal error occurred.",
-            500,
-            sender=False,
-        )
-        return _error_response(route, failed, call_id)
+        return _error_response(route, _internal_error(route), call_id)
     return response
 
 

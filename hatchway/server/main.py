@@ -67,6 +67,15 @@ def build_state(config: ServerConfig) -> tuple[ServerState, tuple[str, str] | No
     return state, generated
 
 
+def settle_memory() -> None:
+    """Once started: everything loaded so far (botocore's models, compiled policies, the app)
+    lives as long as the process, so keep it out of the cyclic collector's scans, which
+    otherwise walk it on every full collection; and collect the young generation less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 50)
+
+
 async def wait_for_stop() -> None:
     """Until SIGINT or SIGTERM."""
     stop = asyncio.Event()
@@ -117,12 +126,7 @@ async def serve(config: ServerConfig) -> None:
         f"account {config.account_id})",
         flush=True,
     )
-    # Everything loaded so far (botocore's models, compiled policies, the app) lives as long
-    # as the process: keep it out of the cyclic collector's scans, which otherwise walk it
-    # on every full collection, and collect the young generation less often.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 50)
+    settle_memory()
     await wait_for_stop()
     if listener is not None and pool is not None:
         listener.close()

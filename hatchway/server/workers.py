@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import itertools
 import json
 import logging
@@ -486,7 +485,7 @@ class PrimaryLink:
 async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) -> None:
     from hatchway.server.app import STATE_KEY, handle_api, handle_health
     from hatchway.server.crypto import SecretBox
-    from hatchway.server.main import load_scps
+    from hatchway.server.main import load_scps, settle_memory
     from hatchway.server.ops import register_all
     from hatchway.server.store import Store
 
@@ -560,9 +559,7 @@ async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) ->
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 50)
+    settle_memory()
     closed = asyncio.ensure_future(link.endpoint.closed)
     waiter = asyncio.ensure_future(stop.wait())
     await asyncio.wait([closed, waiter], return_when=asyncio.FIRST_COMPLETED)
