@@ -2,10 +2,10 @@
 leaves the machine's CPU to the server it measures (the role ``wrk`` plays elsewhere).
 
 * :class:`Signer` builds each request exactly as boto3 does (``X-Amz-Target``, the JSON 1.1 or
-  Query content type, ``User-Agent``, ``Content-Length``) and signs it with SigV4. At start-up it
-  signs a sample request itself and with botocore's ``SigV4Auth`` at the same instant, and
-  refuses to run unless both give the same headers: the broker sees boto3's bytes. Only the
-  signing key (derived once a day, as every SDK caches it) and the plumbing are faster.
+  Query content type, ``User-Agent``, ``Content-Length``) and signs it with SigV4 through the
+  plugin's botocore-free signer (``hatchway.client.fastsign``). At start-up it signs a sample
+  request that way and with botocore's ``SigV4Auth`` at the same instant, and refuses to run
+  unless both give the same headers: the broker sees boto3's bytes.
 * :class:`Connection` is one keep-alive HTTP/1.1 connection on an asyncio ``Protocol``:
   one request in flight, responses framed by ``Content-Length`` (what the broker sends).
 """
@@ -13,13 +13,11 @@ leaves the machine's CPU to the server it measures (the role ``wrk`` plays elsew
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 from datetime import UTC, datetime
 from typing import Any
 
-_EMPTY_SHA = hashlib.sha256(b"").hexdigest()
+from hatchway.client.fastsign import StaticCredentials, sign_headers
 
 
 class Signer:
@@ -30,43 +28,19 @@ class Signer:
         self.host = rest.split("/", 1)[0]
         self.url = url.rstrip("/") + "/"
         self.key, self.secret, self.region, self.agent = key, secret, region, agent
-        self._keys: dict[tuple[str, str], bytes] = {}
+        self.credentials = StaticCredentials(key, secret)
         self._check_against_botocore()
-
-    def _signing_key(self, day: str, service: str) -> bytes:
-        k = self._keys.get((day, service))
-        if k is None:
-            k = ("AWS4" + self.secret).encode()
-            for part in (day, self.region, service, "aws4_request"):
-                k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-            self._keys[(day, service)] = k
-        return k
 
     def _sign(
         self, service: str, body: bytes, headers: dict[str, str], now: datetime | None = None
     ) -> dict[str, str]:
-        stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-        signed = {k.lower(): v.strip() for k, v in headers.items() if k != "User-Agent"}
-        signed["host"] = self.host
-        signed["x-amz-date"] = stamp
-        names = sorted(signed)
-        canonical = "POST\n/\n\n{}\n{}\n{}".format(
-            "".join(f"{n}:{signed[n]}\n" for n in names),
-            ";".join(names),
-            hashlib.sha256(body).hexdigest(),
+        # botocore signs every header but User-Agent (and a few others boto3 never sends).
+        signed = {k: v for k, v in headers.items() if k != "User-Agent"}
+        signed["Host"] = self.host
+        auth = sign_headers(
+            "POST", "/", "", signed, body, self.credentials, self.region, service, now
         )
-        scope = f"{stamp[:8]}/{self.region}/{service}/aws4_request"
-        digest = hashlib.sha256(canonical.encode()).hexdigest()
-        to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{digest}"
-        sig = hmac.new(
-            self._signing_key(stamp[:8], service), to_sign.encode(), hashlib.sha256
-        ).hexdigest()
-        return {
-            **headers,
-            "X-Amz-Date": stamp,
-            "Authorization": f"AWS4-HMAC-SHA256 Credential={self.key}/{scope}, "
-            f"SignedHeaders={';'.join(names)}, Signature={sig}",
-        }
+        return {**headers, **auth}
 
     def _json_headers(self, target: str, body: bytes) -> dict[str, str]:
         return {

@@ -13,6 +13,7 @@ equal botocore's ``SigV4Auth`` for the same request and time.
 from __future__ import annotations
 
 import configparser
+import functools
 import hashlib
 import hmac
 import os
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote, urlsplit
 
-__all__ = ["StaticCredentials", "sign_get", "static_credentials"]
+__all__ = ["StaticCredentials", "sign_get", "sign_headers", "static_credentials"]
 
 _DYNAMIC_KEYS = (
     "role_arn",
@@ -88,6 +89,63 @@ def _hmac(key: bytes, msg: str) -> bytes:
     return hmac.new(key, msg.encode(), hashlib.sha256).digest()
 
 
+@functools.lru_cache(maxsize=64)
+def _signing_key(secret: str, day: str, region: str, service: str) -> bytes:
+    key = _hmac(("AWS4" + secret).encode(), day)
+    for part in (region, service, "aws4_request"):
+        key = _hmac(key, part)
+    return key
+
+
+def sign_headers(
+    method: str,
+    path: str,
+    query: str,
+    headers: dict[str, str],
+    body: bytes,
+    credentials: StaticCredentials,
+    region: str,
+    service: str,
+    now: datetime | None = None,
+) -> dict[str, str]:
+    """The SigV4 headers (``X-Amz-Date``, ``Authorization``, the session token) for a request
+    whose ``headers`` (``Host`` among them) are all to be signed, as botocore's ``SigV4Auth``
+    signs them. ``path`` and ``query`` are already in canonical (encoded, sorted) form."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    stamp = moment.strftime("%Y%m%dT%H%M%SZ")
+    signed = {k.lower(): " ".join(v.split()) for k, v in headers.items()}
+    signed["x-amz-date"] = stamp
+    if credentials.session_token:
+        signed["x-amz-security-token"] = credentials.session_token
+    names = sorted(signed)
+    canonical = "\n".join(
+        [
+            method,
+            path,
+            query,
+            "".join(f"{n}:{signed[n]}\n" for n in names),
+            ";".join(names),
+            hashlib.sha256(body).hexdigest(),
+        ]
+    )
+    scope = f"{stamp[:8]}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    key = _signing_key(credentials.secret_access_key, stamp[:8], region, service)
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    out = {
+        "X-Amz-Date": stamp,
+        "Authorization": (
+            f"AWS4-HMAC-SHA256 Credential={credentials.access_key_id}/{scope}, "
+            f"SignedHeaders={';'.join(names)}, Signature={signature}"
+        ),
+    }
+    if credentials.session_token:
+        out["X-Amz-Security-Token"] = credentials.session_token
+    return out
+
+
 def sign_get(
     url: str,
     host: str,
@@ -98,9 +156,6 @@ def sign_get(
 ) -> dict[str, str]:
     """SigV4 headers (``Host``, ``X-Amz-Date``, ``Authorization``, token) for a GET of the
     http(s) form of ``url`` with an empty body, as botocore's ``SigV4Auth`` signs it."""
-    moment = (now or datetime.now(UTC)).astimezone(UTC)
-    stamp = moment.strftime("%Y%m%dT%H%M%SZ")
-    day = stamp[:8]
     parts = urlsplit(url)
     path = quote(parts.path or "/", safe="/~")
     pairs = sorted(
@@ -108,36 +163,7 @@ def sign_get(
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
     )
     query = "&".join(f"{k}={v}" for k, v in pairs)
-    headers = {"host": host, "x-amz-date": stamp}
-    if credentials.session_token:
-        headers["x-amz-security-token"] = credentials.session_token
-    names = sorted(headers)
-    canonical = "\n".join(
-        [
-            "GET",
-            path,
-            query,
-            "".join(f"{n}:{headers[n].strip()}\n" for n in names),
-            ";".join(names),
-            hashlib.sha256(b"").hexdigest(),
-        ]
+    signed = sign_headers(
+        "GET", path, query, {"Host": host}, b"", credentials, region, service, now
     )
-    scope = f"{day}/{region}/{service}/aws4_request"
-    to_sign = "\n".join(
-        ["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()]
-    )
-    key = _hmac(("AWS4" + credentials.secret_access_key).encode(), day)
-    for part in (region, service, "aws4_request"):
-        key = _hmac(key, part)
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    out = {
-        "Host": host,
-        "X-Amz-Date": stamp,
-        "Authorization": (
-            f"AWS4-HMAC-SHA256 Credential={credentials.access_key_id}/{scope}, "
-            f"SignedHeaders={';'.join(names)}, Signature={signature}"
-        ),
-    }
-    if credentials.session_token:
-        out["X-Amz-Security-Token"] = credentials.session_token
-    return out
+    return {"Host": host, **signed}
