@@ -277,22 +277,23 @@ async def list_keys(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     return {"Keys": [{"KeyId": k.key_id, "KeyArn": k.arn} for k in chunk], **more}
 
 
+def _switch(call: Call, params: dict[str, Any], action: str, state: str) -> dict[str, Any]:
+    """EnableKey / DisableKey: not for a key pending deletion."""
+    ref = kms.resolve(call.state, params["KeyId"], aliases=False)
+    _authorize_key(call, action, ref)
+    _not_pending(ref.key)
+    _set_state(call, ref.key, state)
+    return {}
+
+
 @operation("kms", "EnableKey")
 async def enable_key(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    ref = kms.resolve(call.state, params["KeyId"], aliases=False)
-    _authorize_key(call, "kms:EnableKey", ref)
-    _not_pending(ref.key)
-    _set_state(call, ref.key, "Enabled")
-    return {}
+    return _switch(call, params, "kms:EnableKey", "Enabled")
 
 
 @operation("kms", "DisableKey")
 async def disable_key(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    ref = kms.resolve(call.state, params["KeyId"], aliases=False)
-    _authorize_key(call, "kms:DisableKey", ref)
-    _not_pending(ref.key)
-    _set_state(call, ref.key, "Disabled")
-    return {}
+    return _switch(call, params, "kms:DisableKey", "Disabled")
 
 
 @operation("kms", "ScheduleKeyDeletion")
