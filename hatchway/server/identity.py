@@ -134,7 +134,10 @@ def _resolve(state: ServerState, key: Record) -> Caller | None:
             text = iamdata.policy_document(state.store, parn)
             if text:
                 session_docs.append({"name": parn.rsplit("/", 1)[-1], "arn": parn, "text": text})
-        session = _compile(session_docs, PolicyKind.SESSION) if session_docs else None
+        # A session that was given session policies stays scoped by them: one deleted since
+        # (or any that no longer compiles) allows nothing, as a missing boundary does.
+        scoped = bool(data.get("session_policy") or data.get("policy_arns"))
+        session = _compile(session_docs, PolicyKind.SESSION) if scoped else None
         ps = PolicySet(identity, boundary=_boundary(state, role), session=session, scps=state.scps)
         tags = {**iamdata.tags_dict(role), **data.get("session_tags", {})}
         role_id = role["entity_id"] if role else "AROA" + "0" * 17

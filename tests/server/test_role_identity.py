@@ -1,0 +1,153 @@
+"""Roles as identities (issue 16, items 1, 4, 5, 13, 14), through boto3 and a running broker.
+
+* CreateActivation resolves ``IamRole`` (a name or ``path/name``) to one existing role that
+  trusts ssm.amazonaws.com, and authorizes ``iam:PassRole`` on that role's exact ARN.
+* Credentials issued for a role (STS sessions, nodes) follow its unique id: once the role is
+  deleted they are refused for good, even after a role of the same name is created, and the
+  Session Manager sessions open under it end with a reason.
+* Role chaining is limited to one hour; a deleted session policy allows nothing; session
+  tags and source identities need the trust policy's ``sts:TagSession`` /
+  ``sts:SetSourceIdentity``.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from conftest import (
+    ACCOUNT,
+    Agent,
+    Broker,
+    start_agent,
+    start_broker,
+    stop_broker,
+    user_with_policy,
+)
+
+SSM_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "ssm.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    ],
+}
+ADMIN = "arn:aws:iam::aws:policy/AdministratorAccess"
+NONEXISTENT = "Nonexistent role or missing ssm service principal in trust policy"
+
+
+def _trust(*actions: str, deny: str | None = None) -> str:
+    statements: list[dict[str, Any]] = [
+        {
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+            "Action": list(actions or ["sts:AssumeRole"]),
+        }
+    ]
+    if deny:
+        statements.append(
+            {
+                "Effect": "Deny",
+                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+                "Action": deny,
+            }
+        )
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
+
+
+def _allow(*actions: str) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": list(actions), "Resource": "*"}],
+    }
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    b = start_broker(tmp_path_factory.mktemp("roles") / "data")
+    yield b
+    stop_broker(b)
+
+
+@pytest.fixture(scope="module")
+def node(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    a = start_agent(broker, tmp_path_factory.mktemp("node") / "state", "i-0123456789abcdef0")
+    yield a
+    a.stop()
+
+
+@pytest.fixture(scope="module")
+def assumer(broker: Broker) -> tuple[str, str]:
+    return user_with_policy(
+        broker,
+        "assumer",
+        _allow("sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"),
+    )
+
+
+def _session(broker: Broker, key: tuple[str, ...], role: str, **kw: Any) -> tuple[str, str, str]:
+    c = broker.client("sts", *key).assume_role(
+        RoleArn=f"arn:aws:iam::{ACCOUNT}:role/{role}", RoleSessionName=kw.pop("name", "sess"), **kw
+    )["Credentials"]
+    return c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"]
+
+
+def _error(exc: pytest.ExceptionInfo[ClientError]) -> tuple[str, str]:
+    err = exc.value.response["Error"]
+    return err["Code"], err["Message"]
+
+
+def _register(broker: Broker, activation: dict[str, str]) -> dict[str, str]:
+    """The anonymous registration call the agent makes; the node's credentials."""
+    req = urllib.request.Request(
+        broker.url + "/hatchway/v1/register",
+        data=json.dumps(
+            {
+                "ActivationId": activation["ActivationId"],
+                "ActivationCode": activation["ActivationCode"],
+            }
+        ).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        out: dict[str, str] = json.loads(resp.read())
+    return out
+
+
+# -- item 13: a deleted session policy allows nothing ------------------------------------------
+
+
+def test_deleted_managed_session_policy_allows_nothing(
+    broker: Broker, assumer: tuple[str, str]
+) -> None:
+    iam = broker.client("iam")
+    iam.create_role(RoleName="Scoped", AssumeRolePolicyDocument=_trust())
+    iam.put_role_policy(
+        RoleName="Scoped",
+        PolicyName="p",
+        PolicyDocument=json.dumps(
+            _allow("ssm:DescribeSessions", "ssm:DescribeInstanceInformation")
+        ),
+    )
+    arn = iam.create_policy(
+        PolicyName="OnlySessions", PolicyDocument=json.dumps(_allow("ssm:DescribeSessions"))
+    )["Policy"]["Arn"]
+    ssm = broker.client("ssm", *_session(broker, assumer, "Scoped", PolicyArns=[{"arn": arn}]))
+    ssm.describe_sessions(State="Active")
+    with pytest.raises(ClientError):
+        ssm.describe_instance_information()
+    iam.delete_policy(PolicyArn=arn)
+    for call in (lambda: ssm.describe_sessions(State="Active"), ssm.describe_instance_information):
+        with pytest.raises(ClientError) as exc:
+            call()
+        code, message = _error(exc)
+        assert code == "AccessDeniedException"
+        assert "because no session policy allows the ssm:Describe" in message
