@@ -122,6 +122,29 @@ def _register(broker: Broker, activation: dict[str, str]) -> dict[str, str]:
     return out
 
 
+# -- item 5: role chaining ---------------------------------------------------------------------
+
+
+def test_role_chaining_is_limited_to_one_hour(broker: Broker, assumer: tuple[str, str]) -> None:
+    iam = broker.client("iam")
+    iam.create_role(RoleName="Hop", AssumeRolePolicyDocument=_trust())
+    iam.put_role_policy(
+        RoleName="Hop", PolicyName="p", PolicyDocument=json.dumps(_allow("sts:AssumeRole"))
+    )
+    iam.create_role(RoleName="Far", AssumeRolePolicyDocument=_trust(), MaxSessionDuration=43200)
+    # Straight from a user, the role's own maximum applies.
+    _session(broker, assumer, "Far", DurationSeconds=7200)
+    hop = _session(broker, assumer, "Hop")
+    with pytest.raises(ClientError) as exc:
+        _session(broker, hop, "Far", DurationSeconds=3601)
+    assert _error(exc) == (
+        "ValidationError",
+        "The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by "
+        "role chaining.",
+    )
+    _session(broker, hop, "Far", DurationSeconds=3600)
+
+
 # -- item 13: a deleted session policy allows nothing ------------------------------------------
 
 
@@ -151,3 +174,48 @@ def test_deleted_managed_session_policy_allows_nothing(
         code, message = _error(exc)
         assert code == "AccessDeniedException"
         assert "because no session policy allows the ssm:Describe" in message
+
+
+# -- item 14: the trust policy decides session tags and source identity ------------------------
+
+
+def test_trust_policy_must_allow_tag_session_and_source_identity(
+    broker: Broker, assumer: tuple[str, str]
+) -> None:
+    iam = broker.client("iam")
+    iam.create_role(
+        RoleName="NoTags",
+        AssumeRolePolicyDocument=_trust(
+            "sts:AssumeRole", "sts:SetSourceIdentity", deny="sts:TagSession"
+        ),
+        Tags=[{"Key": "SSMSessionRunAs", "Value": "ops"}],
+    )
+    iam.create_role(RoleName="Plain", AssumeRolePolicyDocument=_trust("sts:AssumeRole"))
+    role = f"arn:aws:iam::{ACCOUNT}:role/NoTags"
+    runas = [{"Key": "SSMSessionRunAs", "Value": "daemon"}]
+    # An explicit deny of sts:TagSession in the trust policy holds.
+    with pytest.raises(ClientError) as exc:
+        _session(broker, assumer, "NoTags", Tags=runas)
+    assert _error(exc) == (
+        "AccessDenied",
+        f"User: arn:aws:iam::{ACCOUNT}:user/assumer is not authorized to perform: "
+        f"sts:TagSession on resource: {role}",
+    )
+    with pytest.raises(ClientError) as exc:
+        _session(broker, assumer, "NoTags", TransitiveTagKeys=["SSMSessionRunAs"])
+    assert _error(exc)[0] == "AccessDenied"
+    # A trust policy that does not allow them refuses tags and a source identity.
+    with pytest.raises(ClientError) as exc:
+        _session(broker, assumer, "Plain", Tags=runas)
+    assert "sts:TagSession" in _error(exc)[1]
+    with pytest.raises(ClientError) as exc:
+        _session(broker, assumer, "Plain", SourceIdentity="alice")
+    assert _error(exc)[1].endswith(
+        f"sts:SetSourceIdentity on resource: arn:aws:iam::{ACCOUNT}:role/Plain"
+    )
+    # Allowed where the trust policy allows it; plain AssumeRole still works.
+    out = broker.client("sts", *assumer).assume_role(
+        RoleArn=role, RoleSessionName="who", SourceIdentity="alice"
+    )
+    assert out["SourceIdentity"] == "alice"
+    _session(broker, assumer, "Plain")
