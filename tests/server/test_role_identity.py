@@ -122,6 +122,91 @@ def _register(broker: Broker, activation: dict[str, str]) -> dict[str, str]:
     return out
 
 
+# -- item 1: CreateActivation ------------------------------------------------------------------
+
+
+def test_create_activation_passes_the_exact_role(broker: Broker) -> None:
+    iam = broker.client("iam")
+    iam.create_role(
+        RoleName="BreakGlassAdmin", AssumeRolePolicyDocument=json.dumps(SSM_TRUST)
+    )  # root path, admin rights
+    iam.attach_role_policy(RoleName="BreakGlassAdmin", PolicyArn=ADMIN)
+    iam.create_role(
+        RoleName="Worker", Path="/nodes/", AssumeRolePolicyDocument=json.dumps(SSM_TRUST)
+    )
+    iam.create_role(RoleName="Untrusting", Path="/nodes/", AssumeRolePolicyDocument=_trust())
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "ssm:CreateActivation", "Resource": "*"},
+            {
+                "Effect": "Allow",
+                "Action": "iam:PassRole",
+                "Resource": f"arn:aws:iam::{ACCOUNT}:role/nodes/*",
+                "Condition": {"StringEquals": {"iam:PassedToService": "ssm.amazonaws.com"}},
+            },
+        ],
+    }
+    ssm = broker.client("ssm", *user_with_policy(broker, "fleet-admin", policy))
+    # A full ARN is no role name: the escalation of issue 16 (the ARN's last segment
+    # became the root-path admin role) names no role at all.
+    for value in (
+        f"arn:aws:iam::{ACCOUNT}:role/nodes/BreakGlassAdmin",
+        "nodes/BreakGlassAdmin",
+        f"arn:aws:iam::{ACCOUNT}:role/nodes/Worker",
+        "Worker",  # the role lives under /nodes/: its path is part of what names it
+        "nodes/Missing",
+        "nodes/Untrusting",  # exists, but does not trust ssm.amazonaws.com
+    ):
+        with pytest.raises(ClientError) as exc:
+            ssm.create_activation(IamRole=value)
+        assert _error(exc) == ("ValidationException", NONEXISTENT), value
+    # The role itself, by name: iam:PassRole is decided on its real ARN.
+    with pytest.raises(ClientError) as exc:
+        ssm.create_activation(IamRole="BreakGlassAdmin")
+    code, message = _error(exc)
+    assert code == "AccessDeniedException"
+    assert f"iam:PassRole on resource: arn:aws:iam::{ACCOUNT}:role/BreakGlassAdmin" in message
+    made = ssm.create_activation(IamRole="nodes/Worker")
+    listed = broker.client("ssm").describe_activations(
+        Filters=[{"FilterKey": "ActivationIds", "FilterValues": [made["ActivationId"]]}]
+    )["ActivationList"]
+    assert [a["IamRole"] for a in listed] == ["nodes/Worker"]
+    assert not [
+        a
+        for a in broker.client("ssm").describe_activations()["ActivationList"]
+        if a["IamRole"] != "nodes/Worker" and a["IamRole"] != "SSMServiceRole"
+    ]
+    # Its node acts as that role, by its unique id.
+    creds = _register(broker, made)
+    worker_id = iam.get_role(RoleName="Worker")["Role"]["RoleId"]
+    me = broker.client("sts", creds["AccessKeyId"], creds["SecretAccessKey"]).get_caller_identity()
+    assert me["UserId"] == f"{worker_id}:{creds['InstanceId']}"
+    assert me["Arn"] == f"arn:aws:sts::{ACCOUNT}:assumed-role/Worker/{creds['InstanceId']}"
+
+
+def test_pass_role_needs_the_ssm_service(broker: Broker) -> None:
+    broker.client("iam").create_role(
+        RoleName="EcTwoOnly", AssumeRolePolicyDocument=json.dumps(SSM_TRUST)
+    )
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "ssm:CreateActivation", "Resource": "*"},
+            {
+                "Effect": "Allow",
+                "Action": "iam:PassRole",
+                "Resource": "*",
+                "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+            },
+        ],
+    }
+    ssm = broker.client("ssm", *user_with_policy(broker, "ec2-passer", policy))
+    with pytest.raises(ClientError) as exc:
+        ssm.create_activation(IamRole="EcTwoOnly")
+    assert _error(exc)[0] == "AccessDeniedException"
+
+
 # -- item 5: role chaining ---------------------------------------------------------------------
 
 
