@@ -403,6 +403,7 @@ async def close_channel(state: ServerState, instance_id: str) -> None:
         return
     channel = state.nodes.pop(instance_id, None)
     if channel is not None:
+        _mark(state, instance_id, connected=False)  # the handler no longer owns the entry
         await channel.ws.close(code=4001, message=b"deregistered")
 
 

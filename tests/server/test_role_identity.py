@@ -16,6 +16,8 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +30,12 @@ from conftest import (
     start_broker,
     stop_broker,
     user_with_policy,
+    wait_ping,
 )
+from sqlalchemy import text
+
+from hatchway.server.store import Store
+from hatchway.server.store import schema as t
 
 SSM_TRUST = {
     "Version": "2012-10-17",
@@ -207,6 +214,84 @@ def test_pass_role_needs_the_ssm_service(broker: Broker) -> None:
     assert _error(exc)[0] == "AccessDeniedException"
 
 
+# -- item 4: credentials follow the role's unique id -------------------------------------------
+
+
+def test_deleted_role_credentials_are_refused_for_good(
+    broker: Broker, node: Agent, assumer: tuple[str, str], tmp_path: Path
+) -> None:
+    iam = broker.client("iam")
+    admin = broker.client("ssm")
+    iam.create_role(RoleName="Ops", AssumeRolePolicyDocument=_trust())
+    iam.put_role_policy(
+        RoleName="Ops",
+        PolicyName="p",
+        PolicyDocument=json.dumps(_allow("ssm:StartSession", "ssm:DescribeSessions")),
+    )
+    session = _session(broker, assumer, "Ops", name="ops-one")
+    old_id = iam.get_role(RoleName="Ops")["Role"]["RoleId"]
+    assert broker.client("sts", *session).get_caller_identity()["UserId"] == f"{old_id}:ops-one"
+    by_session = broker.client("ssm", *session).start_session(Target=node.instance_id)
+    # Nodes registered with an activation that passed a role: a running agent, and a
+    # registration whose keys the test holds.
+    iam.create_role(RoleName="OpsNode", AssumeRolePolicyDocument=json.dumps(SSM_TRUST))
+    iam.attach_role_policy(
+        RoleName="OpsNode", PolicyArn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+    )
+    activation = admin.create_activation(IamRole="OpsNode", RegistrationLimit=3)
+    ops_node = start_agent(broker, tmp_path / "ops-node", activation=activation)
+    try:
+        on_node = admin.start_session(Target=ops_node.instance_id)
+        node_creds = _register(broker, activation)
+        node_key = (node_creds["AccessKeyId"], node_creds["SecretAccessKey"])
+        broker.client("sts", *node_key).get_caller_identity()
+
+        iam.delete_role_policy(RoleName="Ops", PolicyName="p")
+        iam.delete_role(RoleName="Ops")
+        iam.detach_role_policy(
+            RoleName="OpsNode", PolicyArn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+        )
+        iam.delete_role(RoleName="OpsNode")
+        # The sessions opened under the roles have ended, saying why; the node is offline.
+        for sid, role in ((by_session["SessionId"], "Ops"), (on_node["SessionId"], "OpsNode")):
+            history = admin.describe_sessions(
+                State="History", Filters=[{"key": "SessionId", "value": sid}]
+            )["Sessions"]
+            assert [(s["Status"], s["Details"]) for s in history] == [
+                (
+                    "Terminated",
+                    f"The session was terminated because its IAM role {role} was deleted.",
+                )
+            ]
+        assert wait_ping(broker, ops_node.instance_id, "ConnectionLost")
+        # Same names again, now with every right: the old credentials stay refused.
+        for name, trust in (("Ops", _trust()), ("OpsNode", json.dumps(SSM_TRUST))):
+            iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)
+            iam.attach_role_policy(RoleName=name, PolicyArn=ADMIN)
+        for key in (session, node_key):
+            with pytest.raises(ClientError) as exc:
+                broker.client("sts", *key).get_caller_identity()
+            assert _error(exc) == (
+                "InvalidClientTokenId",
+                "The security token included in the request is invalid.",
+            )
+            with pytest.raises(ClientError) as exc:
+                broker.client("ssm", *key).describe_sessions(State="Active")
+            assert _error(exc)[0] == "UnrecognizedClientException"
+        assert not wait_ping(broker, ops_node.instance_id, "Online", 1)
+        # The activation passed the deleted role: it registers no more nodes.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _register(broker, activation)
+        assert json.loads(refused.value.read())["__type"] == "InvalidActivation"
+    finally:
+        ops_node.stop()
+    # A new session of the new role works, under the new role's id.
+    fresh = _session(broker, assumer, "Ops", name="ops-two")
+    new_id = iam.get_role(RoleName="Ops")["Role"]["RoleId"]
+    assert new_id != old_id
+    assert broker.client("sts", *fresh).get_caller_identity()["UserId"] == f"{new_id}:ops-two"
+
+
 # -- item 5: role chaining ---------------------------------------------------------------------
 
 
@@ -304,3 +389,46 @@ def test_trust_policy_must_allow_tag_session_and_source_identity(
     )
     assert out["SourceIdentity"] == "alice"
     _session(broker, assumer, "Plain")
+
+
+def test_upgrade_binds_earlier_role_credentials_to_their_role(tmp_path: Path) -> None:
+    """Credentials issued before role ids were recorded keep working after the upgrade, bound
+    to the role that had their role's name then (schema step 5)."""
+    store = Store(f"sqlite:///{tmp_path / 'h.db'}")
+    now = datetime.now(UTC)
+    store.insert(
+        t.iam_entities,
+        {
+            "kind": "role",
+            "name": "Old",
+            "entity_id": "AROAOLDROLE000000001",
+            "arn": f"arn:aws:iam::{ACCOUNT}:role/Old",
+            "path": "/",
+            "created": now,
+            "data": {"trust": "{}"},
+        },
+    )
+    for akid, owner, role in (("ASIAOLD1", "session", "Old"), ("AKIANODE1", "node", "Gone")):
+        store.insert(
+            t.access_keys,
+            {
+                "access_key_id": akid,
+                "owner_kind": owner,
+                "owner_name": "x",
+                "secret": "sealed",
+                "status": "Active",
+                "created": now,
+                "expires": None,
+                "data": {"role_name": role, "session_name": "x"},
+            },
+        )
+    with store.transaction() as c:
+        c.execute(text("UPDATE hw_meta SET value = '4' WHERE key = 'schema_version'"))
+    store.close()
+    upgraded = Store(f"sqlite:///{tmp_path / 'h.db'}")
+    assert upgraded.schema_version >= 5
+    session = upgraded.get(t.access_keys, access_key_id="ASIAOLD1")
+    assert session is not None and session["data"]["role_id"] == "AROAOLDROLE000000001"
+    node = upgraded.get(t.access_keys, access_key_id="AKIANODE1")
+    assert node is not None and node["data"]["role_id"] is None  # its role is gone: refused
+    upgraded.close()

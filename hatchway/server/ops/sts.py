@@ -123,6 +123,7 @@ async def assume_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         expires=expires,
         data={
             "role_name": role["name"],
+            "role_id": role["entity_id"],
             "session_name": session_name,
             "session_policy": policy_text,
             "policy_arns": policy_arns,
