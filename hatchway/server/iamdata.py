@@ -7,10 +7,12 @@ Shared by the IAM operations and by identity resolution. Entity ``data`` JSON ho
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import Connection
 
+from hatchway.iam import PolicyKind, PolicySet, Principal, Request, compile_policy
 from hatchway.server.store import Record, Store
 from hatchway.server.store import schema as t
 
@@ -69,3 +71,36 @@ def identity_documents(store: Store, kind: str, name: str) -> list[dict[str, Any
             if managed is not None:
                 docs.append({"name": arn.rsplit("/", 1)[-1], "arn": arn, "text": managed})
     return docs
+
+
+SSM_SERVICE = "ssm.amazonaws.com"
+
+
+def trusts_service(role: Record, account: str, service: str = SSM_SERVICE) -> bool:
+    """Whether ``role``'s trust policy lets ``service`` assume it (sts:AssumeRole)."""
+    try:
+        trust = compile_policy(json.loads(role["data"]["trust"]), PolicyKind.TRUST, name="trust")
+    except (KeyError, ValueError, TypeError):
+        return False
+    policies = PolicySet(resource=trust)
+    request = Request("sts:AssumeRole", role["arn"], Principal.from_arn(service), {}, account)
+    return (
+        policies.evaluate(request).allowed and policies.resource_policy_match(request) is not None
+    )
+
+
+def activation_role(store: Store, account: str, value: str) -> Record | None:
+    """The role CreateActivation's ``IamRole`` names, as AWS reads it: a role name, or
+    ``path/name`` for a role with a path; the role must exist with exactly that path.
+
+    A full ARN is not a role name (AWS's model: "The name of the IAM role", at most 64
+    characters) and names no role. Returns None when no role matches.
+    """
+    if not value or value.startswith("arn:") or value.startswith("/"):
+        return None
+    prefix, _, name = value.rpartition("/")
+    path = f"/{prefix}/" if prefix else "/"
+    role = get_entity(store, "role", name)
+    if role is None or role["arn"] != entity_arn(account, "role", path, name):
+        return None
+    return role

@@ -123,7 +123,11 @@ def _resolve(state: ServerState, key: Record) -> Caller | None:
         role_name = data["role_name"]
         session_name = data["session_name"]
         role, identity = _role_parts(state, role_name)
-        role_arn = role["arn"] if role else f"arn:aws:iam::{account}:role/{role_name}"
+        if role is None or role["entity_id"] != data.get("role_id"):
+            # Credentials follow the role they were issued for (its unique id), not its name:
+            # once that role is deleted they are refused for good, whatever is created since.
+            return None
+        role_arn = role["arn"]
         arn = f"arn:aws:sts::{account}:assumed-role/{role_name}/{session_name}"
         session_docs = (
             [{"name": "session-policy", "arn": None, "text": data["session_policy"]}]
@@ -134,10 +138,13 @@ def _resolve(state: ServerState, key: Record) -> Caller | None:
             text = iamdata.policy_document(state.store, parn)
             if text:
                 session_docs.append({"name": parn.rsplit("/", 1)[-1], "arn": parn, "text": text})
-        session = _compile(session_docs, PolicyKind.SESSION) if session_docs else None
+        # A session that was given session policies stays scoped by them: one deleted since
+        # (or any that no longer compiles) allows nothing, as a missing boundary does.
+        scoped = bool(data.get("session_policy") or data.get("policy_arns"))
+        session = _compile(session_docs, PolicyKind.SESSION) if scoped else None
         ps = PolicySet(identity, boundary=_boundary(state, role), session=session, scps=state.scps)
         tags = {**iamdata.tags_dict(role), **data.get("session_tags", {})}
-        role_id = role["entity_id"] if role else "AROA" + "0" * 17
+        role_id = role["entity_id"]
         return Caller(
             Principal.from_arn(arn, role_arn),
             kind,

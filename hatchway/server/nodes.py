@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from hatchway.iam import Request
-from hatchway.server import crypto, sigv4
+from hatchway.server import crypto, iamdata, sigv4
 from hatchway.server.bootstrap import create_access_key
 from hatchway.server.call import audit
 from hatchway.server.errors import ServiceError
@@ -128,6 +128,9 @@ def register_node(state: ServerState, body: dict[str, Any]) -> dict[str, Any]:
     if requested is not None and not _INSTANCE_ID.fullmatch(str(requested)):
         raise ServiceError("InvalidInstanceId", f"Invalid instance id {requested}.")
     instance_id = str(requested) if requested else managed_instance_id()
+    role_name, role_id = _activation_role(state, act)
+    if role_id is None:
+        raise invalid  # the activation's role was deleted: it can register no node
     role = act["data"]["iam_role"]
     with state.store.transaction() as c:
         existing = state.store.get(t.instances, c, instance_id=instance_id)
@@ -177,7 +180,12 @@ def register_node(state: ServerState, body: dict[str, Any]) -> dict[str, Any]:
         state,
         "node",
         instance_id,
-        data={"role_name": role, "session_name": instance_id, "instance_id": instance_id},
+        data={
+            "role_name": role_name,
+            "role_id": role_id,
+            "session_name": instance_id,
+            "instance_id": instance_id,
+        },
     )
     return {
         "InstanceId": instance_id,
@@ -186,6 +194,25 @@ def register_node(state: ServerState, body: dict[str, Any]) -> dict[str, Any]:
         "Region": state.config.region,
         "AccountId": state.config.account_id,
     }
+
+
+def _activation_role(state: ServerState, act: dict[str, Any]) -> tuple[str, str | None]:
+    """The role (name, unique id) nodes of an activation act as; id None if it is gone.
+
+    CreateActivation records the role's unique id; an activation without one (written by an
+    administrator's tool, or before ids were recorded) binds the role of that name now, if it
+    trusts ssm.amazonaws.com.
+    """
+    data = act["data"]
+    name = str(data.get("role_name") or str(data.get("iam_role", "")).rsplit("/", 1)[-1])
+    role = iamdata.get_entity(state.store, "role", name)
+    if role is None:
+        return name, None
+    if "role_id" in data:
+        return name, role["entity_id"] if role["entity_id"] == data["role_id"] else None
+    return name, role["entity_id"] if iamdata.trusts_service(
+        role, state.config.account_id
+    ) else None
 
 
 def _verify(state: ServerState, request: web.Request) -> Any:
@@ -376,6 +403,7 @@ async def close_channel(state: ServerState, instance_id: str) -> None:
         return
     channel = state.nodes.pop(instance_id, None)
     if channel is not None:
+        _mark(state, instance_id, connected=False)  # the handler no longer owns the entry
         await channel.ws.close(code=4001, message=b"deregistered")
 
 

@@ -36,6 +36,7 @@ from hatchway.server import crypto, iamdata
 from hatchway.server.bootstrap import create_access_key as _store_access_key
 from hatchway.server.call import Call, operation
 from hatchway.server.errors import ServiceError
+from hatchway.server.ops.sessions import end_role_sessions
 from hatchway.server.store import Conflict, Record
 from hatchway.server.store import schema as t
 
@@ -518,13 +519,16 @@ async def delete_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     name = params["RoleName"]
     _require(call, "iam:DeleteRole", "role", name)
     with call.store.transaction() as c:
-        _get(call, "role", name, c)
+        row = _get(call, "role", name, c)
         if call.store.count(t.iam_attachments, c, kind="role", name=name):
             raise _delete_conflict("Cannot delete entity, must detach all policies first.")
         if call.store.count(t.iam_inline, c, kind="role", name=name):
             raise _delete_conflict("Cannot delete entity, must delete policies first.")
         call.store.delete(t.iam_entities, c, kind="role", name=name)
     call.state.iam_changed()
+    # Every credential issued for the role names its unique id and is refused from now on
+    # (identity.py); the Session Manager sessions open under it end now.
+    await end_role_sessions(call.state, row["entity_id"], name)
     return {}
 
 

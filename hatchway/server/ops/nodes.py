@@ -30,11 +30,17 @@ def _request_tag_context(tags: list[dict[str, str]] | None) -> dict[str, object]
 @operation("ssm", "CreateActivation")
 async def create_activation(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     call.authorize("ssm:CreateActivation", "*", _request_tag_context(params.get("Tags")))
-    role = params["IamRole"]
-    role_arn = (
-        role if role.startswith("arn:") else iamdata.entity_arn(call.account, "role", "/", role)
-    )
-    call.authorize("iam:PassRole", role_arn, {"iam:PassedToService": "ssm.amazonaws.com"})
+    # IamRole is a role name, or path/name for a role with a path (a full ARN names no
+    # role): resolved to one existing role, which must trust ssm.amazonaws.com, and passed by
+    # its exact ARN. Nodes registered with the activation act as that role (its unique id).
+    given = params["IamRole"]
+    role = iamdata.activation_role(call.store, call.account, given)
+    if role is None or not iamdata.trusts_service(role, call.account):
+        raise ServiceError(
+            "ValidationException",
+            "Nonexistent role or missing ssm service principal in trust policy",
+        )
+    call.authorize("iam:PassRole", role["arn"], {"iam:PassedToService": iamdata.SSM_SERVICE})
     now = datetime.now(UTC)
     expires = params.get("ExpirationDate") or now + timedelta(hours=24)
     if expires.tzinfo is None:
@@ -54,7 +60,9 @@ async def create_activation(call: Call, params: dict[str, Any]) -> dict[str, Any
             "expires": expires,
             "registrations": 0,
             "data": {
-                "iam_role": role.rsplit("/", 1)[-1],
+                "iam_role": given,
+                "role_name": role["name"],
+                "role_id": role["entity_id"],
                 "description": params.get("Description"),
                 "default_instance_name": params.get("DefaultInstanceName"),
                 "registration_limit": int(params.get("RegistrationLimit") or 1),

@@ -22,7 +22,7 @@ from hatchway.server import crypto
 from hatchway.server.call import Call, operation
 from hatchway.server.errors import ServiceError, access_denied
 from hatchway.server.identity import Caller
-from hatchway.server.nodes import ping_status
+from hatchway.server.nodes import close_channel, ping_status
 from hatchway.server.ops.documents import ResolvedDocument, load_document
 from hatchway.server.ops.paging import page
 from hatchway.server.state import ServerState
@@ -350,6 +350,33 @@ async def close_data_channel(
         # If the node's channel is going away, its session ends with it.
         with contextlib.suppress(ConnectionError, RuntimeError):
             await node.send({"type": "terminate_session", "sessionId": session_id})
+
+
+async def end_role_sessions(state: ServerState, role_id: str, role_name: str) -> int:
+    """End, with the reason, every active session opened under a deleted role: those its
+    role sessions started (owner ``AROA…:<session name>``) and those on nodes acting as it.
+    Returns how many ended; the nodes' control channels are closed too."""
+    nodes = {
+        k["owner_name"]
+        for k in state.store.select(t.access_keys, owner_kind="node")
+        if k["data"].get("role_id") == role_id
+    }
+    reason = f"The session was terminated because its IAM role {role_name} was deleted."
+    ended = 0
+    for row in state.store.select(t.sessions, t.sessions.c.status.in_(ACTIVE)):
+        owner = str(row["data"].get("owner_userid", ""))
+        if not owner.startswith(f"{role_id}:") and row["target"] not in nodes:
+            continue
+        connected = await end_session(state, row["session_id"], details=reason, row=row)
+        if connected is None:
+            continue
+        ended += 1
+        await close_data_channel(
+            state, row["session_id"], row["target"], reason, started=connected is not False
+        )
+    for instance_id in sorted(nodes):
+        await close_channel(state, instance_id)
+    return ended
 
 
 @operation("ssm", "TerminateSession")

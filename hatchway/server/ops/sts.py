@@ -19,6 +19,7 @@ from hatchway.server.call import Call, operation
 from hatchway.server.errors import ServiceError, access_denied
 
 _PACKED_LIMIT = 2048  # characters of session policy + tags STS accepts (packed size 100%)
+_CHAINED_LIMIT = 3600  # seconds: the longest session a role-chained AssumeRole may ask for
 
 
 @operation("sts", "GetCallerIdentity")
@@ -52,19 +53,39 @@ async def assume_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         ctx[f"aws:requesttag/{k}".lower()] = v
     if tags:
         ctx["aws:tagkeys"] = tuple(tags)
-    request = Request("sts:AssumeRole", role_arn, call.caller.principal, ctx, call.account)
-    decision = combined.evaluate(request)
-    call.decisions.append(decision)
-    # A role trust policy must name the caller itself, whatever identity policies allow.
-    if not decision.allowed or combined.resource_policy_match(request) is None:
-        raise access_denied(denial, "query")
-    if tags:
-        call.authorize(
-            "sts:TagSession", role_arn, {f"aws:RequestTag/{k}": v for k, v in tags.items()}
-        )
+    transitive = [str(k) for k in params.get("TransitiveTagKeys") or []]
+    if transitive:
+        ctx["sts:transitivetagkeys"] = tuple(transitive)
+    source_identity = params.get("SourceIdentity")
+    if source_identity:
+        ctx["sts:sourceidentity"] = source_identity
+    # sts:AssumeRole, and the actions the request's extras need (iam-spec: session tags need
+    # sts:TagSession, a source identity sts:SetSourceIdentity), each allowed by the caller's
+    # policies and by the role's trust policy naming the caller; an explicit deny in either
+    # refuses the whole request.
+    actions = ["sts:AssumeRole"]
+    if tags or transitive:
+        actions.append("sts:TagSession")
+    if source_identity:
+        actions.append("sts:SetSourceIdentity")
+    for action in actions:
+        request = Request(action, role_arn, call.caller.principal, ctx, call.account)
+        decision = combined.evaluate(request)
+        call.decisions.append(decision)
+        # A role trust policy must name the caller itself, whatever identity policies allow.
+        if not decision.allowed or combined.resource_policy_match(request) is None:
+            raise access_denied(denial.replace("sts:AssumeRole", action, 1), "query")
 
     max_duration = int(role["data"].get("max_session_duration", 3600))
     duration = int(params.get("DurationSeconds") or 3600)
+    if call.caller.principal.kind == "assumed-role" and duration > _CHAINED_LIMIT:
+        # Role chaining: credentials of a role session (or a node's) assuming a role.
+        raise ServiceError(
+            "ValidationError",
+            "The requested DurationSeconds exceeds the 1 hour session limit for roles "
+            "assumed by role chaining.",
+            400,
+        )
     if duration > max_duration:
         raise ServiceError(
             "ValidationError",
@@ -102,6 +123,7 @@ async def assume_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         expires=expires,
         data={
             "role_name": role["name"],
+            "role_id": role["entity_id"],
             "session_name": session_name,
             "session_policy": policy_text,
             "policy_arns": policy_arns,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from sqlalchemy import Connection, select, text
@@ -26,6 +27,32 @@ def _v2(conn: Connection) -> None:
     )
 
 
+def _bind_role_ids(conn: Connection) -> None:
+    # Role sessions' and nodes' credentials name their role's unique id from now on
+    # (identity.py refuses one whose role id differs); bind those issued before to the role
+    # that has their role's name at upgrade time.
+    keys = schema.access_keys
+    roles = {
+        name: entity_id
+        for name, entity_id in conn.execute(
+            select(schema.iam_entities.c.name, schema.iam_entities.c.entity_id).where(
+                schema.iam_entities.c.kind == "role"
+            )
+        )
+    }
+    rows = conn.execute(
+        select(keys.c.access_key_id, keys.c.data).where(keys.c.owner_kind.in_(("session", "node")))
+    ).all()
+    for akid, raw in rows:
+        data = json.loads(raw)
+        if "role_id" in data:
+            continue
+        data["role_id"] = roles.get(str(data.get("role_name", "")))
+        conn.execute(
+            keys.update().where(keys.c.access_key_id == akid).values(data=json.dumps(data))
+        )
+
+
 # Append new steps; never edit a released one.
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "initial schema", _v1),
@@ -36,6 +63,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
         lambda conn: schema.metadata.create_all(conn, tables=[schema.kms_keys, schema.kms_aliases]),
     ),
     (4, "session logs", lambda conn: schema.metadata.create_all(conn, tables=[schema.session_log])),
+    (5, "bind role credentials to role ids", _bind_role_ids),
 ]
 
 
