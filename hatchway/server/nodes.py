@@ -360,13 +360,48 @@ def authenticate_node(
     return caller
 
 
+def audit_refusal(
+    state: ServerState,
+    request: web.Request,
+    operation: str,
+    error: ServiceError,
+    params: dict[str, Any],
+    service: str = "ssmmessages",
+) -> None:
+    """A request refused before anyone was authenticated, audited like any call."""
+    try:
+        audit(
+            state,
+            service=service,
+            operation=operation,
+            principal="anonymous",
+            user_id="anonymous",
+            source_ip=request.remote or "",
+            params={k: v[:256] for k, v in params.items()},
+            decisions=[],
+            error=error,
+            request_id=crypto.request_id(),
+        )
+    except Exception:
+        log.exception("could not audit a refused %s", operation)
+
+
+def _upgrade_error(exc: Exception) -> ServiceError:
+    if isinstance(exc, ServiceError):
+        return exc
+    log.error("internal error authenticating an upgrade", exc_info=exc)
+    return ServiceError("InternalServerError", "An internal error occurred.", 500)
+
+
 async def handle_control_channel(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     instance_id = request.match_info["instance_id"]
     try:
         authenticate_node(state, request, instance_id)
-    except ServiceError as exc:
-        return json_error(exc)
+    except Exception as exc:  # refused: AWS's JSON error, audited
+        err = _upgrade_error(exc)
+        audit_refusal(state, request, "OpenControlChannel", err, {"instanceId": instance_id})
+        return json_error(err)
     ws = web.WebSocketResponse(heartbeat=state.config.ping_interval * 2)
     await ws.prepare(request)
     channel = NodeChannel(instance_id, ws, datetime.now(UTC))

@@ -1,8 +1,11 @@
-"""The anonymous node-registration endpoint (issue 16, item 10): bad input of any kind is a
-4xx in AWS's JSON error shape with an audit record, never an exception or aiohttp's text."""
+"""Unauthenticated input (issue 16, item 10): the anonymous node-registration endpoint, the
+control- and data-channel upgrades before anyone is authenticated, and the router answer bad
+input with a 4xx in AWS's JSON error shape (or the websocket's refusal code) and an audit
+record, never an exception or aiohttp's plain text."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -12,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from conftest import (
-    Broker,
-    start_broker,
-    stop_broker,
-)
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from conftest import ADMIN_KEY, ADMIN_SECRET, REGION, Broker, start_agent, start_broker, stop_broker
 
 BIN = Path(sys.executable).parent
 
@@ -48,18 +51,16 @@ def register(broker: Broker, body: bytes | dict[str, Any], method: str = "POST")
 # ---------------------------------------------- item 10: anonymous registration, bad input
 
 
-def _audited(broker: Broker, error_code: str, timeout: float = 10) -> dict[str, Any]:
+def _audited(
+    broker: Broker, error_code: str, event: str = "RegisterManagedInstance", timeout: float = 10
+) -> dict[str, Any]:
     path = broker.data_dir / "audit.jsonl"
     deadline = time.monotonic() + timeout
     while True:
         events = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        hits = [
-            e
-            for e in events
-            if e["eventName"] == "RegisterManagedInstance" and e.get("errorCode") == error_code
-        ]
+        hits = [e for e in events if e["eventName"] == event and e.get("errorCode") == error_code]
         if hits or time.monotonic() > deadline:
-            assert hits, f"no audit record with {error_code}"
+            assert hits, f"no audit record of {event} with {error_code}"
             return hits[-1]
         time.sleep(0.05)
 
@@ -111,3 +112,71 @@ def test_unrouted_requests_answer_in_aws_shape(broker: Broker) -> None:
         urllib.request.urlopen(req, timeout=10)
     assert err.value.code == 404
     assert json.loads(err.value.read())["__type"] == "NotFoundException"
+
+
+def test_unsigned_control_channel_upgrade_is_refused_in_aws_shape_and_audited(
+    broker: Broker,
+) -> None:
+    req = urllib.request.Request(
+        broker.url + "/v1/control-channel/mi-0123456789abcdef0?role=subscribe",
+        headers={"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+        | {"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="},
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert 400 <= err.value.code < 500
+    code = json.loads(err.value.read())["__type"]
+    event = _audited(broker, code, "OpenControlChannel")
+    assert event["requestParameters"] == {"instanceId": "mi-0123456789abcdef0"}
+
+
+def test_bad_data_channel_opens_are_refused_and_audited(broker: Broker, tmp_path: Path) -> None:
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(broker.url + "/v1/data-channel/nobody-0123456789abcdef0", timeout=10)
+    assert err.value.code == 400
+    assert json.loads(err.value.read())["__type"] == "DoesNotExistException"
+    _audited(broker, "DoesNotExistException", "OpenDataChannel")
+    # A session that exists, opened with garbage (deeply nested JSON) or a wrong token:
+    ssm = broker.client("ssm")
+    node = start_agent(broker, tmp_path / "node")
+    session = ssm.start_session(Target=node.instance_id)
+
+    async def refused(first: str) -> int | None:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(session["StreamUrl"]) as ws,
+        ):
+            await ws.send_str(first)
+            msg = await ws.receive(timeout=10)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            return ws.close_code
+
+    assert asyncio.run(refused("[" * 50_000)) == 4401
+    _audited(broker, "ValidationException", "OpenDataChannel")
+    wrong = json.dumps({"MessageSchemaVersion": "1.0", "TokenValue": "not-the-token"})
+    assert asyncio.run(refused(wrong)) == 4403
+    _audited(broker, "AccessDeniedException", "OpenDataChannel")
+    ssm.terminate_session(SessionId=session["SessionId"])
+    node.stop()
+
+
+def test_deeply_nested_api_body_is_a_serialization_error(broker: Broker) -> None:
+    """After authentication too: JSON deeper than the parser goes is the caller's fault."""
+    body = b'{"Target": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    req = AWSRequest(
+        method="POST",
+        url=broker.url + "/",
+        data=body,
+        headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": "AmazonSSM.StartSession",
+        },
+    )
+    SigV4Auth(Credentials(ADMIN_KEY, ADMIN_SECRET), "ssm", REGION).add_auth(req)
+    prepared = urllib.request.Request(
+        req.url, data=body, headers=dict(req.headers.items()), method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(prepared, timeout=30)
+    assert err.value.code == 400
+    assert json.loads(err.value.read())["__type"] == "SerializationException"
