@@ -272,18 +272,23 @@ def _revoke_during_a_session(broker: Broker, agent: Agent, revoke: Any) -> None:
 
 
 def test_deregister_managed_instance_ends_the_nodes_sessions(
-    broker: Broker, tmp_path_factory: pytest.TempPathFactory
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    agent = start_agent(broker, tmp_path_factory.mktemp("dereg") / "state")
+    """An mi- node, revoked with boto3. With ``--workers`` (the one-process broker is the
+    next test's) the call runs in an API worker, the relay and control channel in the
+    primary."""
+    b = start_broker(tmp_path_factory.mktemp("dereg-workers") / "data", "--workers", "1")
+    agent = start_agent(b, tmp_path_factory.mktemp("dereg-w") / "state")
     try:
         assert MI_ID.fullmatch(agent.instance_id)
         _revoke_during_a_session(
-            broker,
+            b,
             agent,
-            lambda: broker.client("ssm").deregister_managed_instance(InstanceId=agent.instance_id),
+            lambda: b.client("ssm").deregister_managed_instance(InstanceId=agent.instance_id),
         )
     finally:
         agent.stop()
+        stop_broker(b)
 
 
 def test_hatchway_nodes_deregister_ends_an_ec2_id_nodes_sessions(
