@@ -163,7 +163,7 @@ def hatchway_deregister(
     )
 
 
-def test_deregistering_an_ec2_id_is_authorized_on_its_arn(broker: Broker) -> None:
+def test_deregistering_an_ec2_id_is_authorized_on_its_arn(broker: Broker, tmp_path: Path) -> None:
     """The ``i-`` exemption is from the model's length rule only: IAM still decides."""
     act = activation(broker)
     allow_instance_id(broker, act["ActivationId"], "i-0badc0de0badc0de1")
@@ -191,6 +191,34 @@ def test_deregistering_an_ec2_id_is_authorized_on_its_arn(broker: Broker) -> Non
     out = hatchway_deregister(broker, "i-0badc0de0badc0de1", k["AccessKeyId"], k["SecretAccessKey"])
     assert out.returncode == 1 and "AccessDeniedException" in out.stderr
     assert listed(broker, "i-0badc0de0badc0de1")
+    # The AWS CLI sends it too with a profile's `parameter_validation = false`.
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\nparameter_validation = false\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID=ADMIN_KEY,
+        AWS_SECRET_ACCESS_KEY=ADMIN_SECRET,
+        AWS_DEFAULT_REGION=REGION,
+        AWS_CONFIG_FILE=str(config),
+        AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+    )
+    cli_run = subprocess.run(
+        [
+            str(BIN / "aws"),
+            "--endpoint-url",
+            broker.url,
+            "ssm",
+            "deregister-managed-instance",
+            "--instance-id",
+            "i-0badc0de0badc0de1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert cli_run.returncode == 0, cli_run.stderr
+    assert not listed(broker, "i-0badc0de0badc0de1")
     # Anything else that is not an mi- id is still the model's ValidationException.
     ssm = _unvalidated_ssm(broker)
     with pytest.raises(ClientError) as err:
