@@ -141,6 +141,20 @@ def _ssm(url: str) -> Any:
 def start_agent(tmp: Path, url: str) -> Proc:
     ssm = _ssm(url)
     act = ssm.create_activation(IamRole="SSMServiceRole")
+    # An EC2-style id is the operator's to allow (docs/nodes.md).
+    subprocess.run(
+        [
+            str(BIN / "hatchway"),
+            "activation",
+            "allow-instance-id",
+            "--data-dir",
+            str(tmp / "data"),
+            act["ActivationId"],
+            TARGET,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     log = tmp / "agent.log"
     cmd = [
         str(BIN / "hatchway"),
@@ -149,15 +163,14 @@ def start_agent(tmp: Path, url: str) -> Proc:
         url,
         "--activation-id",
         act["ActivationId"],
-        "--activation-code",
-        act["ActivationCode"],
         "--instance-id",
         TARGET,
         "--state-dir",
         str(tmp / "agent"),
     ]
+    env = {**os.environ, "HATCHWAY_ACTIVATION_CODE": act["ActivationCode"]}
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         items = ssm.describe_instance_information(

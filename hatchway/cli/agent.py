@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,12 +15,76 @@ from hatchway.agent.kms import CREDENTIAL_SOURCES, KmsSettings
 from hatchway.agent.registration import RegistrationError, load, register
 from hatchway.agent.session import SessionSettings, run_node
 
+CODE_ENV = "HATCHWAY_ACTIVATION_CODE"
+_CODE_FLAG = "--activation-code"
+
+
+def _without_code(argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` without ``--activation-code X`` / ``--activation-code=X``, and X."""
+    out: list[str] = []
+    code: str | None = None
+    it = iter(argv)
+    for arg in it:
+        if arg == _CODE_FLAG:
+            code = next(it, None)
+        elif arg.startswith(_CODE_FLAG + "="):
+            code = arg[len(_CODE_FLAG) + 1 :]
+        else:
+            out.append(arg)
+    return out, code
+
+
+def scrub_argv() -> None:
+    """Re-execute this process without the activation code on its command line.
+
+    ``/proc/PID/cmdline`` (``ps``) is readable by every local user, a session's user
+    included: a code left there registers a node of the reader's own. The code moves to the
+    environment of the new image (``/proc/PID/environ`` is readable by the same user and root
+    only), which the agent then takes out of ``os.environ`` so that sessions never inherit it.
+    """
+    argv = list(sys.orig_argv)
+    if not any(a == _CODE_FLAG or a.startswith(_CODE_FLAG + "=") for a in argv[1:]):
+        return
+    cleaned, code = _without_code(argv)
+    if code is None:
+        return  # click reports the missing value
+    os.environ[CODE_ENV] = code
+    os.execv(sys.executable, [sys.executable, *cleaned[1:]])
+
+
+def read_code_file(path: Path) -> str:
+    """The activation code from a file, or standard input for ``-`` (first line, stripped)."""
+    try:
+        text = sys.stdin.readline() if str(path) == "-" else path.read_text()
+    except OSError as exc:
+        raise click.UsageError(f"cannot read the activation code: {exc}") from None
+    lines = text.strip().splitlines()
+    if not lines or not lines[0].strip():
+        raise click.UsageError(f"no activation code in {path}")
+    return lines[0].strip()
+
 
 @click.command("agent")
 @click.option("--endpoint", required=True, help="The broker's URL, e.g. http://127.0.0.1:8080")
 @click.option("--activation-id", help="Needed for the first registration only.")
-@click.option("--activation-code", help="Needed for the first registration only.")
-@click.option("--instance-id", help="Register as this EC2-style id (i-…) instead of mi-….")
+@click.option(
+    "--activation-code-file",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="File holding the activation code ('-': standard input). First registration only.",
+)
+@click.option(
+    "--activation-code",
+    envvar=CODE_ENV,
+    show_envvar=True,
+    help=f"The activation code. Prefer ${CODE_ENV} or --activation-code-file: a command "
+    "line is visible to every local user (the agent re-executes itself without it).",
+)
+@click.option(
+    "--instance-id",
+    help="Register as this EC2-style id (i-…) instead of the mi-… id the broker chooses; "
+    "the broker's operator must allow it for the activation "
+    "(hatchway activation allow-instance-id).",
+)
 @click.option("--region", help="Region (default: the broker's).")
 @click.option("--state-dir", required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -47,6 +112,7 @@ from hatchway.agent.session import SessionSettings, run_node
 def agent_cmd(
     endpoint: str,
     activation_id: str | None,
+    activation_code_file: Path | None,
     activation_code: str | None,
     instance_id: str | None,
     region: str | None,
@@ -59,6 +125,8 @@ def agent_cmd(
     log_level: str,
 ) -> None:
     """Run the node agent."""
+    scrub_argv()
+    os.environ.pop(CODE_ENV, None)  # never inherited by anything the agent starts
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -66,14 +134,16 @@ def agent_cmd(
     async def main() -> None:
         reg = load(state_dir)
         if reg is None:
-            if not activation_id or not activation_code:
+            code = activation_code
+            if activation_code_file is not None:
+                code = read_code_file(activation_code_file)
+            if not activation_id or not code:
                 raise click.UsageError(
-                    "not registered yet: --activation-id and --activation-code are required"
+                    "not registered yet: --activation-id and an activation code "
+                    f"(${CODE_ENV}, --activation-code-file or --activation-code) are required"
                 )
             try:
-                reg = await register(
-                    endpoint, activation_id, activation_code, instance_id, state_dir
-                )
+                reg = await register(endpoint, activation_id, code, instance_id, state_dir)
             except RegistrationError as exc:
                 click.echo(f"registration failed: {exc.code}: {exc.message}", err=True)
                 sys.exit(1)

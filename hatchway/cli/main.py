@@ -7,6 +7,7 @@ import click
 from hatchway import __version__
 from hatchway.cli.agent import agent_cmd
 from hatchway.cli.audit import audit_cmd
+from hatchway.cli.nodes import activation, nodes
 from hatchway.cli.policy import policy
 from hatchway.cli.server import server_cmd
 from hatchway.cli.sessions import sessions
@@ -27,6 +28,8 @@ cli.add_command(audit_cmd)
 cli.add_command(up_cmd)
 cli.add_command(sessions)
 cli.add_command(start_session_cmd)
+cli.add_command(activation)
+cli.add_command(nodes)
 
 
 def main() -> None:

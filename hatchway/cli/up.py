@@ -18,6 +18,7 @@ from hatchway.agent.session import SessionSettings, run_node
 from hatchway.server import crypto
 from hatchway.server.app import create_app
 from hatchway.server.main import build_state, wait_for_stop
+from hatchway.server.nodes import allow_instance_ids
 from hatchway.server.state import ServerConfig, ServerState
 from hatchway.server.store import schema as t
 
@@ -32,7 +33,11 @@ LOCAL_NODE = "i-02573cafcfEXAMPLE"
 @click.option("--region", default="us-east-1", show_default=True)
 @click.option("--account-id", default="123456789012", show_default=True)
 @click.option(
-    "--instance-id", default=LOCAL_NODE, show_default=True, help="Id the local agent registers as."
+    "--instance-id",
+    default=LOCAL_NODE,
+    show_default=True,
+    help="Id the local agent registers as (an i-… id is allowed for its activation; "
+    "'' lets the broker choose an mi-… id).",
 )
 def up_cmd(listen: str, data_dir: Path, region: str, account_id: str, instance_id: str) -> None:
     """Start the broker (SQLite in DATA_DIR) and a local agent registered as a node."""
@@ -43,7 +48,7 @@ def up_cmd(listen: str, data_dir: Path, region: str, account_id: str, instance_i
     asyncio.run(_up(config, data_dir / "node", instance_id))
 
 
-def _local_activation(state: ServerState) -> tuple[str, str]:
+def _local_activation(state: ServerState, instance_id: str) -> tuple[str, str]:
     """A one-use activation for the local node (same registration flow as remote nodes)."""
     code = crypto.token(15)
     act_id = str(uuid.uuid4())
@@ -64,6 +69,8 @@ def _local_activation(state: ServerState) -> tuple[str, str]:
             },
         },
     )
+    if instance_id.startswith("i-"):  # an EC2-style id: allowed the operator's way
+        allow_instance_ids(state.store, act_id, [instance_id])
     return act_id, code
 
 
@@ -76,7 +83,7 @@ async def _up(config: ServerConfig, node_dir: Path, instance_id: str) -> None:
     url = f"http://{host}:{port}"
     reg = load(node_dir)
     if reg is None:
-        reg = await register(url, *_local_activation(state), instance_id, node_dir)
+        reg = await register(url, *_local_activation(state, instance_id), instance_id, node_dir)
     reg.endpoint = url
     connected = asyncio.Event()
     agent = asyncio.create_task(run_node(reg, SessionSettings(), connected))

@@ -20,7 +20,7 @@ from aiohttp import web
 from botocore.model import OperationModel
 
 from hatchway.server import crypto, sigv4
-from hatchway.server.call import OPERATIONS, Call, audit
+from hatchway.server.call import INPUT_EXTENSIONS, OPERATIONS, Call, audit
 from hatchway.server.errors import ServiceError
 from hatchway.server.identity import credential_lookup, lookup_key, resolve_caller
 from hatchway.server.protocol import jsonproto, query
@@ -163,7 +163,8 @@ async def _handle_api(request: web.Request) -> web.Response:
     try:
         if route.protocol == "json":
             params = jsonproto.parse_json_body(op, body)
-            validate_input(op, params)
+            extension = INPUT_EXTENSIONS.get((route.service, op.name))
+            validate_input(op, params if extension is None else extension(params))
         else:
             params = query.parse_query_input(op, route.form)
             validate_input(op, params, code="ValidationError")
@@ -213,6 +214,29 @@ async def _handle_api(request: web.Request) -> web.Response:
     return response
 
 
+_HTTP_ERRORS = {
+    404: "NotFoundException",
+    405: "MethodNotAllowedException",
+    413: "RequestEntityTooLargeException",
+}
+
+
+@web.middleware
+async def aws_shaped_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """What the router or aiohttp refuses (no such path, wrong method, body too large) is
+    answered in AWS's JSON error shape too, never aiohttp's plain text."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_ERRORS.get(exc.status, "ValidationException" if exc.status < 500 else "")
+        if not code:
+            raise
+        return web.json_response({"__type": code, "message": exc.reason}, status=exc.status)
+    return response
+
+
 async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -246,7 +270,7 @@ def create_app(state: ServerState) -> web.Application:
     from hatchway.server.ops import register_all
 
     register_all()
-    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[aws_shaped_errors])
     app[STATE_KEY] = state
     app.on_startup.append(_start_background)
     app.on_cleanup.append(_stop_background)

@@ -125,6 +125,11 @@ Handler = Callable[[Call, dict[str, Any]], Awaitable[dict[str, Any]]]
 OPERATIONS: dict[tuple[str, str], Handler] = {}
 
 
+INPUT_EXTENSIONS: dict[tuple[str, str], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+"""Where Hatchway accepts more than AWS's model: (service, operation) → the part of the
+parameters that the model still validates (see ``DeregisterManagedInstance``)."""
+
+
 def operation(service: str, name: str) -> Callable[[Handler], Handler]:
     """Register ``async def handler(call, params) -> output`` for ``service``/``name``."""
 

@@ -35,7 +35,14 @@ from hatchway.protocol import frames, payloads
 from hatchway.protocol.sessionlog import AGENT_SESSION_LOG
 from hatchway.server import crypto
 from hatchway.server.errors import ServiceError
-from hatchway.server.nodes import _state, authenticate_client, authenticate_node, json_error
+from hatchway.server.nodes import (
+    _state,
+    _upgrade_error,
+    audit_refusal,
+    authenticate_client,
+    authenticate_node,
+    json_error,
+)
 from hatchway.server.ops.sessions import end_session
 from hatchway.server.state import ServerState
 from hatchway.server.store import schema as t
@@ -160,14 +167,17 @@ async def handle_data_channel(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     session_id = request.match_info["session_id"]
     row = state.store.get(t.sessions, session_id=session_id)
+    where = {"sessionId": session_id}
     if row is None:
-        return json_error(
-            ServiceError("DoesNotExistException", f"Session {session_id} does not exist.")
-        )
+        err = ServiceError("DoesNotExistException", f"Session {session_id[:128]} does not exist.")
+        audit_refusal(state, request, "OpenDataChannel", err, where)
+        return json_error(err)
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=8 * 1024 * 1024)
     await ws.prepare(request)
     opened = await _first_text(ws)
     if opened is None:
+        err = ServiceError("ValidationException", "expected OpenDataChannelInput")
+        audit_refusal(state, request, "OpenDataChannel", err, where)
         await ws.close(code=4401, message=b"expected OpenDataChannelInput")
         return ws
     try:
@@ -177,14 +187,19 @@ async def handle_data_channel(request: web.Request) -> web.StreamResponse:
             )
         elif "Authorization" in request.headers:  # newer plugins sign the upgrade
             authenticate_client(state, request, row)
-    except ServiceError as exc:
-        log.warning("data channel %s: %s", session_id, exc.message)
-        await ws.close(code=4403, message=exc.code.encode())
+    except Exception as exc:  # refused: audited, closed with the error's code
+        err = _upgrade_error(exc)
+        log.warning("data channel %s: %s", session_id, err.message)
+        audit_refusal(state, request, "OpenDataChannel", err, where)
+        await ws.close(code=4403, message=err.code.encode())
         return ws
     if opened.is_agent:
-        await _agent_side(state, session_id, ws, opened)
+        refused = await _agent_side(state, session_id, ws, opened)
     else:
-        await _client_side(state, session_id, row, ws, opened, request.remote or "")
+        refused = await _client_side(state, session_id, row, ws, opened, request.remote or "")
+    if refused:
+        err = ServiceError("AccessDeniedException", "invalid token")
+        audit_refusal(state, request, "OpenDataChannel", err, where)
     return ws
 
 
@@ -195,12 +210,13 @@ async def _client_side(
     ws: web.WebSocketResponse,
     opened: payloads.OpenDataChannel,
     remote: str = "",
-) -> None:
+) -> bool:
+    """The client's side of the relay; True if its token was refused."""
     token = opened.token
     if not token or not _spend_token(state, session_id, token):
         log.warning("data channel %s: refused a wrong, reused or expired token", session_id)
         await ws.close(code=4403, message=b"invalid token")
-        return
+        return True
     table = relays(state)
     relay = table.get(session_id)
     if relay is None:
@@ -212,14 +228,14 @@ async def _client_side(
             await relay.close(f"{row['target']} is not connected.")
             table.pop(session_id, None)
             await end_session(state, session_id, "Failed", "The node was not connected.")
-            return
+            return False
         failure = await state.recordings.prepare(row, _session_type(state, row))
         if failure is not None:  # AWS's encryption checks of the log destinations
             relay.client = ws
             await relay.close(failure)
             table.pop(session_id, None)
             await end_session(state, session_id, "Failed", failure)
-            return
+            return False
         await node.send(start_message(state, row, relay))
     elif relay.client is not None and not relay.client.closed:
         await relay.client.close(code=4000, message=b"replaced by a resumed connection")
@@ -260,16 +276,18 @@ async def _client_side(
             relay.client = None
             if not relay.ended:
                 _set_status(state, session_id, "Disconnected")
+    return False
 
 
 async def _agent_side(
     state: ServerState, session_id: str, ws: web.WebSocketResponse, opened: payloads.OpenDataChannel
-) -> None:
+) -> bool:
+    """The node's side of the relay; True if its token was refused."""
     relay = relays(state).get(session_id)
     token = opened.token
     if relay is None or not hmac.compare_digest(token, relay.agent_token):
         await ws.close(code=4403, message=b"invalid token")
-        return
+        return True
     relay.agent = ws
     relay.agent_ready.set()
     _set_status(state, session_id, "Connected")
@@ -319,6 +337,7 @@ async def _agent_side(
             )
             await relay.close(failed or "", to_agent=False)
         await state.recordings.finish(session_id)
+    return False
 
 
 IDLE_MESSAGE = "Your session timed out due to inactivity and has been terminated."

@@ -30,7 +30,7 @@ from hatchway.server.call import audit
 from hatchway.server.errors import ServiceError
 from hatchway.server.identity import credential_lookup, lookup_key, resolve_caller
 from hatchway.server.state import ServerState
-from hatchway.server.store import Conflict
+from hatchway.server.store import Conflict, Store
 from hatchway.server.store import schema as t
 from hatchway.ssm import target_arn
 
@@ -63,39 +63,137 @@ def json_error(err: ServiceError) -> web.Response:
 
 
 def managed_instance_id() -> str:
+    """A managed node's id as AWS shapes it: ``mi-`` and 17 hex digits (68 random bits)."""
     return "mi-" + secrets.token_hex(9)[:17]
 
 
+def is_ec2_style_id(value: str) -> bool:
+    """``i-`` and 8 or 17 letters or digits (Hatchway's nodes may use EC2-style ids)."""
+    return _INSTANCE_ID.fullmatch(value) is not None
+
+
+def allow_instance_ids(store: Store, activation_id: str, instance_ids: list[str]) -> list[str]:
+    """Let nodes registering with ``activation_id`` take these ``i-`` ids (else the broker
+    chooses an ``mi-`` id). For whoever runs the broker: ``hatchway activation
+    allow-instance-id`` calls it with the store itself, no API can. Returns the ids allowed."""
+    bad = [i for i in instance_ids if not is_ec2_style_id(i)]
+    if bad:
+        raise ValueError(f"not an EC2-style instance id (i- and 8 or 17 letters/digits): {bad[0]}")
+    with store.transaction() as c:
+        act = store.get(t.activations, c, activation_id=activation_id)
+        if act is None or act["data"].get("deleted"):
+            raise LookupError(f"Activation {activation_id} does not exist.")
+        if act["expires"] <= datetime.now(UTC):
+            raise LookupError(f"Activation {activation_id} has expired.")
+        for iid in instance_ids:
+            node = store.get(t.instances, c, instance_id=iid)
+            if node is not None and not node["deregistered"]:
+                raise ValueError(f"{iid} is registered already (deregister it first).")
+        allowed = list(dict.fromkeys([*act["data"].get("instance_ids", []), *instance_ids]))
+        store.update(
+            t.activations,
+            {"activation_id": activation_id},
+            {"data": {**act["data"], "instance_ids": allowed}},
+            c,
+        )
+    return allowed
+
+
+_MAX_REGISTRATION_BODY = 64 * 1024
+"""Registration bodies are a few hundred bytes; anything far larger is refused unread."""
+
+_REGISTRATION_FIELDS: dict[str, int] = {
+    "ActivationId": 36,
+    "ActivationCode": 250,
+    "InstanceId": 19,
+    "ComputerName": 255,
+    "PlatformName": 255,
+    "PlatformVersion": 255,
+    "PlatformType": 64,
+    "IPAddress": 255,
+    "AgentVersion": 64,
+}
+"""The members a registration may carry (all strings), with their longest accepted length."""
+
+
+def _registration_body(raw: bytes) -> dict[str, str]:
+    """The registration request, checked before anything else reads it: a JSON object of the
+    known string members (unknown members are ignored, as AWS's JSON protocol does)."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ServiceError("SerializationException", "Malformed JSON request body.") from None
+    if not isinstance(body, dict):
+        raise ServiceError("SerializationException", "The request body must be a JSON object.")
+    fields: dict[str, str] = {}
+    for name, longest in _REGISTRATION_FIELDS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ServiceError(
+                "SerializationException", f"{name} must be a string, not {_json_type(value)}."
+            )
+        if len(value) > longest:
+            raise ServiceError(
+                "ValidationException",
+                f"1 validation error detected: Value at '{name[0].lower()}{name[1:]}' failed "
+                f"to satisfy constraint: Member must have length less than or equal to {longest}",
+            )
+        fields[name] = value
+    return fields
+
+
+def _json_type(value: object) -> str:
+    kinds = {dict: "an object", list: "an array", bool: "a boolean", int: "a number"}
+    return next((k for t_, k in kinds.items() if isinstance(value, t_)), "a number")
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    """The body, refused (413) beyond ``limit`` bytes whatever Content-Length claims."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ServiceError("RequestEntityTooLargeException", "The request body is too large.", 413)
+    data = await request.content.read(limit + 1)
+    if len(data) > limit:
+        raise ServiceError("RequestEntityTooLargeException", "The request body is too large.", 413)
+    return data
+
+
 async def handle_register(request: web.Request) -> web.Response:
+    """Anonymous (the activation authenticates it): every answer, good or bad, is audited and
+    in AWS's JSON shape; bad input is a 4xx, never an exception."""
     state = _state(request)
     state.store.begin_call()
     source_ip = request.remote or ""
+    params: dict[str, str] = {}
+    error: ServiceError | None = None
+    response: web.Response
     try:
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise ValueError("not an object")
-    except (ValueError, UnicodeDecodeError):
-        return json_error(ServiceError("SerializationException", "Invalid JSON body."))
-    params = {k: v for k, v in body.items() if k != "ActivationCode"}
-    try:
-        result = register_node(state, body)
-        error = None
-        response = web.json_response(result)
+        body = _registration_body(await _read_limited(request, _MAX_REGISTRATION_BODY))
+        params = {k: v for k, v in body.items() if k != "ActivationCode"}
+        response = web.json_response(register_node(state, body))
     except ServiceError as exc:
         error = exc
         response = json_error(exc)
-    audit(
-        state,
-        service="ssm",
-        operation="RegisterManagedInstance",
-        principal="anonymous",
-        user_id="anonymous",
-        source_ip=source_ip,
-        params=params,
-        decisions=[],
-        error=error,
-        request_id=str(uuid.uuid4()),
-    )
+    except Exception:  # a bug must not answer in aiohttp's text, nor go unaudited
+        log.exception("internal error in a node registration")
+        error = ServiceError("InternalServerError", "An internal error occurred.", 500)
+        response = json_error(error)
+    try:
+        audit(
+            state,
+            service="ssm",
+            operation="RegisterManagedInstance",
+            principal="anonymous",
+            user_id="anonymous",
+            source_ip=source_ip,
+            params=params,
+            decisions=[],
+            error=error,
+            request_id=str(uuid.uuid4()),
+        )
+    except Exception:
+        log.exception("could not write the audit record of a node registration")
     if error is None:
         try:
             await state.store.settled()  # the credentials exist before the node holds them
@@ -125,8 +223,14 @@ def register_node(state: ServerState, body: dict[str, Any]) -> dict[str, Any]:
             "InvalidActivation", "The registration limit of this activation has been reached."
         )
     requested = body.get("InstanceId")
-    if requested is not None and not _INSTANCE_ID.fullmatch(str(requested)):
-        raise ServiceError("InvalidInstanceId", f"Invalid instance id {requested}.")
+    if requested and requested not in act["data"].get("instance_ids", []):
+        # The broker chooses the id (mi-…): a node holding an activation code must not pick
+        # an EC2-style id that policies may already name. An administrator allows one.
+        raise ServiceError(
+            "InvalidInstanceId",
+            f"Activation {activation_id} does not allow registering as {requested}; "
+            "the broker chooses the node's mi- id.",
+        )
     instance_id = str(requested) if requested else managed_instance_id()
     role_name, role_id = _activation_role(state, act)
     if role_id is None:
@@ -283,13 +387,48 @@ def authenticate_node(
     return caller
 
 
+def audit_refusal(
+    state: ServerState,
+    request: web.Request,
+    operation: str,
+    error: ServiceError,
+    params: dict[str, Any],
+    service: str = "ssmmessages",
+) -> None:
+    """A request refused before anyone was authenticated, audited like any call."""
+    try:
+        audit(
+            state,
+            service=service,
+            operation=operation,
+            principal="anonymous",
+            user_id="anonymous",
+            source_ip=request.remote or "",
+            params={k: v[:256] for k, v in params.items()},
+            decisions=[],
+            error=error,
+            request_id=crypto.request_id(),
+        )
+    except Exception:
+        log.exception("could not audit a refused %s", operation)
+
+
+def _upgrade_error(exc: Exception) -> ServiceError:
+    if isinstance(exc, ServiceError):
+        return exc
+    log.error("internal error authenticating an upgrade", exc_info=exc)
+    return ServiceError("InternalServerError", "An internal error occurred.", 500)
+
+
 async def handle_control_channel(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     instance_id = request.match_info["instance_id"]
     try:
         authenticate_node(state, request, instance_id)
-    except ServiceError as exc:
-        return json_error(exc)
+    except Exception as exc:  # refused: AWS's JSON error, audited
+        err = _upgrade_error(exc)
+        audit_refusal(state, request, "OpenControlChannel", err, {"instanceId": instance_id})
+        return json_error(err)
     ws = web.WebSocketResponse(heartbeat=state.config.ping_interval * 2)
     await ws.prepare(request)
     channel = NodeChannel(instance_id, ws, datetime.now(UTC))

@@ -171,22 +171,26 @@ def start_agent(
     instance_id: str | None = None,
     activation: dict[str, str] | None = None,
 ) -> Agent:
-    """Create an activation (unless given), run ``hatchway agent``, wait until it is Online."""
+    """Create an activation (unless given), run ``hatchway agent``, wait until it is Online.
+
+    An EC2-style ``instance_id`` is allowed for the activation first, as an operator does
+    (``hatchway activation allow-instance-id``); the code reaches the agent through
+    ``HATCHWAY_ACTIVATION_CODE``, never its command line."""
     ssm = broker.client("ssm")
     if activation is None and not (state_dir / "registration.json").exists():
         activation = ssm.create_activation(IamRole="SSMServiceRole")
+        if instance_id and instance_id.startswith("i-"):
+            allow_instance_id(broker, activation["ActivationId"], instance_id)
     args = [str(BIN / "hatchway"), "agent", "--endpoint", broker.url, "--state-dir", str(state_dir)]
+    env = {k: v for k, v in os.environ.items() if k != "HATCHWAY_ACTIVATION_CODE"}
     if activation is not None:
-        args += [
-            "--activation-id",
-            activation["ActivationId"],
-            "--activation-code",
-            activation["ActivationCode"],
-        ]
+        args += ["--activation-id", activation["ActivationId"]]
+        env["HATCHWAY_ACTIVATION_CODE"] = activation["ActivationCode"]
     if instance_id:
         args += ["--instance-id", instance_id]
     log = state_dir.parent / f"{state_dir.name}.log"
-    proc = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)  # noqa: SIM115
+    out = open(log, "w")  # noqa: SIM115 - lives as long as the agent
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         reg = state_dir / "registration.json"
@@ -199,6 +203,26 @@ def start_agent(
         time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"agent did not come online:\n{log.read_text()}")
+
+
+def store_args(broker: Broker) -> list[str]:
+    """The options that name a broker's store (for ``hatchway audit``, ``activation`` …)."""
+    args = list(broker.proc.args)  # type: ignore[arg-type]
+    if "--database-url" in args:
+        return ["--database-url", str(args[args.index("--database-url") + 1])]
+    return ["--data-dir", str(broker.data_dir)]
+
+
+def allow_instance_id(broker: Broker, activation_id: str, *instance_ids: str) -> None:
+    """``hatchway activation allow-instance-id``, the operator's command (run in-process)."""
+    from click.testing import CliRunner
+
+    from hatchway.cli.main import cli
+
+    result = CliRunner().invoke(
+        cli, ["activation", "allow-instance-id", *store_args(broker), activation_id, *instance_ids]
+    )
+    assert result.exit_code == 0, result.output
 
 
 def wait_ping(broker: Broker, instance_id: str, status: str, timeout: float = 15) -> bool:

@@ -24,7 +24,15 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from conftest import ACCOUNT, ADMIN_KEY, ADMIN_SECRET, REGION, Broker, user_with_policy
+from conftest import (
+    ACCOUNT,
+    ADMIN_KEY,
+    ADMIN_SECRET,
+    REGION,
+    Broker,
+    allow_instance_id,
+    user_with_policy,
+)
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/"
@@ -389,6 +397,7 @@ def test_key_policy_explicit_deny_and_policy_round_trip(kms: Any) -> None:
 
 def _register_node(broker: Broker, instance_id: str) -> tuple[str, str]:
     activation = broker.client("ssm").create_activation(IamRole="SSMServiceRole")
+    allow_instance_id(broker, activation["ActivationId"], instance_id)  # the operator's say
     body = json.dumps(
         {
             "ActivationId": activation["ActivationId"],

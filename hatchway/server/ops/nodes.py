@@ -10,10 +10,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hatchway.server import crypto, iamdata
-from hatchway.server.call import Call, operation
+from hatchway.server.call import INPUT_EXTENSIONS, Call, operation
 from hatchway.server.errors import ServiceError
-from hatchway.server.nodes import close_channel, ping_status
+from hatchway.server.nodes import close_channel, is_ec2_style_id, ping_status
 from hatchway.server.ops.paging import page
+from hatchway.server.ops.sessions import ACTIVE, close_data_channel, end_session
 from hatchway.server.store import schema as t
 from hatchway.ssm import target_arn
 
@@ -191,8 +192,26 @@ async def describe_instance_information(call: Call, params: dict[str, Any]) -> d
     return {"InstanceInformationList": chunk, "NextToken": nxt}
 
 
+DEREGISTERED_REASON = "The managed node {} was deregistered."
+
+
+def _ec2_style_exempt(params: dict[str, Any]) -> dict[str, Any]:
+    """AWS's model takes ``mi-`` ids only (botocore refuses ``i-`` ids client-side, by
+    length); Hatchway's nodes registered with an ``i-`` id are deregistered by the same
+    operation (``hatchway nodes deregister``), so such an id skips the model's rule."""
+    iid = params.get("InstanceId")
+    if isinstance(iid, str) and is_ec2_style_id(iid):
+        return {**params, "InstanceId": "mi-00000000000000000"}  # the rest is still checked
+    return params
+
+
+INPUT_EXTENSIONS[("ssm", "DeregisterManagedInstance")] = _ec2_style_exempt
+
+
 @operation("ssm", "DeregisterManagedInstance")
 async def deregister_managed_instance(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    """Revoke a node at once: its credentials stop working, its sessions end (Terminated, the
+    reason in DescribeSessions' Details) and its control channel closes."""
     iid = params["InstanceId"]
     call.authorize(
         "ssm:DeregisterManagedInstance",
@@ -207,5 +226,15 @@ async def deregister_managed_instance(call: Call, params: dict[str, Any]) -> dic
             t.access_keys, {"owner_kind": "node", "owner_name": iid}, {"status": "Inactive"}, c
         )
     call.state.iam_changed()
+    reason = DEREGISTERED_REASON.format(iid)
+    live = call.store.select(
+        t.sessions, t.sessions.c.target == iid, t.sessions.c.status.in_(ACTIVE)
+    )
+    for session in live:
+        connected = await end_session(call.state, session["session_id"], "Terminated", reason)
+        if connected is not None:
+            await close_data_channel(
+                call.state, session["session_id"], iid, reason, started=connected
+            )
     await close_channel(call.state, iid)
     return {}

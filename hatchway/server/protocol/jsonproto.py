@@ -239,6 +239,8 @@ def parse_json_body(op: OperationModel, body: bytes) -> dict[str, Any]:
         raise ServiceError(
             "SerializationException", f"Malformed JSON request body: {exc}"
         ) from None
+    except RecursionError:  # deeper than the parser goes: bad input, not a server fault
+        raise ServiceError("SerializationException", "Request body nested too deeply") from None
     info = input_info(op)
     try:
         if info is None:
