@@ -193,7 +193,13 @@ def _verify(state: ServerState, request: web.Request) -> Any:
     raw_path, _, raw_query = request.raw_path.partition("?")
     incoming = sigv4.IncomingRequest(request.method, raw_path, raw_query, request.headers, b"")
     try:
-        verified = sigv4.verify(incoming, credential_lookup(state), datetime.now(UTC))
+        verified = sigv4.verify(
+            incoming,
+            credential_lookup(state),
+            datetime.now(UTC),
+            regions=(state.config.region,),
+            service="ssmmessages",
+        )
     except sigv4.AuthError as exc:
         code, status = sigv4.error_code(exc.kind, "json")
         raise ServiceError(code, exc.message, status) from exc
