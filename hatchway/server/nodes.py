@@ -29,6 +29,7 @@ from hatchway.server.bootstrap import create_access_key
 from hatchway.server.call import audit
 from hatchway.server.errors import ServiceError
 from hatchway.server.identity import credential_lookup, lookup_key, resolve_caller
+from hatchway.server.protocol.jsonproto import load_document
 from hatchway.server.state import ServerState
 from hatchway.server.store import Conflict
 from hatchway.server.store import schema as t
@@ -71,10 +72,10 @@ async def handle_register(request: web.Request) -> web.Response:
     state.store.begin_call()
     source_ip = request.remote or ""
     try:
-        body = await request.json()
+        body = load_document(await request.read())  # also too deep, lone surrogates
         if not isinstance(body, dict):
             raise ValueError("not an object")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, ServiceError):
         return json_error(ServiceError("SerializationException", "Invalid JSON body."))
     params = {k: v for k, v in body.items() if k != "ActivationCode"}
     try:
