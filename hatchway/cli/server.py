@@ -77,6 +77,13 @@ from hatchway.ssm import StartSessionMode
     type=click.IntRange(0, 64),
     help="API worker processes beside the broker's own (0: one process serves everything).",
 )
+@click.option(
+    "--require-signed-data-channel",
+    is_flag=True,
+    help="Refuse data-channel websockets a client opens without a SigV4 signature "
+    "(session-manager-plugin older than 1.2.688, presigned StreamUrls, some third-party clients); "
+    "signed ones need ssmmessages:OpenDataChannel allowed.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def server_cmd(
     listen: str,
@@ -95,6 +102,7 @@ def server_cmd(
     record_input: bool,
     cloudwatch_stream_interval: float,
     workers: int,
+    require_signed_data_channel: bool,
     log_level: str,
 ) -> None:
     """Run the broker: SSM, IAM and STS APIs with SigV4 and enforced IAM policies."""
@@ -120,5 +128,6 @@ def server_cmd(
         record_input=record_input,
         log_stream_interval=cloudwatch_stream_interval,
         workers=workers,
+        require_signed_data_channel=require_signed_data_channel,
     )
     asyncio.run(serve(config))

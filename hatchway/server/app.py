@@ -86,6 +86,19 @@ def _route(req: sigv4.IncomingRequest) -> _Route:
     return _Route("query", service, model.operation_model(action), form)
 
 
+GLOBAL_REGION = "us-east-1"
+"""The region botocore signs IAM (and STS's global endpoint) with unless given an endpoint."""
+
+
+def scope_regions(region: str, service: str) -> frozenset[str]:
+    """The regions a credential scope may name for ``service`` on a broker in ``region``:
+    IAM and STS also take ``us-east-1`` (global services; botocore signs them so), every
+    other service (SSM, KMS, ssmmessages, ec2messages) only the broker's own region."""
+    if service in ("iam", "sts"):
+        return frozenset((region, GLOBAL_REGION))
+    return frozenset((region,))
+
+
 def _internal_error(route: _Route) -> ServiceError:
     """AWS's server fault for this protocol (JSON: InternalServerError; Query: InternalFailure)."""
     return ServiceError(
@@ -134,7 +147,13 @@ async def _handle_api(request: web.Request) -> web.Response:
     op = route.op
     source_ip = request.remote or ""
     try:
-        verified = sigv4.verify(incoming, credential_lookup(state), datetime.now(UTC))
+        verified = sigv4.verify(
+            incoming,
+            credential_lookup(state),
+            datetime.now(UTC),
+            regions=scope_regions(state.config.region, route.service),
+            service=route.service,
+        )
     except sigv4.AuthError as exc:
         code, status = sigv4.error_code(exc.kind, route.protocol)
         message = sigv4.error_message(exc, route.protocol)

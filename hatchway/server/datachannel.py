@@ -187,6 +187,13 @@ async def handle_data_channel(request: web.Request) -> web.StreamResponse:
             )
         elif "Authorization" in request.headers:  # newer plugins sign the upgrade
             authenticate_client(state, request, row)
+        elif state.config.require_signed_data_channel:
+            # The token alone proves StartSession/ResumeSession was allowed (and that
+            # ssmmessages:OpenDataChannel was not explicitly denied then); this broker also
+            # wants the upgrade's own signature, so that the allow is checked at open time.
+            raise ServiceError(
+                "MissingAuthenticationTokenException", "Request is missing Authentication Token"
+            )
     except Exception as exc:  # refused: audited, closed with the error's code
         err = _upgrade_error(exc)
         log.warning("data channel %s: %s", session_id, err.message)

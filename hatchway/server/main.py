@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import socket
+import sys
 from pathlib import Path
 
 from aiohttp import web
@@ -85,16 +86,29 @@ async def wait_for_stop() -> None:
     await stop.wait()
 
 
+def announce_admin_credentials(path: Path, access_key_id: str, secret: str) -> None:
+    """Tell the operator where the generated admin key is. The secret itself is shown only on
+    a terminal: standard output is often kept (journald, container logs, CI logs), and a
+    secret there outlives the 0600 file that is meant to hold it."""
+    print(f"Hatchway admin credentials: {path} (mode 0600)", flush=True)
+    if sys.stdout.isatty():
+        print(
+            f"  (shown once) aws_access_key_id = {access_key_id}\n"
+            f"  aws_secret_access_key = {secret}",
+            flush=True,
+        )
+    else:
+        print(
+            f"  aws_access_key_id = {access_key_id}; the secret key is in that file only "
+            "(standard output is not a terminal)",
+            flush=True,
+        )
+
+
 async def serve(config: ServerConfig) -> None:
     state, generated = build_state(config)
     if generated is not None:
-        akid, secret = generated
-        print(
-            "Hatchway admin credentials (shown once; also in "
-            f"{config.data_dir / 'admin-credentials'}, mode 0600):",
-            flush=True,
-        )
-        print(f"  aws_access_key_id = {akid}\n  aws_secret_access_key = {secret}", flush=True)
+        announce_admin_credentials(config.data_dir / "admin-credentials", *generated)
     if config.workers:
         counters = config.data_dir / COUNTERS_FILE
         counters.unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from hatchway.server.bootstrap import create_access_key
 from hatchway.server.call import audit
 from hatchway.server.errors import ServiceError
 from hatchway.server.identity import credential_lookup, lookup_key, resolve_caller
+from hatchway.server.protocol.jsonproto import load_document
 from hatchway.server.state import ServerState
 from hatchway.server.store import Conflict, Store
 from hatchway.server.store import schema as t
@@ -119,10 +120,7 @@ _REGISTRATION_FIELDS: dict[str, int] = {
 def _registration_body(raw: bytes) -> dict[str, str]:
     """The registration request, checked before anything else reads it: a JSON object of the
     known string members (unknown members are ignored, as AWS's JSON protocol does)."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ServiceError("SerializationException", "Malformed JSON request body.") from None
+    body = load_document(raw)  # invalid, too deep, lone surrogates: SerializationException
     if not isinstance(body, dict):
         raise ServiceError("SerializationException", "The request body must be a JSON object.")
     fields: dict[str, str] = {}
@@ -324,7 +322,13 @@ def _verify(state: ServerState, request: web.Request) -> Any:
     raw_path, _, raw_query = request.raw_path.partition("?")
     incoming = sigv4.IncomingRequest(request.method, raw_path, raw_query, request.headers, b"")
     try:
-        verified = sigv4.verify(incoming, credential_lookup(state), datetime.now(UTC))
+        verified = sigv4.verify(
+            incoming,
+            credential_lookup(state),
+            datetime.now(UTC),
+            regions=(state.config.region,),
+            service="ssmmessages",
+        )
     except sigv4.AuthError as exc:
         code, status = sigv4.error_code(exc.kind, "json")
         raise ServiceError(code, exc.message, status) from exc

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -651,12 +651,36 @@ def _compute(
     return canonical, string_to_sign, signature
 
 
+def scope_region_message(region: str) -> str:
+    """AWS's text for a credential scope naming a region the endpoint does not serve."""
+    return f"Credential should be scoped to a valid region, not '{region}'."
+
+
+def scope_service_message(service: str) -> str:
+    """AWS's text for a credential scope naming another service (``service``: the right one)."""
+    return f"Credential should be scoped to correct service: '{service}'."
+
+
+def check_scope(
+    scope_region: str, scope_service: str, regions: Collection[str], service: str
+) -> None:
+    """Raise ``AuthError("signature")`` unless the scope names one of ``regions`` and
+    ``service``. The region is checked first (AWS reports a wrong region before a wrong
+    service); the region message quotes what was sent, the service message what is expected."""
+    if scope_region not in regions:
+        raise AuthError("signature", scope_region_message(scope_region))
+    if scope_service != service:
+        raise AuthError("signature", scope_service_message(service))
+
+
 def verify(
     req: IncomingRequest,
     lookup: Callable[[str], Credential | None],
     now: datetime,
     *,
     max_skew: timedelta = timedelta(minutes=5),
+    regions: Collection[str] | None = None,
+    service: str | None = None,
 ) -> Verified:
     """Authenticate ``req`` with SigV4 as AWS does, or raise :class:`AuthError`.
 
@@ -665,8 +689,10 @@ def verify(
     ``max_skew`` of ``now``; presigned ones must not be past ``X-Amz-Date + X-Amz-Expires``
     (nor more than ``max_skew`` in the future).
 
-    The signed region and service are returned, not checked: the caller decides which it
-    serves.
+    With ``regions`` and ``service`` given, the credential scope must name one of
+    ``regions`` and exactly ``service`` (:func:`check_scope`), checked once the request is
+    parsed, before the key is looked up or the signature computed. Without them the signed
+    region and service are returned unchecked.
     """
     now = _utc(now)
     headers = _Headers(req.headers)
@@ -682,6 +708,13 @@ def verify(
     signed = parsed.signed_headers
     if "host" not in signed:
         raise AuthError("incomplete", MSG_HOST_UNSIGNED)
+    if regions is not None or service is not None:
+        check_scope(
+            parsed.scope.region,
+            parsed.scope.service,
+            (parsed.scope.region,) if regions is None else regions,
+            service or parsed.scope.service,
+        )
     _check_time(parsed, now, max_skew)
 
     cred = lookup(parsed.scope.access_key_id)

@@ -30,6 +30,8 @@ class ServerConfig:
     record_input: bool = False  # keep keystrokes ("i" events) in recordings, not only the echo
     log_stream_interval: float = 1.0  # seconds between CloudWatch streaming events
     workers: int = 0  # API worker processes beside this one (docs/broker.md, "Processes")
+    # Refuse client data-channel upgrades that are not SigV4-signed (docs/broker-sigv4.md).
+    require_signed_data_channel: bool = False
 
     @property
     def store_url(self) -> str:

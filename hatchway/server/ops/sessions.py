@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
+from hatchway.iam import EXPLICIT_DENY
 from hatchway.server import crypto
 from hatchway.server.call import Call, operation
 from hatchway.server.errors import ServiceError, access_denied
@@ -217,8 +218,10 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     inputs = effective_inputs(call.state, doc, parameters)
     max_duration = str(inputs.get("maxSessionDuration") or "") or None
     now = datetime.now(UTC)
+    tags = {"aws:ssmmessages:session-id": call.caller.user_id, "aws:ssmmessages:target-id": target}
     for _ in range(3):
         session_id = new_session_id(call.caller.name)
+        refuse_denied_data_channel(call, session_id, tags)
         try:
             with call.store.transaction() as c:
                 call.store.insert(
@@ -243,10 +246,7 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
                             "session_type": doc.document.get("sessionType"),
                             # The version StartSession validated is the one the node runs.
                             "document": doc.document,
-                            "tags": {
-                                "aws:ssmmessages:session-id": call.caller.user_id,
-                                "aws:ssmmessages:target-id": target,
-                            },
+                            "tags": tags,
                         },
                     },
                     c,
@@ -268,7 +268,33 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _session_context(row: dict[str, Any]) -> dict[str, object]:
-    return {f"ssm:resourceTag/{k}": v for k, v in row["data"].get("tags", {}).items()}
+    return _tag_context(row["data"].get("tags", {}))
+
+
+def _tag_context(tags: dict[str, str]) -> dict[str, object]:
+    return {f"ssm:resourceTag/{k}": v for k, v in tags.items()}
+
+
+def refuse_denied_data_channel(call: Call, session_id: str, tags: dict[str, str]) -> None:
+    """An explicit deny of ``ssmmessages:OpenDataChannel`` on the session refuses the token.
+
+    The data-channel token is the only credential an unsigned websocket upgrade carries (AWS's
+    plugin before 1.2.688, presigned StreamUrls, third-party clients), so the caller's right to
+    open the channel is decided here, when StartSession/ResumeSession issue it, with the
+    context a signed upgrade would be evaluated in (the session ARN and its tags). Only an
+    explicit deny refuses: without any statement about the action the session still starts
+    (older clients never needed it); a signed upgrade is then refused unless it is allowed,
+    and ``--require-signed-data-channel`` makes every client sign.
+    """
+    d = call.decide(
+        "ssmmessages:OpenDataChannel",
+        session_arn(session_id, call.region, call.account),
+        _tag_context(tags),
+    )
+    if d.decision == EXPLICIT_DENY:
+        raise call.deny(d)
+    if not d.allowed:
+        call.decisions.remove(d)  # refuses nothing: not the audit record's deciding denial
 
 
 def _authorize_session(call: Call, action: str, session_id: str) -> dict[str, Any] | None:
@@ -291,6 +317,7 @@ async def resume_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     row = call.store.get(t.sessions, session_id=sid)
     if row is None or row["status"] in HISTORY or row["status"] == "Terminating":
         return {"SessionId": sid}  # cannot be resumed: no token (the plugin says "timed out")
+    refuse_denied_data_channel(call, sid, row["data"].get("tags", {}))
     token = mint_token(call.state, sid)
     return {"SessionId": sid, "TokenValue": token, "StreamUrl": _stream_url(call.state, sid)}
 

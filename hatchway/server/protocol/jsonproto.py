@@ -15,6 +15,7 @@ import binascii
 import datetime as _dt
 import json
 import math
+import re
 from collections.abc import Callable
 from email.utils import format_datetime
 from typing import Any
@@ -26,6 +27,7 @@ from hatchway.server.protocol.models import ShapeInfo, input_info, operation, ou
 
 __all__ = [
     "CONTENT_TYPE",
+    "load_document",
     "parse_json_body",
     "parse_target",
     "serialize_json_error",
@@ -225,6 +227,49 @@ def _decode(info: ShapeInfo, value: Any) -> Any:
     return value if decoder is None else decoder(info, value)
 
 
+_TOO_DEEP = "Request body nested too deeply"
+_LONE_SURROGATE = "Malformed JSON request body: a string holds an unpaired UTF-16 surrogate"
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""A ``\\uD800``-``\\uDFFF`` escape: only then can the decoded document hold a lone
+surrogate (raw UTF-8 cannot encode one), so only then is the document walked."""
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether any string (key or value) in a decoded JSON document is not valid Unicode text:
+    a ``\\uD800`` escape without its pair. Such a string cannot be stored, logged as UTF-8 or
+    echoed in an error, so the body is refused as malformed."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def load_document(body: bytes) -> Any:
+    """``json.loads`` for a request body, every failure a ``SerializationException``: invalid
+    JSON or UTF-8, nesting too deep for the parser, a string with a lone surrogate."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ServiceError(
+            "SerializationException", f"Malformed JSON request body: {exc}"
+        ) from None
+    except RecursionError:
+        raise ServiceError("SerializationException", _TOO_DEEP) from None
+    if _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(document):
+        raise ServiceError("SerializationException", _LONE_SURROGATE)
+    return document
+
+
 def parse_json_body(op: OperationModel, body: bytes) -> dict[str, Any]:
     """Decode a JSON 1.1 request body into botocore-style parameters for ``op``.
 
@@ -233,14 +278,7 @@ def parse_json_body(op: OperationModel, body: bytes) -> dict[str, Any]:
     """
     if not body.strip():
         return {}
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ServiceError(
-            "SerializationException", f"Malformed JSON request body: {exc}"
-        ) from None
-    except RecursionError:  # deeper than the parser goes: bad input, not a server fault
-        raise ServiceError("SerializationException", "Request body nested too deeply") from None
+    document = load_document(body)
     info = input_info(op)
     try:
         if info is None:
@@ -251,7 +289,7 @@ def parse_json_body(op: OperationModel, body: bytes) -> dict[str, Any]:
     except _Mismatch as exc:
         raise ServiceError("SerializationException", str(exc)) from None
     except RecursionError:
-        raise ServiceError("SerializationException", "Request body nested too deeply") from None
+        raise ServiceError("SerializationException", _TOO_DEEP) from None
     result: dict[str, Any] = parsed
     return result
 
@@ -343,9 +381,11 @@ def _encode(info: ShapeInfo, value: Any) -> Any:
 
 
 def _dumps(document: object) -> bytes:
-    return json.dumps(
-        document, separators=(",", ":"), ensure_ascii=False, default=_json_default
-    ).encode("utf-8")
+    text = json.dumps(document, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: escaped, as JSON can carry it
+        return json.dumps(document, separators=(",", ":"), default=_json_default).encode()
 
 
 def _json_default(value: object) -> object:
