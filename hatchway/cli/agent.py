@@ -16,7 +16,15 @@ from hatchway.agent.session import SessionSettings, run_node
 
 
 @click.command("agent")
-@click.option("--endpoint", required=True, help="The broker's URL, e.g. http://127.0.0.1:8080")
+@click.option(
+    "--endpoint", required=True, help="The broker's URL, e.g. https://broker.example:8080"
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA bundle (PEM) to check the broker's certificate against (default: the system "
+    "trust store, or SSL_CERT_FILE).",
+)
 @click.option("--activation-id", help="Needed for the first registration only.")
 @click.option("--activation-code", help="Needed for the first registration only.")
 @click.option("--instance-id", help="Register as this EC2-style id (i-…) instead of mi-….")
@@ -46,6 +54,7 @@ from hatchway.agent.session import SessionSettings, run_node
 @click.option("--log-level", default="INFO", show_default=True)
 def agent_cmd(
     endpoint: str,
+    ca_file: str | None,
     activation_id: str | None,
     activation_code: str | None,
     instance_id: str | None,
@@ -72,7 +81,7 @@ def agent_cmd(
                 )
             try:
                 reg = await register(
-                    endpoint, activation_id, activation_code, instance_id, state_dir
+                    endpoint, activation_id, activation_code, instance_id, state_dir, ca_file
                 )
             except RegistrationError as exc:
                 click.echo(f"registration failed: {exc.code}: {exc.message}", err=True)
@@ -81,6 +90,7 @@ def agent_cmd(
         if region:
             reg.region = region
         reg.endpoint = endpoint
+        reg.ca_file = ca_file
         kms = KmsSettings(kms_endpoint_url or None, kms_credentials, kms_region or None)
         await run_node(reg, SessionSettings(session_user, allow_root_sessions, kms=kms))
 

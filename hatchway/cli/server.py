@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from hatchway.server.main import serve
+from hatchway.server.main import check_tls, serve
 from hatchway.server.state import ServerConfig
 from hatchway.ssm import StartSessionMode
 
@@ -77,6 +77,16 @@ from hatchway.ssm import StartSessionMode
     type=click.IntRange(0, 64),
     help="API worker processes beside the broker's own (0: one process serves everything).",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Serve HTTPS and wss:// with this certificate chain (PEM); reloaded on SIGHUP.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The private key (PEM) of --tls-cert.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def server_cmd(
     listen: str,
@@ -95,6 +105,8 @@ def server_cmd(
     record_input: bool,
     cloudwatch_stream_interval: float,
     workers: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     log_level: str,
 ) -> None:
     """Run the broker: SSM, IAM and STS APIs with SigV4 and enforced IAM policies."""
@@ -120,5 +132,11 @@ def server_cmd(
         record_input=record_input,
         log_stream_interval=cloudwatch_stream_interval,
         workers=workers,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
+    try:
+        check_tls(config)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     asyncio.run(serve(config))
