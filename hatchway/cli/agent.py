@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+import aiohttp
 import click
 
 from hatchway.agent.kms import CREDENTIAL_SOURCES, KmsSettings
@@ -85,6 +86,9 @@ def agent_cmd(
                 )
             except RegistrationError as exc:
                 click.echo(f"registration failed: {exc.code}: {exc.message}", err=True)
+                sys.exit(1)
+            except (aiohttp.ClientError, OSError) as exc:  # unreachable, or its TLS certificate
+                click.echo(f"registration failed: cannot reach {endpoint}: {exc}", err=True)
                 sys.exit(1)
             click.echo(f"registered as {reg.instance_id}", err=True)
         if region:

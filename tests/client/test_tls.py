@@ -318,3 +318,53 @@ def test_hatchway_up_tls(tmp_path: Path) -> None:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_secure_transport_is_true_over_tls(stack: tuple[Any, str]) -> None:
+    broker, _node = stack
+    key, secret = srv.user_with_policy(
+        broker,
+        "tls-only",
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": "ssm:DescribeInstanceInformation",
+                    "Resource": "*",
+                    "Condition": {"Bool": {"aws:SecureTransport": "true"}},
+                }
+            ],
+        },
+    )
+    assert (
+        "InstanceInformationList"
+        in broker.client("ssm", key, secret).describe_instance_information()
+    )
+
+
+def test_an_agent_without_the_ca_does_not_register(stack: tuple[Any, str], tmp_path: Path) -> None:
+    broker, _node = stack
+    activation = broker.client("ssm").create_activation(IamRole="SSMServiceRole")
+    done = subprocess.run(
+        [
+            str(BIN / "hatchway"),
+            "agent",
+            "--endpoint",
+            broker.url,
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--activation-id",
+            activation["ActivationId"],
+            "--activation-code",
+            activation["ActivationCode"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")},
+    )
+    assert done.returncode == 1
+    assert f"registration failed: cannot reach {broker.url}" in done.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in done.stderr
+    assert not (tmp_path / "state" / "credentials").exists()
