@@ -368,3 +368,31 @@ def test_an_agent_without_the_ca_does_not_register(stack: tuple[Any, str], tmp_p
     assert f"registration failed: cannot reach {broker.url}" in done.stderr
     assert "CERTIFICATE_VERIFY_FAILED" in done.stderr
     assert not (tmp_path / "state" / "credentials").exists()
+
+
+def test_hatchway_start_session_trusts_ssl_cert_file(
+    stack: tuple[Any, str], path: str, ca: LocalCA
+) -> None:
+    broker, node = stack
+    done = subprocess.run(
+        [
+            str(BIN / "hatchway"),
+            "start-session",
+            "--target",
+            node,
+            "--endpoint-url",
+            broker.url,
+            "--region",
+            REGION,
+            "--document-name",
+            "AWS-StartNonInteractiveCommand",
+            "--parameters",
+            json.dumps({"command": ["echo own-client"]}),
+        ],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        env=admin_env(path, SSL_CERT_FILE=str(ca.ca_cert)),
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"\nown-client\n" in done.stdout
