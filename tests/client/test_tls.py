@@ -223,6 +223,7 @@ def test_sighup_serves_the_new_certificate_and_keeps_connections(
         )
         kept.request("GET", "/health")
         assert kept.getresponse().read()
+        kept_sock = kept.sock
 
         # A file that does not load: the reload is refused, the old certificate stays.
         (live / "cert.pem").write_text("not a certificate\n")
@@ -246,6 +247,7 @@ def test_sighup_serves_the_new_certificate_and_keeps_connections(
         # The connection opened before the reload goes on, on its old session.
         kept.request("GET", "/health")
         assert kept.getresponse().read()
+        assert kept.sock is kept_sock and kept_sock.getpeercert(True) == _pem_der(ca.cert)
         kept.close()
         assert b.proc.poll() is None
     finally:
