@@ -27,6 +27,8 @@ from botocore.config import Config
 from clienthelp import clean_aws_env, plugin_on_path
 from test_client_broker import srv
 
+from hatchway.agent.kms import KmsDecrypter, KmsError
+from hatchway.agent.registration import load
 from hatchway.server.tls import LocalCA, local_ca
 
 BIN = Path(sys.executable).parent
@@ -254,7 +256,21 @@ def test_sighup_serves_the_new_certificate_and_keeps_connections(
         srv.stop_broker(b)
 
 
-def test_tls_with_workers_is_refused_with_a_reason(tmp_path: Path, ca: LocalCA) -> None:
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("workers", "--workers cannot be combined with --tls-cert"),
+        ("bad-cert", "cannot load the TLS certificate"),
+    ],
+)
+def test_tls_misconfiguration_is_refused_with_a_reason(
+    tmp_path: Path, ca: LocalCA, case: str, said: str
+) -> None:
+    cert = ca.cert
+    extra = ["--workers", "2"] if case == "workers" else []
+    if case == "bad-cert":
+        cert = tmp_path / "cert.pem"
+        cert.write_text("not a certificate\n")
     done = subprocess.run(
         [
             str(BIN / "hatchway"),
@@ -263,10 +279,9 @@ def test_tls_with_workers_is_refused_with_a_reason(tmp_path: Path, ca: LocalCA) 
             "127.0.0.1:0",
             "--data-dir",
             str(tmp_path / "data"),
-            "--workers",
-            "2",
+            *extra,
             "--tls-cert",
-            str(ca.cert),
+            str(cert),
             "--tls-key",
             str(ca.key),
         ],
@@ -275,7 +290,7 @@ def test_tls_with_workers_is_refused_with_a_reason(tmp_path: Path, ca: LocalCA) 
         timeout=60,
     )
     assert done.returncode == 2
-    assert "--workers cannot be combined with --tls-cert" in done.stderr
+    assert said in done.stderr
     assert not (tmp_path / "data").exists()  # refused before anything was created
 
 
@@ -398,3 +413,21 @@ def test_hatchway_start_session_trusts_ssl_cert_file(
     )
     assert done.returncode == 0, done.stderr
     assert b"\nown-client\n" in done.stdout
+
+
+def test_the_agents_kms_calls_check_the_broker_with_its_ca_file(
+    stack: tuple[Any, str], ca: LocalCA
+) -> None:
+    broker, node = stack
+    reg = load(next(broker.data_dir.parent.parent.glob("tls-node*")) / "state")
+    assert reg is not None and reg.instance_id == node
+    reg.endpoint = broker.url
+    key = broker.client("kms").create_key()["KeyMetadata"]["KeyId"]
+    blob = broker.client("kms").encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
+    reg.ca_file = str(ca.ca_cert)
+    # Over TLS with --ca-file the broker answers (the node's role may not decrypt this blob).
+    with pytest.raises(KmsError, match="AccessDeniedException"):
+        KmsDecrypter(reg).decrypt(blob, {}, key)
+    reg.ca_file = None  # the system store does not know the local CA
+    with pytest.raises(KmsError, match="SSL validation failed"):
+        KmsDecrypter(reg).decrypt(blob, {}, key)
