@@ -83,7 +83,9 @@ class ControlChannel:
         ws_url = "ws" + (self.url + query)[len("http") :]
         async with (
             aiohttp.ClientSession() as http,
-            http.ws_connect(ws_url, headers=headers, heartbeat=None) as ws,
+            http.ws_connect(
+                ws_url, headers=headers, heartbeat=None, ssl=self.reg.tls_context
+            ) as ws,
         ):
             self.connections += 1
             self.ws = ws

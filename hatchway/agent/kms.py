@@ -78,7 +78,10 @@ class KmsDecrypter:
             )
         else:
             session = boto3.session.Session(region_name=region)
-        return session.client("kms", endpoint_url=self.endpoint_url, config=config)
+        endpoint = self.endpoint_url
+        # The broker's certificate is checked against the agent's --ca-file, as on its channels.
+        verify = self.reg.ca_bundle if endpoint == self.reg.endpoint else None
+        return session.client("kms", endpoint_url=endpoint, config=config, verify=verify)
 
     def client(self) -> Any:
         with self._lock:

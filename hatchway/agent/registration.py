@@ -7,10 +7,12 @@ The activation code is used for the registration request only and never written 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import socket
+import ssl
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,33 @@ class Registration:
     endpoint: str
     access_key_id: str
     secret_access_key: str
+    ca_file: str | None = None
+    """CA bundle (PEM) the broker's certificate is checked against (``--ca-file``; None: the
+    system store, or ``SSL_CERT_FILE``). Set on every start, never saved."""
+
+    @property
+    def tls_context(self) -> ssl.SSLContext:
+        """The TLS context for https/wss to the broker."""
+        return client_context(self.ca_file)
+
+    @property
+    def ca_bundle(self) -> str | None:
+        """The same trust as a CA bundle path, for botocore (which otherwise trusts certifi's
+        bundle, not the system store): ``--ca-file``, else ``SSL_CERT_FILE``, else the system
+        store's bundle file; None if there is none."""
+        if self.ca_file:
+            return self.ca_file
+        if os.environ.get("SSL_CERT_FILE"):
+            return os.environ["SSL_CERT_FILE"]
+        cafile = ssl.get_default_verify_paths().cafile
+        return cafile if cafile and os.path.exists(cafile) else None
+
+
+@functools.lru_cache(maxsize=8)
+def client_context(ca_file: str | None) -> ssl.SSLContext:
+    """A verifying client context: ``ca_file`` only, or the system store (and
+    ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``, which OpenSSL reads) without one."""
+    return ssl.create_default_context(cafile=ca_file)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -71,7 +100,9 @@ def save(state_dir: Path, reg: Registration) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state_dir, 0o700)
     public = {
-        k: v for k, v in asdict(reg).items() if k not in ("access_key_id", "secret_access_key")
+        k: v
+        for k, v in asdict(reg).items()
+        if k not in ("access_key_id", "secret_access_key", "ca_file")
     }
     _write_private(
         state_dir / "credentials",
@@ -102,17 +133,21 @@ async def register(
     activation_code: str,
     instance_id: str | None,
     state_dir: Path,
+    ca_file: str | None = None,
 ) -> Registration:
     """Register with the broker unless ``state_dir`` already holds a registration."""
     existing = load(state_dir)
     if existing is not None:
+        existing.ca_file = ca_file
         return existing
     body = {"ActivationId": activation_id, "ActivationCode": activation_code, **host_facts()}
     if instance_id:
         body["InstanceId"] = instance_id
     async with (
         aiohttp.ClientSession() as http,
-        http.post(endpoint.rstrip("/") + "/hatchway/v1/register", json=body) as resp,
+        http.post(
+            endpoint.rstrip("/") + "/hatchway/v1/register", json=body, ssl=client_context(ca_file)
+        ) as resp,
     ):
         data = await resp.json(content_type=None)
     if resp.status != 200:
@@ -124,6 +159,7 @@ async def register(
         endpoint,
         data["AccessKeyId"],
         data["SecretAccessKey"],
+        ca_file,
     )
     save(state_dir, reg)
     return reg

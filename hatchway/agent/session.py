@@ -398,7 +398,9 @@ class AgentSession:
         headers = signed_headers(http_url, self.reg)
         async with (
             aiohttp.ClientSession() as http,
-            http.ws_connect(url, headers=headers, heartbeat=30.0, max_msg_size=0) as ws,
+            http.ws_connect(
+                url, headers=headers, heartbeat=30.0, max_msg_size=0, ssl=self.reg.tls_context
+            ) as ws,
         ):
             self.ws = ws
             await ws.send_str(

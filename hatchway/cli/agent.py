@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import aiohttp
 import click
 
 from hatchway.agent.kms import CREDENTIAL_SOURCES, KmsSettings
@@ -65,7 +66,15 @@ def read_code_file(path: Path) -> str:
 
 
 @click.command("agent")
-@click.option("--endpoint", required=True, help="The broker's URL, e.g. http://127.0.0.1:8080")
+@click.option(
+    "--endpoint", required=True, help="The broker's URL, e.g. https://broker.example:8080"
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA bundle (PEM) to check the broker's certificate against (default: the system "
+    "trust store, or SSL_CERT_FILE).",
+)
 @click.option("--activation-id", help="Needed for the first registration only.")
 @click.option(
     "--activation-code-file",
@@ -111,6 +120,7 @@ def read_code_file(path: Path) -> str:
 @click.option("--log-level", default="INFO", show_default=True)
 def agent_cmd(
     endpoint: str,
+    ca_file: str | None,
     activation_id: str | None,
     activation_code_file: Path | None,
     activation_code: str | None,
@@ -143,14 +153,18 @@ def agent_cmd(
                     f"(${CODE_ENV}, --activation-code-file or --activation-code) are required"
                 )
             try:
-                reg = await register(endpoint, activation_id, code, instance_id, state_dir)
+                reg = await register(endpoint, activation_id, code, instance_id, state_dir, ca_file)
             except RegistrationError as exc:
                 click.echo(f"registration failed: {exc.code}: {exc.message}", err=True)
+                sys.exit(1)
+            except (aiohttp.ClientError, OSError) as exc:  # unreachable, or its TLS certificate
+                click.echo(f"registration failed: cannot reach {endpoint}: {exc}", err=True)
                 sys.exit(1)
             click.echo(f"registered as {reg.instance_id}", err=True)
         if region:
             reg.region = region
         reg.endpoint = endpoint
+        reg.ca_file = ca_file
         kms = KmsSettings(kms_endpoint_url or None, kms_credentials, kms_region or None)
         await run_node(reg, SessionSettings(session_user, allow_root_sessions, kms=kms))
 

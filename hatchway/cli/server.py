@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from hatchway.server.main import serve
+from hatchway.server.main import check_tls, serve
 from hatchway.server.state import ServerConfig
 from hatchway.ssm import StartSessionMode
 
@@ -84,6 +84,16 @@ from hatchway.ssm import StartSessionMode
     "(session-manager-plugin older than 1.2.688, presigned StreamUrls, some third-party clients); "
     "signed ones need ssmmessages:OpenDataChannel allowed.",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Serve HTTPS and wss:// with this certificate chain (PEM); reloaded on SIGHUP.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The private key (PEM) of --tls-cert.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def server_cmd(
     listen: str,
@@ -103,6 +113,8 @@ def server_cmd(
     cloudwatch_stream_interval: float,
     workers: int,
     require_signed_data_channel: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     log_level: str,
 ) -> None:
     """Run the broker: SSM, IAM and STS APIs with SigV4 and enforced IAM policies."""
@@ -129,5 +141,11 @@ def server_cmd(
         log_stream_interval=cloudwatch_stream_interval,
         workers=workers,
         require_signed_data_channel=require_signed_data_channel,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
+    try:
+        check_tls(config)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     asyncio.run(serve(config))

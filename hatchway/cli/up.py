@@ -17,10 +17,11 @@ from hatchway.agent.registration import load, register
 from hatchway.agent.session import SessionSettings, run_node
 from hatchway.server import crypto
 from hatchway.server.app import create_app
-from hatchway.server.main import build_state, wait_for_stop
+from hatchway.server.main import build_state, check_tls, reload_on_sighup, url_host, wait_for_stop
 from hatchway.server.nodes import allow_instance_ids
 from hatchway.server.state import ServerConfig, ServerState
 from hatchway.server.store import schema as t
+from hatchway.server.tls import LocalCA, local_ca
 
 LOCAL_NODE = "i-02573cafcfEXAMPLE"
 
@@ -39,13 +40,26 @@ LOCAL_NODE = "i-02573cafcfEXAMPLE"
     help="Id the local agent registers as (an i-… id is allowed for its activation; "
     "'' lets the broker choose an mi-… id).",
 )
-def up_cmd(listen: str, data_dir: Path, region: str, account_id: str, instance_id: str) -> None:
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Serve HTTPS/wss:// with a certificate from a local CA made in DATA_DIR/tls.",
+)
+def up_cmd(
+    listen: str, data_dir: Path, region: str, account_id: str, instance_id: str, tls: bool
+) -> None:
     """Start the broker (SQLite in DATA_DIR) and a local agent registered as a node."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
         listen=listen, data_dir=data_dir / "broker", region=region, account_id=account_id
     )
-    asyncio.run(_up(config, data_dir / "node", instance_id))
+    ca: LocalCA | None = None
+    if tls:
+        host = listen.rpartition(":")[0].strip("[]")
+        extra = (host,) if host and host not in ("0.0.0.0", "::") else ()
+        ca = local_ca(data_dir / "tls", extra)
+        config.tls_cert, config.tls_key = ca.cert, ca.key
+    asyncio.run(_up(config, data_dir / "node", instance_id, ca))
 
 
 def _local_activation(state: ServerState, instance_id: str) -> tuple[str, str]:
@@ -74,28 +88,55 @@ def _local_activation(state: ServerState, instance_id: str) -> tuple[str, str]:
     return act_id, code
 
 
-async def _up(config: ServerConfig, node_dir: Path, instance_id: str) -> None:
+def _trust_lines(ca: LocalCA | None) -> str:
+    if ca is None:
+        return ""
+    path = ca.ca_cert.resolve()
+    return f"""
+  TLS     certificate from the local CA {path}
+          (the AWS CLI and boto3: AWS_CA_BUNDLE or aws --ca-bundle {path};
+           AWS's session-manager-plugin (Go), whose websocket ignores the CLI's bundle:
+           SSL_CERT_FILE={path}, or add the CA to the system trust store)
+"""
+
+
+async def _up(
+    config: ServerConfig, node_dir: Path, instance_id: str, ca: LocalCA | None = None
+) -> None:
+    certs = check_tls(config)
     state, generated = build_state(config)
     runner = web.AppRunner(create_app(state), access_log=None)
     await runner.setup()
     host, _, port = config.listen.rpartition(":")
-    await web.TCPSite(runner, host, int(port)).start()
-    url = f"http://{host}:{port}"
+    await web.TCPSite(
+        runner, host, int(port), ssl_context=certs.context if certs is not None else None
+    ).start()
+    bound = runner.addresses[0] if runner.addresses else (host, port)
+    url = f"{'https' if certs is not None else 'http'}://{url_host(bound[0])}:{bound[1]}"
+    config.public_url = url  # StreamUrls name the port actually bound
+    reload_on_sighup(certs)
+    ca_file = str(ca.ca_cert) if ca is not None else None
     reg = load(node_dir)
     if reg is None:
-        reg = await register(url, *_local_activation(state, instance_id), instance_id, node_dir)
+        reg = await register(
+            url, *_local_activation(state, instance_id), instance_id, node_dir, ca_file
+        )
     reg.endpoint = url
+    reg.ca_file = ca_file
     connected = asyncio.Event()
     agent = asyncio.create_task(run_node(reg, SessionSettings(), connected))
     await asyncio.wait_for(connected.wait(), 10)
     creds = (config.data_dir / "admin-credentials").resolve()
     env = f"AWS_SHARED_CREDENTIALS_FILE={creds} AWS_DEFAULT_REGION={config.region}"
+    if ca is not None:
+        trust = ca.ca_cert.resolve()
+        env += f" AWS_CA_BUNDLE={trust} SSL_CERT_FILE={trust}"
     print(
         f"""
 Hatchway is up.
   broker  {url}  (store: {state.store.dialect}, data in {config.data_dir})
   node    {reg.instance_id}  (local agent, online)
-  admin   credentials in {creds}{" (new)" if generated else ""}
+  admin   credentials in {creds}{" (new)" if generated else ""}{_trust_lines(ca)}
 
 Try, in another terminal:
   export {env} PATH={Path(sys.executable).parent}:$PATH

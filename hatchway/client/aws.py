@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from hatchway.client.fastsign import sign_get, static_credentials
+from hatchway.client.websocket import ca_bundle
 
 __all__ = [
     "PRESIGN_KEYS",
@@ -109,6 +110,8 @@ class BotoControlPlane:
                 region_name=self._region(),
                 endpoint_url=self.endpoint_url or None,
                 config=Config(connect_timeout=5, read_timeout=15, retries={"max_attempts": 2}),
+                # botocore reads AWS_CA_BUNDLE itself; SSL_CERT_FILE too, as the Go plugin does.
+                verify=ca_bundle(),
             )
         return self._client
 

@@ -31,7 +31,14 @@ from hatchway.client.kms import BotoDataKeys, DataKeySource, kms_endpoint
 from hatchway.client.port import PortHandler
 from hatchway.client.shell import ShellHandler
 from hatchway.client.terminal import TerminalIO
-from hatchway.client.websocket import HandshakeError, MsgType, WebSocket, WebSocketError, connect
+from hatchway.client.websocket import (
+    CertificateError,
+    HandshakeError,
+    MsgType,
+    WebSocket,
+    WebSocketError,
+    connect,
+)
 from hatchway.protocol import (
     CLIENT_VERSION,
     ENCRYPTED_PAYLOAD_TYPES,
@@ -431,6 +438,8 @@ class Session:
                 return
             except HandshakeError as exc:
                 raise ConnectError(f"{exc.status} {exc.message}") from exc
+            except CertificateError as exc:
+                raise ConnectError(str(exc)) from exc
             except (WebSocketError, OSError, TimeoutError) as exc:
                 last = exc
                 log.warning("opening the data channel failed: %s", exc)

@@ -16,6 +16,7 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 
 from hatchway.client.session import SessionParams, run_session
+from hatchway.client.websocket import ca_bundle
 
 __all__ = ["build_request", "start_session", "start_session_cmd"]
 
@@ -71,7 +72,8 @@ def start_session(
     """StartSession, then run the session; returns the exit code."""
     try:
         session = boto3.Session(profile_name=profile or None, region_name=region or None)
-        client = session.client("ssm", endpoint_url=endpoint_url or None)
+        # AWS_CA_BUNDLE (botocore's own), else SSL_CERT_FILE: what the session's websocket trusts.
+        client = session.client("ssm", endpoint_url=endpoint_url or None, verify=ca_bundle())
         response = client.start_session(**build_request(target, document_name, parameters, reason))
     except ClientError as exc:
         sys.stderr.write(f"\n{exc}\n")

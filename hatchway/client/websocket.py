@@ -22,7 +22,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["HandshakeError", "Message", "MsgType", "WebSocket", "WebSocketError", "connect"]
+__all__ = [
+    "CertificateError",
+    "HandshakeError",
+    "Message",
+    "MsgType",
+    "WebSocket",
+    "WebSocketError",
+    "ca_bundle",
+    "client_context",
+    "connect",
+]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0, 1, 2, 8, 9, 10
@@ -40,6 +50,10 @@ class HandshakeError(WebSocketError):
         super().__init__(f"{status} {message}")
         self.status = status
         self.message = message
+
+
+class CertificateError(WebSocketError):
+    """The server's TLS certificate did not verify (retrying cannot help)."""
 
 
 class MsgType(enum.Enum):
@@ -248,6 +262,30 @@ class WebSocket:
         return msg
 
 
+def ca_bundle() -> str | None:
+    """The CA bundle a ``wss://`` StreamUrl's certificate is checked against: the AWS CLI's
+    ``AWS_CA_BUNDLE``, else ``SSL_CERT_FILE`` (what AWS's Go plugin reads); None: the system
+    store. (AWS's own plugin ignores ``AWS_CA_BUNDLE`` for its websocket; this one honours it,
+    so that the one variable serves the CLI and the plugin. docs/tls.md.)"""
+    return os.environ.get("AWS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or None
+
+
+def _ssl_module() -> Any:
+    import ssl  # only for wss://: ssl costs the plugin's start otherwise
+
+    return ssl
+
+
+@functools.lru_cache(maxsize=4)
+def _context(cafile: str | None) -> Any:
+    return _ssl_module().create_default_context(cafile=cafile)
+
+
+def client_context() -> Any:
+    """A verifying TLS context with :func:`ca_bundle`'s trust (made on first use)."""
+    return _context(ca_bundle())
+
+
 async def connect(
     url: str,
     headers: dict[str, str] | None = None,
@@ -265,14 +303,19 @@ async def connect(
     port = parts.port or (443 if secure else 80)
     ssl: Any = None
     if secure:
-        if ssl_context is None:
-            import ssl as ssl_module
-
-            ssl_context = ssl_module.create_default_context()
-        ssl = ssl_context
-    reader, writer = await asyncio.open_connection(
-        parts.hostname, port, ssl=ssl, limit=max(2**20, max_size or 0)
-    )
+        ssl = ssl_context if ssl_context is not None else client_context()
+    try:
+        reader, writer = await asyncio.open_connection(
+            parts.hostname, port, ssl=ssl, limit=max(2**20, max_size or 0)
+        )
+    except OSError as exc:
+        if secure and isinstance(exc, _ssl_module().SSLCertVerificationError):
+            raise CertificateError(
+                f"the certificate of {parts.hostname} did not verify: "
+                f"{getattr(exc, 'verify_message', exc)} (trust its CA with AWS_CA_BUNDLE or "
+                "SSL_CERT_FILE)"
+            ) from exc
+        raise
     try:
         key = base64.b64encode(os.urandom(16)).decode()
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"

@@ -44,7 +44,7 @@ from hatchway.server.nodes import (
     json_error,
 )
 from hatchway.server.ops.sessions import end_session
-from hatchway.server.state import ServerState
+from hatchway.server.state import ServerState, stream_url
 from hatchway.server.store import schema as t
 
 log = logging.getLogger("hatchway.server.datachannel")
@@ -400,19 +400,13 @@ def start_message(state: ServerState, row: dict[str, Any], relay: Relay) -> dict
     else:
         doc = _document(state, row["document_name"])  # sessions started before it was kept
         content = dict(doc.document) if doc else {}
-    base = state.config.base_url
-    ws_base = (
-        ("wss://" + base[len("https://") :])
-        if base.startswith("https://")
-        else "ws://" + base.removeprefix("http://")
-    )
     if "inputs" in data:
         content["inputs"] = data["inputs"]  # the preferences StartSession resolved
     return {
         "type": "start_session",
         "sessionId": row["session_id"],
         "token": relay.agent_token,
-        "streamUrl": f"{ws_base}/v1/data-channel/{row['session_id']}?role=publish_subscribe",
+        "streamUrl": stream_url(state.config, row["session_id"]),
         "documentName": row["document_name"],
         "documentContent": content,
         "parameters": data.get("parameters") or {},

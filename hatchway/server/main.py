@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 
@@ -20,9 +21,15 @@ from hatchway.server.crypto import SecretBox
 from hatchway.server.ops import seed_account
 from hatchway.server.state import ServerConfig, ServerState
 from hatchway.server.store import Store
+from hatchway.server.tls import CertStore
 from hatchway.server.workers import COUNTERS_FILE, Listener, WorkerPool
 
 log = logging.getLogger("hatchway.server")
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def load_scps(files: list[Path]) -> list[list[object]]:
@@ -105,7 +112,40 @@ def announce_admin_credentials(path: Path, access_key_id: str, secret: str) -> N
         )
 
 
+TLS_WITH_WORKERS = (
+    "--workers cannot be combined with --tls-cert: API workers are handed each connection's "
+    "descriptor before any byte is read, which a TLS connection cannot be (its handshake and "
+    "keys would stay in the primary). Terminate TLS in a reverse proxy in front of a --workers "
+    "broker, or serve TLS without --workers (docs/tls.md)."
+)
+
+
+def check_tls(config: ServerConfig) -> CertStore | None:
+    """The certificate store for ``config`` (None without TLS); raises ValueError with what is
+    wrong (one of the pair missing, --workers, files that do not load)."""
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    if config.workers:
+        raise ValueError(TLS_WITH_WORKERS)
+    try:
+        return CertStore(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"cannot load the TLS certificate {config.tls_cert} with key {config.tls_key}: {exc}"
+        ) from exc
+
+
+def reload_on_sighup(certs: CertStore | None) -> None:
+    """SIGHUP loads the certificate files again (new handshakes get the new certificate)."""
+    if certs is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, certs.reload)
+
+
 async def serve(config: ServerConfig) -> None:
+    certs = check_tls(config)
+    scheme = "https" if certs is not None else "http"
     state, generated = build_state(config)
     if generated is not None:
         announce_admin_credentials(config.data_dir / "admin-credentials", *generated)
@@ -129,13 +169,19 @@ async def serve(config: ServerConfig) -> None:
         await pool.start()
         listener.start()
     else:
-        site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+        site = web.TCPSite(
+            runner,
+            host or "127.0.0.1",
+            int(port),
+            ssl_context=certs.context if certs is not None else None,
+        )
         await site.start()
         bound = runner.addresses[0] if runner.addresses else (host, port)
         if config.public_url is None:  # StreamUrls must name the port actually bound
-            config.public_url = f"http://{bound[0]}:{bound[1]}"
+            config.public_url = f"{scheme}://{url_host(bound[0])}:{bound[1]}"
+    reload_on_sighup(certs)
     print(
-        f"Hatchway broker listening on http://{bound[0]}:{bound[1]} "
+        f"Hatchway broker listening on {scheme}://{url_host(bound[0])}:{bound[1]} "
         f"(store: {state.store.dialect}, region {config.region}, "
         f"account {config.account_id})",
         flush=True,

@@ -32,14 +32,32 @@ class ServerConfig:
     workers: int = 0  # API worker processes beside this one (docs/broker.md, "Processes")
     # Refuse client data-channel upgrades that are not SigV4-signed (docs/broker-sigv4.md).
     require_signed_data_channel: bool = False
+    tls_cert: Path | None = None  # serve HTTPS / wss:// with this certificate chain (PEM)
+    tls_key: Path | None = None  # ... and this private key (docs/tls.md)
 
     @property
     def store_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'hatchway.db').resolve()}"
 
     @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
     def base_url(self) -> str:
-        return self.public_url or f"http://{self.listen}"
+        return self.public_url or f"{'https' if self.tls else 'http'}://{self.listen}"
+
+
+def stream_url(config: ServerConfig, session_id: str) -> str:
+    """A session's data-channel URL (StreamUrl, and the node's ``streamUrl``): the broker's base
+    URL with ``ws://`` for ``http://`` and ``wss://`` for ``https://``. The one place that picks
+    the StreamUrl's scheme and host."""
+    base = config.base_url.rstrip("/")
+    if base.startswith("https://"):
+        ws = "wss://" + base[len("https://") :]
+    else:
+        ws = "ws://" + base.removeprefix("http://")
+    return f"{ws}/v1/data-channel/{session_id}?role=publish_subscribe"
 
 
 class ServerState:

@@ -89,6 +89,9 @@ def config_from_json(text: str) -> ServerConfig:
     raw["data_dir"] = Path(raw["data_dir"])
     raw["scp_files"] = [Path(p) for p in raw["scp_files"]]
     raw["start_session_mode"] = StartSessionMode(raw["start_session_mode"])
+    for name in ("tls_cert", "tls_key"):
+        if raw.get(name) is not None:
+            raw[name] = Path(raw[name])
     return ServerConfig(**raw)
 
 

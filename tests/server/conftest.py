@@ -35,6 +35,7 @@ class Broker:
     data_dir: Path
     proc: subprocess.Popen[str]
     log: Path
+    ca: str | None = None  # the CA bundle clients trust (a broker on TLS)
 
     def client(
         self,
@@ -51,6 +52,7 @@ class Broker:
             aws_secret_access_key=secret,
             aws_session_token=token,
             config=Config(retries={"max_attempts": 1}),
+            verify=self.ca,
         )
 
     def aws(
@@ -74,8 +76,9 @@ class Broker:
         )
         if token:
             env["AWS_SESSION_TOKEN"] = token
+        trust = ["--ca-bundle", self.ca] if self.ca else []
         return subprocess.run(
-            [str(BIN / "aws"), "--endpoint-url", self.url, "--output", "json", *args],
+            [str(BIN / "aws"), "--endpoint-url", self.url, *trust, "--output", "json", *args],
             env=env,
             capture_output=True,
             stdin=subprocess.DEVNULL,
@@ -91,7 +94,11 @@ class Broker:
 
 
 def start_broker(
-    data_dir: Path, *extra: str, env: dict[str, str] | None = None, port: int = 0
+    data_dir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    port: int = 0,
+    ca: str | None = None,
 ) -> Broker:
     log = data_dir.parent / f"{data_dir.name}.log"
     environ = {
@@ -123,9 +130,9 @@ def start_broker(
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         text = log.read_text()
-        m = re.search(r"listening on (http://[\d.]+:\d+)", text)
+        m = re.search(r"listening on (https?://[\d.]+:\d+)", text)
         if m:
-            return Broker(m.group(1), data_dir, proc, log)
+            return Broker(m.group(1), data_dir, proc, log, ca)
         if proc.poll() is not None:
             break
         time.sleep(0.05)
@@ -170,6 +177,7 @@ def start_agent(
     state_dir: Path,
     instance_id: str | None = None,
     activation: dict[str, str] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Agent:
     """Create an activation (unless given), run ``hatchway agent``, wait until it is Online.
 
@@ -188,6 +196,9 @@ def start_agent(
         env["HATCHWAY_ACTIVATION_CODE"] = activation["ActivationCode"]
     if instance_id:
         args += ["--instance-id", instance_id]
+    if broker.ca:
+        args += ["--ca-file", broker.ca]
+    args += extra
     log = state_dir.parent / f"{state_dir.name}.log"
     out = open(log, "w")  # noqa: SIM115 - lives as long as the agent
     proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)

@@ -26,7 +26,7 @@ from hatchway.server.identity import Caller
 from hatchway.server.nodes import close_channel, ping_status
 from hatchway.server.ops.documents import ResolvedDocument, load_document
 from hatchway.server.ops.paging import page
-from hatchway.server.state import ServerState
+from hatchway.server.state import ServerState, stream_url
 from hatchway.server.store import Conflict
 from hatchway.server.store import schema as t
 from hatchway.ssm import (
@@ -54,13 +54,7 @@ def new_session_id(name: str) -> str:
 
 
 def _stream_url(state: ServerState, session_id: str) -> str:
-    base = state.config.base_url
-    ws = (
-        "wss://" + base[len("https://") :]
-        if base.startswith("https://")
-        else "ws://" + base.removeprefix("http://")
-    )
-    return f"{ws}/v1/data-channel/{session_id}?role=publish_subscribe"
+    return stream_url(state.config, session_id)
 
 
 def mint_token(state: ServerState, session_id: str, conn: Any = None) -> str:
