@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from pathlib import Path
+from typing import Any
 
 import click
 
 from hatchway.server.main import serve
 from hatchway.server.state import ServerConfig
 from hatchway.ssm import StartSessionMode
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def byte_size(ctx: click.Context, param: click.Parameter, value: Any) -> int:
+    """A size in bytes: ``1048576``, ``64MiB``, ``64M``, ``4 GiB`` (binary units)."""
+    m = re.fullmatch(r"\s*([0-9]+)\s*(?:([KMGT])(?:iB|B)?|B)?\s*", str(value), re.IGNORECASE)
+    if m is None:
+        raise click.BadParameter(f"{value!r} is not a size (e.g. 1048576, 64MiB, 4GiB)")
+    return int(m.group(1)) * _UNITS[(m.group(2) or "").upper()]
 
 
 @click.command("server")
@@ -77,6 +89,27 @@ from hatchway.ssm import StartSessionMode
     type=click.IntRange(0, 64),
     help="API worker processes beside the broker's own (0: one process serves everything).",
 )
+@click.option(
+    "--recording-session-limit",
+    callback=byte_size,
+    default="64MiB",
+    show_default=True,
+    help="Bytes of one session's recording kept; beyond, it is truncated with a marker.",
+)
+@click.option(
+    "--recording-total-limit",
+    callback=byte_size,
+    default="4GiB",
+    show_default=True,
+    help="Bytes of all recordings together; beyond, new recording is truncated with a marker.",
+)
+@click.option(
+    "--recording-retention-days",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Delete recordings whose last output is older than this many days (0: keep them).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def server_cmd(
     listen: str,
@@ -95,6 +128,9 @@ def server_cmd(
     record_input: bool,
     cloudwatch_stream_interval: float,
     workers: int,
+    recording_session_limit: int,
+    recording_total_limit: int,
+    recording_retention_days: float,
     log_level: str,
 ) -> None:
     """Run the broker: SSM, IAM and STS APIs with SigV4 and enforced IAM policies."""
@@ -120,5 +156,8 @@ def server_cmd(
         record_input=record_input,
         log_stream_interval=cloudwatch_stream_interval,
         workers=workers,
+        recording_session_limit=recording_session_limit,
+        recording_total_limit=recording_total_limit,
+        recording_retention_days=recording_retention_days,
     )
     asyncio.run(serve(config))

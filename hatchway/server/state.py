@@ -30,6 +30,9 @@ class ServerConfig:
     record_input: bool = False  # keep keystrokes ("i" events) in recordings, not only the echo
     log_stream_interval: float = 1.0  # seconds between CloudWatch streaming events
     workers: int = 0  # API worker processes beside this one (docs/broker.md, "Processes")
+    recording_session_limit: int = 64 << 20  # bytes of one session's recording kept
+    recording_total_limit: int = 4 << 30  # bytes of all recordings together
+    recording_retention_days: float = 30.0  # recordings older than this are deleted (0: kept)
 
     @property
     def store_url(self) -> str:

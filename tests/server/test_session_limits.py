@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Agent, Broker, start_agent, start_broker, stop_broker, wait_ping
+from conftest import BIN, Agent, Broker, start_agent, start_broker, stop_broker, wait_ping
 from pclient import Client
 
 SESSION_LIMIT = 256 * 1024
@@ -26,7 +28,13 @@ TOTAL_LIMIT = 300 * 1024  # the second session reaches it before its own limit
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    b = start_broker(tmp_path_factory.mktemp("limits") / "data")
+    b = start_broker(
+        tmp_path_factory.mktemp("limits") / "data",
+        "--recording-session-limit",
+        "256KiB",
+        "--recording-total-limit",
+        str(TOTAL_LIMIT),
+    )
     yield b
     stop_broker(b)
 
@@ -83,6 +91,72 @@ def test_a_process_that_never_reads_its_input_does_not_freeze_the_node(
 
 def _conn(s: dict[str, str]) -> dict[str, str]:
     return {"url": s["StreamUrl"], "token": s["TokenValue"]}
+
+
+def _flood_session(broker: Broker, node: Agent, size: int) -> str:
+    s = _start(broker, node)
+
+    async def go() -> None:
+        c = Client(**_conn(s))
+        await c.open()
+        await c.send(f"head -c {size} /dev/zero | tr '\\0' x; echo; echo DO''NE; exit\n".encode())
+        await c.read_until(None, timeout=60)
+        await c.close()
+
+    asyncio.run(go())
+    return s["SessionId"]
+
+
+def _recording(broker: Broker, sid: str) -> str:
+    data = str(broker.data_dir)
+    deadline = time.monotonic() + 20
+    while True:
+        proc = subprocess.run(
+            [str(BIN / "hatchway"), "sessions", "replay", sid, "--raw", "--data-dir", data],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if "DONE" in proc.stdout or "truncated" in proc.stdout or time.monotonic() > deadline:
+            return "".join(
+                json.loads(line)[2]
+                for line in proc.stdout.splitlines()[1:]
+                if json.loads(line)[1] == "o"
+            )
+        time.sleep(0.2)
+
+
+def _audit(broker: Broker, sid: str, name: str) -> list[dict[str, object]]:
+    events = [
+        json.loads(line) for line in (broker.data_dir / "audit.jsonl").read_text().splitlines()
+    ]
+    return [
+        e
+        for e in events
+        if e["eventName"] == name and e["requestParameters"].get("SessionId") == sid
+    ]
+
+
+def test_recordings_stop_at_the_session_and_total_limits(broker: Broker, node: Agent) -> None:
+    first = _flood_session(broker, node, 600_000)
+    text = _recording(broker, first)
+    assert "[hatchway: recording truncated: this session's recording reached the 256 KiB " in text
+    assert "DONE" not in text  # nothing after the marker
+    assert 100_000 < text.count("x") <= SESSION_LIMIT
+    [event] = _audit(broker, first, "TruncateSessionLog")
+    assert event["errorCode"] == "SessionLogTruncated"
+
+    second = _flood_session(broker, node, 600_000)
+    text = _recording(broker, second)
+    assert "recording truncated: the broker's recordings reached their 300 KiB total limit" in text
+    assert text.count("x") < TOTAL_LIMIT - 100_000  # the first session holds the rest
+    assert _audit(broker, second, "TruncateSessionLog")
+
+    # A new session gets what room is left (less than the batch that did not fit), no more.
+    third = _flood_session(broker, node, 200_000)
+    text = _recording(broker, third)
+    assert "total limit" in text
+    assert text.count("x") < 100_000
 
 
 def test_start_session_refuses_a_command_in_an_arithmetic_parameter(
