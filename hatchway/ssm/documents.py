@@ -316,8 +316,13 @@ def interpolate_shell(value: Any, params: Mapping[str, list[str]]) -> Any:
 
 _INTEGER = re.compile(r"-?[0-9]+")
 _INTEGER_DECLARATION = re.compile(
-    r"(?<![\w-])(?:declare|typeset|local|export|readonly)\b[^\n;&|]*?\s-[A-Za-z]*i"
+    r"(?<![\w-])(?:declare|typeset|local|export|readonly)\b[^\n;&|]*?\s-[A-Za-z]*[in](?=\s|$)"
 )
+_NAME_COMMAND = re.compile(
+    r"(?<![\w$-])(?:read|unset|declare|typeset|local|export|readonly|mapfile|readarray)(?=\s)"
+)
+_DASH_V = re.compile(r"(?:\bprintf|\[\[|\btest|(?<![\w\[])\[)\s+-v\s+")
+_WORD = re.compile(r"[^\s;&|)]+")
 _LET = re.compile(r"(?<![\w$-])let\s")
 _ARITH_TEST = re.compile(r"\s-(?:eq|ne|lt|le|gt|ge)\s")
 _SUBSCRIPT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[")
@@ -350,7 +355,9 @@ def arithmetic_spans(text: str) -> list[tuple[int, int, str]]:
     spans: list[tuple[int, int, str]] = []
     decl = _INTEGER_DECLARATION.search(text)
     if decl is not None:
-        spans.append((0, len(text), f"integer variable declared by {decl.group(0).strip()!r}"))
+        spans.append(
+            (0, len(text), f"integer or reference variable declared by {decl.group(0).strip()!r}")
+        )
     i = 0
     while (i := text.find("((", i)) >= 0:
         end = _closing(text, i + 2, "(", ")", 2)
@@ -378,7 +385,29 @@ def arithmetic_spans(text: str) -> list[tuple[int, int, str]]:
         spans.append((m.end(), _closing(text, m.end(), "[", "]"), "an array subscript"))
     for m in _SUBSTRING.finditer(text):
         spans.append((m.end(), _closing(text, m.end(), "{", "}"), "a substring expansion"))
+    spans.extend(_name_spans(text))
     return spans
+
+
+def _command_end(text: str, start: int) -> int:
+    ends = [j for stop in "\n;&|)" if (j := text.find(stop, start)) >= 0]
+    return min(ends, default=len(text))
+
+
+def _name_spans(text: str) -> Iterator[tuple[int, int, str]]:
+    """Where ``text`` names a variable: a subscript in the name (``a[$(id)]``) is evaluated
+    like arithmetic. The word after ``-v`` (``printf -v``, ``[[ -v ]]``, ``test -v``), and the
+    names (before any ``=``) in the arguments of ``read``, ``unset``, ``declare`` & co."""
+    for m in _DASH_V.finditer(text):
+        word = _WORD.match(text, m.end())
+        if word is not None:
+            yield m.end(), word.end(), "a variable name after -v"
+    for m in _NAME_COMMAND.finditer(text):
+        for word in _WORD.finditer(text, m.end(), _command_end(text, m.end())):
+            if not word.group(0).startswith("-"):
+                eq = word.group(0).find("=")
+                end = word.end() if eq < 0 else word.start() + eq
+                yield word.start(), end, f"a variable name of {m.group(0)}"
 
 
 def _shell_texts(value: Any) -> Iterator[str]:
@@ -406,8 +435,8 @@ def check_shell_arithmetic(value: Any, params: Mapping[str, list[str]]) -> None:
             for v in params[name]:
                 if _INTEGER.fullmatch(v) is None:
                     raise _invalid(
-                        f"Parameter {name} is used in shell arithmetic ({where}), where bash "
-                        f"would evaluate its value as code: it must be an integer, not {v!r}."
+                        f"Parameter {name} is used where bash evaluates it ({where}), so its "
+                        f"value could run as code: it must be an integer, not {v!r}."
                     )
 
 

@@ -1,8 +1,9 @@
 """Parameters in bash arithmetic (issue 16, item 19): bash evaluates the *value* of a variable
-used in arithmetic (``$(( ))``, ``(( ))``, ``let``, ``[[ … -gt … ]]``, array subscripts), and that
-evaluation runs ``$(…)`` inside it. A parameter referenced there must be a plain integer: a real
-AgentSession refuses the session before anything runs (the broker refuses it at StartSession
-too: tests/server/test_session_limits.py)."""
+used in arithmetic (``$(( ))``, ``(( ))``, ``let``, ``[[ … -gt … ]]``, array subscripts) or as a
+variable name (``read``, ``printf -v``, ``[[ -v ]]``, namerefs: a name's subscript is
+arithmetic), and that evaluation runs ``$(…)`` inside it. A parameter referenced there must be
+a plain integer: a real AgentSession refuses the session before anything runs (the broker
+refuses it at StartSession too: tests/server/test_session_limits.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ CONTEXTS = {
     "let": "let x={{n}}; echo $x",
     "subscript": "a[{{n}}]=1; echo ${#a[@]}",
     "integer variable": "declare -i x\nx={{n}}\necho $x",
+    "read into a name": "read {{n}} <<< 1",
+    "printf -v": "printf -v {{n}} %s 1",
+    "[[ -v ]]": "[[ -v {{n}} ]] || echo unset",
+    "nameref": "declare -n r={{n}}; echo $r",
 }
 
 
@@ -55,7 +60,7 @@ def test_a_command_substitution_in_an_arithmetic_parameter_never_runs(context: s
         peer, session = _run(CONTEXTS[context], f"a[$(touch {pwned})]")
         assert not pwned.exists(), f"{context}: the value ran as code"
         failure = peer.transcript.failure or ""
-        assert "Parameter n is used in shell arithmetic" in failure, peer.transcript
+        assert "Parameter n is used where bash evaluates it" in failure, peer.transcript
         assert "must be an integer" in failure
         assert session.exit_code is None  # nothing was started
     finally:
@@ -83,7 +88,15 @@ def test_strings_outside_arithmetic_are_still_data() -> None:
         ("for (( i=0; i<{{n}}; i++ )); do :; done", "(( ))"),
         ("echo ${s:{{n}}:2}", "a substring expansion"),
         ("echo ${a[{{n}}]}", "an array subscript"),
-        ("local -ri x={{n}}", "integer variable"),
+        ("local -ri x={{n}}", "integer or reference variable"),
+        ("printf -v {{n}} %s 1", "a variable name after -v"),
+        ("test -v {{n}}", "a variable name after -v"),
+        ("read -r {{n}}", "a variable name of read"),
+        ("export {{n}}=1", "a variable name of export"),
+        ("printf '%s' {{n}}", None),
+        ("grep -v {{n}} /etc/hosts", None),
+        ("export X={{n}}", None),
+        ('export MSG="a -n"; echo {{n}}', None),
         ('echo "$(( {{n}} ))"', "(( ))"),
         ("if [[ x{{n}} == y ]]; then let y=1; fi", None),
         ("echo {{n}} -gt 1", None),

@@ -178,7 +178,7 @@ def test_start_session_refuses_a_command_in_an_arithmetic_parameter(
             Parameters={"n": [f"a[$(touch {pwned})]"]},
         )
     assert exc.value.response["Error"]["Code"] == "InvalidParameters"
-    assert "used in shell arithmetic" in exc.value.response["Error"]["Message"]
+    assert "used where bash evaluates it" in exc.value.response["Error"]["Message"]
     assert not pwned.exists()
     s = ssm.start_session(Target=node.instance_id, DocumentName="Arith", Parameters={"n": ["7"]})
     assert s["SessionId"]
