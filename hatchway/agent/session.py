@@ -80,6 +80,9 @@ log = logging.getLogger("hatchway.agent.session")
 OUTPUT_CHUNK = 256 * 1024  # AWS paces 1 KiB per ms; Hatchway sends up to 256 KiB per frame
 MAX_UNACKED = 2048  # frames in flight before the PTY is no longer read (backpressure)
 MAX_UNACKED_BYTES = 8 * 1024 * 1024  # …or bytes in flight
+MAX_BUFFERED_BYTES = 16 * 1024 * 1024
+"""Client input a session keeps unacknowledged (waiting for the plugin, or ahead of a gap):
+a well-behaved client stops at its window before this; one that ignores it is not acked."""
 DRAIN_TIMEOUT = 5.0
 KMS_MESSAGE = "This session is encrypted using AWS KMS."
 LOGGED_OUT = (PayloadType.OUTPUT, PayloadType.STDERR)  # what the broker captures for the log
@@ -126,6 +129,7 @@ class AgentSession:
             Role.AGENT,
             max_unacked=MAX_UNACKED,
             max_unacked_bytes=MAX_UNACKED_BYTES,
+            max_buffered_bytes=MAX_BUFFERED_BYTES,
             ready=self._ready,
         )
         self.ws: aiohttp.ClientWebSocketResponse | None = None

@@ -34,6 +34,12 @@ log = logging.getLogger("hatchway.agent.shell")
 
 DEFAULT_USER = "ssm-user"
 READ_BATCH = 64 * 1024
+INPUT_HIGH_WATER = 256 * 1024
+"""Bytes of client input a session buffers for a process that does not read it; above this
+the session stops taking (and acknowledging) client input, so the client stops at its window
+(``SessionPlugin.accepting``)."""
+INPUT_LOW_WATER = 64 * 1024
+"""…and takes input again once the buffer has drained below this."""
 _RESET_SIGNALS = (
     signal.SIGINT,
     signal.SIGQUIT,
@@ -214,6 +220,11 @@ class PtyShell:
         self.master = -1
         self.exit_code: int | None = None
         self._paused = False
+        self._input = bytearray()
+        """Client input the PTY has not taken yet (written when the master is writable)."""
+        self._writing = False
+        self.on_drained: Callable[[], None] | None = None
+        """Called when a full input buffer has drained below :data:`INPUT_LOW_WATER`."""
 
     def start(self) -> None:
         master, slave = os.openpty()
@@ -276,6 +287,8 @@ class PtyShell:
         assert self.proc is not None
         code = await asyncio.get_running_loop().run_in_executor(None, self.proc.wait)
         self.exit_code = code
+        self._stop_writing()
+        self._input.clear()
         with contextlib.suppress(OSError):
             os.close(self.master)
         self.on_exit(code)
@@ -293,16 +306,44 @@ class PtyShell:
             with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().add_reader(self.master, self._readable)
 
+    @property
+    def input_full(self) -> bool:
+        """True while more client input is buffered than :data:`INPUT_HIGH_WATER`."""
+        return len(self._input) >= INPUT_HIGH_WATER
+
     def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
+        """Give ``data`` to the PTY without ever blocking the event loop: what its input queue
+        cannot take now waits in a buffer, written as the PTY becomes writable. The caller
+        stops delivering input while :attr:`input_full` (back-pressure to the client)."""
+        if self.master < 0 or self.exit_code is not None or not data:
+            return
+        self._input += data
+        self._flush_input()
+
+    def _flush_input(self) -> None:
+        was_full = self.input_full
+        while self._input:
             try:
-                n = os.write(self.master, view)
+                n = os.write(self.master, self._input[:READ_BATCH])
             except BlockingIOError:
-                # The PTY's input queue is full: wait briefly (keystrokes are small).
-                time.sleep(0.001)
-                continue
-            view = view[n:]
+                break  # the PTY's input queue is full: wait until it is writable
+            except OSError:
+                self._input.clear()  # the terminal is gone; the session is ending
+                break
+            del self._input[:n]
+        if self._input and not self._writing:
+            self._writing = True
+            asyncio.get_running_loop().add_writer(self.master, self._flush_input)
+        elif not self._input:
+            self._stop_writing()
+        if was_full and len(self._input) < INPUT_LOW_WATER and self.on_drained is not None:
+            asyncio.get_running_loop().call_soon(self.on_drained)  # not from inside a write
+
+    def _stop_writing(self) -> None:
+        if self._writing:
+            self._writing = False
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_writer(self.master)
 
     def resize(self, cols: int, rows: int) -> None:
         if self.master >= 0 and cols > 0 and rows > 0:
@@ -389,6 +430,7 @@ class ShellPlugin(SessionPlugin):
             argv=self._argv(user),
             env=parameter_environment(self.io.parameters),
         )
+        self.shell.on_drained = self.io.resume_input
         self.shell.start()
 
     def _output(self, data: bytes) -> None:
@@ -400,6 +442,13 @@ class ShellPlugin(SessionPlugin):
     def on_writable(self) -> None:
         if self.shell is not None:
             self.shell.resume_reading()
+
+    def accepting(self) -> bool:
+        """False while the process leaves its input unread and the buffer is full: client
+        keystrokes then wait unacknowledged (the client stops at its window) instead of
+        filling the node's memory; :meth:`PtyShell.write` never blocks the agent's loop."""
+        shell = self.shell
+        return shell is None or shell.exit_code is not None or not shell.input_full
 
     def on_input(self, payload_type: int, payload: bytes) -> None:
         shell = self.shell

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from pathlib import Path
+from typing import Any
 
 import click
 
 from hatchway.server.main import check_tls, serve
 from hatchway.server.state import ServerConfig
 from hatchway.ssm import StartSessionMode
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def byte_size(ctx: click.Context, param: click.Parameter, value: Any) -> int:
+    """A size in bytes: ``1048576``, ``64MiB``, ``64M``, ``4 GiB`` (binary units)."""
+    m = re.fullmatch(r"\s*([0-9]+)\s*(?:([KMGT])(?:iB|B)?|B)?\s*", str(value), re.IGNORECASE)
+    if m is None:
+        raise click.BadParameter(f"{value!r} is not a size (e.g. 1048576, 64MiB, 4GiB)")
+    return int(m.group(1)) * _UNITS[(m.group(2) or "").upper()]
 
 
 @click.command("server")
@@ -94,6 +106,27 @@ from hatchway.ssm import StartSessionMode
     type=click.Path(path_type=Path, dir_okay=False),
     help="The private key (PEM) of --tls-cert.",
 )
+@click.option(
+    "--recording-session-limit",
+    callback=byte_size,
+    default="64MiB",
+    show_default=True,
+    help="Bytes of one session's recording kept; beyond, it is truncated with a marker.",
+)
+@click.option(
+    "--recording-total-limit",
+    callback=byte_size,
+    default="4GiB",
+    show_default=True,
+    help="Bytes of all recordings together; beyond, new recording is truncated with a marker.",
+)
+@click.option(
+    "--recording-retention-days",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Delete recordings whose last output is older than this many days (0: keep them).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def server_cmd(
     listen: str,
@@ -115,6 +148,9 @@ def server_cmd(
     require_signed_data_channel: bool,
     tls_cert: Path | None,
     tls_key: Path | None,
+    recording_session_limit: int,
+    recording_total_limit: int,
+    recording_retention_days: float,
     log_level: str,
 ) -> None:
     """Run the broker: SSM, IAM and STS APIs with SigV4 and enforced IAM policies."""
@@ -143,6 +179,9 @@ def server_cmd(
         require_signed_data_channel=require_signed_data_channel,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        recording_session_limit=recording_session_limit,
+        recording_total_limit=recording_total_limit,
+        recording_retention_days=recording_retention_days,
     )
     try:
         check_tls(config)

@@ -202,6 +202,9 @@ class Stream:
     * ``max_unacked_bytes`` — …or when this many payload bytes are unacked (None: no limit).
     * ``max_out_of_order`` — frames ahead of the expected one beyond this are neither
       buffered nor acked (the peer retransmits them).
+    * ``max_buffered_bytes`` — …nor beyond this many payload bytes buffered (held for
+      ``ready`` or ahead of a gap); None: no limit. Bounds what a peer that ignores its
+      window can make this end keep.
     * ``max_attempts`` — retransmissions of one frame before :meth:`due` raises
       :class:`GaveUp`; ``None`` for never.
     * ``epoch_offset`` — added to ``now`` for CreatedDate (epoch ms) of outgoing frames.
@@ -217,6 +220,7 @@ class Stream:
         max_unacked: int | None = None,
         max_unacked_bytes: int | None = None,
         max_out_of_order: int | None = None,
+        max_buffered_bytes: int | None = None,
         max_attempts: int | _Default | None = _Default.ROLE,
         epoch_offset: float = 0.0,
         new_id: Callable[[], uuid.UUID] = uuid.uuid4,
@@ -235,6 +239,7 @@ class Stream:
         self.max_attempts = (
             defaults.max_attempts if isinstance(max_attempts, _Default) else max_attempts
         )
+        self.max_buffered_bytes = max_buffered_bytes
         self.epoch_offset = epoch_offset
         self._new_id = new_id
         self._next_seq = 0
@@ -242,6 +247,7 @@ class Stream:
         self._unacked: OrderedDict[int, _Pending] = OrderedDict()
         self._unacked_bytes = 0
         self._ahead: dict[int, Frame] = {}
+        self._ahead_bytes = 0
         self._held: set[int] = set()  # in _ahead but not acked (``ready`` said no)
         self._srtt = INITIAL_RTT
         self._rttvar = 0.0
@@ -296,6 +302,11 @@ class Stream:
     def unacked_sequence_numbers(self) -> list[int]:
         """Sequence numbers of the unacked messages, oldest first."""
         return list(self._unacked)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Payload bytes of the received messages :attr:`buffered_count` counts."""
+        return self._ahead_bytes
 
     @property
     def buffered_count(self) -> int:
@@ -404,7 +415,7 @@ class Stream:
         while (frame := self._ahead.get(self._expected)) is not None:
             if not self._is_ready(frame):
                 return
-            del self._ahead[self._expected]
+            self._take(self._expected)
             if self._expected in self._held:
                 self._held.discard(self._expected)
                 yield self._ack(frame, now)
@@ -418,7 +429,7 @@ class Stream:
                 if seq not in self._ahead:
                     self._hold(frame)
                 return []
-            self._ahead.pop(seq, None)
+            self._take(seq)
             self._held.discard(seq)
             self._expected += 1
             events: list[Event] = [
@@ -428,7 +439,7 @@ class Stream:
             events.extend(self._drain(now))
             return events
         if seq > self._expected:
-            if seq not in self._ahead and len(self._ahead) >= self.max_out_of_order:
+            if seq not in self._ahead and not self._room(frame):
                 return []
             if self._expected in self._ahead:
                 # Delivery waits for ``ready``: new frames stay unacked, so the sender stops
@@ -441,16 +452,35 @@ class Stream:
                 events.extend(self._drain(now))
                 return events
             self._held.discard(seq)
-            self._ahead[seq] = frame
+            self._put(frame)
             return [self._ack(frame, now)]
         if self.duplicates is DuplicatePolicy.REACK:
             return [self._ack(frame, now)]
         return []
 
     def _hold(self, frame: Frame) -> None:
-        if len(self._ahead) < self.max_out_of_order or frame.sequence_number in self._ahead:
-            self._ahead[frame.sequence_number] = frame
+        if frame.sequence_number in self._ahead or self._room(frame):
+            self._put(frame)
             self._held.add(frame.sequence_number)
+
+    def _room(self, frame: Frame) -> bool:
+        """Whether ``frame`` may be buffered (it is not yet)."""
+        return len(self._ahead) < self.max_out_of_order and (
+            self.max_buffered_bytes is None
+            or self._ahead_bytes + len(frame.payload) <= self.max_buffered_bytes
+        )
+
+    def _put(self, frame: Frame) -> None:
+        old = self._ahead.get(frame.sequence_number)
+        if old is not None:
+            self._ahead_bytes -= len(old.payload)
+        self._ahead[frame.sequence_number] = frame
+        self._ahead_bytes += len(frame.payload)
+
+    def _take(self, seq: int) -> None:
+        old = self._ahead.pop(seq, None)
+        if old is not None:
+            self._ahead_bytes -= len(old.payload)
 
     def _on_ack(self, frame: Frame, now: float) -> list[Event]:
         try:

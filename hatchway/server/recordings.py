@@ -17,6 +17,14 @@ At session start (the first client connection) :meth:`Recordings.prepare` runs A
 encryption checks when the preferences ask for them; at the end (:meth:`Recordings.finish`,
 once the node's side of the data channel is gone) the transcript goes to S3 / CloudWatch Logs
 in the background, and ``DescribeSessions`` shows where (``OutputUrl``).
+
+Bounds (docs/session-logging.md, "Limits and retention"): a session's stored recording stops
+at ``--recording-session-limit`` bytes and all recordings together at
+``--recording-total-limit``; the batch that would cross a limit is replaced by a visible marker
+(an output event), nothing of the session is stored after it, and a ``TruncateSessionLog``
+audit event says why. The node's log frames are what is counted, so a compromised node that
+sends log frames of its own is bounded the same way. Recordings whose last batch is older than
+``--recording-retention-days`` are deleted by a background duty (:meth:`Recordings.expire`).
 """
 
 from __future__ import annotations
@@ -27,12 +35,12 @@ import logging
 import struct
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from hatchway.protocol import FrameError, PayloadError, decode
 from hatchway.protocol.sessionlog import (
@@ -77,6 +85,23 @@ _U32 = struct.Struct(">I")
 _PAGE = 200  # rows read at a time when rendering
 _CLOSE_WAIT = 20.0  # seconds a stopping broker waits for deliveries under way
 BROKER = "hatchway-broker"  # the principal of delivery audit events
+DUTY_INTERVAL = 60.0
+"""Seconds between runs of the background duty: the stored total is re-read (other brokers
+on the same database add to it) and expired recordings are deleted."""
+TRUNCATED = (
+    "\r\n[hatchway: recording truncated: {what}; the session went on, but nothing more of it "
+    "is recorded]\r\n"
+)
+SESSION_LIMIT_REACHED = "this session's recording reached the {limit} per-session limit"
+TOTAL_LIMIT_REACHED = "the broker's recordings reached their {limit} total limit"
+
+
+def human_size(n: int) -> str:
+    """``n`` bytes as the flags write it: ``64 MiB``, ``4 GiB``, ``1000 B``."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} B"
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -187,6 +212,8 @@ class LiveLog:
     captured: dict[int, memoryview] = field(default_factory=dict)
     captured_bytes: int = 0
     consumed: int = -1  # the last output frame a log batch named
+    stored: int = 0  # bytes of this session's recording kept (stored or queued)
+    truncated: bool = False  # a limit was reached: nothing more is kept
 
 
 @dataclass
@@ -304,6 +331,10 @@ class Recordings:
         self.pending: list[dict[str, Any]] = []
         self.captured_total = 0
         """Bytes of relayed output held for log batches, over all sessions."""
+        self.stored_total: int | None = None
+        """Bytes of all stored recordings (read from the store by the duty; None: not yet)."""
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        """Now, for retention (tests inject one)."""
         self._flushing = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -337,6 +368,9 @@ class Recordings:
             if warning is not None:
                 live.cw_off = True
                 self.report(live, "cloudwatch", warning)
+        live.stored = await asyncio.to_thread(self._stored_bytes, live.session_id)
+        if self.stored_total is None:
+            self.stored_total = await asyncio.to_thread(self._total_bytes)
         self.live[live.session_id] = live
         if live.dest.cw_streaming and live.dest.cw_group and not live.cw_off:
             live.stream = CloudWatchStream(self, live, self.state.config.log_stream_interval)
@@ -416,6 +450,9 @@ class Recordings:
         if batch.seq <= live.last_seq:
             return  # a re-sent batch we already have
         live.last_seq = batch.seq
+        if live.truncated:
+            self._drop_captured(live, batch)
+            return
         payload = frame.payload
         if any(isinstance(ev.data, OutputRef) for ev in batch.events):
             events = [
@@ -428,6 +465,8 @@ class Recordings:
             payload = build_session_log(
                 session_id, batch.seq, batch.start, [(e.time, e.kind, e.data) for e in events]
             )  # what is stored is self-contained
+        if not self._within_limits(live, batch, len(payload)):
+            return
         self.pending.append(
             {
                 "session_id": session_id,
@@ -442,6 +481,99 @@ class Recordings:
             for ev in batch.events:
                 if ev.kind == "o":
                     live.stream.feed(ev.time, ev.data)
+
+    def _within_limits(self, live: LiveLog, batch: LogBatch, size: int) -> bool:
+        """Count ``size`` bytes against the session's and the total limit; at a limit, store the
+        truncation marker in the batch's place, audit it, and say no."""
+        cfg = self.state.config
+        total = self.stored_total or 0
+        if live.stored + size > cfg.recording_session_limit:
+            what = SESSION_LIMIT_REACHED.format(limit=human_size(cfg.recording_session_limit))
+        elif total + size > cfg.recording_total_limit:
+            what = TOTAL_LIMIT_REACHED.format(limit=human_size(cfg.recording_total_limit))
+        else:
+            live.stored += size
+            self.stored_total = total + size
+            return True
+        live.truncated = True
+        self._drop_captured(live, batch)
+        live.capture = False
+        when = batch.events[0].time if batch.events else 0.0
+        marker = TRUNCATED.format(what=what).encode()
+        payload = build_session_log(live.session_id, batch.seq, batch.start, [(when, "o", marker)])
+        self.pending.append(
+            {
+                "session_id": live.session_id,
+                "seq": batch.seq,
+                "received": datetime.now(UTC),
+                "source_ip": live.client_ip,
+                "size": len(payload),
+                "chunk": payload,
+            }
+        )
+        live.stored += len(payload)
+        self.stored_total = total + len(payload)
+        if live.stream is not None and live.stream.enabled:
+            live.stream.feed(when, marker)
+        log.warning("session %s: recording truncated: %s", live.session_id, what)
+        self._audit(
+            live.session_id,
+            "TruncateSessionLog",
+            {"SessionId": live.session_id, "StoredBytes": live.stored},
+            ServiceError("SessionLogTruncated", f"Recording truncated: {what}."),
+        )
+        return False
+
+    def _drop_captured(self, live: LiveLog, batch: LogBatch) -> None:
+        """Free the relayed output a batch that is not kept names (all of it once truncated)."""
+        if live.truncated:
+            self.captured_total -= live.captured_bytes
+            live.captured.clear()
+            live.captured_bytes = 0
+            refs = [ev.data.last for ev in batch.events if isinstance(ev.data, OutputRef)]
+            live.consumed = max([live.consumed, *refs])
+
+    def _stored_bytes(self, session_id: str) -> int:
+        c = t.session_log.c
+        q = select(func.sum(c.size)).where(c.session_id == session_id)
+        with self.state.store.engine.connect() as conn:
+            return int(conn.execute(q).scalar() or 0)
+
+    def _total_bytes(self) -> int:
+        q = select(func.sum(t.session_log.c.size))
+        with self.state.store.engine.connect() as conn:
+            return int(conn.execute(q).scalar() or 0)
+
+    def expire(self, now: datetime | None = None) -> list[str]:
+        """Delete the recordings whose last batch is older than ``--recording-retention-days``
+        (none when it is 0); returns the session ids whose recording went."""
+        days = self.state.config.recording_retention_days
+        if days <= 0:
+            return []
+        cutoff = (now or self.clock()) - timedelta(days=days)
+        c = t.session_log.c
+        old = (
+            select(c.session_id)
+            .group_by(c.session_id)
+            .having(func.max(c.received) < cutoff)
+            .limit(1000)
+        )
+        expired: list[str] = []
+        with self.state.store.transaction() as conn:
+            for sid in [str(r[0]) for r in conn.execute(old)]:
+                if sid in self.live:
+                    continue  # still running: its new batches are not old
+                conn.execute(delete(t.session_log).where(c.session_id == sid))
+                expired.append(sid)
+        if expired:
+            log.info("deleted %d recordings older than %s days", len(expired), days)
+            self.stored_total = self._total_bytes()
+        return expired
+
+    def duty(self) -> None:
+        """Once per :data:`DUTY_INTERVAL`: expire old recordings, re-read the stored total."""
+        self.expire()
+        self.stored_total = self._total_bytes()
 
     async def flush(self) -> None:
         """Write what is queued (in a worker thread: the relay keeps running)."""
@@ -477,13 +609,22 @@ class Recordings:
                     store.insert(t.session_log, row)
 
     async def run(self) -> None:
-        """Flush every ``FLUSH_INTERVAL`` until cancelled."""
+        """Flush every ``FLUSH_INTERVAL`` and run the :meth:`duty` every ``DUTY_INTERVAL``
+        until cancelled."""
+        loop = asyncio.get_running_loop()
+        next_duty = loop.time()
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
             try:
                 await self.flush()
             except Exception:
                 log.exception("could not store session log batches; retrying")
+            if loop.time() >= next_duty:
+                next_duty = loop.time() + DUTY_INTERVAL
+                try:
+                    await asyncio.to_thread(self.duty)
+                except Exception:
+                    log.exception("the recordings duty failed; trying again later")
 
     # -- end ----------------------------------------------------------------------------------
 
@@ -578,21 +719,35 @@ class Recordings:
         """Log and audit a check or delivery (``DeliverSessionLog`` events)."""
         if error is not None:
             log.warning("session %s: %s", live.session_id, error)
+        self._audit(
+            live.session_id,
+            "DeliverSessionLog",
+            {"SessionId": live.session_id, "Destination": what, **extra},
+            ServiceError("SessionLogDeliveryFailed", error) if error else None,
+        )
+
+    def _audit(
+        self,
+        session_id: str,
+        operation: str,
+        params: dict[str, Any],
+        error: ServiceError | None,
+    ) -> None:
         try:
             audit(
                 self.state,
                 service="ssm",
-                operation="DeliverSessionLog",
+                operation=operation,
                 principal=BROKER,
                 user_id=BROKER,
                 source_ip="",
-                params={"SessionId": live.session_id, "Destination": what, **extra},
+                params=params,
                 decisions=[],
-                error=ServiceError("SessionLogDeliveryFailed", error) if error else None,
+                error=error,
                 request_id=str(uuid.uuid4()),
             )
         except Exception:
-            log.exception("session %s: could not audit the log delivery", live.session_id)
+            log.exception("session %s: could not audit %s", session_id, operation)
 
     async def close(self) -> None:
         """Broker stopping: store what is queued, give deliveries under way a moment."""

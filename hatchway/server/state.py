@@ -34,6 +34,9 @@ class ServerConfig:
     require_signed_data_channel: bool = False
     tls_cert: Path | None = None  # serve HTTPS / wss:// with this certificate chain (PEM)
     tls_key: Path | None = None  # ... and this private key (docs/tls.md)
+    recording_session_limit: int = 64 << 20  # bytes of one session's recording kept
+    recording_total_limit: int = 4 << 30  # bytes of all recordings together
+    recording_retention_days: float = 30.0  # recordings older than this are deleted (0: kept)
 
     @property
     def store_url(self) -> str:

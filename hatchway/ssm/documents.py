@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +35,10 @@ __all__ = [
     "SESSION_TYPES",
     "AwsDocument",
     "DocumentError",
+    "arithmetic_spans",
+    "check_document_arithmetic",
     "check_format",
+    "check_shell_arithmetic",
     "content_hash",
     "convert_content",
     "interpolate",
@@ -274,7 +277,13 @@ def interpolate_shell(value: Any, params: Mapping[str, list[str]]) -> Any:
     ``'"${V}"'`` inside '…'. A shell never parses the result of an expansion as code, so a
     value like ``x; touch /tmp/pwned`` or ``$(id)`` stays data however the document quotes it.
     A list element that resolves to several values contributes each as its own element.
+
+    The one place where bash *does* evaluate what a variable holds is arithmetic
+    (``$(( ))``, ``[[ … -gt … ]]``, ``let``, array subscripts …): a parameter referenced there
+    must hold an integer, or :class:`DocumentError` ``InvalidParameters`` is raised
+    (:func:`check_shell_arithmetic`).
     """
+    check_shell_arithmetic(value, params)
     if isinstance(value, str):
         whole = _whole_reference(value, params)
         if whole is not None:
@@ -296,6 +305,153 @@ def interpolate_shell(value: Any, params: Mapping[str, list[str]]) -> Any:
             out.extend(done if isinstance(done, list) else [done])
         return out
     return value
+
+
+# -- shell arithmetic -----------------------------------------------------------------------
+#
+# Bash evaluates some text as arithmetic, and arithmetic evaluation expands what a variable
+# holds again: ``x='a[$(id)]'; (( x > 1 ))`` runs ``id``. So an expansion of
+# ``HATCHWAY_PARAM_<name>`` is data everywhere except there; a parameter referenced in such a
+# place must hold a plain integer (:func:`check_shell_arithmetic`).
+
+_INTEGER = re.compile(r"-?[0-9]+")
+_INTEGER_DECLARATION = re.compile(
+    r"(?<![\w-])(?:declare|typeset|local|export|readonly)\b[^\n;&|]*?\s-[A-Za-z]*[in](?=\s|$)"
+)
+_NAME_COMMAND = re.compile(
+    r"(?<![\w$-])(?:read|unset|declare|typeset|local|export|readonly|mapfile|readarray)(?=\s)"
+)
+_DASH_V = re.compile(r"(?:\bprintf|\[\[|\btest|(?<![\w\[])\[)\s+-v\s+")
+_WORD = re.compile(r"[^\s;&|)]+")
+_LET = re.compile(r"(?<![\w$-])let\s")
+_ARITH_TEST = re.compile(r"\s-(?:eq|ne|lt|le|gt|ge)\s")
+_SUBSCRIPT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[")
+_SUBSTRING = re.compile(r"\$\{[#!]?[A-Za-z0-9_@*]+(?:\[[^\]]*\])?:(?![-=+?])")
+
+
+def _closing(text: str, start: int, open_ch: str, close_ch: str, depth: int = 1) -> int:
+    """The index just past where the bracket opened before ``start`` closes (or the end)."""
+    i = start
+    while i < len(text) and depth:
+        if text[i] == open_ch:
+            depth += 1
+        elif text[i] == close_ch:
+            depth -= 1
+        i += 1
+    return i
+
+
+def arithmetic_spans(text: str) -> list[tuple[int, int, str]]:
+    """Where bash evaluates ``text`` as arithmetic: ``(start, end, what)`` spans.
+
+    Found: ``$(( ))``, ``(( ))`` (``for (( ))`` too), ``$[ ]``, the arguments of ``let``, a
+    ``[[ ]]`` test with ``-eq``/``-ne``/``-lt``/``-le``/``-gt``/``-ge``, an array subscript
+    ``name[…]`` (also a glob like ``file[…]``: over-approximated on purpose), a substring
+    expansion ``${name:offset:length}``, and — because an integer variable evaluates whatever
+    is assigned to it — the whole script once it declares one (``declare -i`` and friends).
+    Quoting is ignored on purpose: ``"$(( … ))"`` is evaluated too, and over-approximating
+    only ever asks for an integer where a string would have been safe.
+    """
+    spans: list[tuple[int, int, str]] = []
+    decl = _INTEGER_DECLARATION.search(text)
+    if decl is not None:
+        spans.append(
+            (0, len(text), f"integer or reference variable declared by {decl.group(0).strip()!r}")
+        )
+    i = 0
+    while (i := text.find("((", i)) >= 0:
+        end = _closing(text, i + 2, "(", ")", 2)
+        spans.append((i, end, "(( ))"))
+        i += 2
+    i = 0
+    while (i := text.find("$[", i)) >= 0:
+        spans.append((i, _closing(text, i + 2, "[", "]"), "$[ ]"))
+        i += 2
+    for m in _LET.finditer(text):
+        end = len(text)
+        for stop in "\n;&|)":
+            j = text.find(stop, m.end())
+            if j >= 0:
+                end = min(end, j)
+        spans.append((m.start(), end, "let"))
+    i = 0
+    while (i := text.find("[[", i)) >= 0:
+        end = text.find("]]", i + 2)
+        end = len(text) if end < 0 else end + 2
+        if _ARITH_TEST.search(text, i, end) is not None:
+            spans.append((i, end, "an arithmetic [[ ]] test"))
+        i += 2
+    for m in _SUBSCRIPT.finditer(text):
+        spans.append((m.end(), _closing(text, m.end(), "[", "]"), "an array subscript"))
+    for m in _SUBSTRING.finditer(text):
+        spans.append((m.end(), _closing(text, m.end(), "{", "}"), "a substring expansion"))
+    spans.extend(_name_spans(text))
+    return spans
+
+
+def _command_end(text: str, start: int) -> int:
+    ends = [j for stop in "\n;&|)" if (j := text.find(stop, start)) >= 0]
+    return min(ends, default=len(text))
+
+
+def _name_spans(text: str) -> Iterator[tuple[int, int, str]]:
+    """Where ``text`` names a variable: a subscript in the name (``a[$(id)]``) is evaluated
+    like arithmetic. The word after ``-v`` (``printf -v``, ``[[ -v ]]``, ``test -v``), and the
+    names (before any ``=``) in the arguments of ``read``, ``unset``, ``declare`` & co."""
+    for m in _DASH_V.finditer(text):
+        word = _WORD.match(text, m.end())
+        if word is not None:
+            yield m.end(), word.end(), "a variable name after -v"
+    for m in _NAME_COMMAND.finditer(text):
+        for word in _WORD.finditer(text, m.end(), _command_end(text, m.end())):
+            if not word.group(0).startswith("-"):
+                eq = word.group(0).find("=")
+                end = word.end() if eq < 0 else word.start() + eq
+                yield word.start(), end, f"a variable name of {m.group(0)}"
+
+
+def _shell_texts(value: Any) -> Iterator[str]:
+    """The script text of a ``commands``/``shellProfile`` value, whole-reference elements left
+    out (their value *is* the command, restricted by ``allowedPattern``/``allowedValues``)."""
+    if isinstance(value, str):
+        if not _is_ref(value):
+            yield value
+    elif isinstance(value, list):
+        yield "\n".join(v for v in value if isinstance(v, str) and not _is_ref(v))
+
+
+def check_shell_arithmetic(value: Any, params: Mapping[str, list[str]]) -> None:
+    """Refuse (``InvalidParameters``) a parameter referenced where bash evaluates arithmetic
+    (:func:`arithmetic_spans`) unless each of its values is a plain integer (``-?[0-9]+``)."""
+    for text in _shell_texts(value):
+        spans = arithmetic_spans(text)
+        if not spans:
+            continue
+        for m in _REF.finditer(text):
+            name = m.group(1)
+            where = next((w for s, e, w in spans if s <= m.start() < e), None)
+            if where is None or name not in params:
+                continue
+            for v in params[name]:
+                if _INTEGER.fullmatch(v) is None:
+                    raise _invalid(
+                        f"Parameter {name} is used where bash evaluates it ({where}), so its "
+                        f"value could run as code: it must be an integer, not {v!r}."
+                    )
+
+
+def check_document_arithmetic(document: Mapping[str, Any], params: Mapping[str, list[str]]) -> None:
+    """:func:`check_shell_arithmetic` for every shell text of a Session document: the
+    ``commands`` of command documents and ``inputs.shellProfile.linux``."""
+    inputs = document.get("inputs")
+    profile = inputs.get("shellProfile") if isinstance(inputs, Mapping) else None
+    if isinstance(profile, Mapping):
+        check_shell_arithmetic(profile.get("linux"), params)
+    props = document.get("properties")
+    if document.get("sessionType") in _COMMAND_TYPES and isinstance(props, Mapping):
+        for cfg in props.values():
+            if isinstance(cfg, Mapping):
+                check_shell_arithmetic(cfg.get("commands"), params)
 
 
 def interpolate_inputs(inputs: Any, params: Mapping[str, list[str]]) -> Any:
@@ -778,6 +934,8 @@ def validate_parameters(
     a required parameter (one without ``default``) missing, a value outside ``allowedValues``
     or not matching ``allowedPattern`` (searched, as the agent's Go regexp does; AWS's own
     patterns are anchored), wrong arity or type, or outside min/max items/chars.
+    Also a value that is not an integer for a parameter the document's shell text uses in
+    arithmetic (:func:`check_document_arithmetic`).
     """
     defs = document.get("parameters") or {}
     given = dict(params or {})
@@ -802,6 +960,7 @@ def validate_parameters(
         if name in given:
             _check_values(name, spec, values)
         out[name] = values
+    check_document_arithmetic(document, out)
     return out
 
 

@@ -160,6 +160,28 @@ def test_out_of_order_buffer_is_bounded() -> None:
     assert acks(client.receive(f1, 0.0)) == [1]  # already buffered: acked again
 
 
+def test_held_frames_are_bounded_in_bytes() -> None:
+    """Issue 16, item 15: a peer that ignores its window cannot make a receiver whose handler
+    is not ready keep more than ``max_buffered_bytes`` of its frames."""
+    client = Stream(Role.CLIENT)
+    gate = {"open": False}
+    agent = Stream(Role.AGENT, ready=lambda frame: gate["open"], max_buffered_bytes=250)
+    sent = [client.send(1, b"x" * 100, 0.0) for _ in range(5)]
+    for f in sent:
+        assert agent.receive(f, 0.0) == []  # held or dropped: never acked
+    assert agent.buffered_count == 2 and agent.buffered_bytes == 200
+    gate["open"] = True
+    events = agent.pump(0.1)
+    assert delivered(events) == [0, 1] and acks(events) == [0, 1]
+    assert agent.buffered_bytes == 0
+    events = agent.receive(sent[2], 0.2)  # the peer retransmits what was not kept
+    assert delivered(events) == [2]
+    ahead = Stream(Role.AGENT, max_buffered_bytes=150)  # frames ahead of a gap, too
+    assert acks(ahead.receive(sent[1], 0.0)) == [1]
+    assert ahead.receive(sent[2], 0.0) == []
+    assert delivered(ahead.receive(sent[0], 0.0)) == [0, 1]
+
+
 @pytest.mark.parametrize(
     ("role", "policy", "reacked"),
     [

@@ -11,7 +11,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +275,74 @@ def test_batches_survive_a_store_that_cannot_be_written() -> None:
     asyncio.run(go())
     assert [r["seq"] for r in written[0]] == [0, 1, 2, 3]
     assert rec.pending == []
+
+
+def test_recordings_older_than_the_retention_are_deleted(state: ServerState) -> None:
+    """Issue 16, item 16: the duty deletes recordings whose last batch is older than
+    ``--recording-retention-days`` (an injected clock stands in for the days passing)."""
+    frames = _frames("Standard_Stream", [("o", b"one\n"), ("o", b"two\n")])
+    rec = state.recordings
+    now = datetime.now(UTC)
+
+    async def go() -> None:
+        await rec.prepare(_session(state), "Standard_Stream")
+        for f in frames:
+            rec.ingest(SID, f)
+        await rec.flush()
+
+    asyncio.run(go())
+    assert state.config.recording_retention_days == 30
+    rec.clock = lambda: now + timedelta(days=31)
+    assert rec.expire() == []  # the session is still running here: its recording grows
+    asyncio.run(rec.finish(SID))
+    rec.clock = lambda: now + timedelta(days=29)
+    assert rec.expire() == []
+    assert state.store.count(t.session_log, session_id=SID) == len(frames)
+    state.config.recording_retention_days = 0  # 0: kept for ever
+    rec.clock = lambda: now + timedelta(days=3650)
+    assert rec.expire() == []
+    state.config.recording_retention_days = 30
+    rec.clock = lambda: now + timedelta(days=31)
+    rec.duty()
+    assert state.store.count(t.session_log, session_id=SID) == 0
+    assert list(recordings.cast_lines(state.store, _session(state))) == []
+    assert rec.stored_total == 0
+
+
+def test_log_frames_a_node_makes_up_are_bounded_too(state: ServerState) -> None:
+    """Issue 16, item 16: log frames are counted as they arrive from the node, whatever made
+    them; past the limit one marker is stored and nothing more."""
+    state.config.recording_session_limit = 100_000
+    blob = b"y" * 30_000
+    forged = [
+        encode(
+            Frame(
+                AGENT_SESSION_LOG,
+                seq,
+                0,
+                build_session_log(SID, seq, 1.0, [(0.1 * seq, "o", blob)]),
+                uuid.uuid4(),
+                1,
+            )
+        )
+        for seq in range(50)
+    ]
+    rec = state.recordings
+
+    async def go() -> None:
+        await rec.prepare(_session(state), "Standard_Stream")
+        for f in forged:
+            rec.ingest(SID, f)
+        await rec.flush()
+
+    asyncio.run(go())
+    stored = recordings.sizes(state.store)[SID][1]
+    assert stored <= 100_000
+    out = "".join(
+        json.loads(x)[2] for x in list(recordings.cast_lines(state.store, _session(state)))[1:]
+    )
+    assert out.count("y") == 90_000  # three batches fit
+    assert out.endswith(
+        "per-session limit; the session went on, but nothing more of it is recorded]\r\n"
+    )
+    assert rec.live[SID].truncated

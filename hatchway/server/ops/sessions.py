@@ -207,9 +207,9 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         )
     try:
         parameters = validate_parameters(doc.document, params.get("Parameters"))
+        inputs = effective_inputs(call.state, doc, parameters)  # inherited shellProfile too
     except DocumentError as exc:
         raise ServiceError(exc.code, exc.message) from exc
-    inputs = effective_inputs(call.state, doc, parameters)
     max_duration = str(inputs.get("maxSessionDuration") or "") or None
     now = datetime.now(UTC)
     tags = {"aws:ssmmessages:session-id": call.caller.user_id, "aws:ssmmessages:target-id": target}
