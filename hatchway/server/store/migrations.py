@@ -36,6 +36,11 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
         lambda conn: schema.metadata.create_all(conn, tables=[schema.kms_keys, schema.kms_aliases]),
     ),
     (4, "session logs", lambda conn: schema.metadata.create_all(conn, tables=[schema.session_log])),
+    (
+        5,
+        "cache generations",
+        lambda conn: schema.metadata.create_all(conn, tables=[schema.cache_generation]),
+    ),
 ]
 
 
