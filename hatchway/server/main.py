@@ -18,6 +18,7 @@ from hatchway.iam import PolicyKind, parse_policy
 from hatchway.server.app import create_app
 from hatchway.server.bootstrap import bootstrap
 from hatchway.server.crypto import SecretBox
+from hatchway.server.nodes import follow_deregistrations
 from hatchway.server.ops import seed_account
 from hatchway.server.state import ServerConfig, ServerState
 from hatchway.server.store import Store
@@ -153,6 +154,8 @@ async def serve(config: ServerConfig) -> None:
         counters = config.data_dir / COUNTERS_FILE
         counters.unlink(missing_ok=True)
         state.store.join_processes(counters, 0, config.workers + 1)
+    follow_deregistrations(state, asyncio.get_running_loop())
+    state.store.follow_changes()  # other brokers' writes (PostgreSQL), within POLL_INTERVAL
     app = create_app(state)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

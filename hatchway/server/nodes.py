@@ -11,6 +11,8 @@ and session tasks later. PingStatus is Online while a channel is open.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -548,6 +550,51 @@ async def close_channel(state: ServerState, instance_id: str) -> None:
     if channel is not None:
         _mark(state, instance_id, connected=False)  # the handler no longer owns the entry
         await channel.ws.close(code=4001, message=b"deregistered")
+
+
+async def close_deregistered(state: ServerState) -> None:
+    """Close the control channels held here of nodes deregistered elsewhere (another broker
+    on the database: see ``follow_deregistrations``)."""
+    for instance_id in list(state.nodes):
+        row = state.store.get(t.instances, instance_id=instance_id)
+        if row is None or row["deregistered"]:
+            log.info("%s was deregistered through another broker", instance_id)
+            await close_channel(state, instance_id)
+
+
+def follow_deregistrations(state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
+    """When another broker deregisters a node (the ``nodes`` cache domain), this process
+    closes the node's control channel if it holds it."""
+    flags = {"busy": False, "again": False}
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def sweep() -> None:
+        flags["busy"] = True
+        try:
+            while True:
+                flags["again"] = False
+                try:
+                    await close_deregistered(state)
+                except Exception:
+                    log.exception("could not close the channels of deregistered nodes")
+                if not flags["again"]:
+                    return
+        finally:
+            flags["busy"] = False
+
+    def kick() -> None:  # on the loop
+        if flags["busy"]:
+            flags["again"] = True
+            return
+        task = asyncio.ensure_future(sweep())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def changed() -> None:  # on the store's follower thread
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to do
+            loop.call_soon_threadsafe(kick)
+
+    state.store.invalidation.subscribe("nodes", changed)
 
 
 def add_routes(app: web.Application) -> None:

@@ -79,7 +79,7 @@ class ServerState:
         # In an API worker: how to ask the primary, which holds nodes and relays, to act.
         self.link: Any = None
         self.key_cache: dict[str, tuple[tuple[int, int], Any]] = {}
-        self.doc_cache: dict[str, tuple[tuple[int, int], float, Any]] = {}
+        self.doc_cache: dict[str, tuple[tuple[int, int], Any]] = {}
         self.audit_path = config.data_dir / "audit.jsonl"
         from hatchway.server.call import AuditLog
         from hatchway.server.recordings import Recordings

@@ -18,7 +18,8 @@ STS and KMS APIs with the same code, store and keys:
 * Caches stay coherent through the store's shared change counters
   (:meth:`~hatchway.server.store.Store.join_processes`): a worker's IAM write, once committed,
   is seen by every process at its next request. On SQLite, writers of all processes serialize on
-  one ``flock``.
+  one ``flock``. On PostgreSQL every process also follows the other brokers' changes itself
+  (:mod:`hatchway.server.store.invalidation`).
 * A worker that dies is started again; its clients reconnect as they would to any server.
 """
 
@@ -495,6 +496,7 @@ async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) ->
     register_all()
     store = Store(config.store_url)
     store.join_processes(config.data_dir / COUNTERS_FILE, index, count)
+    store.follow_changes()  # other brokers' writes (PostgreSQL)
     scps: Any = load_scps(config.scp_files)
     state = ServerState(config, store, SecretBox.from_dir(config.data_dir), scps)
     loop = asyncio.get_running_loop()

@@ -225,6 +225,7 @@ async def deregister_managed_instance(call: Call, params: dict[str, Any]) -> dic
         call.store.update(
             t.access_keys, {"owner_kind": "node", "owner_name": iid}, {"status": "Inactive"}, c
         )
+        call.store.bump("nodes", c)  # the broker holding its channel closes it
     call.state.iam_changed()
     reason = DEREGISTERED_REASON.format(iid)
     live = call.store.select(

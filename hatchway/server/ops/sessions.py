@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,21 +94,18 @@ def expire_unused(state: ServerState) -> int:
     return ended
 
 
-_DOC_TTL = 5.0  # seconds: bounds how stale a cached document can be across brokers
-
-
 def _document(state: ServerState, name: str) -> ResolvedDocument | None:
-    """``load_document`` cached until this broker writes documents, or for at most 5 s."""
+    """``load_document`` cached until a document changes, through any process of any broker
+    (see hatchway.server.store.invalidation)."""
     version = (state.store.version(t.documents), state.store.version(t.document_versions))
     hit = state.doc_cache.get(name)
-    now = time.monotonic()
-    if hit is not None and hit[0] == version and now - hit[1] < _DOC_TTL:
-        cached: ResolvedDocument | None = hit[2]
+    if hit is not None and hit[0] == version:
+        cached: ResolvedDocument | None = hit[1]
         return cached
     doc = load_document(state, name)
     if len(state.doc_cache) > 1000:
         state.doc_cache.clear()
-    state.doc_cache[name] = (version, now, doc)
+    state.doc_cache[name] = (version, doc)
     return doc
 
 

@@ -64,6 +64,11 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
     ),
     (4, "session logs", lambda conn: schema.metadata.create_all(conn, tables=[schema.session_log])),
     (5, "bind role credentials to role ids", _bind_role_ids),
+    (
+        6,
+        "cache generations",
+        lambda conn: schema.metadata.create_all(conn, tables=[schema.cache_generation]),
+    ),
 ]
 
 

@@ -223,3 +223,12 @@ session_log = Table(
     Column("size", Integer, nullable=False),
     Column("chunk", LargeBinary, nullable=False),
 )
+
+# One row per cache domain, incremented in the transaction that changes the domain (see
+# hatchway.server.store.invalidation): every broker on the database follows it.
+cache_generation = Table(
+    "hw_cache_generation",
+    metadata,
+    Column("domain", String(32), primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+)

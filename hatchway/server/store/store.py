@@ -17,7 +17,6 @@ import contextvars
 import fcntl
 import json
 import logging
-import mmap
 import os
 import sqlite3
 import threading
@@ -47,6 +46,7 @@ from sqlalchemy.pool import StaticPool
 
 from hatchway.server.store import schema
 from hatchway.server.store.direct import Statements, defaults, keyed_update
+from hatchway.server.store.invalidation import Invalidation, SharedCounters, ensure_domains
 from hatchway.server.store.migrations import migrate
 
 Record = dict[str, Any]
@@ -158,46 +158,6 @@ class _Batch:
             done.set_result(None)
 
 
-class _SharedCounters:
-    """Change counters shared by the processes of one broker: a file mapped into each, one
-    row of 64-bit counters per process; a counter's value is the sum over the rows."""
-
-    NAMES: tuple[str, ...] = ("iam", *(table.name for table in schema.metadata.sorted_tables))
-
-    def __init__(self, path: Path, index: int, count: int) -> None:
-        width = len(self.NAMES)
-        size = 8 * width * count
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < size:
-                os.ftruncate(fd, size)
-            self._map = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        self._cells = memoryview(self._map).cast("Q")
-        self._slot = {name: i for i, name in enumerate(self.NAMES)}
-        self._width = width
-        self._count = count
-        self._row = index * width
-
-    def read(self, name: str) -> int:
-        slot = self._slot.get(name)
-        if slot is None:
-            return 0
-        cells, width = self._cells, self._width
-        return sum(cells[p * width + slot] for p in range(self._count))
-
-    def close(self) -> None:
-        self._cells.release()
-        self._map.close()
-
-    def bump(self, name: str) -> None:
-        slot = self._slot.get(name)
-        if slot is not None:  # only this process writes its row: no lost updates
-            cell = self._row + slot
-            self._cells[cell] = (self._cells[cell] + 1) & 0xFFFFFFFFFFFFFFFF
-
-
 #: SQLite's default: a commit checkpoints once the log holds this many pages.
 AUTOCHECKPOINT = 1000
 #: Seconds between the background thread's passive checkpoints while commits are grouped.
@@ -265,15 +225,17 @@ class Store:
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         with self.engine.connect() as conn:
             self.schema_version = migrate(conn)
+        with self.engine.begin() as conn:
+            ensure_domains(conn)
         self._stmts: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._insert_stmts: dict[str, Any] = {}
         self._update_stmts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
-        self._versions: dict[str, int] = {}
+        #: What every cache keys on: see :mod:`.invalidation`.
+        self.invalidation = Invalidation(self.engine)
         self._local = threading.local()
         self._direct = Statements(self.engine.dialect) if self.dialect == "sqlite" else None
         self._batch: _Batch | None = None
         self._checkpointer: _Checkpointer | None = None
-        self._shared: _SharedCounters | None = None
         self._lock_path: str | None = None
 
     @property
@@ -292,9 +254,7 @@ class Store:
         if fd is not None:
             os.close(fd)
             self._local.lock_fd = None
-        if self._shared is not None:
-            self._shared.close()
-            self._shared = None
+        self.invalidation.close()
         self.engine.dispose()
 
     @contextmanager
@@ -397,7 +357,7 @@ class Store:
         """
         if self._direct is None:
             return
-        if self._shared is not None:
+        if self.invalidation.shared is not None:
             raise RuntimeError("group commit is for one process (see join_processes)")
         self._batch = _Batch(loop, threading.get_ident(), self._writer, self.invalidate_all)
         if self.url not in ("sqlite://", "sqlite:///:memory:"):
@@ -435,7 +395,7 @@ class Store:
     def invalidate_all(self) -> None:
         """Count a change of everything: caches built from writes that were then rolled back
         (or from a process that died before publishing its changes) are rebuilt."""
-        for name in _SharedCounters.NAMES:
+        for name in SharedCounters.NAMES:
             self.bump(name)
 
     def stop_batching(self) -> None:
@@ -613,14 +573,17 @@ class Store:
             if conn is None:
                 with self.engine.begin() as c:
                     c.execute(stmt, self._values(values))
-            elif savepoint:
+                    self.invalidation.mark(c, table.name)
+                self._changed(table)
+                return
+            if savepoint:
                 with conn.begin_nested():
                     conn.execute(stmt, self._values(values))
             else:
                 conn.execute(stmt, self._values(values))
         except IntegrityError as exc:
             raise Conflict(str(exc.orig)) from exc
-        self._changed(table)
+        self._changed(table, conn)
 
     def _run(self, conn: Connection | None, sql: str, args: Sequence[Any]) -> int:
         """One statement on the driver: in ``conn``'s transaction, else on its own."""
@@ -647,38 +610,48 @@ class Store:
             else:
                 with self.engine.begin() as c:
                     c.execute(insert(table), [self._values(r) for r in rows])
+                    self.invalidation.mark(c, table.name)
+                self._changed(table)
+                return
         except (IntegrityError, sqlite3.IntegrityError) as exc:
             raise Conflict(str(getattr(exc, "orig", exc))) from exc
         self._changed(table)
 
     def version(self, table: Table | str) -> int:
         """A counter of writes to ``table`` (or a named counter, see :meth:`bump`): caches of
-        its rows key on it. This process's writes, or, after :meth:`join_processes`, the
-        committed writes of every process of the broker."""
-        name = table if isinstance(table, str) else table.name
-        if self._shared is not None:
-            return self._shared.read(name)
-        return self._versions.get(name, 0)
+        its rows key on it. This process's writes, after :meth:`join_processes` the committed
+        writes of every process of the broker, and once :meth:`follow_changes` runs (on
+        PostgreSQL) those of every broker on the database (see :mod:`.invalidation`)."""
+        return self.invalidation.version(table if isinstance(table, str) else table.name)
 
-    def bump(self, name: str) -> None:
-        """Count a change that is not a table's (``"iam"``: any IAM write), once committed."""
-        self._versions[name] = self._versions.get(name, 0) + 1
-        if self._shared is not None:
+    def bump(self, name: str, conn: Connection | None = None) -> None:
+        """Count a change that is not a table's (``"iam"``: any IAM write; ``"nodes"``: a
+        node deregistered), once committed: in ``conn``'s transaction when given, which on
+        PostgreSQL tells the other brokers too."""
+        inv = self.invalidation
+        inv.count(name)
+        if conn is not None and self._direct is None:
+            inv.mark(conn, name)
+        if inv.shared is not None:
             if getattr(self._local, "open", False):
                 self._local.dirty.add(name)
             else:
-                self._shared.bump(name)
+                inv.publish(name)
 
-    def _changed(self, table: Table) -> None:
-        self.bump(table.name)
+    def _changed(self, table: Table, conn: Connection | None = None) -> None:
+        self.bump(table.name, conn)
 
     def _publish(self) -> None:
         """After a commit: the transaction's changes become visible to the other processes."""
         dirty: set[str] = self._local.dirty
-        if self._shared is not None:
-            for name in dirty:
-                self._shared.bump(name)
+        for name in dirty:
+            self.invalidation.publish(name)
         dirty.clear()
+
+    def follow_changes(self) -> None:
+        """Follow every broker's changes on this database (PostgreSQL: a thread that listens
+        and polls; nothing on SQLite, whose brokers are one machine's processes)."""
+        self.invalidation.follow()
 
     def join_processes(self, path: Path, index: int, count: int) -> None:
         """Work as process ``index`` of ``count`` sharing this store on one machine.
@@ -691,7 +664,7 @@ class Store:
         sleep a millisecond or more. Not combined with :meth:`batch_commits` (a group commit
         would hold the write lock for a whole loop iteration).
         """
-        self._shared = _SharedCounters(path, index, count)
+        self.invalidation.join_processes(path, index, count)
         if self._direct is not None:
             self._lock_path = f"{self.engine.url.database}-hwlock"
 
@@ -725,12 +698,14 @@ class Store:
             params.update({f"v_{k}": v for k, v in vals.items()})
         with self._conn(conn) as c:
             n = int(c.execute(q, params).rowcount if params else c.execute(q).rowcount)
+            self.invalidation.mark(c, table.name)
         self._changed(table)
         return n
 
     def delete(self, table: Table, conn: Connection | None = None, **keys: Any) -> int:
         with self._conn(conn) as c:
             n = int(c.execute(delete(table).where(self._where(table, keys))).rowcount)
+            self.invalidation.mark(c, table.name)
         self._changed(table)
         return n
 
