@@ -179,12 +179,156 @@ _STRINGS = (
 )
 
 
+# JSON documents carried in string members: IAM and KMS policies, SSM documents.
+_JSON_VALUES: st.SearchStrategy[Any] = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _either(*options: Any) -> st.SearchStrategy[Any]:
+    return st.sampled_from(options) | _JSON_VALUES
+
+
+def _keys(*options: str) -> st.SearchStrategy[str]:
+    return st.sampled_from(options) | st.text(max_size=10)
+
+
+_ACTIONS = _either("*", "ssm:*", "ssm:StartSession", "sts:AssumeRole", "*a*a*a*a*a*a*a*b", "ssm:")
+_RESOURCES = _either(
+    "*",
+    "arn:aws:ssm:*:*:session/${aws:username}-*",
+    "arn:aws:ec2:us-east-1:123456789012:instance/*",
+    "arn:aws:iam::123456789012:role/*",
+    "arn:${aws:x}:*",
+    "arn:aws:ssm:us-east-1:123456789012:document/*?*",
+)
+_CONDITIONS = st.dictionaries(
+    _keys(
+        "StringLike",
+        "ForAnyValue:StringEquals",
+        "NumericLessThan",
+        "DateGreaterThan",
+        "IpAddress",
+        "BoolIfExists",
+        "Null",
+        "ArnLike",
+        "StringEqualsIgnoreCaseIfExists",
+    ),
+    st.dictionaries(
+        _keys(
+            "aws:SourceIp",
+            "aws:username",
+            "ssm:resourceTag/Env",
+            "aws:CurrentTime",
+            "ssm:SessionDocumentAccessCheck",
+            "aws:PrincipalTag/${aws:username}",
+        ),
+        _either("10.0.0.0/8", "::1/200", "${aws:username}", "1e999", "2026-13-45", "true", "*"),
+        max_size=2,
+    ),
+    max_size=2,
+)
+_STATEMENT = st.fixed_dictionaries(
+    {},
+    optional={
+        "Sid": _JSON_VALUES,
+        "Effect": _either("Allow", "Deny", "allow"),
+        "Action": _ACTIONS | st.lists(_ACTIONS, max_size=3),
+        "NotAction": _ACTIONS,
+        "Resource": _RESOURCES | st.lists(_RESOURCES, max_size=3),
+        "NotResource": _RESOURCES,
+        "Principal": _either(
+            "*",
+            {"AWS": "*"},
+            {"Service": "ssm.amazonaws.com"},
+            {"AWS": "arn:aws:iam::123456789012:root"},
+        ),
+        "Condition": _CONDITIONS | _JSON_VALUES,
+    },
+)
+_POLICY = st.fixed_dictionaries(
+    {},
+    optional={
+        "Version": _either("2012-10-17", "2008-10-17"),
+        "Id": _JSON_VALUES,
+        "Statement": _STATEMENT | st.lists(_STATEMENT, max_size=3) | _JSON_VALUES,
+    },
+)
+_PARAMETER = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": _either("String", "StringList", "Integer", "Boolean", "StringMap", "MapList"),
+        "default": _JSON_VALUES,
+        "allowedValues": _JSON_VALUES,
+        "allowedPattern": _either("^[0-9]+$", "(a+)+$", "[", "\\d{1,5}", "(?i)x", ".*"),
+        "minItems": _JSON_VALUES,
+        "maxItems": _JSON_VALUES,
+        "displayType": _JSON_VALUES,
+    },
+)
+_DOCUMENT = st.fixed_dictionaries(
+    {},
+    optional={
+        "schemaVersion": _either("1.0", "2.2", "0.3"),
+        "description": _JSON_VALUES,
+        "sessionType": _either(
+            "Standard_Stream", "Port", "InteractiveCommands", "NonInteractiveCommands"
+        ),
+        "inputs": st.dictionaries(
+            _keys(
+                "s3BucketName",
+                "kmsKeyId",
+                "runAsEnabled",
+                "runAsDefaultUser",
+                "idleSessionTimeout",
+                "maxSessionDuration",
+                "shellProfile",
+                "cloudWatchLogGroupName",
+                "s3EncryptionEnabled",
+            ),
+            _JSON_VALUES,
+            max_size=4,
+        )
+        | _JSON_VALUES,
+        "parameters": st.dictionaries(st.text(max_size=6), _PARAMETER, max_size=2) | _JSON_VALUES,
+        "properties": st.dictionaries(
+            _keys("commands", "portNumber", "host", "localPortNumber", "type", "linux"),
+            _either("{{ p }}", "{{p}}", "{{ ssm:x }}"),
+            max_size=3,
+        )
+        | _JSON_VALUES,
+        "mainSteps": _JSON_VALUES,
+    },
+)
+_DOCUMENT_MEMBERS = {
+    "PolicyDocument": _POLICY,
+    "AssumeRolePolicyDocument": _POLICY,
+    "Policy": _POLICY,
+    "Content": _DOCUMENT,
+}
+
+
+def _document_text(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[str]:
+    return strategy.map(lambda d: json.dumps(d, ensure_ascii=False))
+
+
+def _member(name: str, shape: Shape, depth: int) -> st.SearchStrategy[Any]:
+    document = _DOCUMENT_MEMBERS.get(name)
+    if document is not None and shape.type_name == "string":
+        return st.one_of(_document_text(document), _document_text(document), value(shape, depth))
+    return value(shape, depth)
+
+
 def _typed(shape: Shape, depth: int) -> st.SearchStrategy[Any]:
     kind = shape.type_name
     if kind == "structure":
         if depth > 3:
             return st.just({})
-        members = {name: value(m, depth + 1) for name, m in shape.members.items()}
+        members = {name: _member(name, m, depth + 1) for name, m in shape.members.items()}
         return st.fixed_dictionaries({}, optional=members)  # type: ignore[arg-type]
     if kind == "list":
         return st.lists(value(shape.member, depth + 1), max_size=3)

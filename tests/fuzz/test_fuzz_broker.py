@@ -93,7 +93,7 @@ def _case(ops: dict[str, OperationModel], bodies: Any) -> st.SearchStrategy[tupl
 # --------------------------------------------------------------------------- JSON 1.1 (SSM, KMS)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(case=_case(JSON_OPS, json_bodies))
 @example(case=("ssm:DescribeSessions", b'{"State":"Active","MaxResults":99999999999999999999999}'))
 @example(case=("ssm:DescribeSessions", b'{"State":"Active","MaxResults":1e999}'))
@@ -124,7 +124,7 @@ def test_json_operations_never_answer_5xx(client: SignedClient, case: tuple[str,
 # --------------------------------------------------------------------------- Query (IAM, STS)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(case=_case(QUERY_OPS, query_bodies))
 @example(
     case=(
@@ -193,7 +193,7 @@ _REGISTRATION = st.one_of(
 )
 
 
-@fuzz(150)
+@fuzz(100)
 @given(body=_REGISTRATION)
 @example(body=DEEP.encode())  # item 10: nested JSON raised RecursionError (plain-text 500)
 @example(body=b'{"ActivationId":"\\ud800","ActivationCode":"x","InstanceId":"i-0"}')
@@ -255,7 +255,7 @@ async def _throw(stream_url: str, first: str | bytes, sent: list[bytes | str]) -
         await ws.close()
 
 
-@fuzz(25)
+@fuzz(20)
 @given(opening=st.integers(0, 3), sent=st.lists(_frame(), max_size=8))
 def test_data_channel_survives_random_frames(
     broker: Any, client: SignedClient, node: Any, opening: int, sent: list[bytes | str]
