@@ -122,9 +122,9 @@ def _registration_body(raw: bytes) -> dict[str, str]:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ServiceError("SerializationException", "Malformed JSON request body.") from None
+        raise ServiceError("SerializationException", "Invalid JSON body.") from None
     if not isinstance(body, dict):
-        raise ServiceError("SerializationException", "The request body must be a JSON object.")
+        raise ServiceError("SerializationException", "Invalid JSON body.")
     fields: dict[str, str] = {}
     for name, longest in _REGISTRATION_FIELDS.items():
         value = body.get(name)
