@@ -122,9 +122,12 @@ _REGISTRATION_FIELDS: dict[str, int] = {
 def _registration_body(raw: bytes) -> dict[str, str]:
     """The registration request, checked before anything else reads it: a JSON object of the
     known string members (unknown members are ignored, as AWS's JSON protocol does)."""
-    body = load_document(raw)  # invalid, too deep, lone surrogates: SerializationException
+    try:  # invalid, too deep, lone surrogates
+        body = load_document(raw)
+    except ServiceError:
+        raise ServiceError("SerializationException", "Invalid JSON body.") from None
     if not isinstance(body, dict):
-        raise ServiceError("SerializationException", "The request body must be a JSON object.")
+        raise ServiceError("SerializationException", "Invalid JSON body.")
     fields: dict[str, str] = {}
     for name, longest in _REGISTRATION_FIELDS.items():
         value = body.get(name)
