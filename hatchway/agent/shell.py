@@ -223,6 +223,7 @@ class PtyShell:
         self._input = bytearray()
         """Client input the PTY has not taken yet (written when the master is writable)."""
         self._writing = False
+        self._was_full = False  # the buffer reached the high water since the last on_drained
         self.on_drained: Callable[[], None] | None = None
         """Called when a full input buffer has drained below :data:`INPUT_LOW_WATER`."""
 
@@ -321,7 +322,7 @@ class PtyShell:
         self._flush_input()
 
     def _flush_input(self) -> None:
-        was_full = self.input_full
+        self._was_full = self._was_full or self.input_full
         while self._input:
             try:
                 n = os.write(self.master, self._input[:READ_BATCH])
@@ -336,8 +337,10 @@ class PtyShell:
             asyncio.get_running_loop().add_writer(self.master, self._flush_input)
         elif not self._input:
             self._stop_writing()
-        if was_full and len(self._input) < INPUT_LOW_WATER and self.on_drained is not None:
-            asyncio.get_running_loop().call_soon(self.on_drained)  # not from inside a write
+        if self._was_full and len(self._input) < INPUT_LOW_WATER:
+            self._was_full = False
+            if self.on_drained is not None:
+                asyncio.get_running_loop().call_soon(self.on_drained)  # not inside a write
 
     def _stop_writing(self) -> None:
         if self._writing:

@@ -341,8 +341,8 @@ def test_log_frames_a_node_makes_up_are_bounded_too(state: ServerState) -> None:
     out = "".join(
         json.loads(x)[2] for x in list(recordings.cast_lines(state.store, _session(state)))[1:]
     )
-    assert out.count("y") == 90_000  # three batches fit
-    assert out.endswith(
-        "per-session limit; the session went on, but nothing more of it is recorded]\r\n"
-    )
+    kept, marker = out.split("\r\n[hatchway: recording truncated: ")
+    assert kept == "y" * 90_000  # three batches fit
+    assert marker.startswith("this session's recording reached the 100000 B per-session limit")
+    assert marker.endswith("nothing more of it is recorded]\r\n")
     assert rec.live[SID].truncated
