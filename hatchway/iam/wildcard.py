@@ -193,16 +193,33 @@ class Glob:
         return f"<Glob {self.source!r}{' (ignore case)' if self.ignore_case else ''}>"
 
 
+# Patterns up to this length are remembered (8,192 of them); longer ones, which only
+# simulations and odd policies carry, are compiled each time rather than kept in memory.
+_CACHED_LENGTH = 1024
+
+
 @lru_cache(maxsize=8192)
-def compile_glob(pattern: str, ignore_case: bool = False) -> Glob:
-    """The compiled form of a policy pattern (remembered)."""
+def _cached_glob(pattern: str, ignore_case: bool) -> Glob:
     return Glob(((pattern, False),), ignore_case)
 
 
 @lru_cache(maxsize=8192)
+def _cached_pieces(pieces: tuple[tuple[str, bool], ...], ignore_case: bool) -> Glob:
+    return Glob(pieces, ignore_case)
+
+
+def compile_glob(pattern: str, ignore_case: bool = False) -> Glob:
+    """The compiled form of a policy pattern."""
+    if len(pattern) > _CACHED_LENGTH:
+        return Glob(((pattern, False),), ignore_case)
+    return _cached_glob(pattern, ignore_case)
+
+
 def compile_pieces(pieces: tuple[tuple[str, bool], ...], ignore_case: bool = False) -> Glob:
     """A pattern whose ``(text, True)`` pieces are literal (substituted variable values)."""
-    return Glob(pieces, ignore_case)
+    if sum(len(t) for t, _ in pieces) > _CACHED_LENGTH:
+        return Glob(pieces, ignore_case)
+    return _cached_pieces(pieces, ignore_case)
 
 
 class GlobSet:
