@@ -737,6 +737,15 @@ def _invalid(message: str) -> DocumentError:
     return DocumentError("InvalidParameters", message)
 
 
+def _pattern_allows(name: str, pattern: str, value: str) -> bool:
+    try:
+        return pattern_matches(pattern, value)
+    except PatternError as exc:  # stored before patterns were checked with RE2
+        raise _invalid(
+            f"Parameter {name} has an allowedPattern that cannot be used: {exc.reason}."
+        ) from None
+
+
 def _check_values(name: str, spec: Mapping[str, Any], values: list[str]) -> None:
     ptype = spec.get("type", "String")
     if ptype in ("String", "Boolean", "Integer") and len(values) != 1:
@@ -760,7 +769,7 @@ def _check_values(name: str, spec: Mapping[str, Any], values: list[str]) -> None
                 f"Parameter {name} value {v!r} is not one of the allowed values: "
                 f"{', '.join(_scalar(a) for a in allowed)}."
             )
-        if isinstance(pattern, str) and not pattern_matches(pattern, v):
+        if isinstance(pattern, str) and not _pattern_allows(name, pattern, v):
             raise _invalid(
                 f'Parameter "{name}" "{v}" failed to satisfy constraint: '
                 f"Member must satisfy regular expression pattern: {pattern}"

@@ -60,3 +60,11 @@ def test_pattern_re2_cannot_compile(pattern: str) -> None:
         validate_document(doc(pattern), "Session")
     assert exc.value.code == "InvalidDocumentContent"
     assert "allowedPattern is not a valid regular expression" in exc.value.message
+
+
+def test_stored_pattern_re2_cannot_compile_refuses_values() -> None:
+    """A document stored before patterns were checked with RE2 answers InvalidParameters."""
+    with pytest.raises(DocumentError) as exc:
+        validate_parameters(doc(r"^(?=1)[0-9]+$"), {"portNumber": ["1"]})
+    assert exc.value.code == "InvalidParameters"
+    assert "allowedPattern that cannot be used" in exc.value.message
