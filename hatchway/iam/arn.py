@@ -6,6 +6,7 @@ parts stay inside their part, and ``*`` in the resource part spans ``/`` and ``:
 service, region and account compare case-insensitively; the resource part case-sensitively.
 Policy ARNs with fewer parts (``arn:aws:sqs``) are padded with ``*``.
 ARN condition operators match each of the six parts separately and case-sensitively.
+Each part is matched by :mod:`hatchway.iam.wildcard` (linear time, no regular expressions).
 """
 
 from __future__ import annotations
