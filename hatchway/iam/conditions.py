@@ -28,10 +28,10 @@ from enum import Enum
 from functools import lru_cache
 from typing import Any
 
-from hatchway.iam.arn import arn_condition_source
+from hatchway.iam.arn import ArnCondition
 from hatchway.iam.context import Context
 from hatchway.iam.variables import Template, parse_template, resolve_segments
-from hatchway.iam.wildcard import compile_source, glob_source, has_wildcard
+from hatchway.iam.wildcard import Glob, compile_pieces, has_wildcard
 
 Pred = Callable[[str], bool]
 Segments = tuple[tuple[str, bool], ...]  # resolved value: (text, is_literal) pieces
@@ -100,17 +100,16 @@ def _string_equals_ic(values: Sequence[Segments]) -> Pred:
 
 def _string_like(values: Sequence[Segments]) -> Pred:
     plain: set[str] = set()
-    sources: list[str] = []
+    globs: list[Glob] = []
     for v in values:
         if not any(not lit and has_wildcard(t) for t, lit in v):
             plain.add("".join(t for t, _ in v))
         else:
-            sources.append("".join(re.escape(t) if lit else glob_source(t) for t, lit in v))
-    if not sources:
-        return frozenset(plain).__contains__
-    rx = compile_source("|".join(f"(?:{s})" for s in sources))
+            globs.append(compile_pieces(tuple(v)))
     frozen = frozenset(plain)
-    return lambda r: r in frozen or rx.fullmatch(r) is not None
+    if not globs:
+        return frozen.__contains__
+    return lambda r: r in frozen or any(g.match(r) for g in globs)
 
 
 def _bool(values: Sequence[Segments]) -> Pred:
@@ -119,11 +118,10 @@ def _bool(values: Sequence[Segments]) -> Pred:
 
 
 def _arn_like(values: Sequence[Segments]) -> Pred:
-    sources = [arn_condition_source(list(v)) for v in values]
-    if not sources:
+    patterns = [ArnCondition(list(v)) for v in values]
+    if not patterns:
         return _never
-    rx = compile_source("|".join(f"(?:{s})" for s in sources))
-    return lambda r: rx.fullmatch(r) is not None
+    return lambda r: any(p.match(r) for p in patterns)
 
 
 def _compare(parse: Callable[[str], Any], cmp: Callable[[Any, Any], bool]) -> Callable[..., Pred]:

@@ -30,7 +30,7 @@ from hatchway.iam.conditions import Clause, SetMode, parse_operator
 from hatchway.iam.context import Context
 from hatchway.iam.policy import Statement, compile_policy
 from hatchway.iam.variables import Var, parse_template
-from hatchway.iam.wildcard import glob_regex, has_wildcard
+from hatchway.iam.wildcard import compile_glob, has_wildcard
 
 CHECK_KEY = "ssm:sessiondocumentaccesscheck"
 _CHECK_NAME = "ssm:SessionDocumentAccessCheck"
@@ -108,7 +108,7 @@ def _glob_matches(pattern: str, text: str) -> bool:
         return True  # unknown until request time: assume it may
     if not has_wildcard(pattern):
         return pattern.lower() == text
-    return glob_regex((pattern,), ignore_case=True).fullmatch(text) is not None
+    return compile_glob(pattern, ignore_case=True).match(text)
 
 
 def _may_match(pattern: str, kinds: tuple[tuple[str, str], ...]) -> bool:
@@ -140,7 +140,7 @@ def _covers_all_documents(pattern: str) -> bool:
     return (
         _glob_matches(parts[2], "ssm")
         and all(_glob_matches(parts[4], account) for account in _PROBE_ACCOUNTS)
-        and glob_regex((parts[5],)).fullmatch(_PROBE_DOCUMENT) is not None
+        and compile_glob(parts[5]).match(_PROBE_DOCUMENT)
     )
 
 

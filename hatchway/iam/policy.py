@@ -2,8 +2,8 @@
 
 ``parse_policy`` = load JSON → validate (AWS's messages) → compile. ``compile_policy`` trusts a
 validated document; it never does pattern work per request: actions become a lower-cased set
-plus one regex, resources one regex (or templates when they hold variables), conditions
-predicates.
+plus compiled wildcard patterns (``hatchway.iam.wildcard``: linear time, no regex),
+resources ARN patterns (or templates when they hold variables), conditions predicates.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hatchway.iam.context import Context, scalar
 from hatchway.iam.kinds import PolicyKind
 from hatchway.iam.principal import Principal
 from hatchway.iam.validate import validate_document, validate_policy_text
-from hatchway.iam.wildcard import glob_regex, has_wildcard
+from hatchway.iam.wildcard import GlobSet
 
 VERSION_2012 = "2012-10-17"
 
@@ -76,8 +76,7 @@ class Statement:
     """One compiled statement."""
 
     __slots__ = (
-        "_action_rx",
-        "_exact",
+        "_action_set",
         "actions",
         "allow",
         "conditions",
@@ -103,9 +102,7 @@ class Statement:
         self.actions = tuple(
             a.lower() for a in _strings(raw.get("NotAction", raw.get("Action", [])))
         )
-        self._exact = frozenset(a for a in self.actions if not has_wildcard(a))
-        wild = tuple(a for a in self.actions if has_wildcard(a))
-        self._action_rx = glob_regex(wild) if wild else None
+        self._action_set = GlobSet(self.actions)
         self.not_resource = "NotResource" in raw
         res = raw.get("NotResource", raw.get("Resource"))
         self.resources = ResourceMatcher(_strings(res), variables) if res is not None else None
@@ -126,9 +123,7 @@ class Statement:
 
     def names_action(self, action: str) -> bool:
         """Does Action (NotAction) list ``action`` (lower-cased)?"""
-        if action in self._exact:
-            return True
-        return self._action_rx is not None and self._action_rx.fullmatch(action) is not None
+        return self._action_set.match(action)
 
     def matches_action(self, action: str) -> bool:
         return self.names_action(action) != self.not_action

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from botocore.model import OperationModel
 
-from hatchway.server import crypto, sigv4
+from hatchway.server import cpu, crypto, sigv4
 from hatchway.server.call import INPUT_EXTENSIONS, OPERATIONS, Call, audit
 from hatchway.server.errors import ServiceError
 from hatchway.server.identity import credential_lookup, lookup_key, resolve_caller
@@ -257,7 +257,8 @@ async def aws_shaped_errors(request: web.Request, handler: Any) -> web.StreamRes
 
 
 async def handle_health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    # cpuJobs: simulations and the like running off this process's event loop right now.
+    return web.json_response({"status": "ok", "cpuJobs": cpu.running()})
 
 
 async def _start_background(app: web.Application) -> None:

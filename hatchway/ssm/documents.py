@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from hatchway.ssm.patterns import PatternError, compile_pattern, pattern_matches
+
 __all__ = [
     "AWS_DOCUMENTS",
     "DEFAULT_PREFERENCES",
@@ -688,11 +690,11 @@ def _check_parameters(params: Any) -> None:
         if pattern is not None:
             _expect(isinstance(pattern, str), f"{where}.allowedPattern must be a String.")
             try:
-                re.compile(pattern)
-            except re.error as exc:
+                compile_pattern(pattern)
+            except PatternError as exc:
                 raise _content_error(
-                    f"{where}.allowedPattern is not a valid regular expression: {exc}."
-                ) from exc
+                    f"{where}.allowedPattern is not a valid regular expression: {exc.reason}."
+                ) from None
         if "default" in spec:
             _check_default(name, ptype, spec["default"])
             defaults = _as_values(spec["default"])
@@ -891,6 +893,15 @@ def _invalid(message: str) -> DocumentError:
     return DocumentError("InvalidParameters", message)
 
 
+def _pattern_allows(name: str, pattern: str, value: str) -> bool:
+    try:
+        return pattern_matches(pattern, value)
+    except PatternError as exc:  # stored before patterns were checked with RE2
+        raise _invalid(
+            f"Parameter {name} has an allowedPattern that cannot be used: {exc.reason}."
+        ) from None
+
+
 def _check_values(name: str, spec: Mapping[str, Any], values: list[str]) -> None:
     ptype = spec.get("type", "String")
     if ptype in ("String", "Boolean", "Integer") and len(values) != 1:
@@ -914,7 +925,7 @@ def _check_values(name: str, spec: Mapping[str, Any], values: list[str]) -> None
                 f"Parameter {name} value {v!r} is not one of the allowed values: "
                 f"{', '.join(_scalar(a) for a in allowed)}."
             )
-        if isinstance(pattern, str) and re.search(pattern, v) is None:
+        if isinstance(pattern, str) and not _pattern_allows(name, pattern, v):
             raise _invalid(
                 f'Parameter "{name}" "{v}" failed to satisfy constraint: '
                 f"Member must satisfy regular expression pattern: {pattern}"
@@ -932,8 +943,9 @@ def validate_parameters(
 
     Raises :class:`DocumentError` ``InvalidParameters``: a name the document does not define,
     a required parameter (one without ``default``) missing, a value outside ``allowedValues``
-    or not matching ``allowedPattern`` (searched, as the agent's Go regexp does; AWS's own
-    patterns are anchored), wrong arity or type, or outside min/max items/chars.
+    or not matching ``allowedPattern`` (RE2, searched as the agent's Go regexp does; AWS's own
+    patterns are anchored: see :mod:`hatchway.ssm.patterns`), wrong arity or type, or outside
+    min/max items/chars.
     Also a value that is not an integer for a parameter the document's shell text uses in
     arithmetic (:func:`check_document_arithmetic`).
     """

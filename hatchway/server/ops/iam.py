@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -35,6 +36,7 @@ from hatchway.iam.validate import (
 from hatchway.server import crypto, iamdata
 from hatchway.server.bootstrap import create_access_key as _store_access_key
 from hatchway.server.call import Call, operation
+from hatchway.server.cpu import run_cpu
 from hatchway.server.errors import ServiceError
 from hatchway.server.ops.sessions import end_role_sessions
 from hatchway.server.store import Conflict, Record
@@ -1346,7 +1348,7 @@ async def simulate_custom(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         caller_arn=params.get("CallerArn"),
         context_entries=_context_entries(params),
     )
-    return _paged_results(_simulate(inp), params)
+    return _paged_results(await run_cpu(partial(_simulate, inp)), params)
 
 
 def _source_entity(call: Call, arn: str) -> Record:
@@ -1413,7 +1415,7 @@ async def simulate_principal(call: Call, params: dict[str, Any]) -> dict[str, An
         caller_arn=caller,
         context_entries=entries,
     )
-    result = _simulate(inp)
+    result = await run_cpu(partial(_simulate, inp))
     for r in result["EvaluationResults"]:
         for m in r["MatchedStatements"]:
             sid = str(m.get("SourcePolicyId", ""))
