@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from botocore.model import OperationModel
 
-from hatchway.server import crypto, sigv4
+from hatchway.server import crypto, limits, sigv4
 from hatchway.server.call import OPERATIONS, Call, audit
 from hatchway.server.errors import ServiceError
 from hatchway.server.identity import credential_lookup, lookup_key, resolve_caller
@@ -132,7 +132,8 @@ async def _handle_api(request: web.Request) -> web.Response:
     if route.error is not None or route.op is None:
         return _error_response(route, route.error or ServiceError("InvalidAction", ""), call_id)
     op = route.op
-    source_ip = request.remote or ""
+    client = limits.client_of(request)
+    source_ip = client.address
     try:
         verified = sigv4.verify(incoming, credential_lookup(state), datetime.now(UTC))
     except sigv4.AuthError as exc:
@@ -147,6 +148,8 @@ async def _handle_api(request: web.Request) -> web.Response:
         code, status = sigv4.error_code("unknown_key", route.protocol)
         err = ServiceError(code, "The security token included in the request is invalid.", status)
         return _error_response(route, err, call_id)
+    if not state.throttle.allow(caller.arn):
+        return _throttled(state, route, op.name, caller, source_ip, call_id)
     call = Call(
         state,
         route.service,
@@ -155,7 +158,7 @@ async def _handle_api(request: web.Request) -> web.Response:
         caller,
         source_ip,
         request.headers.get("User-Agent", ""),
-        request.secure,
+        client.secure,
         call_id,
     )
     params: dict[str, Any] = {}
@@ -213,6 +216,31 @@ async def _handle_api(request: web.Request) -> web.Response:
     return response
 
 
+def _throttled(
+    state: ServerState, route: _Route, operation: str, caller: Any, source_ip: str, call_id: str
+) -> web.Response:
+    """Over the principal's request rate (``--throttle-rate``/``--throttle-burst``): AWS's
+    ``ThrottlingException`` (JSON) or ``Throttling`` (Query), audited like any refusal."""
+    code = "ThrottlingException" if route.protocol == "json" else "Throttling"
+    err = ServiceError(code, "Rate exceeded", 400)
+    try:
+        audit(
+            state,
+            service=route.service,
+            operation=operation,
+            principal=caller.arn,
+            user_id=caller.user_id,
+            source_ip=source_ip,
+            params={},
+            decisions=[],
+            error=err,
+            request_id=call_id,
+        )
+    except Exception:
+        log.exception("could not write the audit record for %s", call_id)
+    return _error_response(route, err, call_id)
+
+
 async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -246,7 +274,7 @@ def create_app(state: ServerState) -> web.Application:
     from hatchway.server.ops import register_all
 
     register_all()
-    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[limits.guard_middleware])
     app[STATE_KEY] = state
     app.on_startup.append(_start_background)
     app.on_cleanup.append(_stop_background)

@@ -33,7 +33,7 @@ from sqlalchemy import and_
 
 from hatchway.protocol import frames, payloads
 from hatchway.protocol.sessionlog import AGENT_SESSION_LOG
-from hatchway.server import crypto
+from hatchway.server import crypto, limits
 from hatchway.server.errors import ServiceError
 from hatchway.server.nodes import _state, authenticate_client, authenticate_node, json_error
 from hatchway.server.ops.sessions import end_session
@@ -184,7 +184,7 @@ async def handle_data_channel(request: web.Request) -> web.StreamResponse:
     if opened.is_agent:
         await _agent_side(state, session_id, ws, opened)
     else:
-        await _client_side(state, session_id, row, ws, opened, request.remote or "")
+        await _client_side(state, session_id, row, ws, opened, limits.client_of(request).address)
     return ws
 
 
@@ -365,7 +365,7 @@ async def enforce_timeouts(state: ServerState, interval: float = 1.0) -> None:
 
 def start_message(state: ServerState, row: dict[str, Any], relay: Relay) -> dict[str, Any]:
     """What the node needs to run the session (the role of AWS's ``interactive_shell``)."""
-    from hatchway.server.ops.sessions import _document
+    from hatchway.server.ops.sessions import _document, stream_url
 
     data = row["data"]
     stored = data.get("document")
@@ -374,19 +374,13 @@ def start_message(state: ServerState, row: dict[str, Any], relay: Relay) -> dict
     else:
         doc = _document(state, row["document_name"])  # sessions started before it was kept
         content = dict(doc.document) if doc else {}
-    base = state.config.base_url
-    ws_base = (
-        ("wss://" + base[len("https://") :])
-        if base.startswith("https://")
-        else "ws://" + base.removeprefix("http://")
-    )
     if "inputs" in data:
         content["inputs"] = data["inputs"]  # the preferences StartSession resolved
     return {
         "type": "start_session",
         "sessionId": row["session_id"],
         "token": relay.agent_token,
-        "streamUrl": f"{ws_base}/v1/data-channel/{row['session_id']}?role=publish_subscribe",
+        "streamUrl": stream_url(state, row["session_id"]),
         "documentName": row["document_name"],
         "documentContent": content,
         "parameters": data.get("parameters") or {},

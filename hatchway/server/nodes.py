@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from hatchway.iam import Request
-from hatchway.server import crypto, sigv4
+from hatchway.server import crypto, limits, sigv4
 from hatchway.server.bootstrap import create_access_key
 from hatchway.server.call import audit
 from hatchway.server.errors import ServiceError
@@ -69,7 +69,7 @@ def managed_instance_id() -> str:
 async def handle_register(request: web.Request) -> web.Response:
     state = _state(request)
     state.store.begin_call()
-    source_ip = request.remote or ""
+    source_ip = limits.client_of(request).address
     try:
         body = await request.json()
         if not isinstance(body, dict):
@@ -210,7 +210,9 @@ def authenticate_client(state: ServerState, request: web.Request, session: dict[
             "UnrecognizedClientException", "The security token included in the request is invalid."
         )
     ctx = caller.context()
-    ctx["aws:sourceip"] = request.remote or ""
+    client = limits.client_of(request)
+    ctx["aws:sourceip"] = client.address
+    ctx["aws:securetransport"] = "true" if client.secure else "false"
     for k, v in session["data"].get("tags", {}).items():
         ctx[f"ssm:resourcetag/{k}".lower()] = v
     arn = (
@@ -241,7 +243,9 @@ def authenticate_node(
     if row is None or row["deregistered"]:
         raise ServiceError("AccessDeniedException", f"{instance_id} is not registered.")
     ctx = caller.context()
-    ctx["aws:sourceip"] = request.remote or ""
+    client = limits.client_of(request)
+    ctx["aws:sourceip"] = client.address
+    ctx["aws:securetransport"] = "true" if client.secure else "false"
     arn = target_arn(instance_id, state.config.region, state.config.account_id)
     wanted = actions or (
         ("ssmmessages:OpenControlChannel", "*"),

@@ -30,6 +30,16 @@ class ServerConfig:
     record_input: bool = False  # keep keystrokes ("i" events) in recordings, not only the echo
     log_stream_interval: float = 1.0  # seconds between CloudWatch streaming events
     workers: int = 0  # API worker processes beside this one (docs/broker.md, "Processes")
+    # Limits (docs/broker.md, "Limits"; hatchway.server.limits)
+    header_timeout: float = 10.0  # seconds for a request's head, from its first byte
+    body_timeout: float = 30.0  # seconds for a request's body, from its head
+    keepalive_timeout: float = 60.0  # seconds a connection may stay idle between requests
+    max_connections_per_address: int = 100
+    max_connections: int = 0  # 0: from RLIMIT_NOFILE
+    node_reserve: int | None = None  # connections kept for control channels (None: a tenth)
+    trusted_proxies: list[str] = field(default_factory=list)  # CIDRs
+    throttle_rate: float = 200.0  # API requests per second and principal (0: unthrottled)
+    throttle_burst: int = 1000
 
     @property
     def store_url(self) -> str:
@@ -59,8 +69,10 @@ class ServerState:
         self.doc_cache: dict[str, tuple[tuple[int, int], float, Any]] = {}
         self.audit_path = config.data_dir / "audit.jsonl"
         from hatchway.server.call import AuditLog
+        from hatchway.server.limits import Throttle
         from hatchway.server.recordings import Recordings
 
+        self.throttle = Throttle(config.throttle_rate, config.throttle_burst)
         self.audit_log = AuditLog(store, self.audit_path)
         self.recordings = Recordings(self)
 

@@ -52,14 +52,14 @@ def new_session_id(name: str) -> str:
     return f"{name[: _MAX_ID - 18]}-{secrets.token_hex(9)[:17]}"
 
 
-def _stream_url(state: ServerState, session_id: str) -> str:
+def stream_url(state: ServerState, session_id: str, *, secure: bool = False) -> str:
+    """The data channel's URL, for the client (StreamUrl) and the node (start_session):
+    ``wss://`` when the broker's base URL is ``https://`` or the request that asks for it came
+    over TLS (``secure``: as a trusted proxy's X-Forwarded-Proto or PROXY header says)."""
     base = state.config.base_url
-    ws = (
-        "wss://" + base[len("https://") :]
-        if base.startswith("https://")
-        else "ws://" + base.removeprefix("http://")
-    )
-    return f"{ws}/v1/data-channel/{session_id}?role=publish_subscribe"
+    host = base.removeprefix("https://").removeprefix("http://")
+    scheme = "wss" if secure or base.startswith("https://") else "ws"
+    return f"{scheme}://{host}/v1/data-channel/{session_id}?role=publish_subscribe"
 
 
 def mint_token(state: ServerState, session_id: str, conn: Any = None) -> str:
@@ -263,7 +263,7 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     return {
         "SessionId": session_id,
         "TokenValue": token,
-        "StreamUrl": _stream_url(call.state, session_id),
+        "StreamUrl": stream_url(call.state, session_id, secure=call.secure),
     }
 
 
@@ -292,7 +292,11 @@ async def resume_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     if row is None or row["status"] in HISTORY or row["status"] == "Terminating":
         return {"SessionId": sid}  # cannot be resumed: no token (the plugin says "timed out")
     token = mint_token(call.state, sid)
-    return {"SessionId": sid, "TokenValue": token, "StreamUrl": _stream_url(call.state, sid)}
+    return {
+        "SessionId": sid,
+        "TokenValue": token,
+        "StreamUrl": stream_url(call.state, sid, secure=call.secure),
+    }
 
 
 async def end_session(
