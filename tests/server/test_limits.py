@@ -427,13 +427,14 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def test_one_byte_connections_do_not_keep_the_primary_busy(tmp_path: Path) -> None:
-    """500 connections that sent one byte were looked at every 10 ms each: a full core. The
-    primary now waits for them to be readable again."""
+    """Connections that sent one byte were looked at every 10 ms each: 2,000 of them cost the
+    primary 0.6-0.8 s of CPU every 3 s here (6,000, a full core). The primary now waits for
+    them to be readable again: about 0.02 s."""
     broker = start_broker(tmp_path / "data", "--workers", "1")
     socks: list[socket.socket] = []
     try:
-        for i in range(500):
-            socks.append(_connect(broker, f"127.0.0.{60 + i % 5}"))
+        for i in range(2000):  # from 20 addresses: 100 each, the per-address cap
+            socks.append(_connect(broker, f"127.0.0.{60 + i % 20}"))
             socks[-1].sendall(b"P")
         assert _health(broker) == 200
         before = _cpu_seconds(broker.proc.pid)
@@ -441,7 +442,7 @@ def test_one_byte_connections_do_not_keep_the_primary_busy(tmp_path: Path) -> No
         while time.monotonic() - start < 3.0:  # a measuring window, not a wait for anything
             time.sleep(0.25)
         used = _cpu_seconds(broker.proc.pid) - before
-        assert used < 0.75, f"the primary used {used:.2f} s of CPU in 3 s"
+        assert used < 0.2, f"the primary used {used:.2f} s of CPU in 3 s"
         assert _refused(socks[:20], wait=0.5) == 0  # still held, not dropped
     finally:
         for s in socks:
