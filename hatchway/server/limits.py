@@ -181,7 +181,7 @@ def descriptor_budget(config: ServerConfig) -> tuple[int, int, int]:
 class Held:
     """Something the guard counts: a connection being served, or one the primary is sniffing."""
 
-    pool = "general"  # general | reserve | node
+    pool = "gone"  # general | reserve | node once admitted; gone: not (or no longer) counted
     address: str | None = None  # the address it is counted under (per-address cap)
     active = 0  # requests in progress
 

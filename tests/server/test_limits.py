@@ -504,3 +504,37 @@ def test_the_token_bucket_refills_at_its_rate() -> None:
     now[0] = 100.0  # never more than the burst
     assert [bucket.allow("a") for _ in range(4)] == [True, True, True, False]
     assert all(Throttle(0, 1).allow("a") for _ in range(100))  # rate 0: off
+
+
+def test_refused_and_evicted_connections_leave_the_counts_as_they_were() -> None:
+    from hatchway.server.limits import ConnectionGuard, Held
+    from hatchway.server.state import ServerConfig
+
+    class Conn(Held):
+        evicted = False
+
+        def evict(self) -> None:
+            self.evicted = True
+
+    guard = ConnectionGuard(
+        ServerConfig(max_connections=20, node_reserve=2, max_connections_per_address=3)
+    )
+    admitted = [Conn() for _ in range(3)]
+    assert all(guard.admit(c, "192.0.2.1") for c in admitted)
+    refused = Conn()
+    assert not guard.admit(refused, "192.0.2.1")  # over the per-address cap
+    guard.release(refused)  # its connection_lost
+    assert guard.open == 3 and guard.per_address["192.0.2.1"] == 3
+    guard.promote(admitted[0])  # a channel: no longer counted per address, never evicted
+    guard.busy(admitted[0])
+    others = [Conn() for _ in range(17)]
+    assert all(guard.admit(c, f"198.51.100.{i}") for i, c in enumerate(others))
+    assert [c.pool for c in others[-2:]] == ["general", "reserve"]  # 18 general, 1 node
+    newcomer = Conn()
+    assert guard.admit(newcomer, "203.0.113.1")  # the oldest idle one makes way
+    assert admitted[1].evicted and not admitted[0].evicted
+    guard.release(admitted[1])  # its connection_lost, later
+    assert guard.open == 20 and guard.per_address["192.0.2.1"] == 1
+    for c in [*admitted, *others, newcomer]:
+        guard.release(c)
+    assert guard.open == 0 and not guard.per_address and not guard.idle
