@@ -181,6 +181,9 @@ async def handle_data_channel(request: web.Request) -> web.StreamResponse:
         log.warning("data channel %s: %s", session_id, exc.message)
         await ws.close(code=4403, message=exc.code.encode())
         return ws
+    # From here the token is checked at once: the wait for the first message is over, and
+    # the channel no longer holds a place of its address (docs/broker.md, "Limits").
+    limits.channel_opened(request)
     if opened.is_agent:
         await _agent_side(state, session_id, ws, opened)
     else:

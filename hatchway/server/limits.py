@@ -42,7 +42,7 @@ log = logging.getLogger("hatchway.server.limits")
 
 PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 _PROXY_V2_MAX = 16 + 4096  # a header longer than this (TLVs included) is refused
-_CHANNEL_PATHS = ("/v1/control-channel/", "/v1/data-channel/")
+_CONTROL_CHANNEL = "/v1/control-channel/"
 _FILES_MARGIN = 128  # descriptors kept for the store, logs, worker links, recordings
 
 
@@ -214,26 +214,36 @@ class ConnectionGuard:
         return lambda: GuardedProtocol(self, server(), head)
 
     def admit(self, held: Held, address: str | None) -> bool:
-        """Count ``held`` (under ``address`` unless None); False: refuse it."""
+        """Count ``held`` (under ``address`` unless None); False: refuse it.
+
+        The general pool holds up to ``total - reserve``; when it is full, the oldest idle
+        general connection makes way, so the reserve is used only when every general
+        connection is busy, and a reserve place is freed from the reserve's own idle ones."""
         if address is not None and not self.count_address(held, address):
             return False
-        if self.open >= self.total and not self._evict_one():
+        room = self.pools["general"] < self.total - self.reserve and self.open < self.total
+        if room or self._evict_one("general"):
+            pool = "general"
+        elif self.open < self.total or self._evict_one("reserve"):
+            pool = "reserve"
+        else:
             self.uncount_address(held)
             self._refusing("connection cap reached")
             return False
-        held.pool = "general" if self.pools["general"] < self.total - self.reserve else "reserve"
-        self.pools[held.pool] += 1
+        held.pool = pool
+        self.pools[pool] += 1
         self.idle[held] = None
         return True
 
-    def _evict_one(self) -> bool:
-        for victim in self.idle:
-            if victim.active == 0:
-                self._refusing("connection cap reached: closing idle connections")
-                victim.evict()
-                self.release(victim)
-                return True
-        return False
+    def _evict_one(self, pool: str) -> bool:
+        """Close the oldest connection of ``pool`` without a request in progress."""
+        victim = next((h for h in self.idle if h.pool == pool and h.active == 0), None)
+        if victim is None:
+            return False
+        self._refusing("connection cap reached: closing idle connections")
+        victim.evict()
+        self.release(victim)
+        return True
 
     def _refusing(self, why: str) -> None:
         """Count a refusal; say so in the log at most once a minute (a flood must not
@@ -263,7 +273,7 @@ class ConnectionGuard:
             held.address = None
 
     def promote(self, held: Held) -> None:
-        """``held`` is a channel (control or data): counted in the total only."""
+        """``held`` is a control channel: counted in the total only, in the node pool."""
         self.uncount_address(held)
         if held.pool not in ("node", "gone"):
             self.pools[held.pool] -= 1
@@ -396,10 +406,10 @@ class GuardedProtocol(Held, asyncio.Protocol):
         self._cancel()
         self.active += 1
         self.guard.busy(self)
-        if request.path.startswith(_CHANNEL_PATHS):
-            # A channel: refused at once unless its signature or token is good, then one long
-            # request that is never evicted, and not counted per address (a node runs a data
-            # channel per session; many users may share one NAT address).
+        if request.path.startswith(_CONTROL_CHANNEL):
+            # A node's control channel: its signed upgrade is checked before anything else
+            # (refused at once), then it is one long request that is never evicted and not
+            # counted per address. It may use the reserve.
             self.guard.promote(self)
             return None
         if self.trusted_peer and not self.guard.count_address(self, self.client(request).address):
@@ -490,6 +500,17 @@ def install(config: ServerConfig) -> ConnectionGuard:
     _GUARDS.clear()
     _GUARDS.append(guard)
     return guard
+
+
+def channel_opened(request: web.BaseRequest) -> None:
+    """A data channel on ``request``'s connection has sent its first message (its token is
+    checked at once, and a wrong one closes it): it no longer counts against the per-address
+    cap (a node runs one per session; many users may share one NAT address). Until then it
+    counts like any request, so an upgrade waiting for its first message holds a place of its
+    address, and cannot use the reserve kept for control channels."""
+    conn = connection_of(request)
+    if conn is not None:
+        conn.guard.uncount_address(conn)
 
 
 def client_of(request: web.BaseRequest) -> Client:

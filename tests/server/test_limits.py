@@ -389,16 +389,25 @@ def _start_with_descriptors(data_dir: Path, nofile: int, *extra: str) -> Broker:
 def test_a_flood_leaves_room_for_nodes_and_stream_urls_follow_the_proxy(
     tmp_path: Path,
 ) -> None:
-    """300 half-open connections (from ten addresses, under the per-address cap) against a
+    """300 half-open connections (from 20 addresses, under the per-address cap) against a
     broker with 256 descriptors used to exhaust them: nodes could not connect. The total cap
     stays below the limit, the oldest idle connections make way, and the agent registers and
-    opens its control channel. The StreamUrl follows a trusted proxy's X-Forwarded-Proto."""
-    broker = _start_with_descriptors(tmp_path / "data", 256, "--trusted-proxy", "127.0.0.1/32")
+    opens its control channel. The StreamUrl follows a trusted proxy's X-Forwarded-Proto.
+    Data-channel upgrades waiting for their token count against the per-address cap."""
+    broker = _start_with_descriptors(
+        tmp_path / "data",
+        256,
+        "--trusted-proxy",
+        "127.0.0.1/32",
+        "--max-connections-per-address",
+        "20",
+    )
     flood: list[socket.socket] = []
+    waiting: list[socket.socket] = []
     agent = None
     try:
         for i in range(300):
-            flood.append(_connect(broker, f"127.0.0.{40 + i % 10}"))
+            flood.append(_connect(broker, f"127.0.0.{40 + i % 20}"))
             flood[-1].sendall(b"G")
         agent = start_agent(broker, tmp_path / "agent")
         assert _health(broker) == 200
@@ -407,11 +416,23 @@ def test_a_flood_leaves_room_for_nodes_and_stream_urls_follow_the_proxy(
             ssm = _client(broker, "ssm", ADMIN_KEY, ADMIN_SECRET, {"X-Forwarded-Proto": proto})
             started = ssm.start_session(Target=agent.instance_id)
             urls[proto] = started["StreamUrl"]
-            ssm.terminate_session(SessionId=started["SessionId"])
         assert urls["https"].startswith("wss://127.0.0.1:")
         assert urls["http"].startswith("ws://127.0.0.1:")
+        # A data-channel upgrade that never sends its first message (the token) holds a place
+        # of its address like any request: it is not a channel yet.
+        path = urls["http"].split(":", 2)[2].split("/", 1)[1]
+        upgrade = (
+            f"GET /{path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        for _ in range(20):
+            waiting.append(_connect(broker, "127.0.0.70"))
+            waiting[-1].sendall(upgrade)
+            assert waiting[-1].recv(12) == b"HTTP/1.1 101"
+        waiting.append(_connect(broker, "127.0.0.70"))
+        assert _refused(waiting[-1:]) == 1
     finally:
-        for s in flood:
+        for s in flood + waiting:
             s.close()
         if agent is not None:
             agent.stop()
@@ -519,22 +540,34 @@ def test_refused_and_evicted_connections_leave_the_counts_as_they_were() -> None
     guard = ConnectionGuard(
         ServerConfig(max_connections=20, node_reserve=2, max_connections_per_address=3)
     )
-    admitted = [Conn() for _ in range(3)]
-    assert all(guard.admit(c, "192.0.2.1") for c in admitted)
+    first = [Conn() for _ in range(3)]
+    assert all(guard.admit(c, "192.0.2.1") for c in first)
     refused = Conn()
     assert not guard.admit(refused, "192.0.2.1")  # over the per-address cap
     guard.release(refused)  # its connection_lost
     assert guard.open == 3 and guard.per_address["192.0.2.1"] == 3
-    guard.promote(admitted[0])  # a channel: no longer counted per address, never evicted
-    guard.busy(admitted[0])
-    others = [Conn() for _ in range(17)]
+    guard.promote(first[0])  # a control channel: not counted per address, never evicted
+    guard.busy(first[0])
+    others = [Conn() for _ in range(16)]
     assert all(guard.admit(c, f"198.51.100.{i}") for i, c in enumerate(others))
-    assert [c.pool for c in others[-2:]] == ["general", "reserve"]  # 18 general, 1 node
-    newcomer = Conn()
-    assert guard.admit(newcomer, "203.0.113.1")  # the oldest idle one makes way
-    assert admitted[1].evicted and not admitted[0].evicted
-    guard.release(admitted[1])  # its connection_lost, later
-    assert guard.open == 20 and guard.per_address["192.0.2.1"] == 1
-    for c in [*admitted, *others, newcomer]:
-        guard.release(c)
+    assert guard.pools == {"general": 18, "node": 1}
+    # The general pool is full: its oldest idle connection makes way (not the reserve).
+    a = Conn()
+    assert guard.admit(a, "203.0.113.1") and a.pool == "general"
+    assert first[1].evicted and not first[0].evicted
+    guard.release(first[1])  # its connection_lost, later
+    assert guard.per_address["192.0.2.1"] == 1
+    # Every general connection busy: the reserve, then its own idle ones, then refusal.
+    for c in [first[2], *others, a]:
+        guard.busy(c)
+    b, c, d = Conn(), Conn(), Conn()
+    assert guard.admit(b, "203.0.113.2") and b.pool == "reserve"
+    assert guard.admit(c, "203.0.113.3") and c.pool == "reserve" and b.evicted
+    guard.release(b)
+    guard.busy(c)
+    assert not guard.admit(d, "203.0.113.4")
+    guard.release(d)
+    assert guard.open == 20 and "203.0.113.4" not in guard.per_address
+    for x in [*first, *others, a, c]:
+        guard.release(x)
     assert guard.open == 0 and not guard.per_address and not guard.idle
