@@ -184,8 +184,10 @@ class Held:
     pool = "gone"  # general | reserve | node once admitted; gone: not (or no longer) counted
     address: str | None = None  # the address it is counted under (per-address cap)
     active = 0  # requests in progress
+    served = 0  # requests begun on it so far
 
     def evict(self) -> None:
+        """Close it to make room (one that never sent a request is answered 503 first)."""
         raise NotImplementedError
 
 
@@ -199,6 +201,7 @@ class ConnectionGuard:
         self.per_address: Counter[str] = Counter()
         self.pools: Counter[str] = Counter()
         self.idle: dict[Held, None] = {}  # no request in progress, oldest first: evictable
+        self.idle_at: dict[str, dict[Held, None]] = {}  # the same, by counted address
         self.by_transport: dict[asyncio.BaseTransport, GuardedProtocol] = {}
         self.refused = 0  # connections refused or closed by the caps, since the start
         self._warned = -1e9
@@ -232,7 +235,7 @@ class ConnectionGuard:
             return False
         held.pool = pool
         self.pools[pool] += 1
-        self.idle[held] = None
+        self.rested(held)
         return True
 
     def _evict_one(self, pool: str) -> bool:
@@ -255,18 +258,33 @@ class ConnectionGuard:
             log.warning("%s (%d connections refused or closed so far)", why, self.refused)
 
     def count_address(self, held: Held, address: str) -> bool:
+        """Count ``held`` under ``address``. At the address's cap its own oldest idle
+        connection makes way; if all of them are busy, False (refuse ``held``)."""
         if held.address == address:
             return True
         if self.per_address[address] >= self.config.max_connections_per_address:
-            self._refusing(f"per-address connection cap reached by {address}")
-            return False
+            victim = next(iter(self.idle_at.get(address, ())), None)
+            if victim is None or victim is held:
+                self._refusing(f"per-address connection cap reached by {address}")
+                return False
+            self._refusing(f"per-address connection cap reached by {address}: closing idle ones")
+            victim.evict()
+            self.release(victim)
+        was_idle = held in self.idle
+        self.busy(held)
         self.uncount_address(held)
         self.per_address[address] += 1
         held.address = address
+        if was_idle:
+            self.rested(held)
         return True
 
     def uncount_address(self, held: Held) -> None:
         if held.address is not None:
+            was_idle = held in self.idle
+            self.busy(held)
+            if was_idle:
+                self.idle[held] = None
             self.per_address[held.address] -= 1
             if self.per_address[held.address] <= 0:
                 del self.per_address[held.address]
@@ -282,15 +300,23 @@ class ConnectionGuard:
 
     def busy(self, held: Held) -> None:
         self.idle.pop(held, None)
+        if held.address is not None:
+            mine = self.idle_at.get(held.address)
+            if mine is not None:
+                mine.pop(held, None)
+                if not mine:
+                    del self.idle_at[held.address]
 
     def rested(self, held: Held) -> None:
         self.idle[held] = None
+        if held.address is not None:
+            self.idle_at.setdefault(held.address, {})[held] = None
 
     def release(self, held: Held) -> None:
         if held.pool != "gone":
             self.pools[held.pool] -= 1
             held.pool = "gone"
-        self.idle.pop(held, None)
+        self.busy(held)
         self.uncount_address(held)
 
 
@@ -386,9 +412,12 @@ class GuardedProtocol(Held, asyncio.Protocol):
     # Held
 
     def evict(self) -> None:
-        self._cancel()
-        if self.transport is not None:
-            self.transport.close()
+        if self.served == 0:
+            self._refuse(TOO_MANY)
+        else:  # idle between requests: a client retries a closed keep-alive connection
+            self._cancel()
+            if self.transport is not None:
+                self.transport.close()
 
     # requests (from the middleware)
 
@@ -405,6 +434,7 @@ class GuardedProtocol(Held, asyncio.Protocol):
         refusal to send (the connection closes after it)."""
         self._cancel()
         self.active += 1
+        self.served += 1
         self.guard.busy(self)
         if request.path.startswith(_CONTROL_CHANNEL):
             # A node's control channel: its signed upgrade is checked before anything else

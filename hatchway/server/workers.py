@@ -336,6 +336,8 @@ class _Pending(limits.Held):
         self.timer: asyncio.TimerHandle | None = None
 
     def evict(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(limits.TOO_MANY)
         self.listener._drop(self.fd)
 
 

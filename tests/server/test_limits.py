@@ -261,7 +261,7 @@ def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 def test_health_answers_while_a_thousand_half_open_connections_are_held(capped: Broker) -> None:
     """1,000 half-open connections from ten addresses (100 each: the per-address cap) are
-    held; the 101st of an address is refused at once; /health answers throughout."""
+    held; the 101st of an address makes its oldest one close (503); /health answers."""
     held: list[socket.socket] = []
     extra: list[socket.socket] = []
     try:
@@ -272,9 +272,10 @@ def test_health_answers_while_a_thousand_half_open_connections_are_held(capped: 
                 held[-1].sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the rest
             extra.append(_connect(capped, source))
         assert _health(capped) == 200
-        assert _refused(extra) == 10
+        oldest = held[::100]
+        assert _refused(oldest) == 10
+        assert _refused(held[1:50] + extra, wait=0.5) == 0  # the others are held
         assert _health(capped) == 200
-        assert _refused(held[:50], wait=0.5) == 0  # still held
     finally:
         for s in held + extra:
             s.close()
@@ -288,9 +289,10 @@ def test_the_per_address_cap_counts_the_address_a_proxy_forwards(capped: Broker)
         for _ in range(100):
             held.append(_connect(capped))
             held[-1].sendall(_proxy_header("198.51.100.7"))
-        over = _connect(capped)
-        over.sendall(_proxy_header("198.51.100.7"))
-        assert _refused([over]) == 1
+        held.append(_connect(capped))
+        held[-1].sendall(_proxy_header("198.51.100.7"))
+        assert _refused(held[:1]) == 1  # the client's oldest made way
+        assert _refused(held[1:], wait=0.5) == 0
         with _connect(capped) as other:  # another client through the same proxy
             other.sendall(
                 _proxy_header("198.51.100.8")
@@ -542,10 +544,14 @@ def test_refused_and_evicted_connections_leave_the_counts_as_they_were() -> None
     )
     first = [Conn() for _ in range(3)]
     assert all(guard.admit(c, "192.0.2.1") for c in first)
+    for c in first:
+        guard.busy(c)
     refused = Conn()
-    assert not guard.admit(refused, "192.0.2.1")  # over the per-address cap
+    assert not guard.admit(refused, "192.0.2.1")  # over the per-address cap, all busy
     guard.release(refused)  # its connection_lost
     assert guard.open == 3 and guard.per_address["192.0.2.1"] == 3
+    for c in first:
+        guard.rested(c)
     guard.promote(first[0])  # a control channel: not counted per address, never evicted
     guard.busy(first[0])
     others = [Conn() for _ in range(16)]
@@ -570,4 +576,27 @@ def test_refused_and_evicted_connections_leave_the_counts_as_they_were() -> None
     assert guard.open == 20 and "203.0.113.4" not in guard.per_address
     for x in [*first, *others, a, c]:
         guard.release(x)
-    assert guard.open == 0 and not guard.per_address and not guard.idle
+    assert guard.open == 0 and not guard.per_address and not guard.idle and not guard.idle_at
+
+
+def test_at_its_cap_an_address_s_oldest_idle_connection_makes_way() -> None:
+    from hatchway.server.limits import ConnectionGuard, Held
+    from hatchway.server.state import ServerConfig
+
+    class Conn(Held):
+        evicted = False
+
+        def evict(self) -> None:
+            self.evicted = True
+
+    guard = ConnectionGuard(ServerConfig(max_connections=50, max_connections_per_address=2))
+    x, y, z, w = Conn(), Conn(), Conn(), Conn()
+    assert guard.admit(x, "192.0.2.1") and guard.admit(y, "192.0.2.1")
+    assert guard.admit(Conn(), "192.0.2.2")  # another address's idle one is not touched
+    assert guard.admit(z, "192.0.2.1") and x.evicted and not y.evicted
+    guard.release(x)
+    guard.busy(y)
+    guard.busy(z)
+    assert not guard.admit(w, "192.0.2.1")  # every one of the address's is busy
+    guard.release(w)
+    assert guard.per_address == {"192.0.2.1": 2, "192.0.2.2": 1} and guard.open == 3
