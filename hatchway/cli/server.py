@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 from pathlib import Path
@@ -23,6 +24,15 @@ def byte_size(ctx: click.Context, param: click.Parameter, value: Any) -> int:
     if m is None:
         raise click.BadParameter(f"{value!r} is not a size (e.g. 1048576, 64MiB, 4GiB)")
     return int(m.group(1)) * _UNITS[(m.group(2) or "").upper()]
+
+
+def _cidr(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"{text!r} is not an address or CIDR", param_hint="--trusted-proxy"
+        ) from exc
 
 
 @click.command("server")
@@ -127,6 +137,63 @@ def byte_size(ctx: click.Context, param: click.Parameter, value: Any) -> int:
     show_default=True,
     help="Delete recordings whose last output is older than this many days (0: keep them).",
 )
+@click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    help="Seconds a client has to send a request's head (0: no limit).",
+)
+@click.option(
+    "--body-timeout",
+    default=30.0,
+    show_default=True,
+    help="Seconds a client has to send a request's body after its head (0: no limit).",
+)
+@click.option(
+    "--keepalive-timeout",
+    default=60.0,
+    show_default=True,
+    help="Seconds an idle connection stays open between requests (0: no limit).",
+)
+@click.option(
+    "--max-connections-per-address",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Open connections from one client address (behind --trusted-proxy: the forwarded one).",
+)
+@click.option(
+    "--max-connections",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Open connections in all, per process (0: the descriptor limit less 128).",
+)
+@click.option(
+    "--node-reserve",
+    type=click.IntRange(0),
+    help="Connections of --max-connections kept for nodes' control channels [default: a tenth].",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    help="CIDR of a reverse proxy whose PROXY v2 header or X-Forwarded-For/-Proto is "
+    "believed; repeatable.",
+)
+@click.option(
+    "--throttle-rate",
+    default=200.0,
+    show_default=True,
+    help="API requests per second per principal, after the burst (0: no throttling).",
+)
+@click.option(
+    "--throttle-burst",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="API requests a principal may send at once before --throttle-rate applies.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def server_cmd(
     listen: str,
@@ -151,6 +218,15 @@ def server_cmd(
     recording_session_limit: int,
     recording_total_limit: int,
     recording_retention_days: float,
+    header_timeout: float,
+    body_timeout: float,
+    keepalive_timeout: float,
+    max_connections_per_address: int,
+    max_connections: int,
+    node_reserve: int | None,
+    trusted_proxies: tuple[str, ...],
+    throttle_rate: float,
+    throttle_burst: int,
     log_level: str,
 ) -> None:
     """Run the broker: SSM, IAM and STS APIs with SigV4 and enforced IAM policies."""
@@ -182,6 +258,15 @@ def server_cmd(
         recording_session_limit=recording_session_limit,
         recording_total_limit=recording_total_limit,
         recording_retention_days=recording_retention_days,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        keepalive_timeout=keepalive_timeout,
+        max_connections_per_address=max_connections_per_address,
+        max_connections=max_connections,
+        node_reserve=node_reserve,
+        trusted_proxies=[_cidr(c) for c in trusted_proxies],
+        throttle_rate=throttle_rate,
+        throttle_burst=throttle_burst,
     )
     try:
         check_tls(config)

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from botocore.model import OperationModel
 
-from hatchway.server import cpu, crypto, sigv4
+from hatchway.server import cpu, crypto, limits, sigv4
 from hatchway.server.call import INPUT_EXTENSIONS, OPERATIONS, Call, audit
 from hatchway.server.errors import ServiceError
 from hatchway.server.identity import credential_lookup, lookup_key, resolve_caller
@@ -145,7 +145,8 @@ async def _handle_api(request: web.Request) -> web.Response:
     if route.error is not None or route.op is None:
         return _error_response(route, route.error or ServiceError("InvalidAction", ""), call_id)
     op = route.op
-    source_ip = request.remote or ""
+    client = limits.client_of(request)
+    source_ip = client.address
     try:
         verified = sigv4.verify(
             incoming,
@@ -166,6 +167,8 @@ async def _handle_api(request: web.Request) -> web.Response:
         code, status = sigv4.error_code("unknown_key", route.protocol)
         err = ServiceError(code, "The security token included in the request is invalid.", status)
         return _error_response(route, err, call_id)
+    if not state.throttle.allow(caller.arn):
+        return _throttled(state, route, op.name, caller, source_ip, call_id)
     call = Call(
         state,
         route.service,
@@ -174,7 +177,7 @@ async def _handle_api(request: web.Request) -> web.Response:
         caller,
         source_ip,
         request.headers.get("User-Agent", ""),
-        request.secure,
+        client.secure,
         call_id,
     )
     params: dict[str, Any] = {}
@@ -256,6 +259,31 @@ async def aws_shaped_errors(request: web.Request, handler: Any) -> web.StreamRes
     return response
 
 
+def _throttled(
+    state: ServerState, route: _Route, operation: str, caller: Any, source_ip: str, call_id: str
+) -> web.Response:
+    """Over the principal's request rate (``--throttle-rate``/``--throttle-burst``): AWS's
+    ``ThrottlingException`` (JSON) or ``Throttling`` (Query), audited like any refusal."""
+    code = "ThrottlingException" if route.protocol == "json" else "Throttling"
+    err = ServiceError(code, "Rate exceeded", 400)
+    try:
+        audit(
+            state,
+            service=route.service,
+            operation=operation,
+            principal=caller.arn,
+            user_id=caller.user_id,
+            source_ip=source_ip,
+            params={},
+            decisions=[],
+            error=err,
+            request_id=call_id,
+        )
+    except Exception:
+        log.exception("could not write the audit record for %s", call_id)
+    return _error_response(route, err, call_id)
+
+
 async def handle_health(request: web.Request) -> web.Response:
     # cpuJobs: simulations and the like running off this process's event loop right now.
     return web.json_response({"status": "ok", "cpuJobs": cpu.running()})
@@ -290,7 +318,10 @@ def create_app(state: ServerState) -> web.Application:
     from hatchway.server.ops import register_all
 
     register_all()
-    app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[aws_shaped_errors])
+    app = web.Application(
+        client_max_size=4 * 1024 * 1024,
+        middlewares=[limits.guard_middleware, aws_shaped_errors],
+    )
     app[STATE_KEY] = state
     app.on_startup.append(_start_background)
     app.on_cleanup.append(_stop_background)

@@ -33,7 +33,7 @@ from sqlalchemy import and_
 
 from hatchway.protocol import frames, payloads
 from hatchway.protocol.sessionlog import AGENT_SESSION_LOG
-from hatchway.server import crypto
+from hatchway.server import crypto, limits
 from hatchway.server.errors import ServiceError
 from hatchway.server.nodes import (
     _state,
@@ -200,10 +200,15 @@ async def handle_data_channel(request: web.Request) -> web.StreamResponse:
         audit_refusal(state, request, "OpenDataChannel", err, where)
         await ws.close(code=4403, message=err.code.encode())
         return ws
+    # From here the token is checked at once: the wait for the first message is over, and
+    # the channel no longer holds a place of its address (docs/broker.md, "Limits").
+    limits.channel_opened(request)
     if opened.is_agent:
         refused = await _agent_side(state, session_id, ws, opened)
     else:
-        refused = await _client_side(state, session_id, row, ws, opened, request.remote or "")
+        refused = await _client_side(
+            state, session_id, row, ws, opened, limits.client_of(request).address
+        )
     if refused:
         err = ServiceError("AccessDeniedException", "invalid token")
         audit_refusal(state, request, "OpenDataChannel", err, where)

@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from hatchway.iam import PolicyKind, parse_policy
+from hatchway.server import limits
 from hatchway.server.app import create_app
 from hatchway.server.bootstrap import bootstrap
 from hatchway.server.crypto import SecretBox
@@ -159,27 +160,30 @@ async def serve(config: ServerConfig) -> None:
     app = create_app(state)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    guard = limits.install(config)
     host, _, port = config.listen.rpartition(":")
     pool: WorkerPool | None = None
     listener: Listener | None = None
+    server: asyncio.Server | None = None
     if config.workers:
         sock = socket.create_server((host or "127.0.0.1", int(port)), backlog=1024)
         bound = sock.getsockname()[:2]
         if config.public_url is None:  # StreamUrls must name the port actually bound
             config.public_url = f"http://{bound[0]}:{bound[1]}"
         pool = WorkerPool(state, config.workers, lambda conn, head: listener.serve(conn, head))  # type: ignore[union-attr]
-        listener = Listener(sock, runner, pool)
+        listener = Listener(sock, runner, pool, guard)
         await pool.start()
         listener.start()
     else:
-        site = web.TCPSite(
-            runner,
+        # Every connection goes through the guard (deadlines, caps, forwarded addresses).
+        server = await asyncio.get_running_loop().create_server(
+            guard.wrap(runner.server),
             host or "127.0.0.1",
             int(port),
-            ssl_context=certs.context if certs is not None else None,
+            backlog=guard.backlog,
+            ssl=certs.context if certs is not None else None,
         )
-        await site.start()
-        bound = runner.addresses[0] if runner.addresses else (host, port)
+        bound = server.sockets[0].getsockname()[:2]
         if config.public_url is None:  # StreamUrls must name the port actually bound
             config.public_url = f"{scheme}://{url_host(bound[0])}:{bound[1]}"
     reload_on_sighup(certs)
@@ -194,5 +198,7 @@ async def serve(config: ServerConfig) -> None:
     if listener is not None and pool is not None:
         listener.close()
         await pool.stop()
+    if server is not None:
+        server.close()
     await runner.cleanup()
     state.store.close()

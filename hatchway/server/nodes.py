@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from hatchway.iam import Request
-from hatchway.server import crypto, iamdata, sigv4
+from hatchway.server import crypto, iamdata, limits, sigv4
 from hatchway.server.bootstrap import create_access_key
 from hatchway.server.call import audit
 from hatchway.server.errors import ServiceError
@@ -167,7 +167,7 @@ async def handle_register(request: web.Request) -> web.Response:
     in AWS's JSON shape; bad input is a 4xx, never an exception."""
     state = _state(request)
     state.store.begin_call()
-    source_ip = request.remote or ""
+    source_ip = limits.client_of(request).address
     params: dict[str, str] = {}
     error: ServiceError | None = None
     response: web.Response
@@ -350,7 +350,9 @@ def authenticate_client(state: ServerState, request: web.Request, session: dict[
             "UnrecognizedClientException", "The security token included in the request is invalid."
         )
     ctx = caller.context()
-    ctx["aws:sourceip"] = request.remote or ""
+    client = limits.client_of(request)
+    ctx["aws:sourceip"] = client.address
+    ctx["aws:securetransport"] = "true" if client.secure else "false"
     for k, v in session["data"].get("tags", {}).items():
         ctx[f"ssm:resourcetag/{k}".lower()] = v
     arn = (
@@ -381,7 +383,9 @@ def authenticate_node(
     if row is None or row["deregistered"]:
         raise ServiceError("AccessDeniedException", f"{instance_id} is not registered.")
     ctx = caller.context()
-    ctx["aws:sourceip"] = request.remote or ""
+    client = limits.client_of(request)
+    ctx["aws:sourceip"] = client.address
+    ctx["aws:securetransport"] = "true" if client.secure else "false"
     arn = target_arn(instance_id, state.config.region, state.config.account_id)
     wanted = actions or (
         ("ssmmessages:OpenControlChannel", "*"),
@@ -412,7 +416,7 @@ def audit_refusal(
             operation=operation,
             principal="anonymous",
             user_id="anonymous",
-            source_ip=request.remote or "",
+            source_ip=limits.client_of(request).address,
             params={k: v[:256] for k, v in params.items()},
             decisions=[],
             error=error,

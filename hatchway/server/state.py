@@ -37,6 +37,16 @@ class ServerConfig:
     recording_session_limit: int = 64 << 20  # bytes of one session's recording kept
     recording_total_limit: int = 4 << 30  # bytes of all recordings together
     recording_retention_days: float = 30.0  # recordings older than this are deleted (0: kept)
+    # Limits (docs/broker.md, "Limits"; hatchway.server.limits)
+    header_timeout: float = 10.0  # seconds for a request's head, from its first byte
+    body_timeout: float = 30.0  # seconds for a request's body, from its head
+    keepalive_timeout: float = 60.0  # seconds a connection may stay idle between requests
+    max_connections_per_address: int = 100
+    max_connections: int = 0  # 0: from RLIMIT_NOFILE
+    node_reserve: int | None = None  # connections kept for control channels (None: a tenth)
+    trusted_proxies: list[str] = field(default_factory=list)  # CIDRs
+    throttle_rate: float = 200.0  # API requests per second and principal (0: unthrottled)
+    throttle_burst: int = 1000
 
     @property
     def store_url(self) -> str:
@@ -51,16 +61,15 @@ class ServerConfig:
         return self.public_url or f"{'https' if self.tls else 'http'}://{self.listen}"
 
 
-def stream_url(config: ServerConfig, session_id: str) -> str:
+def stream_url(config: ServerConfig, session_id: str, *, secure: bool = False) -> str:
     """A session's data-channel URL (StreamUrl, and the node's ``streamUrl``): the broker's base
-    URL with ``ws://`` for ``http://`` and ``wss://`` for ``https://``. The one place that picks
-    the StreamUrl's scheme and host."""
+    URL with ``ws://`` for ``http://`` and ``wss://`` for ``https://`` or when the request that
+    asks for it came over TLS (``secure``: as a trusted proxy's X-Forwarded-Proto or PROXY
+    header says). The one place that picks the StreamUrl's scheme and host."""
     base = config.base_url.rstrip("/")
-    if base.startswith("https://"):
-        ws = "wss://" + base[len("https://") :]
-    else:
-        ws = "ws://" + base.removeprefix("http://")
-    return f"{ws}/v1/data-channel/{session_id}?role=publish_subscribe"
+    host = base.removeprefix("https://").removeprefix("http://")
+    scheme = "wss" if secure or base.startswith("https://") else "ws"
+    return f"{scheme}://{host}/v1/data-channel/{session_id}?role=publish_subscribe"
 
 
 class ServerState:
@@ -82,8 +91,10 @@ class ServerState:
         self.doc_cache: dict[str, tuple[tuple[int, int], Any]] = {}
         self.audit_path = config.data_dir / "audit.jsonl"
         from hatchway.server.call import AuditLog
+        from hatchway.server.limits import Throttle
         from hatchway.server.recordings import Recordings
 
+        self.throttle = Throttle(config.throttle_rate, config.throttle_burst)
         self.audit_log = AuditLog(store, self.audit_path)
         self.recordings = Recordings(self)
 

@@ -43,6 +43,7 @@ from typing import Any
 
 from aiohttp import web
 
+from hatchway.server import limits
 from hatchway.server.state import ServerConfig, ServerState
 from hatchway.ssm import StartSessionMode
 
@@ -52,8 +53,6 @@ log = logging.getLogger("hatchway.server.workers")
 COUNTERS_FILE = "store-counters"
 _API_PREFIXES = (b"POST / ", b"POST /?")
 _SNIFF_BYTES = len(_API_PREFIXES[0])
-_SNIFF_TIMEOUT = 30.0  # seconds a new connection may stay silent before it is closed
-_SNIFF_RETRY = 0.01  # seconds before looking again at a connection that sent too little
 _HAND_BACK_MAX = 64 * 1024  # bytes of body a handed-back request may carry
 _MAX_MESSAGE = 256 * 1024
 
@@ -179,33 +178,6 @@ def _replay_of(request: web.Request, body: bytes) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-class _Replay(asyncio.Protocol):
-    """Wraps aiohttp's protocol for a handed-back connection: feeds it the head first."""
-
-    def __init__(self, inner: asyncio.Protocol, head: bytes) -> None:
-        self._inner = inner
-        self._head = head
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._inner.connection_made(transport)
-        self._inner.data_received(self._head)
-
-    def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-
 # -- the primary ----------------------------------------------------------------------------
 
 
@@ -277,14 +249,15 @@ class WorkerPool:
                     self.state.store.invalidate_all()
                     self._spawn(index)
 
-    def dispatch(self, conn: socket.socket) -> bool:
-        """Give ``conn`` to a worker (False: none could take it; the caller serves it)."""
+    def dispatch(self, conn: socket.socket, head: bytes) -> bool:
+        """Give ``conn``, whose first bytes ``head`` were read, to a worker (False: none could
+        take it; the caller serves it)."""
         for _ in range(self.count):
             worker = self._workers.get(next(self._next))
             if worker is None or worker.proc.poll() is not None or worker.link.closed.done():
                 continue
             try:
-                if not worker.link.send(b"C", [conn.fileno()], wait=False):
+                if not worker.link.send(b"C" + head, [conn.fileno()], wait=False):
                     continue  # busy: the next one (the primary itself, if all are)
             except OSError:
                 continue
@@ -356,15 +329,43 @@ async def run_effect(state: ServerState, op: str, args: list[Any]) -> None:
         raise ValueError(f"unknown effect {op!r}")
 
 
-class Listener:
-    """The primary's listening socket: API connections to the workers, the rest served here."""
+class _Pending(limits.Held):
+    """A connection the primary accepted and reads the first bytes of, to route it."""
 
-    def __init__(self, sock: socket.socket, runner: web.AppRunner, pool: WorkerPool) -> None:
+    def __init__(self, listener: Listener, conn: socket.socket) -> None:
+        self.listener = listener
+        self.conn = conn
+        self.fd = conn.fileno()
+        self.head = b""
+        self.timer: asyncio.TimerHandle | None = None
+
+    def evict(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(limits.TOO_MANY)
+        self.listener._drop(self.fd)
+
+
+class Listener:
+    """The primary's listening socket: API connections to the workers, the rest served here.
+
+    A new connection's first bytes are read (not peeked: a connection that sent too few to
+    route is then not readable again until it sends more, so nothing polls it) and handed on
+    with it; it must route itself within the header deadline, and it counts against the
+    connection caps meanwhile."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        runner: web.AppRunner,
+        pool: WorkerPool,
+        guard: limits.ConnectionGuard,
+    ) -> None:
         self.sock = sock
         self.sock.setblocking(False)
         self._runner = runner
         self._pool = pool
-        self._pending: dict[int, tuple[socket.socket, asyncio.TimerHandle]] = {}
+        self._guard = guard
+        self._pending: dict[int, _Pending] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
@@ -375,81 +376,80 @@ class Listener:
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(self.sock.fileno())
         self.sock.close()
-        for fd, (conn, timer) in list(self._pending.items()):
-            timer.cancel()
-            with contextlib.suppress(ValueError, OSError):
-                loop.remove_reader(fd)
-            conn.close()
-        self._pending.clear()
+        for fd in list(self._pending):
+            self._drop(fd)
 
     def _accept(self) -> None:
         loop = asyncio.get_running_loop()
         for _ in range(64):
             try:
-                conn, _addr = self.sock.accept()
+                conn, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # out of descriptors, …: try again on the next event
                 log.warning("accept failed: %s", exc)
                 return
             conn.setblocking(False)
-            fd = conn.fileno()
-            timer = loop.call_later(_SNIFF_TIMEOUT, self._drop, fd)
-            self._pending[fd] = (conn, timer)
-            loop.add_reader(fd, self._sniff, fd)
+            pending = _Pending(self, conn)
+            address = limits.normalize(str(addr[0])) if isinstance(addr, tuple) else ""
+            # A trusted proxy's connections count under their forwarded client, later.
+            counted = None if address in self._guard.proxies else address
+            if not self._guard.admit(pending, counted):
+                with contextlib.suppress(OSError):
+                    conn.send(limits.TOO_MANY)
+                conn.close()
+                continue
+            seconds = self._guard.config.header_timeout or 3600.0
+            pending.timer = loop.call_later(seconds, self._drop, pending.fd)
+            self._pending[pending.fd] = pending
+            loop.add_reader(pending.fd, self._sniff, pending.fd)
 
-    def _resniff(self, fd: int) -> None:
-        if fd in self._pending:
-            asyncio.get_running_loop().add_reader(fd, self._sniff, fd)
-
-    def _forget(self, fd: int) -> socket.socket | None:
-        entry = self._pending.pop(fd, None)
-        if entry is None:
+    def _forget(self, fd: int) -> _Pending | None:
+        pending = self._pending.pop(fd, None)
+        if pending is None:
             return None
-        conn, timer = entry
-        timer.cancel()
-        asyncio.get_running_loop().remove_reader(fd)  # no-op while waiting to look again
-        return conn
+        if pending.timer is not None:
+            pending.timer.cancel()
+        self._guard.release(pending)
+        asyncio.get_running_loop().remove_reader(fd)
+        return pending
 
     def _drop(self, fd: int) -> None:
-        conn = self._forget(fd)
-        if conn is not None:
-            conn.close()
+        pending = self._forget(fd)
+        if pending is not None:
+            pending.conn.close()
 
     def _sniff(self, fd: int) -> None:
-        entry = self._pending.get(fd)
-        if entry is None:
+        pending = self._pending.get(fd)
+        if pending is None:
             return
-        conn = entry[0]
         try:
-            head = conn.recv(_SNIFF_BYTES, socket.MSG_PEEK)
+            data = pending.conn.recv(_SNIFF_BYTES - len(pending.head))
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            head = b""
-        if not head:
+            data = b""
+        if not data:
             self._drop(fd)
             return
-        verdict = is_api_start(head)
+        pending.head += data
+        head = pending.head
+        if limits.PROXY_V2_SIGNATURE.startswith(head[: len(limits.PROXY_V2_SIGNATURE)]):
+            verdict: bool | None = False  # a PROXY header: served here, where it is read
+        else:
+            verdict = is_api_start(head)
         if verdict is None:
-            # The peeked bytes stay readable: look again shortly rather than at once.
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(fd)
-            loop.call_later(_SNIFF_RETRY, self._resniff, fd)
-            return
+            return  # too few bytes yet: readable again when more arrive
         self._forget(fd)
-        if verdict and self._pool.dispatch(conn):
+        if verdict and self._pool.dispatch(pending.conn, head):
             return
-        task = asyncio.ensure_future(self.serve(conn, b""))
+        task = asyncio.ensure_future(self.serve(pending.conn, head))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def serve(self, conn: socket.socket, head: bytes) -> None:
         """Serve ``conn`` with this process's application (after ``head``, if any)."""
-        factory: Callable[[], asyncio.Protocol] = self._runner.server  # type: ignore[assignment]
-        if head:
-            inner = factory
-            factory = lambda: _Replay(inner(), head)  # noqa: E731
+        factory = self._guard.wrap(self._runner.server, head)
         try:
             await asyncio.get_running_loop().connect_accepted_socket(factory, conn)
         except OSError:
@@ -499,6 +499,7 @@ async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) ->
     store.follow_changes()  # other brokers' writes (PostgreSQL)
     scps: Any = load_scps(config.scp_files)
     state = ServerState(config, store, SecretBox.from_dir(config.data_dir), scps)
+    guard = limits.install(config)
     loop = asyncio.get_running_loop()
     runner_box: list[web.AppRunner] = []
 
@@ -507,9 +508,8 @@ async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) ->
         if kind == b"C" and len(fds) == 1:
             conn = socket.socket(fileno=fds[0])
             conn.setblocking(False)
-            task = asyncio.ensure_future(
-                loop.connect_accepted_socket(runner_box[0].server, conn)  # type: ignore[arg-type]
-            )
+            factory = guard.wrap(runner_box[0].server, body)
+            task = asyncio.ensure_future(loop.connect_accepted_socket(factory, conn))
 
             def opened(t: asyncio.Future[Any]) -> None:
                 if t.cancelled() or t.exception() is not None:
@@ -552,7 +552,7 @@ async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) ->
         transport.abort()  # the primary's descriptor keeps the connection open
         return web.Response()
 
-    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[limits.guard_middleware])
     app[STATE_KEY] = state
     app.router.add_post("/", handle_api)
     app.router.add_get("/health", handle_health)

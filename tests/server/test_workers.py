@@ -263,12 +263,16 @@ def test_a_first_request_that_arrives_in_pieces_is_served(broker: Broker) -> Non
 
 def test_the_primary_does_not_spin_on_a_first_request_in_pieces() -> None:
     """Peeking leaves the bytes readable: waiting for the rest must not call the peek again
-    and again (it did, about 180,000 times a second, on a full core)."""
-    from hatchway.server import workers
+    and again (it did, about 180,000 times a second, on a full core; then every 10 ms, which
+    thousands of such connections turned into a full core again). The bytes are read now, so
+    the connection is looked at when more arrive: once for "PO", once for the close."""
+    from hatchway.server import limits, workers
+    from hatchway.server.state import ServerConfig
 
     async def scenario() -> int:
         listen = socket.create_server(("127.0.0.1", 0))
-        listener = workers.Listener(listen, None, None)  # type: ignore[arg-type]
+        guard = limits.ConnectionGuard(ServerConfig())
+        listener = workers.Listener(listen, None, None, guard)  # type: ignore[arg-type]
         calls = 0
         sniff = listener._sniff
 
@@ -290,4 +294,4 @@ def test_the_primary_does_not_spin_on_a_first_request_in_pieces() -> None:
         return calls
 
     calls = asyncio.run(scenario())
-    assert 1 <= calls < 200
+    assert 1 <= calls <= 3

@@ -52,10 +52,6 @@ def new_session_id(name: str) -> str:
     return f"{name[: _MAX_ID - 18]}-{secrets.token_hex(9)[:17]}"
 
 
-def _stream_url(state: ServerState, session_id: str) -> str:
-    return stream_url(state.config, session_id)
-
-
 def mint_token(state: ServerState, session_id: str, conn: Any = None) -> str:
     """A fresh single-use token for the session's data channel; only its hash is stored."""
     value = crypto.token(48)
@@ -253,7 +249,7 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     return {
         "SessionId": session_id,
         "TokenValue": token,
-        "StreamUrl": _stream_url(call.state, session_id),
+        "StreamUrl": stream_url(call.state.config, session_id, secure=call.secure),
     }
 
 
@@ -309,7 +305,11 @@ async def resume_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         return {"SessionId": sid}  # cannot be resumed: no token (the plugin says "timed out")
     refuse_denied_data_channel(call, sid, row["data"].get("tags", {}))
     token = mint_token(call.state, sid)
-    return {"SessionId": sid, "TokenValue": token, "StreamUrl": _stream_url(call.state, sid)}
+    return {
+        "SessionId": sid,
+        "TokenValue": token,
+        "StreamUrl": stream_url(call.state.config, sid, secure=call.secure),
+    }
 
 
 async def end_session(
