@@ -80,6 +80,10 @@ class Call:
                 "aws:useragent": self.user_agent,
             }
         )
+        if self.caller.mfa_time is not None:
+            # Seconds since the credentials were obtained with MFA (AWS: aws:MultiFactorAuthAge)
+            age = int(epoch) - int(self.caller.mfa_time.timestamp())
+            ctx["aws:multifactorauthage"] = str(max(0, age))
         return ctx
 
     def decide(

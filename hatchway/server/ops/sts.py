@@ -149,3 +149,60 @@ async def assume_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     if params.get("SourceIdentity"):
         out["SourceIdentity"] = params["SourceIdentity"]
     return out
+
+
+_SESSION_TOKEN_DEFAULT = 43200  # seconds: GetSessionToken's default duration for IAM users
+_MFA_FAILED = (
+    "MultiFactorAuthentication failed, unable to validate MFA code.  Please verify your MFA "
+    "serial number is valid and associated with this user."
+)
+
+
+@operation("sts", "GetSessionToken")
+async def get_session_token(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    """Temporary credentials for the calling IAM user, with MFA context when ``SerialNumber``
+    and ``TokenCode`` name one of its devices and a valid code. No policy governs it (AWS:
+    "You cannot use policies to control authentication operations"); it is recorded."""
+    from hatchway.server.ops import mfa
+
+    call.decide("sts:GetSessionToken")  # recorded, never a reason to refuse
+    caller = call.caller
+    if caller.kind != "user" or caller.temporary or caller.entity is None:
+        raise ServiceError(
+            "AccessDenied", "Cannot call GetSessionToken with session credentials", 403
+        )
+    user = caller.entity
+    serial, code = params.get("SerialNumber"), params.get("TokenCode")
+    if bool(serial) != bool(code):
+        # AWS checks the pair: a code without a device (or a device without a code) fails MFA.
+        raise ServiceError("AccessDenied", _MFA_FAILED, 403)
+    duration = int(params.get("DurationSeconds") or _SESSION_TOKEN_DEFAULT)
+    now = datetime.now(UTC)
+    mfa_time: str | None = None
+    if serial and code:
+        with call.store.transaction() as c:
+            device = mfa.accept_code(call, str(serial), [str(code)], user["name"], c)
+        if device is None:
+            raise ServiceError("AccessDenied", _MFA_FAILED, 403)
+        mfa_time = now.isoformat()
+    expires = now + timedelta(seconds=duration)
+    session_token = crypto.token(96)
+    akid = crypto.access_key_id(temporary=True)
+    data: dict[str, Any] = {
+        "user_id": user["entity_id"],
+        "session_token": call.state.box.seal(session_token, akid),
+    }
+    if mfa_time:
+        data["mfa_time"] = mfa_time
+        data["mfa_serial"] = serial
+    akid, secret = create_access_key(
+        call.state, "user_session", user["name"], akid, expires=expires, data=data
+    )
+    return {
+        "Credentials": {
+            "AccessKeyId": akid,
+            "SecretAccessKey": secret,
+            "SessionToken": session_token,
+            "Expiration": expires,
+        }
+    }
