@@ -139,6 +139,8 @@ def test_devices_are_listed_and_the_seed_is_sealed_in_the_store(
     finally:
         db.close()
     assert seed not in dump and spare["Base32StringSeed"].decode() not in dump
+    summary = iam.get_account_summary()["SummaryMap"]
+    assert (summary["MFADevices"], summary["MFADevicesInUse"]) == (2, 1)
     iam.delete_virtual_mfa_device(SerialNumber=spare["SerialNumber"])
     code, _, _ = _err(lambda: iam.delete_virtual_mfa_device(SerialNumber=serial))
     assert code == "DeleteConflict"  # in use: deactivate first
