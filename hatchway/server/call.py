@@ -30,6 +30,9 @@ _REDACT = {
     "Password",
     "PolicyDocument",
     "Content",
+    "TokenCode",  # MFA codes: one-time, but a code is a credential while it is valid
+    "AuthenticationCode1",
+    "AuthenticationCode2",
 }
 _SOURCES = {
     "ssm": "ssm.amazonaws.com",

@@ -321,7 +321,7 @@ def test_unsigned_requests_get_aws_answer_per_protocol(broker: Broker) -> None:
         ("iam", lambda c: c.list_users()),
         ("sts", lambda c: c.get_caller_identity()),
     ):
-        err = _error(lambda: call(_unsigned(broker, service)))
+        err = _error(lambda c=call, s=service: c(_unsigned(broker, s)))
         assert (err["Code"], err["status"]) == ("MissingAuthenticationToken", 403), service
         assert err["Message"] == "Request is missing Authentication Token"
     # A bare Query POST with no Authorization at all (what curl sends).

@@ -46,7 +46,7 @@ def _code(seed32: str, step: int) -> str:
     key = base64.b32decode(seed32)
     mac = hmac.new(key, struct.pack(">Q", step), hashlib.sha1).digest()
     o = mac[19] & 15
-    return "%06d" % ((struct.unpack(">I", mac[o : o + 4])[0] & 0x7FFFFFFF) % 1_000_000)
+    return f"{(struct.unpack('>I', mac[o : o + 4])[0] & 0x7FFFFFFF) % 1_000_000:06d}"
 
 
 def _step() -> int:
@@ -95,7 +95,7 @@ def device(broker: Broker, alice: tuple[str, str]) -> tuple[str, str]:
     assert len(seed) == 64 and base64.b32decode(seed)
     assert out["QRCodePNG"].startswith(b"\x89PNG\r\n\x1a\n")
     # A wrong pair of codes is refused and enables nothing.
-    code, msg, status = _err(
+    code, _, status = _err(
         lambda: iam.enable_mfa_device(
             UserName="alice",
             SerialNumber=serial,
@@ -213,6 +213,12 @@ def test_session_token_with_mfa_carries_mfa_context(
         )
     )
     assert code == "AccessDenied"
+    # The audit records the calls without the codes.
+    events = [json.loads(x) for x in (broker.data_dir / "audit.jsonl").read_text().splitlines()]
+    gst = [e for e in events if e["eventName"] == "GetSessionToken" and e["requestParameters"]]
+    assert gst and all(e["requestParameters"].get("TokenCode") == "***" for e in gst)
+    enable = [e for e in events if e["eventName"] == "EnableMFADevice"]
+    assert enable and all(e["requestParameters"]["AuthenticationCode2"] == "***" for e in enable)
     # A device that is not the caller's fails MFA the same way.
     code, _, _ = _err(
         lambda: broker.client("sts", *alice).get_session_token(
@@ -236,7 +242,7 @@ def test_session_token_durations_follow_aws(broker: Broker, alice: tuple[str, st
         config=Config(parameter_validation=False, retries={"max_attempts": 1}),
     )
     for bad in (899, 129601):
-        code, _, status = _err(lambda: lax.get_session_token(DurationSeconds=bad))
+        code, _, status = _err(lambda b=bad: lax.get_session_token(DurationSeconds=b))
         assert (code, status) == ("ValidationError", 400)
     longest = lax.get_session_token(DurationSeconds=129600)["Credentials"]["Expiration"]
     assert 129600 - 600 < longest.timestamp() - time.time() <= 129600 + 60
