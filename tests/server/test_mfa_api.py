@@ -277,6 +277,23 @@ def _role_session(broker: Broker) -> tuple[str, str, str]:
 def test_deactivate_then_delete(broker: Broker, alice: tuple[str, str], device: Any) -> None:
     serial, _ = device
     iam = broker.client("iam")
+    # alice cannot be deleted while the device is hers (DeleteUser checks keys first: use a
+    # user with none).
+    iam.create_user(UserName="bob")
+    bob_dev = iam.create_virtual_mfa_device(VirtualMFADeviceName="bob-phone")["VirtualMFADevice"]
+    step = _step()
+    bob_seed = bob_dev["Base32StringSeed"].decode()
+    iam.enable_mfa_device(
+        UserName="bob",
+        SerialNumber=bob_dev["SerialNumber"],
+        AuthenticationCode1=_code(bob_seed, step),
+        AuthenticationCode2=_code(bob_seed, step + 1),
+    )
+    code, msg, _ = _err(lambda: iam.delete_user(UserName="bob"))
+    assert (code, msg) == ("DeleteConflict", "Cannot delete entity, must delete MFA device first.")
+    iam.deactivate_mfa_device(UserName="bob", SerialNumber=bob_dev["SerialNumber"])
+    iam.delete_user(UserName="bob")
+    iam.delete_virtual_mfa_device(SerialNumber=bob_dev["SerialNumber"])
     iam.deactivate_mfa_device(UserName="alice", SerialNumber=serial)
     assert iam.list_mfa_devices(UserName="alice")["MFADevices"] == []
     iam.delete_virtual_mfa_device(SerialNumber=serial)

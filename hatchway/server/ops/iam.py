@@ -454,6 +454,10 @@ async def delete_user(call: Call, params: dict[str, Any]) -> dict[str, Any]:
             raise _delete_conflict("Cannot delete entity, must detach all policies first.")
         if call.store.count(t.iam_group_members, c, user_name=name):
             raise _delete_conflict("Cannot delete entity, must remove users from group first.")
+        devices = call.store.select(t.iam_entities, conn=c, kind="mfa")
+        if any(d["data"].get("user") == name for d in devices):
+            # Else a user created later under the same name would inherit the device.
+            raise _delete_conflict("Cannot delete entity, must delete MFA device first.")
         call.store.delete(t.iam_entities, c, kind="user", name=name)
     call.state.iam_changed()
     return {}
