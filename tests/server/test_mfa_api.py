@@ -106,6 +106,18 @@ def device(broker: Broker, alice: tuple[str, str]) -> tuple[str, str]:
     assert (code, status) == ("InvalidAuthenticationCode", 403)
     assert iam.list_mfa_devices(UserName="alice")["MFADevices"] == []
     step = _step()
+    # Two valid codes that are not of consecutive steps: refused too.
+    code, _, _ = _err(
+        lambda: iam.enable_mfa_device(
+            UserName="alice",
+            SerialNumber=serial,
+            AuthenticationCode1=_code(seed, step - 1),
+            AuthenticationCode2=_code(seed, step + 1),
+        )
+    )
+    assert code == "InvalidAuthenticationCode"
+    assert iam.list_mfa_devices(UserName="alice")["MFADevices"] == []
+    step = _step()
     iam.enable_mfa_device(
         UserName="alice",
         SerialNumber=serial,

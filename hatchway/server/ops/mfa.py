@@ -22,7 +22,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from hatchway.server import crypto, iamdata
 from hatchway.server.call import Call, operation
@@ -84,25 +84,39 @@ def device_seed(call: Call, row: Record) -> bytes:
 
 
 def accept_code(
-    call: Call, serial: str, codes: list[str], user: str | None, conn: Connection
+    call: Call,
+    serial: str,
+    codes: list[str],
+    user: str | None,
+    conn: Connection,
+    *,
+    consecutive: bool = False,
 ) -> Record | None:
-    """Check ``codes`` (consecutive codes, oldest first) against the device ``serial`` inside
-    ``conn``'s transaction and record the last step used; returns the updated row, or None if
-    the device does not exist (or is not ``user``'s when ``user`` is given) or a code is wrong
-    or was used before."""
+    """Check ``codes`` (oldest first; of consecutive steps if ``consecutive``) against the
+    device ``serial`` inside ``conn``'s transaction and record the last step used; returns the
+    updated row, or None if the device does not exist (or is not ``user``'s when ``user`` is
+    given) or a code is wrong or was used before."""
     row = get_device(call.store, serial, conn)
     if row is None or (user is not None and row["data"].get("user") != user):
         return None
+    col = t.iam_entities.c
+    raw = conn.execute(
+        select(col.data).where(col.kind == KIND, col.name == row["name"])
+    ).scalar_one_or_none()
     seed = device_seed(call, row)
     last = int(row["data"].get("last_step", -1))
-    for code in codes:
+    for i, code in enumerate(codes):
         step = matching_step(seed, code, last)
-        if step is None:
+        if step is None or (consecutive and i > 0 and step != last + 1):
             return None
         last = step
     data = {**row["data"], "last_step": last}
-    call.store.update(t.iam_entities, {"kind": KIND, "name": row["name"]}, {"data": data}, conn)
-    return {**row, "data": data}
+    # Compare-and-set on the record as read: of two brokers accepting the same code at once
+    # (PostgreSQL, read committed), the second changes nothing and is refused.
+    changed = call.store.update(
+        t.iam_entities, {"kind": KIND, "name": row["name"]}, {"data": data}, conn, col.data == raw
+    )
+    return {**row, "data": data} if changed == 1 else None
 
 
 def devices_of(store: Store, user: str) -> list[Record]:
@@ -221,18 +235,11 @@ async def enable_mfa_device(call: Call, params: dict[str, Any]) -> dict[str, Any
                 f"Cannot exceed quota for MFADevicesPerUser: {MAX_DEVICES_PER_USER}",
                 409,
             )
-        # Two consecutive codes, the second after the first (AWS's resynchronisation rule).
-        seed = device_seed(call, row)
-        first = matching_step(seed, codes[0], int(row["data"].get("last_step", -1)))
-        second = matching_step(seed, codes[1], first) if first is not None else None
-        if first is None or second is None or second != first + 1:
+        # Two consecutive codes (AWS's rule), accepted once, the device taken once.
+        accepted = accept_code(call, serial, codes, None, c, consecutive=True)
+        if accepted is None:
             raise _invalid_code(serial)
-        data = {
-            **row["data"],
-            "user": user,
-            "enabled": datetime.now(UTC).isoformat(),
-            "last_step": second,
-        }
+        data = {**accepted["data"], "user": user, "enabled": datetime.now(UTC).isoformat()}
         call.store.update(t.iam_entities, {"kind": KIND, "name": row["name"]}, {"data": data}, c)
     call.state.iam_changed()
     return {}
