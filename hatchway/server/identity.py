@@ -183,6 +183,7 @@ def _resolve(state: ServerState, key: Record) -> Caller | None:
             issued=key["created"],
             access_key_id=key["access_key_id"],
             entity=role,
+            mfa_time=datetime.fromisoformat(data["mfa_time"]) if data.get("mfa_time") else None,
         )
     return None
 

@@ -312,3 +312,89 @@ def test_deactivate_then_delete(broker: Broker, alice: tuple[str, str], device: 
     code, _, status = _err(lambda: iam.delete_virtual_mfa_device(SerialNumber=serial))
     assert (code, status) == ("NoSuchEntity", 404)
     assert json.dumps(iam.list_virtual_mfa_devices()["VirtualMFADevices"]) == "[]"
+
+
+def test_assume_role_with_mfa(broker: Broker) -> None:
+    """AssumeRole's SerialNumber/TokenCode (what the aws CLI sends for a profile with
+    ``mfa_serial``): a trust policy requiring MFA, and the role session carrying it."""
+    iam = broker.client("iam")
+    carol = user_with_policy(
+        broker,
+        "carol",
+        {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}],
+        },
+    )
+    dev = iam.create_virtual_mfa_device(VirtualMFADeviceName="carol-phone")["VirtualMFADevice"]
+    serial, seed = dev["SerialNumber"], dev["Base32StringSeed"].decode()
+    step = _step()
+    iam.enable_mfa_device(
+        UserName="carol",
+        SerialNumber=serial,
+        AuthenticationCode1=_code(seed, step - 1),
+        AuthenticationCode2=_code(seed, step),
+    )
+    iam.create_role(
+        RoleName="needs-mfa",
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+                        "Action": "sts:AssumeRole",
+                        "Condition": {"Bool": {"aws:MultiFactorAuthPresent": "true"}},
+                    }
+                ],
+            }
+        ),
+    )
+    iam.put_role_policy(
+        RoleName="needs-mfa",
+        PolicyName="p",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "ssm:DescribeSessions",
+                        "Resource": "*",
+                        "Condition": {"Bool": {"aws:MultiFactorAuthPresent": "true"}},
+                    }
+                ],
+            }
+        ),
+    )
+    arn = f"arn:aws:iam::{ACCOUNT}:role/needs-mfa"
+    sts = broker.client("sts", *carol)
+    code, _, _ = _err(lambda: sts.assume_role(RoleArn=arn, RoleSessionName="no-mfa"))
+    assert code == "AccessDenied"
+    wrong = "123456" if _code(seed, _step() + 1) != "123456" else "654321"
+    code, msg, _ = _err(
+        lambda: sts.assume_role(
+            RoleArn=arn, RoleSessionName="bad", SerialNumber=serial, TokenCode=wrong
+        )
+    )
+    assert (code, msg) == (
+        "AccessDenied",
+        "MultiFactorAuthentication failed with invalid MFA one time pass code.",
+    )
+    out = broker.aws_json(
+        "sts",
+        "assume-role",
+        "--role-arn",
+        arn,
+        "--role-session-name",
+        "with-mfa",
+        "--serial-number",
+        serial,
+        "--token-code",
+        _code(seed, _step() + 1),
+        key=carol[0],
+        secret=carol[1],
+    )["Credentials"]
+    tmp = (out["AccessKeyId"], out["SecretAccessKey"], out["SessionToken"])
+    broker.client("ssm", *tmp).describe_sessions(State="Active")  # the session has MFA

@@ -59,6 +59,12 @@ async def assume_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     source_identity = params.get("SourceIdentity")
     if source_identity:
         ctx["sts:sourceidentity"] = source_identity
+    mfa_time = _assume_role_mfa(call, params)
+    if mfa_time is not None:
+        # The request was authenticated with MFA: the trust policy (and the caller's own
+        # policies) see it, and so does the role session.
+        ctx["aws:multifactorauthpresent"] = "true"
+        ctx["aws:multifactorauthage"] = "0"
     # sts:AssumeRole, and the actions the request's extras need (iam-spec: session tags need
     # sts:TagSession, a source identity sts:SetSourceIdentity), each allowed by the caller's
     # policies and by the role's trust policy naming the caller; an explicit deny in either
@@ -130,6 +136,7 @@ async def assume_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
             "session_tags": tags,
             "session_token": call.state.box.seal(session_token, akid),
             "source_identity": params.get("SourceIdentity"),
+            **({"mfa_time": mfa_time.isoformat()} if mfa_time is not None else {}),
         },
     )
     out: dict[str, Any] = {
@@ -149,6 +156,26 @@ async def assume_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     if params.get("SourceIdentity"):
         out["SourceIdentity"] = params["SourceIdentity"]
     return out
+
+
+def _assume_role_mfa(call: Call, params: dict[str, Any]) -> datetime | None:
+    """AssumeRole's ``SerialNumber``/``TokenCode``: a code of one of the calling IAM user's
+    devices (each code once). Returns when MFA was used, None without MFA parameters."""
+    from hatchway.server.ops import mfa
+
+    serial, code = params.get("SerialNumber"), params.get("TokenCode")
+    if not serial and not code:
+        return None
+    failed = ServiceError(
+        "AccessDenied", "MultiFactorAuthentication failed with invalid MFA one time pass code.", 403
+    )
+    user = call.caller.entity if call.caller.kind == "user" else None
+    if not serial or not code or user is None:
+        raise failed
+    with call.store.transaction() as c:
+        if mfa.accept_code(call, str(serial), [str(code)], user["name"], c) is None:
+            raise failed
+    return datetime.now(UTC)
 
 
 _SESSION_TOKEN_DEFAULT = 43200  # seconds: GetSessionToken's default duration for IAM users
