@@ -262,6 +262,7 @@ def simulate_cmd(
         resource_owner=resource_owner,
         caller_arn=caller_arn,
         context_entries=_context_entries(context_entries),
+        resource_specific=bool(spread(resource_arns)),
     )
     try:
         result = simulate_custom_policy(inp)

@@ -51,6 +51,9 @@ class SimulationInput:
     resource_owner: str | None = None
     caller_arn: str | None = None
     context_entries: list[ContextEntry] = field(default_factory=list)
+    #: The request named its resources (``ResourceArns``): each result then also carries
+    #: ``ResourceSpecificResults``, the decision on its resource, as AWS's simulator answers.
+    resource_specific: bool = False
 
 
 def statement_positions(text: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -165,6 +168,18 @@ def simulate_custom_policy(inp: SimulationInput) -> dict[str, Any]:
                 result["PermissionsBoundaryDecisionDetail"] = {
                     "AllowedByPermissionsBoundary": allowed_by_boundary
                 }
+            if inp.resource_specific:
+                specific: dict[str, Any] = {
+                    "EvalResourceName": resource_arn,
+                    "EvalResourceDecision": d.decision,
+                    "MatchedStatements": [dict(m) for m in matched],
+                    "MissingContextValues": list(result["MissingContextValues"]),
+                }
+                if boundary:
+                    specific["PermissionsBoundaryDecisionDetail"] = dict(
+                        result["PermissionsBoundaryDecisionDetail"]
+                    )
+                result["ResourceSpecificResults"] = [specific]
             results.append(result)
     return {"EvaluationResults": results, "IsTruncated": False}
 

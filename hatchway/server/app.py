@@ -22,7 +22,12 @@ from botocore.model import OperationModel
 from hatchway.server import cpu, crypto, limits, sigv4
 from hatchway.server.call import INPUT_EXTENSIONS, OPERATIONS, Call, audit
 from hatchway.server.errors import ServiceError
-from hatchway.server.identity import credential_lookup, lookup_key, resolve_caller
+from hatchway.server.identity import (
+    credential_lookup,
+    lookup_key,
+    resolve_caller,
+    session_token_refusal,
+)
 from hatchway.server.protocol import jsonproto, query
 from hatchway.server.protocol.models import load_service
 from hatchway.server.protocol.validate import validate_input
@@ -167,6 +172,12 @@ async def _handle_api(request: web.Request) -> web.Response:
         code, status = sigv4.error_code("unknown_key", route.protocol)
         err = ServiceError(code, "The security token included in the request is invalid.", status)
         return _error_response(route, err, call_id)
+    refusal = session_token_refusal(caller, route.service, op.name)
+    if refusal is not None:
+        kind, message = refusal
+        if kind == "unknown_key":
+            code, status = sigv4.error_code("unknown_key", route.protocol)
+            return _error_response(route, ServiceError(code, message, status), call_id)
     if not state.throttle.allow(caller.arn):
         return _throttled(state, route, op.name, caller, source_ip, call_id)
     call = Call(
@@ -190,6 +201,8 @@ async def _handle_api(request: web.Request) -> web.Response:
         else:
             params = query.parse_query_input(op, route.form)
             validate_input(op, params, code="ValidationError")
+        if refusal is not None:  # GetSessionToken credentials on an STS call AWS refuses them
+            raise ServiceError("AccessDenied", refusal[1], 403)
         handler = OPERATIONS.get((route.service, op.name))
         if handler is None:
             raise ServiceError(

@@ -30,6 +30,9 @@ _REDACT = {
     "Password",
     "PolicyDocument",
     "Content",
+    "TokenCode",  # MFA codes: one-time, but a code is a credential while it is valid
+    "AuthenticationCode1",
+    "AuthenticationCode2",
 }
 _SOURCES = {
     "ssm": "ssm.amazonaws.com",
@@ -80,6 +83,10 @@ class Call:
                 "aws:useragent": self.user_agent,
             }
         )
+        if self.caller.mfa_time is not None:
+            # Seconds since the credentials were obtained with MFA (AWS: aws:MultiFactorAuthAge)
+            age = int(epoch) - int(self.caller.mfa_time.timestamp())
+            ctx["aws:multifactorauthage"] = str(max(0, age))
         return ctx
 
     def decide(

@@ -29,6 +29,8 @@ class Caller:
     issued: datetime | None = None
     access_key_id: str = ""
     entity: Record | None = None  # the IAM user or role behind the caller
+    session_token: bool = False  # credentials from STS GetSessionToken (AWS limits them)
+    mfa_time: datetime | None = None  # when MFA was used to obtain these credentials
     _context: Context | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -47,7 +49,7 @@ class Caller:
         for k, v in self.tags.items():
             ctx[f"aws:principaltag/{k}".lower()] = v
         if self.temporary:
-            ctx["aws:multifactorauthpresent"] = "false"
+            ctx["aws:multifactorauthpresent"] = "true" if self.mfa_time else "false"
             if self.issued is not None:
                 ctx["aws:tokenissuetime"] = self.issued.strftime("%Y-%m-%dT%H:%M:%SZ")
         return ctx
@@ -119,6 +121,31 @@ def _resolve(state: ServerState, key: Record) -> Caller | None:
             access_key_id=key["access_key_id"],
             entity=user,
         )
+    if kind == "user_session":
+        # STS GetSessionToken: the IAM user's own permissions, as temporary credentials bound
+        # to the user's unique id (a user deleted and created again does not inherit them).
+        user = iamdata.get_entity(state.store, "user", key["owner_name"])
+        if user is None or user["entity_id"] != data.get("user_id"):
+            return None
+        identity = _compile(
+            iamdata.identity_documents(state.store, "user", user["name"]), PolicyKind.IDENTITY
+        )
+        ps = PolicySet(identity, boundary=_boundary(state, user), scps=state.scps)
+        mfa_time = data.get("mfa_time")
+        return Caller(
+            Principal.from_arn(user["arn"]),
+            "user",
+            user["name"],
+            user["entity_id"],
+            ps,
+            iamdata.tags_dict(user),
+            temporary=True,
+            issued=key["created"],
+            access_key_id=key["access_key_id"],
+            entity=user,
+            session_token=True,
+            mfa_time=datetime.fromisoformat(mfa_time) if mfa_time else None,
+        )
     if kind in ("session", "node"):
         role_name = data["role_name"]
         session_name = data["session_name"]
@@ -156,7 +183,21 @@ def _resolve(state: ServerState, key: Record) -> Caller | None:
             issued=key["created"],
             access_key_id=key["access_key_id"],
             entity=role,
+            mfa_time=datetime.fromisoformat(data["mfa_time"]) if data.get("mfa_time") else None,
         )
+    return None
+
+
+def session_token_refusal(caller: Caller, service: str, operation: str) -> tuple[str, str] | None:
+    """AWS's limits on GetSessionToken credentials: no IAM call unless MFA was used, and on
+    STS only AssumeRole and GetCallerIdentity. Returns (error kind, message) or None, where
+    the kind is ``unknown_key`` (IAM answers as for an invalid token) or ``denied``."""
+    if not caller.session_token:
+        return None
+    if service == "iam" and caller.mfa_time is None:
+        return "unknown_key", "The security token included in the request is invalid"
+    if service == "sts" and operation not in ("AssumeRole", "GetCallerIdentity"):
+        return "denied", f"Cannot call {operation} with session credentials"
     return None
 
 

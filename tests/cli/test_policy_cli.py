@@ -165,6 +165,13 @@ def test_simulate_matches_aws_output_shape(tmp_path: Path) -> None:
     assert lines[start["Line"] - 1][start["Column"] - 1] == "{"
     assert lines[end["Line"] - 1][end["Column"] - 1] == "}"
     assert results[0]["MissingContextValues"] == ["ssm:SessionDocumentAccessCheck"]
+    # Named resources: each result has its ResourceSpecificResults, as AWS's simulator gives.
+    (specific,) = results[0]["ResourceSpecificResults"]
+    assert (specific["EvalResourceName"], specific["EvalResourceDecision"]) == (
+        INSTANCE,
+        "allowed",
+    )
+    assert specific["MatchedStatements"] == [m]
     proc = run(
         "policy",
         "simulate",

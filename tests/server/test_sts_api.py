@@ -166,6 +166,8 @@ def test_session_policy_narrows_the_role(
 
 def test_trust_policy_must_allow(broker: Broker, role: str) -> None:
     iam = broker.client("iam")
+    # The trusted user must exist: IAM refuses a trust policy naming one that does not.
+    iam.create_user(UserName="someone-else")
     iam.create_role(
         RoleName="Locked",
         AssumeRolePolicyDocument=_trust(f"arn:aws:iam::{ACCOUNT}:user/someone-else"),

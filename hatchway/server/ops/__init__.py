@@ -7,7 +7,16 @@ from hatchway.server.state import ServerState
 
 def register_all() -> None:
     """Import every operation module so that its handlers register themselves."""
-    from hatchway.server.ops import documents, iam, kms, nodes, sessions, sts  # noqa: F401
+    from hatchway.server.ops import (  # noqa: F401
+        documents,
+        iam,
+        iam_account,
+        kms,
+        mfa,
+        nodes,
+        sessions,
+        sts,
+    )
 
 
 def seed_account(state: ServerState) -> None:

@@ -875,6 +875,11 @@ def _tagged(
             _doc_context(row),
         )
     if resource_type == "ManagedInstance":
+        if not resource_id.startswith("mi-"):
+            # AWS: "The ManagedInstance type for this API operation is for on-premises managed
+            # nodes. You must specify the name of the managed node in the following format:
+            # mi-ID_number" (AddTagsToResource); an EC2 instance's tags are EC2's.
+            raise ServiceError("InvalidResourceId", "")
         try:
             arn = target_arn(resource_id, call.region, call.account)
         except InvalidTarget as exc:

@@ -12,6 +12,7 @@ behaviour is not documented.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -109,6 +110,32 @@ def _validate_trust(text: str) -> None:
         raise _from_policy_error(exc) from exc
 
 
+def _check_principals(call: Call, text: str) -> None:
+    """AWS resolves the IAM users and roles a trust policy names to their unique ids when it
+    is saved: one of this account's that does not exist makes the document invalid."""
+    doc = json.loads(text)
+    statements = doc.get("Statement")
+    if isinstance(statements, dict):
+        statements = [statements]
+    for st in statements if isinstance(statements, list) else []:
+        principal = st.get("Principal") if isinstance(st, dict) else None
+        if not isinstance(principal, dict):
+            continue
+        values = principal.get("AWS")
+        for value in [values] if isinstance(values, str) else values or []:
+            if not isinstance(value, str):
+                continue
+            prefix = f"arn:aws:iam::{call.account}:"
+            kind = value[len(prefix) :].split("/", 1)[0] if value.startswith(prefix) else ""
+            if kind not in ("user", "role"):
+                continue
+            row = iamdata.get_entity(call.store, kind, value.rsplit("/", 1)[-1])
+            if row is None or row["arn"] != value:
+                raise ServiceError(
+                    "MalformedPolicyDocument", f'Invalid principal in policy: "AWS":"{value}"', 400
+                )
+
+
 def _size(text: str) -> int:
     return sum(1 for c in text if not c.isspace())
 
@@ -157,12 +184,18 @@ def _tag_context(tags: Sequence[Mapping[str, str]] | None) -> dict[str, object]:
     return ctx
 
 
+RESERVED_TAG_MESSAGE = "User-defined tags cannot start with 'aws:'."
+
+
 def _check_tags(tags: Sequence[Mapping[str, str]] | None) -> list[dict[str, str]]:
-    """Tags in a request: no key twice (tag keys are case-insensitive)."""
+    """Tags in a request: no key twice (tag keys are case-insensitive), none of AWS's own."""
     out: list[dict[str, str]] = []
     seen: set[str] = set()
     for tag in tags or []:
         key = tag["Key"].lower()
+        if key.startswith("aws:"):
+            # The aws: prefix is AWS's own (any case); IAM refuses the whole request.
+            raise ServiceError("InvalidInput", RESERVED_TAG_MESSAGE, 400)
         if key in seen:
             raise ServiceError(
                 "InvalidInput",
@@ -423,6 +456,10 @@ async def delete_user(call: Call, params: dict[str, Any]) -> dict[str, Any]:
             raise _delete_conflict("Cannot delete entity, must detach all policies first.")
         if call.store.count(t.iam_group_members, c, user_name=name):
             raise _delete_conflict("Cannot delete entity, must remove users from group first.")
+        devices = call.store.select(t.iam_entities, conn=c, kind="mfa")
+        if any(d["data"].get("user") == name for d in devices):
+            # Else a user created later under the same name would inherit the device.
+            raise _delete_conflict("Cannot delete entity, must delete MFA device first.")
         call.store.delete(t.iam_entities, c, kind="user", name=name)
     call.state.iam_changed()
     return {}
@@ -488,6 +525,7 @@ async def create_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     call.authorize("iam:CreateRole", arn, {**_tag_context(tags), **_boundary_context(boundary)})
     trust = params["AssumeRolePolicyDocument"]
     _validate_trust(trust)
+    _check_principals(call, trust)
     if tags:
         _merge_tags("role", [], tags)
     data: dict[str, Any] = {
@@ -540,6 +578,7 @@ async def update_assume_role_policy(call: Call, params: dict[str, Any]) -> dict[
     _require(call, "iam:UpdateAssumeRolePolicy", "role", name)
     text = params["PolicyDocument"]
     _validate_trust(text)
+    _check_principals(call, text)
     with call.store.transaction() as c:
         row = _get(call, "role", name, c)
         call.store.update(
@@ -1347,6 +1386,7 @@ async def simulate_custom(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         resource_owner=params.get("ResourceOwner"),
         caller_arn=params.get("CallerArn"),
         context_entries=_context_entries(params),
+        resource_specific=bool(params.get("ResourceArns")),
     )
     return _paged_results(await run_cpu(partial(_simulate, inp)), params)
 
@@ -1414,10 +1454,14 @@ async def simulate_principal(call: Call, params: dict[str, Any]) -> dict[str, An
         resource_owner=params.get("ResourceOwner"),
         caller_arn=caller,
         context_entries=entries,
+        resource_specific=bool(params.get("ResourceArns")),
     )
     result = await run_cpu(partial(_simulate, inp))
     for r in result["EvaluationResults"]:
-        for m in r["MatchedStatements"]:
+        statements = list(r["MatchedStatements"])
+        for specific in r.get("ResourceSpecificResults", []):
+            statements += specific["MatchedStatements"]
+        for m in statements:
             sid = str(m.get("SourcePolicyId", ""))
             if sid.startswith("PolicyInputList."):
                 m["SourcePolicyId"] = ids[int(sid.rsplit(".", 1)[1]) - 1]

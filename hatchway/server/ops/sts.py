@@ -59,6 +59,12 @@ async def assume_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     source_identity = params.get("SourceIdentity")
     if source_identity:
         ctx["sts:sourceidentity"] = source_identity
+    mfa_time = _assume_role_mfa(call, params)
+    if mfa_time is not None:
+        # The request was authenticated with MFA: the trust policy (and the caller's own
+        # policies) see it, and so does the role session.
+        ctx["aws:multifactorauthpresent"] = "true"
+        ctx["aws:multifactorauthage"] = "0"
     # sts:AssumeRole, and the actions the request's extras need (iam-spec: session tags need
     # sts:TagSession, a source identity sts:SetSourceIdentity), each allowed by the caller's
     # policies and by the role's trust policy naming the caller; an explicit deny in either
@@ -130,6 +136,7 @@ async def assume_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
             "session_tags": tags,
             "session_token": call.state.box.seal(session_token, akid),
             "source_identity": params.get("SourceIdentity"),
+            **({"mfa_time": mfa_time.isoformat()} if mfa_time is not None else {}),
         },
     )
     out: dict[str, Any] = {
@@ -149,3 +156,80 @@ async def assume_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     if params.get("SourceIdentity"):
         out["SourceIdentity"] = params["SourceIdentity"]
     return out
+
+
+def _assume_role_mfa(call: Call, params: dict[str, Any]) -> datetime | None:
+    """AssumeRole's ``SerialNumber``/``TokenCode``: a code of one of the calling IAM user's
+    devices (each code once). Returns when MFA was used, None without MFA parameters."""
+    from hatchway.server.ops import mfa
+
+    serial, code = params.get("SerialNumber"), params.get("TokenCode")
+    if not serial and not code:
+        return None
+    failed = ServiceError(
+        "AccessDenied", "MultiFactorAuthentication failed with invalid MFA one time pass code.", 403
+    )
+    user = call.caller.entity if call.caller.kind == "user" else None
+    if not serial or not code or user is None:
+        raise failed
+    with call.store.transaction() as c:
+        if mfa.accept_code(call, str(serial), [str(code)], user["name"], c) is None:
+            raise failed
+    return datetime.now(UTC)
+
+
+_SESSION_TOKEN_DEFAULT = 43200  # seconds: GetSessionToken's default duration for IAM users
+_MFA_FAILED = (
+    "MultiFactorAuthentication failed, unable to validate MFA code.  Please verify your MFA "
+    "serial number is valid and associated with this user."
+)
+
+
+@operation("sts", "GetSessionToken")
+async def get_session_token(call: Call, params: dict[str, Any]) -> dict[str, Any]:
+    """Temporary credentials for the calling IAM user, with MFA context when ``SerialNumber``
+    and ``TokenCode`` name one of its devices and a valid code. No policy governs it (AWS:
+    "You cannot use policies to control authentication operations"); it is recorded."""
+    from hatchway.server.ops import mfa
+
+    call.decide("sts:GetSessionToken")  # recorded, never a reason to refuse
+    caller = call.caller
+    if caller.kind != "user" or caller.temporary or caller.entity is None:
+        raise ServiceError(
+            "AccessDenied", "Cannot call GetSessionToken with session credentials", 403
+        )
+    user = caller.entity
+    serial, code = params.get("SerialNumber"), params.get("TokenCode")
+    if bool(serial) != bool(code):
+        # AWS checks the pair: a code without a device (or a device without a code) fails MFA.
+        raise ServiceError("AccessDenied", _MFA_FAILED, 403)
+    duration = int(params.get("DurationSeconds") or _SESSION_TOKEN_DEFAULT)
+    now = datetime.now(UTC)
+    mfa_time: str | None = None
+    if serial and code:
+        with call.store.transaction() as c:
+            device = mfa.accept_code(call, str(serial), [str(code)], user["name"], c)
+        if device is None:
+            raise ServiceError("AccessDenied", _MFA_FAILED, 403)
+        mfa_time = now.isoformat()
+    expires = now + timedelta(seconds=duration)
+    session_token = crypto.token(96)
+    akid = crypto.access_key_id(temporary=True)
+    data: dict[str, Any] = {
+        "user_id": user["entity_id"],
+        "session_token": call.state.box.seal(session_token, akid),
+    }
+    if mfa_time:
+        data["mfa_time"] = mfa_time
+        data["mfa_serial"] = serial
+    akid, secret = create_access_key(
+        call.state, "user_session", user["name"], akid, expires=expires, data=data
+    )
+    return {
+        "Credentials": {
+            "AccessKeyId": akid,
+            "SecretAccessKey": secret,
+            "SessionToken": session_token,
+            "Expiration": expires,
+        }
+    }
