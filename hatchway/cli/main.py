@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from hatchway import __version__
@@ -13,6 +15,7 @@ from hatchway.cli.server import server_cmd
 from hatchway.cli.sessions import sessions
 from hatchway.cli.up import up_cmd
 from hatchway.client.start import start_session_cmd
+from hatchway.server.store import DriverMissing
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,4 +36,8 @@ cli.add_command(nodes)
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except DriverMissing as exc:  # e.g. postgresql:// without hatchway[postgresql]
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)

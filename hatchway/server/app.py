@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from botocore.model import OperationModel
 
+from hatchway import __version__
 from hatchway.server import crypto, sigv4
 from hatchway.server.call import INPUT_EXTENSIONS, OPERATIONS, Call, audit
 from hatchway.server.errors import ServiceError
@@ -257,7 +258,7 @@ async def aws_shaped_errors(request: web.Request, handler: Any) -> web.StreamRes
 
 
 async def handle_health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "version": __version__})
 
 
 async def _start_background(app: web.Application) -> None:
