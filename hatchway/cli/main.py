@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from hatchway import __version__
+from hatchway.cli import config
 from hatchway.cli.agent import agent_cmd
 from hatchway.cli.audit import audit_cmd
 from hatchway.cli.nodes import activation, nodes
@@ -33,11 +32,12 @@ cli.add_command(sessions)
 cli.add_command(start_session_cmd)
 cli.add_command(activation)
 cli.add_command(nodes)
+cli.add_command(config.config_group)
+config.install(cli)  # --config and HATCHWAY_<COMMAND>_<FLAG> for every command's options
 
 
 def main() -> None:
     try:
         cli()
     except DriverMissing as exc:  # e.g. postgresql:// without hatchway[postgresql]
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
+        config.main_error(exc)

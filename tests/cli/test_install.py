@@ -148,18 +148,11 @@ def test_installed_broker_reports_its_version(installed: Path, tmp_path: Path) -
     log = tmp_path / "broker.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [
-                str(installed / "hatchway"),
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                str(tmp_path / "data"),
-            ],
+            [str(installed / "hatchway"), "server", "--listen", "127.0.0.1:0"],
             cwd=tmp_path,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=_clean_env(),
+            env=_clean_env(HATCHWAY_SERVER_DATA_DIR=str(tmp_path / "data")),
         )
     try:
         url = None
@@ -171,7 +164,7 @@ def test_installed_broker_reports_its_version(installed: Path, tmp_path: Path) -
         assert url, log.read_text()
         with urllib.request.urlopen(url + "/health", timeout=10) as resp:
             assert json.load(resp) == {"status": "ok", "version": __version__}
-        assert (tmp_path / "data" / "hatchway.db").exists()
+        assert (tmp_path / "data" / "hatchway.db").exists()  # HATCHWAY_SERVER_DATA_DIR
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
