@@ -15,6 +15,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from pg import postgres_cluster, why_unavailable
 
+# No config file of the machine's or of the working directory (/etc/hatchway/hatchway.toml,
+# ./hatchway.toml) reaches the commands the tests start: tests that want one pass --config.
+os.environ["HATCHWAY_CONFIG"] = os.devnull
+
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:

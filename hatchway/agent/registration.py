@@ -19,7 +19,14 @@ from typing import Any
 
 import aiohttp
 
-AGENT_VERSION = "3.3.0.0"
+from hatchway import __version__
+
+AGENT_NAME = "hatchway-agent"
+AGENT_VERSION = __version__
+"""What the node reports to the broker (registration, control channel's hello): Hatchway's own
+name and version, shown as AgentVersion by DescribeInstanceInformation. Not the version the data
+channel's handshake announces to clients: that is :data:`hatchway.protocol.AGENT_VERSION`, an
+AWS agent version above every gate of AWS's session-manager-plugin (smux, keep-alive, ...)."""
 
 
 class RegistrationError(Exception):
@@ -123,6 +130,7 @@ def host_facts() -> dict[str, Any]:
         "PlatformVersion": platform.release(),
         "PlatformType": "Linux",
         "IPAddress": ip,
+        "AgentName": AGENT_NAME,
         "AgentVersion": AGENT_VERSION,
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from hatchway import __version__
+from hatchway.cli import config
 from hatchway.cli.agent import agent_cmd
 from hatchway.cli.audit import audit_cmd
 from hatchway.cli.nodes import activation, nodes
@@ -13,6 +14,7 @@ from hatchway.cli.server import server_cmd
 from hatchway.cli.sessions import sessions
 from hatchway.cli.up import up_cmd
 from hatchway.client.start import start_session_cmd
+from hatchway.server.store import DriverMissing
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,7 +32,12 @@ cli.add_command(sessions)
 cli.add_command(start_session_cmd)
 cli.add_command(activation)
 cli.add_command(nodes)
+cli.add_command(config.config_group)
+config.install(cli)  # --config and HATCHWAY_<COMMAND>_<FLAG> for every command's options
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except DriverMissing as exc:  # e.g. postgresql:// without hatchway[postgresql]
+        config.main_error(exc)

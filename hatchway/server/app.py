@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from botocore.model import OperationModel
 
+from hatchway import __version__
 from hatchway.server import cpu, crypto, limits, sigv4
 from hatchway.server.call import INPUT_EXTENSIONS, OPERATIONS, Call, audit
 from hatchway.server.errors import ServiceError
@@ -299,7 +300,7 @@ def _throttled(
 
 async def handle_health(request: web.Request) -> web.Response:
     # cpuJobs: simulations and the like running off this process's event loop right now.
-    return web.json_response({"status": "ok", "cpuJobs": cpu.running()})
+    return web.json_response({"status": "ok", "version": __version__, "cpuJobs": cpu.running()})
 
 
 async def _start_background(app: web.Application) -> None:

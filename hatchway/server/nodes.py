@@ -114,6 +114,7 @@ _REGISTRATION_FIELDS: dict[str, int] = {
     "PlatformVersion": 255,
     "PlatformType": 64,
     "IPAddress": 255,
+    "AgentName": 64,
     "AgentVersion": 64,
 }
 """The members a registration may carry (all strings), with their longest accepted length."""
@@ -255,6 +256,7 @@ def register_node(state: ServerState, body: dict[str, Any]) -> dict[str, Any]:
             "platform_name": body.get("PlatformName", ""),
             "platform_version": body.get("PlatformVersion", ""),
             "ip_address": body.get("IPAddress", ""),
+            "agent_name": body.get("AgentName", ""),
             "agent_version": body.get("AgentVersion", ""),
         }
         try:
@@ -474,6 +476,7 @@ async def handle_control_channel(request: web.Request) -> web.StreamResponse:
                 channel.info = {
                     k: data.get(k)
                     for k in (
+                        "AgentName",
                         "AgentVersion",
                         "PlatformName",
                         "PlatformVersion",
@@ -506,6 +509,7 @@ def _mark(
     data["connected"] = connected
     if info:
         mapping = {
+            "AgentName": "agent_name",
             "AgentVersion": "agent_version",
             "PlatformName": "platform_name",
             "PlatformVersion": "platform_version",

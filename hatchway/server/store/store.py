@@ -53,6 +53,24 @@ Record = dict[str, Any]
 log = logging.getLogger("hatchway.server.store")
 
 
+class DriverMissing(RuntimeError):
+    """The store's URL names an engine whose driver is not installed (an optional extra)."""
+
+
+def require_driver(url: str) -> None:
+    """PostgreSQL needs psycopg, which only ``hatchway[postgresql]`` installs: say so in one
+    line rather than with SQLAlchemy's traceback at the first connection."""
+    if not url.startswith("postgresql"):
+        return
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise DriverMissing(
+            "a postgresql:// database URL needs PostgreSQL support, which is not installed: "
+            "pip install 'hatchway[postgresql]'"
+        ) from None
+
+
 class Conflict(Exception):
     """A row with that key exists already."""
 
@@ -209,6 +227,7 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        require_driver(url)
         if url.startswith("sqlite"):
             kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
             if url in ("sqlite://", "sqlite:///:memory:"):

@@ -1,0 +1,173 @@
+"""Installing Hatchway from its wheel (issue 14, item 1).
+
+The wheel is built from the tracked sources copied into a temporary directory (so that nothing
+of the working tree but what git tracks can reach it) and installed, with the runtime
+dependencies only, into a fresh virtual environment, from PyPI or pip's cache and the pins of
+constraints.txt. From there: the commands, package data, the version reported everywhere, and
+the broker without PostgreSQL's driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import venv
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hatchway import __version__
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _run(*args: str | Path, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kw,  # type: ignore[call-overload]
+    )
+
+
+def _tracked(prefix: str = "") -> list[str]:
+    out = _run("git", "-C", ROOT, "ls-files", "--cached", "--others", "--exclude-standard")
+    assert out.returncode == 0, out.stderr
+    return [p for p in out.stdout.splitlines() if p.startswith(prefix) and (ROOT / p).exists()]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("src")
+    for rel in _tracked():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, src / rel)
+    dist = tmp_path_factory.mktemp("dist")
+    built = _run(BIN / "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", dist, src)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (whl,) = dist.glob("hatchway-*.whl")
+    return whl
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh venv with the wheel (and its runtime dependencies only); its bin directory."""
+    env_dir = tmp_path_factory.mktemp("venv")
+    venv.create(env_dir, with_pip=False)  # this pip installs into it: no ensurepip, faster
+    target = env_dir / "bin" / "python"
+    out = _run(
+        BIN / "pip",
+        *("--python", target, "install", "--quiet", "--no-compile"),
+        *("-c", ROOT / "constraints.txt", wheel),
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    yield env_dir / "bin"
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HATCHWAY_", "PYTHON"))}
+    env["HATCHWAY_CONFIG"] = os.devnull
+    env.update(extra)
+    return env
+
+
+def test_wheel_holds_every_package_file(wheel: Path) -> None:
+    """Package data: every file under hatchway/ that git tracks (not only .py) is in the
+    wheel, and its version is the package's one source of truth."""
+    assert wheel.name.startswith(f"hatchway-{__version__}-")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    wanted = {p for p in _tracked("hatchway/") if "__pycache__" not in p}
+    assert "hatchway/py.typed" in wanted
+    assert wanted <= names, sorted(wanted - names)
+    meta = zipfile.ZipFile(wheel).read(f"hatchway-{__version__}.dist-info/METADATA").decode()
+    requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    runtime = [r for r in requires if "extra ==" not in r]
+    assert runtime and all(re.search(r"[<>]=?|~=", r) for r in runtime), runtime  # ranges
+    assert not any("==" in r for r in runtime), runtime  # no exact pins
+    assert not any("psycopg" in r for r in runtime), runtime  # PostgreSQL is an extra
+    assert any(re.search(r"psycopg.*extra == ['\"]postgresql", r) for r in requires), requires
+
+
+def test_installed_commands(installed: Path) -> None:
+    env = _clean_env()
+    version = _run(installed / "hatchway", "--version", env=env)
+    assert version.returncode == 0 and __version__ in version.stdout, version
+    plugin = _run(installed / "session-manager-plugin", "--version", env=env)
+    assert plugin.returncode == 0 and re.fullmatch(r"\d+\.\d+\.\d+\.\d+\n", plugin.stdout)
+    policy = installed.parent / "policy.json"
+    policy.write_text(
+        json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "ssm:StartSession", "Resource": "*"}],
+            }
+        )
+    )
+    lint = _run(installed / "hatchway", "policy", "lint", policy, env=env)
+    assert lint.returncode in (0, 1) and lint.stdout.strip(), lint  # ran: findings or clean
+    assert "Traceback" not in lint.stderr
+    # PostgreSQL's driver is an extra: not installed, and not needed to import the broker
+    probe = "import importlib.util, hatchway.server.main, hatchway.cli.main; "
+    probe += "print(importlib.util.find_spec('psycopg') is None)"
+    imported = _run(installed / "python", "-c", probe, env=env)
+    assert imported.returncode == 0 and imported.stdout.strip() == "True", imported
+
+
+def test_postgresql_url_without_the_extra(installed: Path, tmp_path: Path) -> None:
+    out = _run(
+        installed / "hatchway",
+        "server",
+        "--data-dir",
+        tmp_path / "data",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        "postgresql://hatchway:pw@127.0.0.1:1/hatchway",
+        env=_clean_env(),
+    )
+    assert out.returncode == 2, out
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'hatchway[postgresql]'" in lines[0], lines
+    assert "pw" not in out.stderr
+
+
+def test_installed_broker_reports_its_version(installed: Path, tmp_path: Path) -> None:
+    """The broker from the wheel runs on SQLite without psycopg; /health has the version."""
+    log = tmp_path / "broker.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(installed / "hatchway"), "server", "--listen", "127.0.0.1:0"],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_clean_env(HATCHWAY_SERVER_DATA_DIR=str(tmp_path / "data")),
+        )
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and proc.poll() is None and time.monotonic() < deadline:
+            m = re.search(r"listening on (http://[\d.]+:\d+)", log.read_text())
+            url = m.group(1) if m else None
+            time.sleep(0.05)
+        assert url, log.read_text()
+        with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+            assert json.load(resp) == {"status": "ok", "version": __version__}
+        assert (tmp_path / "data" / "hatchway.db").exists()  # HATCHWAY_SERVER_DATA_DIR
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
