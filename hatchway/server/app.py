@@ -121,6 +121,24 @@ def _error_response(route: _Route, err: ServiceError, request_id: str) -> web.Re
     )
 
 
+MAX_BODY = 4 * 1024 * 1024
+"""Bytes of one API request's body (aiohttp's ``client_max_size``)."""
+
+
+def _too_large(request: web.Request, request_id: str) -> web.Response:
+    """A body over ``MAX_BODY``, refused unread with HTTP 413 in the protocol's own error shape
+    (the Query protocol's service from the credential scope the Authorization header names)."""
+    headers = request.headers
+    message = f"Request must be smaller than {MAX_BODY} bytes."
+    if "X-Amz-Target" in headers or headers.get("Content-Type", "").startswith(_JSON_TYPE):
+        err = ServiceError("RequestEntityTooLargeException", message, 413)
+        return _error_response(_Route("json", "ssm", None, {}), err, request_id)
+    scope = headers.get("Authorization", "").partition("Credential=")[2].split("/")
+    service = "sts" if len(scope) > 3 and scope[3] == "sts" else "iam"
+    err = ServiceError("RequestEntityTooLarge", message, 413)
+    return _error_response(_Route("query", service, None, {}), err, request_id)
+
+
 async def handle_api(request: web.Request) -> web.Response:
     """Any failure outside a handler still answers in AWS's shape (never aiohttp's text)."""
     try:
@@ -135,7 +153,10 @@ async def handle_api(request: web.Request) -> web.Response:
 async def _handle_api(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     state.store.begin_call()
-    body = await request.read()
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _too_large(request, crypto.request_id())
     raw_path, _, raw_query = request.raw_path.partition("?")
     incoming = sigv4.IncomingRequest(
         request.method, raw_path, raw_query, dict(request.headers), body
@@ -289,7 +310,7 @@ def create_app(state: ServerState) -> web.Application:
     from hatchway.server.ops import register_all
 
     register_all()
-    app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[aws_shaped_errors])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[aws_shaped_errors])
     app[STATE_KEY] = state
     app.on_startup.append(_start_background)
     app.on_cleanup.append(_stop_background)
