@@ -6,6 +6,8 @@ import asyncio
 import gc
 import json
 import logging
+import os
+import re
 import signal
 import socket
 import ssl
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 from hatchway.iam import PolicyKind, parse_policy
 from hatchway.server.app import create_app
@@ -65,14 +68,54 @@ def tighten(path: Path) -> None:
             child.chmod(child.stat().st_mode & 0o700)
 
 
+class StartError(Exception):
+    """What keeps the broker from starting, in one line for the operator (the command line
+    prints it and exits with status 2, no traceback)."""
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS or database error's own words, on one line (no SQLAlchemy background link)."""
+    if isinstance(exc, OSError) and exc.errno:
+        text = os.strerror(exc.errno)  # asyncio's bind error wraps it in more words
+    else:
+        text = str(getattr(exc, "orig", None) or exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _redacted_url(url: str) -> str:
+    """A database URL without its password."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
 def build_state(config: ServerConfig) -> tuple[ServerState, tuple[str, str] | None]:
-    private_data_dir(config.data_dir)
-    store = Store(config.store_url)
-    box = SecretBox.from_dir(config.data_dir)
-    state = ServerState(config, store, box, load_scps(config.scp_files))  # type: ignore[arg-type]
-    generated = bootstrap(state)
-    seed_account(state)  # refresh AWS-owned documents on every start (idempotent)
-    tighten(config.data_dir)  # the store's files, created 0644 by SQLite
+    try:
+        private_data_dir(config.data_dir)
+        box = SecretBox.from_dir(config.data_dir)
+    except OSError as exc:
+        raise StartError(
+            f"cannot use the data directory {config.data_dir}: {_reason(exc)}"
+        ) from exc
+    try:
+        store = Store(config.store_url)
+    except (SQLAlchemyError, OSError) as exc:
+        raise StartError(
+            f"cannot open the store {_redacted_url(config.store_url)}: {_reason(exc)}"
+        ) from exc
+    try:
+        state = ServerState(config, store, box, load_scps(config.scp_files))  # type: ignore[arg-type]
+        generated = bootstrap(state)
+        seed_account(state)  # refresh AWS-owned documents on every start (idempotent)
+        tighten(config.data_dir)  # the store's files, created 0644 by SQLite
+    except SQLAlchemyError as exc:
+        store.close()
+        raise StartError(
+            f"cannot write to the store {_redacted_url(config.store_url)}: {_reason(exc)}"
+        ) from exc
+    except OSError as exc:
+        store.close()
+        raise StartError(
+            f"cannot use the data directory {config.data_dir}: {_reason(exc)}"
+        ) from exc
     return state, generated
 
 
@@ -163,7 +206,12 @@ async def serve(config: ServerConfig) -> None:
     pool: WorkerPool | None = None
     listener: Listener | None = None
     if config.workers:
-        sock = socket.create_server((host or "127.0.0.1", int(port)), backlog=1024)
+        try:
+            sock = socket.create_server((host or "127.0.0.1", int(port)), backlog=1024)
+        except OSError as exc:
+            await runner.cleanup()
+            state.store.close()
+            raise StartError(f"cannot listen on {config.listen}: {_reason(exc)}") from exc
         bound = sock.getsockname()[:2]
         if config.public_url is None:  # StreamUrls must name the port actually bound
             config.public_url = f"http://{bound[0]}:{bound[1]}"
@@ -178,7 +226,12 @@ async def serve(config: ServerConfig) -> None:
             int(port),
             ssl_context=certs.context if certs is not None else None,
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            state.store.close()
+            raise StartError(f"cannot listen on {config.listen}: {_reason(exc)}") from exc
         bound = runner.addresses[0] if runner.addresses else (host, port)
         if config.public_url is None:  # StreamUrls must name the port actually bound
             config.public_url = f"{scheme}://{url_host(bound[0])}:{bound[1]}"
