@@ -137,6 +137,14 @@ def byte_size(ctx: click.Context, param: click.Parameter, value: Any) -> int:
     show_default=True,
     help="Delete recordings whose last output is older than this many days (0: keep them).",
 )
+@click.option(
+    "--shutdown-grace",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to keep serving after SIGTERM with /readyz answering 503, so that load "
+    "balancers stop sending clients here first (a second signal cuts it short).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def server_cmd(
     listen: str,
@@ -161,6 +169,7 @@ def server_cmd(
     recording_session_limit: int,
     recording_total_limit: int,
     recording_retention_days: float,
+    shutdown_grace: float,
     log_level: str,
 ) -> None:
     """Run the broker: SSM, IAM and STS APIs with SigV4 and enforced IAM policies."""
@@ -195,6 +204,7 @@ def server_cmd(
         recording_session_limit=recording_session_limit,
         recording_total_limit=recording_total_limit,
         recording_retention_days=recording_retention_days,
+        shutdown_grace=shutdown_grace,
     )
     try:
         check_tls(config)

@@ -278,7 +278,48 @@ async def aws_shaped_errors(request: web.Request, handler: Any) -> web.StreamRes
 
 
 async def handle_health(request: web.Request) -> web.Response:
+    """Liveness only: 200 while the process runs (draining included)."""
     return web.json_response({"status": "ok"})
+
+
+READY_TIMEOUT = 2.0
+"""Seconds /readyz waits for the store's answer before calling it unreachable."""
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    """Readiness: 503 while the broker drains (after SIGTERM) and while its store does not
+    answer (a stopped PostgreSQL); else 200. Load balancers send new clients elsewhere."""
+    state = request.app[STATE_KEY]
+    if state.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    try:
+        await asyncio.wait_for(asyncio.to_thread(state.store.ping), READY_TIMEOUT)
+    except Exception as exc:  # unreachable, refused, timed out: not ready
+        log.warning("readiness: the store does not answer: %s", " ".join(str(exc).split())[:300])
+        return web.json_response({"status": "store unreachable"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+DRAIN_TIMEOUT = 2.0
+"""Seconds the broker gives its websockets to close when it stops."""
+
+
+async def _drain(app: web.Application) -> None:
+    """On stop (aiohttp's on_shutdown, once the listener is closed): sessions end with
+    "The broker is shutting down." sent to their clients, and every websocket, data and
+    control channels alike, closes with 1001 so that agents reconnect at once."""
+    from hatchway.server import datachannel, nodes
+
+    state = app[STATE_KEY]
+    state.draining = True
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            sessions = await datachannel.close_all(state)
+            channels = await nodes.close_all(state)
+    except TimeoutError:
+        log.warning("stopping: some channels did not close within %.0f s", DRAIN_TIMEOUT)
+    else:
+        log.info("stopping: closed %d session(s) and %d node channel(s)", sessions, channels)
 
 
 async def _start_background(app: web.Application) -> None:
@@ -313,8 +354,10 @@ def create_app(state: ServerState) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[aws_shaped_errors])
     app[STATE_KEY] = state
     app.on_startup.append(_start_background)
+    app.on_shutdown.append(_drain)
     app.on_cleanup.append(_stop_background)
     app.router.add_get("/health", handle_health)
+    app.router.add_get("/readyz", handle_readyz)
     app.router.add_post("/", handle_api)
     nodes.add_routes(app)
     datachannel.add_routes(app)

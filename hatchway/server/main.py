@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -128,13 +129,28 @@ def settle_memory() -> None:
     gc.set_threshold(10_000, 20, 50)
 
 
-async def wait_for_stop() -> None:
-    """Until SIGINT or SIGTERM."""
+SHUTDOWN_TIMEOUT = 2.0
+"""Seconds aiohttp gives requests still running once the channels are closed (its default,
+60 s, is what let a stop take ~48 s)."""
+
+
+async def wait_for_stop(state: ServerState | None = None, grace: float = 0.0) -> None:
+    """Until SIGINT or SIGTERM. With ``grace``, the broker then drains for that many seconds
+    (``/readyz`` answers 503 while it still serves) or until a second signal."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if state is None:
+        return
+    state.draining = True
+    if grace > 0:
+        log.info("draining for %.0f s (/readyz answers 503); a second signal stops now", grace)
+        stop.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), grace)
+    log.info("stopping")
 
 
 def announce_admin_credentials(path: Path, access_key_id: str, secret: str) -> None:
@@ -200,7 +216,7 @@ async def serve(config: ServerConfig) -> None:
     follow_deregistrations(state, asyncio.get_running_loop())
     state.store.follow_changes()  # other brokers' writes (PostgreSQL), within POLL_INTERVAL
     app = create_app(state)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     host, _, port = config.listen.rpartition(":")
     pool: WorkerPool | None = None
@@ -243,9 +259,12 @@ async def serve(config: ServerConfig) -> None:
         flush=True,
     )
     settle_memory()
-    await wait_for_stop()
-    if listener is not None and pool is not None:
+    await wait_for_stop(state, config.shutdown_grace)
+    # Stop accepting, then (aiohttp's on_shutdown, app._drain) end the sessions with their
+    # reason and close every channel with 1001, then the API workers.
+    if listener is not None:
         listener.close()
-        await pool.stop()
     await runner.cleanup()
+    if pool is not None:
+        await pool.stop()
     state.store.close()

@@ -37,6 +37,7 @@ class ServerConfig:
     recording_session_limit: int = 64 << 20  # bytes of one session's recording kept
     recording_total_limit: int = 4 << 30  # bytes of all recordings together
     recording_retention_days: float = 30.0  # recordings older than this are deleted (0: kept)
+    shutdown_grace: float = 0.0  # seconds of draining (/readyz 503) after SIGTERM before stopping
 
     @property
     def store_url(self) -> str:
@@ -78,6 +79,8 @@ class ServerState:
         self.relays: dict[str, Any] = {}  # session id -> live data-channel relay
         # In an API worker: how to ask the primary, which holds nodes and relays, to act.
         self.link: Any = None
+        # Set on SIGTERM: /readyz answers 503 and the channels are being closed (app.py).
+        self.draining = False
         self.key_cache: dict[str, tuple[tuple[int, int], Any]] = {}
         self.doc_cache: dict[str, tuple[tuple[int, int], Any]] = {}
         self.audit_path = config.data_dir / "audit.jsonl"

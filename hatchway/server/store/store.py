@@ -721,3 +721,10 @@ class Store:
                 self.insert(schema.meta, {"key": key, "value": value}, c)
             else:
                 self.update(schema.meta, {"key": key}, {"value": value}, c)
+
+    # -- readiness ----------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached now (a fresh round trip, not a cache)."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1").fetchone()
