@@ -26,6 +26,7 @@ from hatchway.server.identity import credential_lookup, lookup_key, resolve_call
 from hatchway.server.protocol import jsonproto, query
 from hatchway.server.protocol.models import load_service
 from hatchway.server.protocol.validate import validate_input
+from hatchway.server.ratelog import RateLimitedLog
 from hatchway.server.state import ServerState
 
 log = logging.getLogger("hatchway.server")
@@ -99,6 +100,20 @@ def scope_regions(region: str, service: str) -> frozenset[str]:
     return frozenset((region,))
 
 
+FAILURES = RateLimitedLog(log)
+"""Failures of API calls, logged once per cause per minute (a full disk failed every call)."""
+
+AUDIT_UNAVAILABLE = "The request was refused: its audit record cannot be written."
+
+
+def _audit_unavailable(route: _Route) -> ServiceError:
+    """Neither the store nor audit.jsonl takes audit events: AWS's server faults, JSON's
+    InternalFailure (500) and Query's ServiceUnavailable (503)."""
+    if route.protocol == "json":
+        return ServiceError("InternalFailure", AUDIT_UNAVAILABLE, 500, sender=False)
+    return ServiceError("ServiceUnavailable", AUDIT_UNAVAILABLE, 503, sender=False)
+
+
 def _internal_error(route: _Route) -> ServiceError:
     """AWS's server fault for this protocol (JSON: InternalServerError; Query: InternalFailure)."""
     return ServiceError(
@@ -143,8 +158,8 @@ async def handle_api(request: web.Request) -> web.Response:
     """Any failure outside a handler still answers in AWS's shape (never aiohttp's text)."""
     try:
         return await _handle_api(request)
-    except Exception:  # a bug must not take the process down
-        log.exception("internal error before dispatch")
+    except Exception as exc:  # a bug must not take the process down
+        FAILURES.failure("internal error before dispatch", exc, where="dispatch")
         err = ServiceError("InternalFailure", "An internal error occurred.", 500, sender=False)
         status, headers, body = jsonproto.serialize_json_error(err)
         return web.Response(status=status, body=body, headers=headers)
@@ -201,6 +216,8 @@ async def _handle_api(request: web.Request) -> web.Response:
     params: dict[str, Any] = {}
     error: ServiceError | None = None
     try:
+        if not state.audit_log.available():
+            raise _audit_unavailable(route)  # fail closed: nothing runs unaudited
         if route.protocol == "json":
             params = jsonproto.parse_json_body(op, body)
             extension = INPUT_EXTENSIONS.get((route.service, op.name))
@@ -227,11 +244,18 @@ async def _handle_api(request: web.Request) -> web.Response:
     except ServiceError as exc:
         error = exc
         response = _error_response(route, exc, call_id)
-    except Exception:
-        log.exception("internal error in %s.%s", route.service, op.name)
+    except Exception as exc:
+        where = f"{route.service}.{op.name}"
+        FAILURES.failure(f"internal error in {where}", exc, where=where)
         error = _internal_error(route)
         response = _error_response(route, error, call_id)
     try:
+        await state.store.settled()  # nothing is answered before its writes are committed
+    except Exception as exc:
+        FAILURES.failure(f"the store could not commit the writes of {call_id}", exc, where="commit")
+        error = _internal_error(route)
+        response = _error_response(route, error, call_id)
+    try:  # after the commit: the record says what the client was answered
         audit(
             state,
             service=route.service,
@@ -244,13 +268,8 @@ async def _handle_api(request: web.Request) -> web.Response:
             error=error,
             request_id=call_id,
         )
-    except Exception:
-        log.exception("could not write the audit record for %s", call_id)
-    try:
-        await state.store.settled()  # nothing is answered before its writes are committed
-    except Exception:
-        log.exception("the store could not commit the writes of %s", call_id)
-        return _error_response(route, _internal_error(route), call_id)
+    except Exception as exc:
+        FAILURES.failure(f"could not write the audit record for {call_id}", exc, where="audit")
     return response
 
 
@@ -319,7 +338,8 @@ async def _drain(app: web.Application) -> None:
     except TimeoutError:
         log.warning("stopping: some channels did not close within %.0f s", DRAIN_TIMEOUT)
     else:
-        log.info("stopping: closed %d session(s) and %d node channel(s)", sessions, channels)
+        if sessions or channels:
+            log.info("stopping: closed %d session(s) and %d node channel(s)", sessions, channels)
 
 
 async def _start_background(app: web.Application) -> None:

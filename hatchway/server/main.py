@@ -11,8 +11,10 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import ssl
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -98,16 +100,19 @@ def build_state(config: ServerConfig) -> tuple[ServerState, tuple[str, str] | No
         ) from exc
     try:
         store = Store(config.store_url)
-    except (SQLAlchemyError, OSError) as exc:
+    except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
         raise StartError(
             f"cannot open the store {_redacted_url(config.store_url)}: {_reason(exc)}"
         ) from exc
     try:
+        # A write at once: a read-only database (or one the broker may not write) is found
+        # here, not by the first API call.
+        store.meta_set("last_start", datetime.now(UTC).isoformat())
         state = ServerState(config, store, box, load_scps(config.scp_files))  # type: ignore[arg-type]
         generated = bootstrap(state)
         seed_account(state)  # refresh AWS-owned documents on every start (idempotent)
         tighten(config.data_dir)  # the store's files, created 0644 by SQLite
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, sqlite3.Error) as exc:
         store.close()
         raise StartError(
             f"cannot write to the store {_redacted_url(config.store_url)}: {_reason(exc)}"
