@@ -11,9 +11,19 @@ from typing import Any
 
 import click
 
-from hatchway.server.main import check_tls, serve
+from hatchway.server.main import StartError, check_tls, serve
 from hatchway.server.state import ServerConfig
 from hatchway.ssm import StartSessionMode
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class OperatorError(click.ClickException):
+    """A mistake in how the broker was started: ``Error: <what is wrong>`` on one line of
+    standard error and exit status 2 (click's own status for bad usage), no traceback."""
+
+    exit_code = 2
+
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -194,6 +204,14 @@ def _cidr(text: str) -> str:
     type=click.IntRange(1),
     help="API requests a principal may send at once before --throttle-rate applies.",
 )
+@click.option(
+    "--shutdown-grace",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to keep serving after SIGTERM with /readyz answering 503, so that load "
+    "balancers stop sending clients here first (a second signal cuts it short).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def server_cmd(
     listen: str,
@@ -227,12 +245,16 @@ def server_cmd(
     trusted_proxies: tuple[str, ...],
     throttle_rate: float,
     throttle_burst: int,
+    shutdown_grace: float,
     log_level: str,
 ) -> None:
     """Run the broker: SSM, IAM and STS APIs with SigV4 and enforced IAM policies."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    level = log_level.upper()
+    if level not in LOG_LEVELS:
+        raise OperatorError(
+            f"--log-level {log_level!r} is not a log level (one of {', '.join(LOG_LEVELS)})"
+        )
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
         listen=listen,
         data_dir=data_dir,
@@ -267,9 +289,13 @@ def server_cmd(
         trusted_proxies=[_cidr(c) for c in trusted_proxies],
         throttle_rate=throttle_rate,
         throttle_burst=throttle_burst,
+        shutdown_grace=shutdown_grace,
     )
     try:
         check_tls(config)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except StartError as exc:
+        raise OperatorError(str(exc)) from None

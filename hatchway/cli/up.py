@@ -15,9 +15,17 @@ from aiohttp import web
 
 from hatchway.agent.registration import load, register
 from hatchway.agent.session import SessionSettings, run_node
+from hatchway.cli.server import OperatorError
 from hatchway.server import crypto
 from hatchway.server.app import create_app
-from hatchway.server.main import build_state, check_tls, reload_on_sighup, url_host, wait_for_stop
+from hatchway.server.main import (
+    StartError,
+    build_state,
+    check_tls,
+    reload_on_sighup,
+    url_host,
+    wait_for_stop,
+)
 from hatchway.server.nodes import allow_instance_ids
 from hatchway.server.state import ServerConfig, ServerState
 from hatchway.server.store import schema as t
@@ -59,7 +67,10 @@ def up_cmd(
         extra = (host,) if host and host not in ("0.0.0.0", "::") else ()
         ca = local_ca(data_dir / "tls", extra)
         config.tls_cert, config.tls_key = ca.cert, ca.key
-    asyncio.run(_up(config, data_dir / "node", instance_id, ca))
+    try:
+        asyncio.run(_up(config, data_dir / "node", instance_id, ca))
+    except StartError as exc:  # one line, exit status 2 (as hatchway server)
+        raise OperatorError(str(exc)) from None
 
 
 def _local_activation(state: ServerState, instance_id: str) -> tuple[str, str]:

@@ -7,6 +7,7 @@ one), and only accepts a small character set; both are syntax errors.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from hatchway.iam.errors import MalformedPolicyDocument
@@ -43,9 +44,22 @@ def load_json(text: str | bytes) -> Any:
     if not all(_allowed_char(c) for c in text):
         raise MalformedPolicyDocument(SYNTAX_ERROR)
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        return json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
     except (ValueError, RecursionError) as exc:
         raise MalformedPolicyDocument(SYNTAX_ERROR) from exc
+
+
+def _finite_float(text: str) -> float:
+    # 1e999 parses as infinity, which no JSON output can carry back (GetUserPolicy).
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
 
 
 def _reject_constant(name: str) -> Any:

@@ -32,6 +32,7 @@ from hatchway.server.identity import (
 from hatchway.server.protocol import jsonproto, query
 from hatchway.server.protocol.models import load_service
 from hatchway.server.protocol.validate import validate_input
+from hatchway.server.ratelog import RateLimitedLog
 from hatchway.server.state import ServerState
 
 log = logging.getLogger("hatchway.server")
@@ -105,6 +106,20 @@ def scope_regions(region: str, service: str) -> frozenset[str]:
     return frozenset((region,))
 
 
+FAILURES = RateLimitedLog(log)
+"""Failures of API calls, logged once per cause per minute (a full disk failed every call)."""
+
+AUDIT_UNAVAILABLE = "The request was refused: its audit record cannot be written."
+
+
+def _audit_unavailable(route: _Route) -> ServiceError:
+    """Neither the store nor audit.jsonl takes audit events: AWS's server faults, JSON's
+    InternalFailure (500) and Query's ServiceUnavailable (503)."""
+    if route.protocol == "json":
+        return ServiceError("InternalFailure", AUDIT_UNAVAILABLE, 500, sender=False)
+    return ServiceError("ServiceUnavailable", AUDIT_UNAVAILABLE, 503, sender=False)
+
+
 def _internal_error(route: _Route) -> ServiceError:
     """AWS's server fault for this protocol (JSON: InternalServerError; Query: InternalFailure)."""
     return ServiceError(
@@ -127,12 +142,30 @@ def _error_response(route: _Route, err: ServiceError, request_id: str) -> web.Re
     )
 
 
+MAX_BODY = 4 * 1024 * 1024
+"""Bytes of one API request's body (aiohttp's ``client_max_size``)."""
+
+
+def _too_large(request: web.Request, request_id: str) -> web.Response:
+    """A body over ``MAX_BODY``, refused unread with HTTP 413 in the protocol's own error shape
+    (the Query protocol's service from the credential scope the Authorization header names)."""
+    headers = request.headers
+    message = f"Request must be smaller than {MAX_BODY} bytes."
+    if "X-Amz-Target" in headers or headers.get("Content-Type", "").startswith(_JSON_TYPE):
+        err = ServiceError("RequestEntityTooLargeException", message, 413)
+        return _error_response(_Route("json", "ssm", None, {}), err, request_id)
+    scope = headers.get("Authorization", "").partition("Credential=")[2].split("/")
+    service = "sts" if len(scope) > 3 and scope[3] == "sts" else "iam"
+    err = ServiceError("RequestEntityTooLarge", message, 413)
+    return _error_response(_Route("query", service, None, {}), err, request_id)
+
+
 async def handle_api(request: web.Request) -> web.Response:
     """Any failure outside a handler still answers in AWS's shape (never aiohttp's text)."""
     try:
         return await _handle_api(request)
-    except Exception:  # a bug must not take the process down
-        log.exception("internal error before dispatch")
+    except Exception as exc:  # a bug must not take the process down
+        FAILURES.failure("internal error before dispatch", exc, where="dispatch")
         err = ServiceError("InternalFailure", "An internal error occurred.", 500, sender=False)
         status, headers, body = jsonproto.serialize_json_error(err)
         return web.Response(status=status, body=body, headers=headers)
@@ -141,7 +174,10 @@ async def handle_api(request: web.Request) -> web.Response:
 async def _handle_api(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     state.store.begin_call()
-    body = await request.read()
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _too_large(request, crypto.request_id())
     raw_path, _, raw_query = request.raw_path.partition("?")
     incoming = sigv4.IncomingRequest(
         request.method, raw_path, raw_query, dict(request.headers), body
@@ -195,6 +231,8 @@ async def _handle_api(request: web.Request) -> web.Response:
     params: dict[str, Any] = {}
     error: ServiceError | None = None
     try:
+        if not state.audit_log.available():
+            raise _audit_unavailable(route)  # fail closed: nothing runs unaudited
         if route.protocol == "json":
             params = jsonproto.parse_json_body(op, body)
             extension = INPUT_EXTENSIONS.get((route.service, op.name))
@@ -223,11 +261,18 @@ async def _handle_api(request: web.Request) -> web.Response:
     except ServiceError as exc:
         error = exc
         response = _error_response(route, exc, call_id)
-    except Exception:
-        log.exception("internal error in %s.%s", route.service, op.name)
+    except Exception as exc:
+        where = f"{route.service}.{op.name}"
+        FAILURES.failure(f"internal error in {where}", exc, where=where)
         error = _internal_error(route)
         response = _error_response(route, error, call_id)
     try:
+        await state.store.settled()  # nothing is answered before its writes are committed
+    except Exception as exc:
+        FAILURES.failure(f"the store could not commit the writes of {call_id}", exc, where="commit")
+        error = _internal_error(route)
+        response = _error_response(route, error, call_id)
+    try:  # after the commit: the record says what the client was answered
         audit(
             state,
             service=route.service,
@@ -240,13 +285,8 @@ async def _handle_api(request: web.Request) -> web.Response:
             error=error,
             request_id=call_id,
         )
-    except Exception:
-        log.exception("could not write the audit record for %s", call_id)
-    try:
-        await state.store.settled()  # nothing is answered before its writes are committed
-    except Exception:
-        log.exception("the store could not commit the writes of %s", call_id)
-        return _error_response(route, _internal_error(route), call_id)
+    except Exception as exc:
+        FAILURES.failure(f"could not write the audit record for {call_id}", exc, where="audit")
     return response
 
 
@@ -299,8 +339,50 @@ def _throttled(
 
 
 async def handle_health(request: web.Request) -> web.Response:
-    # cpuJobs: simulations and the like running off this process's event loop right now.
+    """Liveness only: 200 while the process runs (draining included). cpuJobs: simulations and
+    the like running off this process's event loop right now."""
     return web.json_response({"status": "ok", "version": __version__, "cpuJobs": cpu.running()})
+
+
+READY_TIMEOUT = 2.0
+"""Seconds /readyz waits for the store's answer before calling it unreachable."""
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    """Readiness: 503 while the broker drains (after SIGTERM) and while its store does not
+    answer (a stopped PostgreSQL); else 200. Load balancers send new clients elsewhere."""
+    state = request.app[STATE_KEY]
+    if state.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    try:
+        await asyncio.wait_for(asyncio.to_thread(state.store.ping), READY_TIMEOUT)
+    except Exception as exc:  # unreachable, refused, timed out: not ready
+        log.warning("readiness: the store does not answer: %s", " ".join(str(exc).split())[:300])
+        return web.json_response({"status": "store unreachable"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+DRAIN_TIMEOUT = 2.0
+"""Seconds the broker gives its websockets to close when it stops."""
+
+
+async def _drain(app: web.Application) -> None:
+    """On stop (aiohttp's on_shutdown, once the listener is closed): sessions end with
+    "The broker is shutting down." sent to their clients, and every websocket, data and
+    control channels alike, closes with 1001 so that agents reconnect at once."""
+    from hatchway.server import datachannel, nodes
+
+    state = app[STATE_KEY]
+    state.draining = True
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT):
+            sessions = await datachannel.close_all(state)
+            channels = await nodes.close_all(state)
+    except TimeoutError:
+        log.warning("stopping: some channels did not close within %.0f s", DRAIN_TIMEOUT)
+    else:
+        if sessions or channels:
+            log.info("stopping: closed %d session(s) and %d node channel(s)", sessions, channels)
 
 
 async def _start_background(app: web.Application) -> None:
@@ -333,13 +415,15 @@ def create_app(state: ServerState) -> web.Application:
 
     register_all()
     app = web.Application(
-        client_max_size=4 * 1024 * 1024,
+        client_max_size=MAX_BODY,
         middlewares=[limits.guard_middleware, aws_shaped_errors],
     )
     app[STATE_KEY] = state
     app.on_startup.append(_start_background)
+    app.on_shutdown.append(_drain)
     app.on_cleanup.append(_stop_background)
     app.router.add_get("/health", handle_health)
+    app.router.add_get("/readyz", handle_readyz)
     app.router.add_post("/", handle_api)
     nodes.add_routes(app)
     datachannel.add_routes(app)

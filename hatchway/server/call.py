@@ -227,13 +227,28 @@ def audit(
     return event
 
 
+class AuditUnavailable(Exception):
+    """Neither the store nor audit.jsonl can take audit events: calls are refused."""
+
+
+MAX_UNWRITTEN = 16 << 20
+"""Bytes of audit lines kept in memory while audit.jsonl cannot be written (a full disk)."""
+
+
 class AuditLog:
     """Audit events: a JSON line in the data dir at once, the store in batches.
 
-    The line is written (line-buffered) before the response leaves. Rows are inserted together
-    at the end of the event loop iteration that recorded them (inside the store's group commit),
-    so the work is spread evenly instead of arriving in bursts; events recorded outside a loop
-    reach the store within ``interval`` seconds. Stopping the broker flushes what is pending.
+    The line is written (one ``write`` on an ``O_APPEND`` descriptor) before the response
+    leaves. Rows are inserted together at the end of the event loop iteration that recorded
+    them (inside the store's group commit), so the work is spread evenly instead of arriving in
+    bursts; events recorded outside a loop reach the store within ``interval`` seconds.
+    Stopping the broker flushes what is pending.
+
+    Either sink may fail (a full disk, a stopped database): a line that cannot be written is
+    kept in memory (up to ``MAX_UNWRITTEN`` bytes) and written first at the next attempt, so
+    nothing is lost to a passing fault; rows the store refuses are dropped, their lines being
+    in audit.jsonl. When both fail, :meth:`available` says so, and the API refuses calls
+    before running them (fail closed) until one of them works again.
     """
 
     def __init__(self, store: Any, path: Any, interval: float = 0.05, batch: int = 500) -> None:
@@ -242,17 +257,30 @@ class AuditLog:
         self.batch = batch
         self.pending: list[dict[str, Any]] = []
         self._scheduled = False
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._file = open(fd, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - long-lived
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._unwritten = bytearray()  # lines audit.jsonl did not take yet
+        self.dropped = 0  # lines beyond MAX_UNWRITTEN, lost
+        self.line_ok = True  # the last write to audit.jsonl succeeded
+        self.store_ok = True  # the last insert into the store succeeded
+        from hatchway.server.ratelog import RateLimitedLog
+
+        self.failures = RateLimitedLog(log)
+
+    def available(self) -> bool:
+        """Whether an event recorded now is kept somewhere: if audit.jsonl failed last, it is
+        tried again here (lines kept in memory first)."""
+        if self.line_ok or (self.store_ok and getattr(self.store, "commits_ok", True)):
+            return True
+        return self._write_lines()
 
     def record(self, event: dict[str, Any], row: dict[str, Any]) -> None:
         line = json.dumps(event)
-        self._file.write(line + "\n")
+        self._append(line)
         if row.get("data") is event:
             row = {**row, "data": line}  # the same text for the store's JSON column
         self.pending.append(row)
         if len(self.pending) >= self.batch:
-            self.flush()
+            self._try_flush()
         elif not self._scheduled:
             try:
                 loop = asyncio.get_running_loop()
@@ -260,6 +288,37 @@ class AuditLog:
                 return  # run() picks it up
             self._scheduled = True
             loop.call_soon(self._flush_soon)
+
+    def _append(self, line: str) -> None:
+        data = (line + "\n").encode("utf-8", "surrogatepass")
+        if len(self._unwritten) + len(data) > MAX_UNWRITTEN:
+            self.dropped += 1
+            log.error(
+                "audit.jsonl cannot be written and %d bytes wait: an event was lost",
+                len(self._unwritten),
+            )
+        else:
+            self._unwritten += data
+        self._write_lines()
+
+    def _write_lines(self) -> bool:
+        """Write what audit.jsonl has not taken yet; whether all of it was written."""
+        while self._unwritten:
+            if self._fd is None:
+                return False
+            try:
+                n = os.write(self._fd, self._unwritten)
+            except OSError as exc:
+                self.line_ok = False
+                self.failures.failure(
+                    f"could not write audit.jsonl ({len(self._unwritten)} bytes wait in memory)",
+                    exc,
+                    where="audit.jsonl",
+                )
+                return False
+            del self._unwritten[:n]
+        self.line_ok = True
+        return True
 
     def _flush_soon(self) -> None:
         self._scheduled = False
@@ -269,21 +328,36 @@ class AuditLog:
     def _try_flush(self) -> None:
         try:
             self.flush()
-        except Exception:  # a store hiccup must not stop auditing: keep the lines
-            log.exception("could not store audit events; they remain in audit.jsonl")
+        except Exception as exc:  # a store hiccup must not stop auditing: keep the lines
+            self.store_ok = False
+            self.failures.failure(
+                "could not store audit events; they are in audit.jsonl"
+                if self.line_ok
+                else "could not store audit events, nor write audit.jsonl (kept in memory)",
+                exc,
+                where="audit store",
+            )
+        else:
+            self.store_ok = True
 
     def flush(self) -> None:
         rows, self.pending = self.pending, []
-        self.store.insert_many(t.audit, rows)
+        if rows:
+            self.store.insert_many(t.audit, rows)
 
     async def run(self) -> None:
-        """Flush every ``interval`` seconds until cancelled."""
+        """Flush every ``interval`` seconds until cancelled (and retry audit.jsonl)."""
         while True:
             await asyncio.sleep(self.interval)
             if self.pending:
                 self._try_flush()
+            if self._unwritten:
+                self._write_lines()
 
     def close(self) -> None:
         if self.pending:
-            self.flush()
-        self._file.close()
+            self._try_flush()
+        self._write_lines()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

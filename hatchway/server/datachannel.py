@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from sqlalchemy import and_
 
 from hatchway.protocol import frames, payloads
@@ -103,15 +103,18 @@ class Relay:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.send_bytes(frames.encode(frame))
 
-    async def close(self, output: str = "", *, to_agent: bool = True) -> None:
-        """End the channel: channel_closed to the client (and the agent), then close both."""
+    async def close(
+        self, output: str = "", *, to_agent: bool = True, code: int = WSCloseCode.OK
+    ) -> None:
+        """End the channel: channel_closed to the client (and the agent), then close both
+        (with ``code``: 1001 Going Away when the broker stops)."""
         self.ended = True
         await self.send_closed(self.client, output)
         if to_agent:
             await self.send_closed(self.agent, output)
         for ws in (self.client, self.agent):
             if ws is not None and not ws.closed:
-                await ws.close()
+                await ws.close(code=code)
 
 
 def _publication(message_type: str) -> bytes:
@@ -350,6 +353,29 @@ async def _agent_side(
             await relay.close(failed or "", to_agent=False)
         await state.recordings.finish(session_id)
     return False
+
+
+SHUTDOWN_MESSAGE = "The broker is shutting down."
+
+
+async def close_all(state: ServerState, output: str = SHUTDOWN_MESSAGE) -> int:
+    """The broker stops: every live session ends (Terminated, with ``output`` as its reason),
+    its client gets ``channel_closed`` saying why, and both websockets close with 1001 (Going
+    Away). Returns how many sessions ended."""
+    table = relays(state)
+    ending = list(table.values())
+    table.clear()
+    for relay in ending:
+        relay.ended = True  # the sides' handlers leave the session's row alone
+        try:
+            await end_session(state, relay.session_id, "Terminated", output)
+        except Exception:  # the store may be what fails: the channels still close
+            log.exception("session %s: could not record its end", relay.session_id)
+    await asyncio.gather(
+        *(relay.close(output, code=WSCloseCode.GOING_AWAY) for relay in ending),
+        return_exceptions=True,
+    )
+    return len(ending)
 
 
 IDLE_MESSAGE = "Your session timed out due to inactivity and has been terminated."

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
+import os
+import re
 import signal
 import socket
+import sqlite3
 import ssl
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 from hatchway.iam import PolicyKind, parse_policy
 from hatchway.server import limits
@@ -66,14 +72,57 @@ def tighten(path: Path) -> None:
             child.chmod(child.stat().st_mode & 0o700)
 
 
+class StartError(Exception):
+    """What keeps the broker from starting, in one line for the operator (the command line
+    prints it and exits with status 2, no traceback)."""
+
+
+def _reason(exc: BaseException) -> str:
+    """An OS or database error's own words, on one line (no SQLAlchemy background link)."""
+    if isinstance(exc, OSError) and exc.errno:
+        text = os.strerror(exc.errno)  # asyncio's bind error wraps it in more words
+    else:
+        text = str(getattr(exc, "orig", None) or exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _redacted_url(url: str) -> str:
+    """A database URL without its password."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
 def build_state(config: ServerConfig) -> tuple[ServerState, tuple[str, str] | None]:
-    private_data_dir(config.data_dir)
-    store = Store(config.store_url)
-    box = SecretBox.from_dir(config.data_dir)
-    state = ServerState(config, store, box, load_scps(config.scp_files))  # type: ignore[arg-type]
-    generated = bootstrap(state)
-    seed_account(state)  # refresh AWS-owned documents on every start (idempotent)
-    tighten(config.data_dir)  # the store's files, created 0644 by SQLite
+    try:
+        private_data_dir(config.data_dir)
+        box = SecretBox.from_dir(config.data_dir)
+    except OSError as exc:
+        raise StartError(
+            f"cannot use the data directory {config.data_dir}: {_reason(exc)}"
+        ) from exc
+    try:
+        store = Store(config.store_url)
+    except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+        raise StartError(
+            f"cannot open the store {_redacted_url(config.store_url)}: {_reason(exc)}"
+        ) from exc
+    try:
+        # A write at once: a read-only database (or one the broker may not write) is found
+        # here, not by the first API call.
+        store.meta_set("last_start", datetime.now(UTC).isoformat())
+        state = ServerState(config, store, box, load_scps(config.scp_files))  # type: ignore[arg-type]
+        generated = bootstrap(state)
+        seed_account(state)  # refresh AWS-owned documents on every start (idempotent)
+        tighten(config.data_dir)  # the store's files, created 0644 by SQLite
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        store.close()
+        raise StartError(
+            f"cannot write to the store {_redacted_url(config.store_url)}: {_reason(exc)}"
+        ) from exc
+    except OSError as exc:
+        store.close()
+        raise StartError(
+            f"cannot use the data directory {config.data_dir}: {_reason(exc)}"
+        ) from exc
     return state, generated
 
 
@@ -86,13 +135,28 @@ def settle_memory() -> None:
     gc.set_threshold(10_000, 20, 50)
 
 
-async def wait_for_stop() -> None:
-    """Until SIGINT or SIGTERM."""
+SHUTDOWN_TIMEOUT = 2.0
+"""Seconds aiohttp gives requests still running once the channels are closed (its default,
+60 s, is what let a stop take ~48 s)."""
+
+
+async def wait_for_stop(state: ServerState | None = None, grace: float = 0.0) -> None:
+    """Until SIGINT or SIGTERM. With ``grace``, the broker then drains for that many seconds
+    (``/readyz`` answers 503 while it still serves) or until a second signal."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if state is None:
+        return
+    state.draining = True
+    if grace > 0:
+        log.info("draining for %.0f s (/readyz answers 503); a second signal stops now", grace)
+        stop.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), grace)
+    log.info("stopping")
 
 
 def announce_admin_credentials(path: Path, access_key_id: str, secret: str) -> None:
@@ -158,7 +222,7 @@ async def serve(config: ServerConfig) -> None:
     follow_deregistrations(state, asyncio.get_running_loop())
     state.store.follow_changes()  # other brokers' writes (PostgreSQL), within POLL_INTERVAL
     app = create_app(state)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     guard = limits.install(config)
     host, _, port = config.listen.rpartition(":")
@@ -166,7 +230,12 @@ async def serve(config: ServerConfig) -> None:
     listener: Listener | None = None
     server: asyncio.Server | None = None
     if config.workers:
-        sock = socket.create_server((host or "127.0.0.1", int(port)), backlog=1024)
+        try:
+            sock = socket.create_server((host or "127.0.0.1", int(port)), backlog=1024)
+        except OSError as exc:
+            await runner.cleanup()
+            state.store.close()
+            raise StartError(f"cannot listen on {config.listen}: {_reason(exc)}") from exc
         bound = sock.getsockname()[:2]
         if config.public_url is None:  # StreamUrls must name the port actually bound
             config.public_url = f"http://{bound[0]}:{bound[1]}"
@@ -176,13 +245,18 @@ async def serve(config: ServerConfig) -> None:
         listener.start()
     else:
         # Every connection goes through the guard (deadlines, caps, forwarded addresses).
-        server = await asyncio.get_running_loop().create_server(
-            guard.wrap(runner.server),
-            host or "127.0.0.1",
-            int(port),
-            backlog=guard.backlog,
-            ssl=certs.context if certs is not None else None,
-        )
+        try:
+            server = await asyncio.get_running_loop().create_server(
+                guard.wrap(runner.server),
+                host or "127.0.0.1",
+                int(port),
+                backlog=guard.backlog,
+                ssl=certs.context if certs is not None else None,
+            )
+        except OSError as exc:
+            await runner.cleanup()
+            state.store.close()
+            raise StartError(f"cannot listen on {config.listen}: {_reason(exc)}") from exc
         bound = server.sockets[0].getsockname()[:2]
         if config.public_url is None:  # StreamUrls must name the port actually bound
             config.public_url = f"{scheme}://{url_host(bound[0])}:{bound[1]}"
@@ -194,11 +268,14 @@ async def serve(config: ServerConfig) -> None:
         flush=True,
     )
     settle_memory()
-    await wait_for_stop()
-    if listener is not None and pool is not None:
+    await wait_for_stop(state, config.shutdown_grace)
+    # Stop accepting, then (aiohttp's on_shutdown, app._drain) end the sessions with their
+    # reason and close every channel with 1001, then the API workers.
+    if listener is not None:
         listener.close()
-        await pool.stop()
     if server is not None:
         server.close()
     await runner.cleanup()
+    if pool is not None:
+        await pool.stop()
     state.store.close()

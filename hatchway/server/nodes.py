@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from hatchway.iam import Request
 from hatchway.server import crypto, iamdata, limits, sigv4
@@ -561,6 +561,20 @@ async def close_channel(state: ServerState, instance_id: str) -> None:
     if channel is not None:
         _mark(state, instance_id, connected=False)  # the handler no longer owns the entry
         await channel.ws.close(code=4001, message=b"deregistered")
+
+
+async def close_all(state: ServerState) -> int:
+    """The broker stops: close every control channel with 1001 (Going Away), which tells the
+    agent to reconnect at once (to another broker, where there is one). Returns how many."""
+    channels = list(state.nodes.values())
+    await asyncio.gather(
+        *(
+            channel.ws.close(code=WSCloseCode.GOING_AWAY, message=b"broker shutting down")
+            for channel in channels
+        ),
+        return_exceptions=True,
+    )
+    return len(channels)
 
 
 async def close_deregistered(state: ServerState) -> None:

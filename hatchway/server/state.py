@@ -47,6 +47,7 @@ class ServerConfig:
     trusted_proxies: list[str] = field(default_factory=list)  # CIDRs
     throttle_rate: float = 200.0  # API requests per second and principal (0: unthrottled)
     throttle_burst: int = 1000
+    shutdown_grace: float = 0.0  # seconds of draining (/readyz 503) after SIGTERM before stopping
 
     @property
     def store_url(self) -> str:
@@ -87,6 +88,8 @@ class ServerState:
         self.relays: dict[str, Any] = {}  # session id -> live data-channel relay
         # In an API worker: how to ask the primary, which holds nodes and relays, to act.
         self.link: Any = None
+        # Set on SIGTERM: /readyz answers 503 and the channels are being closed (app.py).
+        self.draining = False
         self.key_cache: dict[str, tuple[tuple[int, int], Any]] = {}
         self.doc_cache: dict[str, tuple[tuple[int, int], Any]] = {}
         self.audit_path = config.data_dir / "audit.jsonl"

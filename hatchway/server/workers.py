@@ -557,7 +557,7 @@ async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) ->
     app.router.add_post("/", handle_api)
     app.router.add_get("/health", handle_health)
     app.router.add_route("*", "/{tail:.*}", hand_back)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)  # main.SHUTDOWN_TIMEOUT
     await runner.setup()
     runner_box.append(runner)
     audit = asyncio.create_task(state.audit_log.run())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping
@@ -105,14 +106,18 @@ def parse_content(content: str, document_format: str = "JSON") -> dict[str, Any]
     fmt = (document_format or "JSON").upper()
     if fmt == "JSON":
         try:
-            doc = json.loads(content)
+            doc = json.loads(content, parse_constant=_not_json)
         except json.JSONDecodeError as exc:
             raise _content_error(
                 f"JSON not well-formed. at Line: {exc.lineno}, Column: {exc.colno}"
             ) from exc
+        except (RecursionError, ValueError) as exc:
+            raise _content_error(f"JSON not well-formed. {_NOT_STORABLE}") from exc
     elif fmt == "YAML":
         try:
             doc = yaml.load(content, Loader=_Loader)  # a SafeLoader subclass
+        except RecursionError as exc:
+            raise _content_error(f"YAML not well-formed. {_NOT_STORABLE}") from exc
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at Line: {mark.line + 1}, Column: {mark.column + 1}" if mark else ""
@@ -127,7 +132,40 @@ def parse_content(content: str, document_format: str = "JSON") -> dict[str, Any]
         raise _content_error(
             f"The content for the document isn't valid: it must be a {fmt} object."
         )
+    if not _storable(doc):
+        raise _content_error(f"{fmt} not well-formed. {_NOT_STORABLE}")
     return doc
+
+
+MAX_DEPTH = 64
+"""How deeply a document's objects and lists may nest (AWS's own documents need 6 levels)."""
+_NOT_STORABLE = (
+    f"The content nests deeper than {MAX_DEPTH} levels or holds a number that is not finite."
+)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity
+
+
+def _storable(doc: Any) -> bool:
+    """Nested at most ``MAX_DEPTH`` deep with finite numbers only (what JSON can carry back),
+    checked without recursion."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
 
 
 def render_content(doc: Mapping[str, Any], document_format: str = "JSON") -> str:
@@ -793,6 +831,7 @@ def validate_document(doc: Mapping[str, Any], document_type: str = "Command") ->
     if version is None:
         raise _content_error("schemaVersion is required and must be a String.")
     if document_type != "Session":
+        _check_steps(doc)
         return
     if version not in SESSION_SCHEMA_VERSIONS:
         raise DocumentError(
@@ -827,6 +866,27 @@ def validate_document(doc: Mapping[str, Any], document_type: str = "Command") ->
         f"Parameter {undefined[0] if undefined else ''} is referenced but "
         "not defined in parameters.",
     )
+
+
+def _check_steps(doc: Mapping[str, Any]) -> None:
+    """The structure every runnable document type shares, whatever its schema version: steps
+    (``mainSteps``, schema 2.x and Automation's 0.3) are a list of objects naming an action
+    and a step name, ``runtimeConfig`` (schema 1.2) and ``parameters`` are objects. Hatchway
+    does not run these documents, but it must not keep one no agent could read."""
+    steps = doc.get("mainSteps")
+    if steps is not None:
+        _expect(isinstance(steps, list), "mainSteps must be a List of steps.")
+        for index, step in enumerate(steps):
+            _expect(isinstance(step, dict), f"mainSteps[{index}] must be an Object.")
+            for key in ("action", "name"):
+                _expect(
+                    isinstance(step.get(key), str) and bool(step[key]),
+                    f"mainSteps[{index}].{key} is required and must be a String.",
+                )
+    if "runtimeConfig" in doc:
+        _expect(isinstance(doc["runtimeConfig"], dict), "runtimeConfig must be an Object.")
+    if "parameters" in doc:
+        _expect(isinstance(doc["parameters"], dict), "parameters must be an Object.")
 
 
 def check_format(document_type: str, document_format: str) -> None:

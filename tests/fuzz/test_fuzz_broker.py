@@ -15,6 +15,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -37,6 +38,7 @@ from hatchway.server.call import OPERATIONS
 from hatchway.server.ops import register_all
 
 srv = server_helpers()
+HUGE = b"99999999999999999999999"
 TARGET = "i-0f0220f0220f02200"
 
 register_all()
@@ -115,6 +117,37 @@ def _case(ops: dict[str, OperationModel], bodies: Any) -> st.SearchStrategy[tupl
 @example(
     case=("kms:Encrypt", b'{"KeyId":"alias/aws/ssm","Plaintext":"QQ==","EncryptionContext":[]}')
 )
+# issue 11, item 5 (exact codes in test_malformed_input.py)
+@example(
+    case=("ssm:GetDocument", b'{"Name":"AWS-StartSSHSession","DocumentVersion":"' + HUGE + b'"}')
+)
+@example(
+    case=(
+        "ssm:DescribeDocument",
+        b'{"Name":"AWS-StartSSHSession","DocumentVersion":"' + HUGE + b'"}',
+    )
+)
+@example(
+    case=(
+        "ssm:UpdateDocumentDefaultVersion",
+        b'{"Name":"AWS-StartSSHSession","DocumentVersion":"' + HUGE + b'"}',
+    )
+)
+@example(
+    case=("ssm:DeleteDocument", b'{"Name":"AWS-StartSSHSession","DocumentVersion":"' + HUGE + b'"}')
+)
+@example(
+    case=(
+        "ssm:CreateDocument",
+        json.dumps(
+            {
+                "Name": "fuzz-deep-content",
+                "DocumentType": "Command",
+                "Content": '{"schemaVersion":"2.2","mainSteps":' + DEEP + "}",
+            }
+        ).encode(),
+    )
+)
 def test_json_operations_never_answer_5xx(client: SignedClient, case: tuple[str, bytes]) -> None:
     name, body = case
     service = name.partition(":")[0]
@@ -164,6 +197,22 @@ def test_json_operations_never_answer_5xx(client: SignedClient, case: tuple[str,
         "iam:CreateUser",
         b"Action=CreateUser&Version=2010-05-08&UserName=fuzz2&"
         + b"&".join(b"Junk%d.member.%d=x" % (i, i) for i in range(5000)),
+    )
+)
+@example(
+    case=(
+        "iam:CreateUser",
+        b"Action=CreateUser&Version=2010-05-08&UserName=fuzz3&Path=/" + b"a" * (5 << 20),
+    )
+)
+@example(
+    case=(
+        "iam:CreatePolicy",
+        b"Action=CreatePolicy&Version=2010-05-08&PolicyName=inf&PolicyDocument="
+        + quote(
+            '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*",'
+            '"Condition":{"NumericLessThan":{"aws:MultiFactorAuthAge":1e999}}}]}'
+        ).encode(),
     )
 )
 def test_query_operations_never_answer_5xx(client: SignedClient, case: tuple[str, bytes]) -> None:

@@ -157,15 +157,21 @@ def _lookup(call: Call, action: str, raw_name: str) -> tuple[str, Record]:
     return name, row
 
 
+MAX_VERSION = 2**63 - 1
+
+
 def _version_number(doc: Record, document_version: str | None) -> int:
     if document_version in (None, "", "$DEFAULT"):
         return int(doc["default_version"])
     if document_version == "$LATEST":
         return int(doc["latest_version"])
     assert document_version is not None
-    if not document_version.isdigit():
+    if not (document_version.isascii() and document_version.isdigit()):
         raise _invalid_version()
-    return int(document_version)
+    number = int(document_version)
+    if number > MAX_VERSION:  # no such version; the store's integers stop at 2**63 - 1
+        raise _invalid_version()
+    return number
 
 
 def _pick_version(

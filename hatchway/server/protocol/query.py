@@ -157,11 +157,23 @@ class _Decoder:
         if items is None:
             return [] if node.value is not None and not node.children else _MISSING
         out: list[Any] = []
+        self.index_zero(items, path, "member")
         for index in _indexes(items):
             value = self.decode(element, items.children[str(index)], f"{path}.{index}.member")
             if value is not _MISSING:
                 out.append(value)
         return out
+
+    def index_zero(self, items: _Node, path: str, kind: str) -> None:
+        """Query lists and maps count from 1 (``Tags.member.1``): an item numbered 0 is a
+        validation error, never silently dropped (what it carried would be lost unseen)."""
+        for key in items.children:
+            if key.isascii() and key.isdigit() and int(key) == 0:
+                self.errors.append(
+                    f"Value at '{path}.{kind}.{key}' failed to satisfy constraint: "
+                    "Member must be numbered from 1"
+                )
+                return
 
     def map(self, info: ShapeInfo, node: _Node, path: str) -> Any:
         key_info, value_info = info.key, info.value
@@ -171,6 +183,7 @@ class _Decoder:
             return {} if node.value is not None and not node.children else _MISSING
         key_name, value_name = key_info.wire_name or "key", value_info.wire_name or "value"
         out: dict[Any, Any] = {}
+        self.index_zero(entries, path, "entry")
         for index in _indexes(entries):
             entry = entries.children[str(index)]
             key_node = entry.children.get(key_name)

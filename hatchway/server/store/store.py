@@ -44,6 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
+from hatchway.server.ratelog import RateLimitedLog
 from hatchway.server.store import schema
 from hatchway.server.store.direct import Statements, defaults, keyed_update
 from hatchway.server.store.invalidation import Invalidation, SharedCounters, ensure_domains
@@ -129,6 +130,8 @@ class _Batch:
         self.done: asyncio.Future[BaseException | None] | None = None
         self.number = 0
         self.failed: dict[int, BaseException] = {}
+        self.last_ok = True  # the last group committed (False: it was rolled back)
+        self.failures = RateLimitedLog(log)
 
     def begin(self, raw: Any) -> None:
         # IMMEDIATE: the write lock from the start. A deferred BEGIN whose first statement
@@ -142,7 +145,8 @@ class _Batch:
     def fail(self, exc: BaseException) -> None:
         """The open group is lost (its commit failed, or SQLite rolled it all back)."""
         done, self.done = self.done, None
-        log.error("store: a group of writes was rolled back: %s", exc)
+        self.last_ok = False
+        self.failures.failure("store: a group of writes was rolled back", exc, where="group")
         self.failed[self.number] = exc
         while len(self.failed) > _FAILED_KEPT:
             del self.failed[next(iter(self.failed))]
@@ -172,6 +176,7 @@ class _Batch:
             self.fail(exc)
             return
         done, self.done = self.done, None
+        self.last_ok = True
         if not done.done() and not self.loop.is_closed():
             done.set_result(None)
 
@@ -388,6 +393,14 @@ class Store:
                     loop.call_soon_threadsafe(batch.finish_checkpoint)
 
             self._checkpointer = _Checkpointer(self.engine.url.database or "", finish)
+
+    @property
+    def commits_ok(self) -> bool:
+        """False while the last group commit failed (a full disk): writes that raised no
+        error at the time may still be lost. Always True without group commit, where each
+        write's own transaction raises."""
+        batch = self._batch
+        return batch is None or batch.last_ok
 
     def begin_call(self) -> None:
         """A new API call starts in this task: :meth:`settled` answers for its writes only."""
@@ -740,3 +753,10 @@ class Store:
                 self.insert(schema.meta, {"key": key, "value": value}, c)
             else:
                 self.update(schema.meta, {"key": key}, {"value": value}, c)
+
+    # -- readiness ----------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached now (a fresh round trip, not a cache)."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1").fetchone()
