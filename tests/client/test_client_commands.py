@@ -532,20 +532,41 @@ def test_run_as_enabled_without_any_user_fails_the_session(stack: Any, path: str
     assert NO_RUN_AS_USER.encode() in run.out
 
 
+def ensure_preferences(ssm: Any) -> dict[str, Any]:
+    """AWS's first step: ``create-document SSM-SessionManagerRunShell`` (absent until then)."""
+    try:
+        return dict(json.loads(ssm.get_document(Name="SSM-SessionManagerRunShell")["Content"]))
+    except ssm.exceptions.InvalidDocument:
+        content = json.dumps(
+            {
+                "schemaVersion": "1.0",
+                "description": "Document to hold regional settings for Session Manager",
+                "sessionType": "Standard_Stream",
+                "inputs": {"idleSessionTimeout": "20", "runAsEnabled": False},
+            }
+        )
+        ssm.create_document(
+            Name="SSM-SessionManagerRunShell", Content=content, DocumentType="Session"
+        )
+        return dict(json.loads(content))
+
+
 def test_run_as_applies_to_command_documents_through_the_preferences(
     stack: Any, path: str, os_users: list[str]
 ) -> None:
-    """AWS's command documents have no inputs: they run with SSM-SessionManagerRunShell's."""
+    """AWS's command documents have no inputs: they run with SSM-SessionManagerRunShell's.
+
+    issue 15 item 1: AWS's documented procedure is ``update-document --document-version
+    '$LATEST'`` and nothing more; sessions use the latest version (this test used to call
+    update-document-default-version too, which hid the difference: changed deliberately)."""
     ssm = stack.client("ssm")
-    prefs = json.loads(ssm.get_document(Name="SSM-SessionManagerRunShell")["Content"])
-    before = ssm.describe_document(Name="SSM-SessionManagerRunShell")["Document"]
+    prefs = ensure_preferences(ssm)
     changed = dict(
         prefs, inputs={**prefs["inputs"], "runAsEnabled": True, "runAsDefaultUser": os_users[0]}
     )
-    v = ssm.update_document(
+    ssm.update_document(
         Name="SSM-SessionManagerRunShell", Content=json.dumps(changed), DocumentVersion="$LATEST"
-    )["DocumentDescription"]["DocumentVersion"]
-    ssm.update_document_default_version(Name="SSM-SessionManagerRunShell", DocumentVersion=v)
+    )
     try:
         run = start(
             stack,
@@ -558,8 +579,10 @@ def test_run_as_applies_to_command_documents_through_the_preferences(
         assert run.code == 0, run.err
         assert f"\n{os_users[0]}\n".encode() in run.out
     finally:
-        ssm.update_document_default_version(
-            Name="SSM-SessionManagerRunShell", DocumentVersion=before["DefaultVersion"]
+        back = dict(prefs, inputs={**prefs["inputs"], "runAsEnabled": False})
+        back["description"] = "back to the defaults"
+        ssm.update_document(
+            Name="SSM-SessionManagerRunShell", Content=json.dumps(back), DocumentVersion="$LATEST"
         )
     # Back to the defaults: ssm-user again.
     run = start(
@@ -571,6 +594,30 @@ def test_run_as_applies_to_command_documents_through_the_preferences(
         '{"command":["id -un"]}',
     )
     assert b"\nssm-user\n" in run.out
+
+
+def test_a_named_session_document_runs_its_latest_version(stack: Any, path: str) -> None:
+    """issue 15 item 1: ``--document-name`` runs the document's $LATEST version (as AWS's
+    plugin issue 112 reports), not its default one."""
+    ssm = stack.client("ssm")
+    create_doc(
+        stack,
+        "HwLatest",
+        {
+            "sessionType": "NonInteractiveCommands",
+            "properties": {"linux": {"commands": "echo version-one"}},
+        },
+    )
+    v2 = {
+        "schemaVersion": "1.0",
+        "sessionType": "NonInteractiveCommands",
+        "properties": {"linux": {"commands": "echo version-two"}},
+    }
+    ssm.update_document(Name="HwLatest", Content=json.dumps(v2), DocumentVersion="$LATEST")
+    assert ssm.describe_document(Name="HwLatest")["Document"]["DefaultVersion"] == "1"
+    run = start(stack, path, "--document-name", "HwLatest")
+    assert run.code == 0, run.err
+    assert b"\nversion-two\n" in run.out and b"version-one" not in run.out
 
 
 def test_interactive_command_in_a_terminal(stack: Any, path: str) -> None:
@@ -639,3 +686,4 @@ def test_the_node_runs_the_version_start_session_validated(stack: Any, path: str
     )
     assert done.returncode == 0, done.stderr
     assert b"\nversion-one\n" in done.stdout and b"version-two" not in done.stdout
+

@@ -426,3 +426,84 @@ def test_document_and_parameter_errors_create_no_session(broker: Broker, node: A
     )
     ssm.terminate_session(SessionId=ok["SessionId"])
     assert count() == before + 1
+
+
+# -- issue 15 item 5: targets resolve case-insensitively ---------------------------------------
+
+
+def test_a_lowercased_target_reaches_the_registered_node(broker: Broker, node: Agent) -> None:
+    """ssh lowercases ``%h``: AWS's ProxyCommand recipe sends ``i-02573cafcfexample``."""
+    ssm = broker.client("ssm")
+    out = ssm.start_session(Target=TARGET.lower())
+    (s,) = ssm.describe_sessions(
+        State="Active", Filters=[{"key": "SessionId", "value": out["SessionId"]}]
+    )["Sessions"]
+    assert s["Target"] == TARGET
+    ssm.terminate_session(SessionId=out["SessionId"])
+    proc = broker.aws(
+        "ssm", "start-session", "--target", "i-02573CAFCFEXAMPLE", "--document-name", "nope"
+    )
+    assert "TargetNotConnected" not in proc.stderr  # resolved; the document is what fails
+    assert "InvalidDocument" in proc.stderr
+
+
+def test_a_deny_on_the_registered_id_holds_whatever_the_case(broker: Broker, node: Agent) -> None:
+    key, secret = user_with_policy(
+        broker,
+        "casey",
+        _policy(
+            {"Effect": "Allow", "Action": "ssm:StartSession", "Resource": "*"},
+            {"Effect": "Deny", "Action": "ssm:StartSession", "Resource": INSTANCE},
+        ),
+    )
+    ssm = broker.client("ssm", key, secret)
+    for spelling in (TARGET, TARGET.lower(), TARGET.upper().replace("I-", "i-")):
+        with pytest.raises(ClientError) as exc:
+            ssm.start_session(Target=spelling)
+        err = exc.value.response["Error"]
+        assert err["Code"] == "AccessDeniedException", spelling
+        assert f"on resource: {INSTANCE} with an explicit deny" in err["Message"], spelling
+
+
+# -- issue 15 item 6: AWS-owned documents ---------------------------------------------------
+
+
+def test_aws_owned_documents_of_other_kinds_exist(broker: Broker, node: Agent) -> None:
+    ssm = broker.client("ssm")
+    for name, kind in (
+        ("AWS-StartPortForwardingSessionToSocket", "Session"),
+        ("AWS-PasswordReset", "Session"),
+        ("AWS-RunShellScript", "Command"),
+    ):
+        d = broker.aws_json("ssm", "describe-document", "--name", name)["Document"]
+        assert d["Owner"] == "Amazon" and d["DocumentType"] == kind, name
+    run = json.loads(ssm.get_document(Name="AWS-RunShellScript")["Content"])
+    assert run["parameters"]["commands"]["type"] == "StringList"
+    assert run["parameters"]["executionTimeout"]["default"] == "3600"
+    reset = json.loads(ssm.get_document(Name="AWS-PasswordReset")["Content"])
+    linux = reset["properties"]["linux"]
+    assert linux == {"commands": "passwd {{username}}", "runAsElevated": True}
+    # A Command document is not for Session Manager: AWS's text (its troubleshooting page).
+    proc = broker.aws(
+        "ssm", "start-session", "--target", TARGET, "--document-name", "AWS-RunShellScript"
+    )
+    assert proc.returncode != 0
+    assert (
+        "An error occurred (InvalidDocument) when calling the StartSession operation: "
+        "Document type: 'Command' is not supported. Only type: 'Session' is supported for "
+        "Session Manager." in proc.stderr
+    )
+    with pytest.raises(ClientError) as exc:
+        ssm.start_session(
+            Target=TARGET,
+            DocumentName="AWS-PasswordReset",
+            Parameters={"username": ["bad user;"]},
+        )
+    assert exc.value.response["Error"]["Code"] == "InvalidParameters"
+    out = ssm.start_session(
+        Target=TARGET,
+        DocumentName="AWS-StartPortForwardingSessionToSocket",
+        Parameters={"portNumber": ["22"], "localUnixSocket": ["/tmp/x.sock"]},
+    )
+    ssm.terminate_session(SessionId=out["SessionId"])
+
