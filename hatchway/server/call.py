@@ -101,8 +101,19 @@ class Call:
         """Evaluate and raise AWS's AccessDenied on anything but an allow."""
         d = self.decide(action, resource, context)
         if not d.allowed:
-            raise access_denied(d.message or "Access denied", self.protocol)
+            raise access_denied(self._denial_text(d, action, resource), self.protocol)
         return d
+
+    def _denial_text(self, d: Decision, action: str, resource: str) -> str:
+        """AWS names ``arn:aws:ssm:<region>:<account>:*`` as the resource of SSM actions that
+        have no resource type (DescribeInstanceInformation, DescribeSessions, ListDocuments,
+        the activations: docs/compatibility.md)."""
+        message = d.message or "Access denied"
+        if resource == "*" and action.startswith("ssm:"):
+            head = f"perform: {action} "
+            where = f"arn:aws:ssm:{self.region}:{self.account}:*"
+            message = message.replace(head, f"perform: {action} on resource: {where} ", 1)
+        return message
 
     def deny(self, decision: Decision) -> ServiceError:
         return access_denied(decision.message or "Access denied", self.protocol)

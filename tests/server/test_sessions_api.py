@@ -507,3 +507,58 @@ def test_aws_owned_documents_of_other_kinds_exist(broker: Broker, node: Agent) -
     )
     ssm.terminate_session(SessionId=out["SessionId"])
 
+
+# -- issue 15 item 7: DescribeInstanceInformation as AWS -------------------------------------
+
+
+def _os_release() -> dict[str, str]:
+    out = {}
+    for line in Path("/etc/os-release").read_text().splitlines():
+        key, _, value = line.partition("=")
+        out[key] = value.strip().strip("\"'")
+    return out
+
+
+def test_instance_information_of_an_ec2_node(broker: Broker, node: Agent) -> None:
+    ssm = broker.client("ssm")
+    (item,) = ssm.describe_instance_information(
+        Filters=[{"Key": "InstanceIds", "Values": [TARGET]}]
+    )["InstanceInformationList"]
+    for absent in ("ActivationId", "RegistrationDate", "Name"):
+        assert absent not in item, absent  # AWS reports these for mi- nodes only
+    release = _os_release()
+    assert item["PlatformName"] == release["NAME"]  # "Ubuntu", "Debian GNU/Linux", …
+    assert item["PlatformVersion"] == release["VERSION_ID"]
+    got = ssm.describe_instance_information(
+        Filters=[{"Key": "AssociationStatus", "Values": ["Success"]}]
+    )
+    assert got["InstanceInformationList"] == []  # no associations in Hatchway
+    listed = broker.aws_json(
+        "ssm", "describe-instance-information", "--filters", "Key=PingStatus,Values=Online"
+    )["InstanceInformationList"]
+    assert TARGET in [i["InstanceId"] for i in listed]
+    with pytest.raises(ClientError) as exc:
+        ssm.describe_instance_information(Filters=[{"Key": "PingStatus", "Values": ["Up"]}])
+    err = exc.value.response["Error"]
+    assert err["Code"] == "InvalidInstanceInformationFilterValue"
+
+
+def test_access_denied_on_actions_without_resource_types_names_the_region(broker: Broker) -> None:
+    deny = {"Effect": "Deny", "Action": "ssm:ListDocuments", "Resource": "*"}
+    key, secret = user_with_policy(broker, "nolist", _policy(deny))
+    ssm = broker.client("ssm", key, secret)
+    where = f"arn:aws:ssm:{REGION}:{ACCOUNT}:*"
+    with pytest.raises(ClientError) as exc:
+        ssm.describe_instance_information()
+    assert exc.value.response["Error"]["Message"] == (
+        f"User: arn:aws:iam::{ACCOUNT}:user/nolist is not authorized to perform: "
+        f"ssm:DescribeInstanceInformation on resource: {where} because no identity-based "
+        "policy allows the ssm:DescribeInstanceInformation action"
+    )
+    with pytest.raises(ClientError) as exc:
+        ssm.list_documents()
+    assert exc.value.response["Error"]["Message"] == (
+        f"User: arn:aws:iam::{ACCOUNT}:user/nolist is not authorized to perform: "
+        f"ssm:ListDocuments on resource: {where} with an explicit deny in an identity-based "
+        "policy"
+    )
