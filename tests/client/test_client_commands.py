@@ -8,6 +8,8 @@ import json
 import os
 import pwd
 import shlex
+import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -687,3 +689,69 @@ def test_the_node_runs_the_version_start_session_validated(stack: Any, path: str
     assert done.returncode == 0, done.stderr
     assert b"\nversion-one\n" in done.stdout and b"version-two" not in done.stdout
 
+
+# -- issue 15 item 3: the session user the agent creates may sudo ------------------------------
+
+
+def _run_on(
+    broker: Any, path: str, target: str, command: str
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [
+            str(BIN / "aws"),
+            "ssm",
+            "start-session",
+            "--target",
+            target,
+            "--endpoint-url",
+            broker.url,
+            "--document-name",
+            "AWS-StartNonInteractiveCommand",
+            "--parameters",
+            json.dumps({"command": [command]}),
+        ],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        env=Creds().env(path),
+        timeout=90,
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creates OS users")
+@pytest.mark.parametrize("created_by_agent", [True, False])
+def test_the_user_the_agent_creates_gets_passwordless_sudo(
+    stack: Any, path: str, tmp_path: Path, created_by_agent: bool
+) -> None:
+    """AWS's agent grants the ``ssm-user`` it creates passwordless sudo in
+    /etc/sudoers.d/ssm-agent-users; never a user it did not create. (This machine's ssm-user
+    may already exist, so the agent runs with its own ``--session-user``, whose file is
+    ssm-agent-users-<name>.)"""
+    if shutil.which("sudo") is None:
+        pytest.skip("sudo is not installed (.ci/run installs it)")
+    name = f"hws{uuid.uuid4().hex[:8]}"
+    grant = Path("/etc/sudoers.d") / f"ssm-agent-users-{name}"
+    if not created_by_agent:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+    target = f"i-0{uuid.uuid4().hex[:16]}"
+    agent = srv.start_agent(stack, tmp_path / "state", target, extra=("--session-user", name))
+    try:
+        done = _run_on(stack, path, target, "id -un; sudo -n true && echo SUDO-OK")
+        assert f"\n{name}\n".encode() in done.stdout, done.stderr
+        if created_by_agent:
+            assert b"SUDO-OK" in done.stdout, done.stdout
+            st = grant.lstat()
+            assert stat.S_IMODE(st.st_mode) == 0o440 and st.st_uid == 0
+            assert grant.read_text() == f"# User rules for {name}\n{name} ALL=(ALL) NOPASSWD:ALL\n"
+            assert not [p for p in grant.parent.iterdir() if p.name.startswith(".ssm-agent")]
+            # Operators opt out by removing the file: it is not written again.
+            grant.unlink()
+            done = _run_on(stack, path, target, "sudo -n true && echo SUDO-OK")
+            assert b"SUDO-OK" not in done.stdout
+            assert not grant.exists()
+        else:
+            assert b"SUDO-OK" not in done.stdout
+            assert not grant.exists()
+    finally:
+        agent.stop()
+        grant.unlink(missing_ok=True)
+        subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
