@@ -755,3 +755,27 @@ def test_the_user_the_agent_creates_gets_passwordless_sudo(
         agent.stop()
         grant.unlink(missing_ok=True)
         subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
+
+
+def test_aws_start_non_interactive_command_separate_output_stream(stack: Any, path: str) -> None:
+    """issue 15 item 4: AWS's parameters separateOutputStream / stdoutSeparatorPrefix /
+    stderrSeparatorPrefix, through the real ``aws ssm start-session``."""
+    run = start(
+        stack,
+        path,
+        "--document-name",
+        "AWS-StartNonInteractiveCommand",
+        "--parameters",
+        json.dumps(
+            {
+                "command": ["echo to-out; echo to-err >&2; exit 5"],
+                "separateOutputStream": ["true"],
+                "stdoutSeparatorPrefix": ["OUT:"],
+                "stderrSeparatorPrefix": ["ERR:"],
+            }
+        ),
+    )
+    assert b"OUT:to-out\n" in run.out and b"to-err" not in run.out
+    assert b"ERR:to-err\n" in run.err
+    assert b"EXIT_CODE" not in run.out  # our plugin takes it as its exit status
+    assert run.code == 255 and b"returned non-zero exit status 5." in run.err
