@@ -105,11 +105,10 @@ class Call:
         return d
 
     def _denial_text(self, d: Decision, action: str, resource: str) -> str:
-        """AWS names ``arn:aws:ssm:<region>:<account>:*`` as the resource of SSM actions that
-        have no resource type (DescribeInstanceInformation, DescribeSessions, ListDocuments,
-        the activations: docs/compatibility.md)."""
+        """AWS names ``arn:aws:ssm:<region>:<account>:*`` as the resource of the SSM read and
+        list actions that have no resource type (docs/nodes.md)."""
         message = d.message or "Access denied"
-        if resource == "*" and action.startswith("ssm:"):
+        if resource == "*" and action in SSM_ACCOUNT_WIDE_READS:
             head = f"perform: {action} "
             where = f"arn:aws:ssm:{self.region}:{self.account}:*"
             message = message.replace(head, f"perform: {action} on resource: {where} ", 1)
@@ -118,6 +117,21 @@ class Call:
     def deny(self, decision: Decision) -> ServiceError:
         return access_denied(decision.message or "Access denied", self.protocol)
 
+
+SSM_ACCOUNT_WIDE_READS = frozenset(
+    {
+        "ssm:DescribeInstanceInformation",
+        "ssm:DescribeInstanceProperties",
+        "ssm:DescribeSessions",
+        "ssm:ListDocuments",
+        "ssm:DescribeActivations",
+    }
+)
+"""SSM's read/list actions without a resource type in the Service Authorization Reference,
+whose AccessDenied names ``arn:aws:ssm:<region>:<account>:*`` (as AWS's messages for
+DescribeInstanceInformation do). The write actions without one (CreateActivation,
+DeleteActivation) keep the message without a resource: no published AWS message shows
+otherwise."""
 
 _CLOCK: list[tuple[int, str, str]] = [(0, "", "")]
 
