@@ -7,8 +7,10 @@
 * ``NonInteractiveCommands`` (:class:`NonInteractiveCommandsPlugin`): the command on pipes,
   stdin ``/dev/null``. With ``separateOutputStream`` stdout goes out as Output (PayloadType 1)
   and stderr as StdErr (11), every line prefixed with ``stdOutSeparatorPrefix`` /
-  ``stdErrSeparatorPrefix``; otherwise both share one pipe and go out as Output. Then the exit
-  code as ExitCode (12, ``EXIT_CODE: <n>``), then the session ends. Client input is only
+  ``stdErrSeparatorPrefix``, then the exit code as ExitCode (12, ``EXIT_CODE: <n>``);
+  otherwise both share one pipe and go out as Output and no ExitCode is sent, as AWS's agent
+  does (the code goes to the broker with ``Terminating``, which passes it on to Hatchway's
+  plugin in ``channel_closed``). Then the session ends. Client input is only
   scanned for Ctrl-C / Ctrl-\\ / Ctrl-Z, which signal the command's process group; Size is
   ignored.
 
@@ -165,6 +167,7 @@ class NonInteractiveCommandsPlugin(SessionPlugin):
         self.proc: subprocess.Popen[bytes] | None = None
         self.pipes: list[_Pipe] = []
         self.exit_code: int | None = None
+        self._separate = False
         self._paused = False
         self._closed = False
         self._reaper: asyncio.Task[None] | None = None
@@ -172,7 +175,7 @@ class NonInteractiveCommandsPlugin(SessionPlugin):
     async def start(self) -> None:
         cfg = command_config(self.io.document)
         command = command_text(cfg)
-        separate = is_true(cfg.get("separateOutputStream"))
+        separate = self._separate = is_true(cfg.get("separateOutputStream"))
         prefixes = {"stdOutSeparatorPrefix": "", "stdErrSeparatorPrefix": ""}
         if separate:
             for key in prefixes:
@@ -285,7 +288,10 @@ class NonInteractiveCommandsPlugin(SessionPlugin):
         else:
             code = 128 + info.si_status
         self.exit_code = code
-        self.io.output(build_exit_code(code), PayloadType.EXIT_CODE)
+        if self._separate:
+            # As AWS's agent: ExitCode (12) only with separateOutputStream; otherwise the code
+            # reaches the broker in the session state and Hatchway's plugin in channel_closed.
+            self.io.output(build_exit_code(code), PayloadType.EXIT_CODE)
         self.io.exited(code)
 
     # -- input ----------------------------------------------------------------------------

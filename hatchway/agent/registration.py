@@ -119,15 +119,32 @@ def save(state_dir: Path, reg: Registration) -> None:
     _write_private(state_dir / "registration.json", json.dumps(public, indent=2) + "\n")
 
 
+def os_release(path: str = "/etc/os-release") -> tuple[str, str]:
+    """The distribution's name and version (``NAME``, ``VERSION_ID`` of os-release(5)), which
+    AWS's agent reports as PlatformName / PlatformVersion (e.g. ``Ubuntu`` / ``22.04``);
+    the kernel's name and release where the file is missing."""
+    fields: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.strip().partition("=")
+                if sep and key in ("NAME", "VERSION_ID"):
+                    fields[key] = value.strip().strip("\"'")
+    except OSError:
+        pass
+    return (fields.get("NAME") or platform.system(), fields.get("VERSION_ID") or platform.release())
+
+
 def host_facts() -> dict[str, Any]:
+    name, version = os_release()
     try:
         ip = socket.gethostbyname(socket.gethostname())
     except OSError:
         ip = "127.0.0.1"
     return {
         "ComputerName": socket.gethostname(),
-        "PlatformName": platform.system(),
-        "PlatformVersion": platform.release(),
+        "PlatformName": name,
+        "PlatformVersion": version,
         "PlatformType": "Linux",
         "IPAddress": ip,
         "AgentName": AGENT_NAME,

@@ -218,8 +218,10 @@ class AgentSession:
 
     # -- outgoing ---------------------------------------------------------------------
 
-    def _control_frame(self, state: str, reason: str | None = None) -> bytes:
-        payload = build_agent_session_state(state, self.session_id, reason)
+    def _control_frame(
+        self, state: str, reason: str | None = None, exit_code: int | None = None
+    ) -> bytes:
+        payload = build_agent_session_state(state, self.session_id, reason, exit_code)
         return encode(
             Frame(
                 MessageType.AGENT_SESSION_STATE,
@@ -437,7 +439,9 @@ class AgentSession:
                 if not ws.closed:
                     if self.failure is not None:
                         self.outbox.put_nowait(self._control_frame("Failed", self.failure))
-                    self.outbox.put_nowait(self._control_frame("Terminating"))
+                    self.outbox.put_nowait(
+                        self._control_frame("Terminating", exit_code=self.exit_code)
+                    )
                 self.outbox.put_nowait(None)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(writer, 5)

@@ -82,6 +82,49 @@ class OsUser:
     shell: str
 
 
+SUDOERS_DIR = "/etc/sudoers.d"
+SUDOERS_FILE = "ssm-agent-users"
+
+
+def sudoers_path(name: str, directory: str = SUDOERS_DIR) -> str:
+    """AWS's file for ``ssm-user``; ``ssm-agent-users-<name>`` for another ``--session-user``
+    (a name useradd accepts has no ``.``, so sudo reads the file)."""
+    base = SUDOERS_FILE if name == DEFAULT_USER else f"{SUDOERS_FILE}-{name}"
+    return os.path.join(directory, base)
+
+
+def grant_sudo(name: str, directory: str = SUDOERS_DIR) -> bool:
+    """Passwordless sudo for ``name``, which the agent has just created, as AWS's agent does
+    for ``ssm-user`` (docs/nodes.md, "ssm-user and sudo"). The file is written under a name
+    sudo ignores (it has a ``.``), created ``0440`` from the start, then linked into place:
+    never a moment where it exists with looser permissions (AWS's agent had that window,
+    CVE-2022-29527). An existing file is left alone; without ``/etc/sudoers.d`` (no sudo)
+    there is nothing to do. Returns whether the file was written."""
+    if not os.path.isdir(directory):
+        return False
+    final = sudoers_path(name, directory)
+    if os.path.lexists(final):
+        return False
+    tmp = os.path.join(directory, f".{os.path.basename(final)}.{os.getpid()}.tmp")
+    text = f"# User rules for {name}\n{name} ALL=(ALL) NOPASSWD:ALL\n"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o440)
+        try:
+            os.fchmod(fd, 0o440)  # whatever the umask
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, final)  # atomic, and never replaces a file that appeared meanwhile
+        return True
+    except OSError as exc:
+        log.warning("could not grant sudo to %s in %s: %s", name, final, exc)
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
 def resolve_user(name: str, *, allow_root: bool = False, create: bool = False) -> OsUser:
     """The OS account a session runs as; ``create`` makes ``ssm-user``-style accounts on
     demand (needs root). Root only when ``allow_root``: never a silent fallback."""
@@ -101,6 +144,7 @@ def resolve_user(name: str, *, allow_root: bool = False, create: bool = False) -
             pw = pwd.getpwnam(name)
         except (subprocess.CalledProcessError, OSError, KeyError) as exc:
             raise RunAsError(f"could not create the session user {name}: {exc}") from None
+        grant_sudo(name)  # only for the user the agent just created, as AWS's agent does
     if pw.pw_uid == 0 and not allow_root:
         raise RunAsError("sessions do not run as root unless the agent is configured to")
     if os.geteuid() != 0 and pw.pw_uid != os.geteuid():

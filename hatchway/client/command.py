@@ -4,9 +4,11 @@ The command runs without a terminal and with stdin ``/dev/null`` on the node, so
 nothing to type: the terminal stays as it is (no raw mode, no Size messages) and stdin is not
 read. Ctrl-C, Ctrl-\\ and Ctrl-Z reach the plugin as signals and are forwarded as the bytes
 ``0x03``/``0x1c``/``0x1a``, which the agent turns into signals to the command. Output
-(PayloadType 1) goes to stdout and StdErr (11) to stderr, byte for byte. ExitCode (12,
-``EXIT_CODE: <n>``) becomes the plugin's exit status when the channel closes; AWS's plugin
-prints that payload on stdout and exits 0 instead (docs/client.md).
+(PayloadType 1) goes to stdout and StdErr (11) to stderr, byte for byte. The command's exit
+code becomes the plugin's exit status when the channel closes: from ExitCode (12,
+``EXIT_CODE: <n>``, sent only with ``separateOutputStream``) or else from the ``ExitCode``
+member Hatchway's broker adds to ``channel_closed``. AWS's plugin prints an ExitCode payload on
+stdout, ignores the extra member, and exits 0 (docs/client.md).
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ class CommandHandler(ShellHandler):
 
     async def start(self) -> None:
         """Nothing to set up: no raw mode, no Size, no stdin (see the module docstring)."""
+
+    def on_reported_exit_code(self, code: int) -> None:
+        """Without ``separateOutputStream`` the agent sends no ExitCode payload (as AWS's);
+        Hatchway's broker reports the code in ``channel_closed`` instead."""
+        if self.exit_code is None:
+            self.exit_code = code
 
     def exit_status(self) -> int:
         code = self.exit_code

@@ -76,5 +76,8 @@ class SessionHandler:
         """The process exit status when the channel closes normally (None: 0)."""
         return None
 
+    def on_reported_exit_code(self, code: int) -> None:
+        """The exit code Hatchway's broker put in ``channel_closed`` (``ExitCode``)."""
+
     async def stop(self) -> None:
         """Undo :meth:`start` (restore the terminal); called exactly once on every exit."""

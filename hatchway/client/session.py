@@ -566,6 +566,8 @@ class Session:
                 self._last_activity = time.monotonic()
                 self._acked.set()
             elif isinstance(event, ChannelClosed):
+                if self.handler is not None and event.exit_code is not None:
+                    self.handler.on_reported_exit_code(event.exit_code)
                 status = self.handler.exit_status() if self.handler is not None else None
                 self._finish(_Exit(status or 0, exiting_message(self.session_id, event.output)))
                 return

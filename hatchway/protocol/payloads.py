@@ -223,6 +223,9 @@ class ChannelClosedMessage:
     created_date: str = ""
     destination_id: str = ""
     schema_version: int = 1
+    exit_code: int | None = None
+    """Hatchway's broker adds ``ExitCode`` (the command's exit code, when the node reported
+    one); AWS's plugin decodes channel_closed into a struct without it and ignores it."""
 
 
 def build_channel_closed(
@@ -232,19 +235,21 @@ def build_channel_closed(
     message_id: uuid.UUID | str,
     created_date: str = "",
     destination_id: str = "",
+    exit_code: int | None = None,
 ) -> bytes:
     """The ``channel_closed`` JSON sent by the service to a client or an agent."""
-    return _dumps(
-        {
-            "MessageId": str(message_id),
-            "CreatedDate": created_date,
-            "DestinationId": destination_id,
-            "SessionId": session_id,
-            "MessageType": MessageType.CHANNEL_CLOSED.value,
-            "SchemaVersion": 1,
-            "Output": output,
-        }
-    )
+    obj: dict[str, Any] = {
+        "MessageId": str(message_id),
+        "CreatedDate": created_date,
+        "DestinationId": destination_id,
+        "SessionId": session_id,
+        "MessageType": MessageType.CHANNEL_CLOSED.value,
+        "SchemaVersion": 1,
+        "Output": output,
+    }
+    if exit_code is not None:
+        obj["ExitCode"] = exit_code
+    return _dumps(obj)
 
 
 def parse_channel_closed(payload: bytes | str) -> ChannelClosedMessage:
@@ -268,6 +273,7 @@ def parse_channel_closed(payload: bytes | str) -> ChannelClosedMessage:
         created_date=text("CreatedDate"),
         destination_id=text("DestinationId"),
         schema_version=schema if isinstance(schema, int) and not isinstance(schema, bool) else 1,
+        exit_code=_exit_code_field(value.get("ExitCode")),
     )
 
 
@@ -508,10 +514,16 @@ class AgentSessionState:
     schema_version: int = 1
     reason: str | None = None
     """Hatchway's agent adds ``Reason`` to a ``Failed`` state (why the session could not run)."""
+    exit_code: int | None = None
+    """Hatchway's agent adds ``ExitCode`` to ``Terminating`` when the session's process
+    exited (the broker passes it on in ``channel_closed``)."""
 
 
 def build_agent_session_state(
-    session_state: str, session_id: str, reason: str | None = None
+    session_state: str,
+    session_id: str,
+    reason: str | None = None,
+    exit_code: int | None = None,
 ) -> bytes:
     """``{"SchemaVersion":1,"SessionState":"Connected"|"Terminating","SessionId":...}``."""
     obj: dict[str, Any] = {
@@ -521,6 +533,8 @@ def build_agent_session_state(
     }
     if reason is not None:
         obj["Reason"] = reason
+    if exit_code is not None:
+        obj["ExitCode"] = exit_code
     return _dumps(obj)
 
 
@@ -533,7 +547,15 @@ def parse_agent_session_state(payload: bytes | str) -> AgentSessionState:
         session_id=_str(obj, "SessionId", what, default=""),
         schema_version=_int(obj, "SchemaVersion", what, default=1),
         reason=_opt_str(obj, "Reason", what),
+        exit_code=_exit_code_field(obj.get("ExitCode")),
     )
+
+
+def _exit_code_field(value: Any) -> int | None:
+    """An optional ``ExitCode`` member: an int in a process's range, else ignored."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if -(2**31) <= value < 2**31 else None
 
 
 # --- OpenDataChannelInput (first WebSocket text frame) -------------------------------------

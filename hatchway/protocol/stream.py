@@ -122,6 +122,8 @@ class ChannelClosed:
 
     output: str
     session_id: str
+    exit_code: int | None = None
+    """The command's exit code when Hatchway's broker reports one (``ExitCode``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,7 +504,7 @@ class Stream:
 
     def _on_channel_closed(self, frame: Frame, now: float) -> list[Event]:
         closed = parse_channel_closed(frame.payload)
-        return [ChannelClosed(closed.output, closed.session_id)]
+        return [ChannelClosed(closed.output, closed.session_id, closed.exit_code)]
 
     def _on_start_publication(self, frame: Frame, now: float) -> list[Event]:
         self._paused = False

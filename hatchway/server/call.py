@@ -108,12 +108,37 @@ class Call:
         """Evaluate and raise AWS's AccessDenied on anything but an allow."""
         d = self.decide(action, resource, context)
         if not d.allowed:
-            raise access_denied(d.message or "Access denied", self.protocol)
+            raise access_denied(self._denial_text(d, action, resource), self.protocol)
         return d
+
+    def _denial_text(self, d: Decision, action: str, resource: str) -> str:
+        """AWS names ``arn:aws:ssm:<region>:<account>:*`` as the resource of the SSM read and
+        list actions that have no resource type (docs/nodes.md)."""
+        message = d.message or "Access denied"
+        if resource == "*" and action in SSM_ACCOUNT_WIDE_READS:
+            head = f"perform: {action} "
+            where = f"arn:aws:ssm:{self.region}:{self.account}:*"
+            message = message.replace(head, f"perform: {action} on resource: {where} ", 1)
+        return message
 
     def deny(self, decision: Decision) -> ServiceError:
         return access_denied(decision.message or "Access denied", self.protocol)
 
+
+SSM_ACCOUNT_WIDE_READS = frozenset(
+    {
+        "ssm:DescribeInstanceInformation",
+        "ssm:DescribeInstanceProperties",
+        "ssm:DescribeSessions",
+        "ssm:ListDocuments",
+        "ssm:DescribeActivations",
+    }
+)
+"""SSM's read/list actions without a resource type in the Service Authorization Reference,
+whose AccessDenied names ``arn:aws:ssm:<region>:<account>:*`` (as AWS's messages for
+DescribeInstanceInformation do). The write actions without one (CreateActivation,
+DeleteActivation) keep the message without a resource: no published AWS message shows
+otherwise."""
 
 _CLOCK: list[tuple[int, str, str]] = [(0, "", "")]
 

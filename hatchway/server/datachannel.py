@@ -82,7 +82,9 @@ class Relay:
     idle_timeout: float = 20 * 60.0  # seconds (document inputs.idleSessionTimeout, minutes)
     max_duration: float | None = None  # seconds (inputs.maxSessionDuration, minutes)
 
-    async def send_closed(self, ws: web.WebSocketResponse | None, output: str = "") -> None:
+    async def send_closed(
+        self, ws: web.WebSocketResponse | None, output: str = "", exit_code: int | None = None
+    ) -> None:
         if ws is None or ws.closed:
             return
         frame = frames.Frame(
@@ -95,6 +97,7 @@ class Relay:
                 message_id=str(uuid.uuid4()),
                 created_date=datetime.now(UTC).isoformat(),
                 destination_id=self.target,
+                exit_code=exit_code,
             ),
             message_id=uuid.uuid4(),
             created_date=int(time.time() * 1000),
@@ -104,12 +107,18 @@ class Relay:
             await ws.send_bytes(frames.encode(frame))
 
     async def close(
-        self, output: str = "", *, to_agent: bool = True, code: int = WSCloseCode.OK
+        self,
+        output: str = "",
+        *,
+        to_agent: bool = True,
+        code: int = WSCloseCode.OK,
+        exit_code: int | None = None,
     ) -> None:
         """End the channel: channel_closed to the client (and the agent), then close both
-        (with ``code``: 1001 Going Away when the broker stops)."""
+        (with ``code``: 1001 Going Away when the broker stops). ``exit_code`` (the node's, at a
+        normal end) goes to the client only."""
         self.ended = True
-        await self.send_closed(self.client, output)
+        await self.send_closed(self.client, output, exit_code)
         if to_agent:
             await self.send_closed(self.agent, output)
         for ws in (self.client, self.agent):
@@ -308,6 +317,7 @@ async def _agent_side(
     _set_status(state, session_id, "Connected")
     clean = False
     failed: str | None = None
+    exit_code: int | None = None
     try:
         async for msg in ws:
             if msg.type != WSMsgType.BINARY:
@@ -323,6 +333,7 @@ async def _agent_side(
                     failed = st.reason or "The session could not start on the node."
                 elif st.session_state == "Terminating":
                     clean = True
+                    exit_code = st.exit_code
                     break
                 continue
             if kind == AGENT_SESSION_LOG:
@@ -350,7 +361,9 @@ async def _agent_side(
             await end_session(
                 state, session_id, "Terminated" if failed is None else "Failed", failed
             )
-            await relay.close(failed or "", to_agent=False)
+            await relay.close(
+                failed or "", to_agent=False, exit_code=exit_code if failed is None else None
+            )
         await state.recordings.finish(session_id)
     return False
 

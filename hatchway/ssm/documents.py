@@ -1086,20 +1086,27 @@ _HOST_DESCRIPTION = "(Optional) Hostname or IP address of the destination server
 
 @dataclass(frozen=True)
 class AwsDocument:
-    """An AWS-owned Session document: name, content (JSON text) and its nominal date."""
+    """An AWS-owned document: name, content (JSON text), its nominal date and its type
+    (``Session``, or ``Command`` for Run Command's documents)."""
 
     name: str
     content: str
     created: datetime
+    document_type: str = "Session"
 
     @property
     def document(self) -> dict[str, Any]:
         return parse_content(self.content, "JSON")
 
 
-def _doc(name: str, created: str, body: dict[str, Any]) -> AwsDocument:
+def _doc(
+    name: str, created: str, body: dict[str, Any], document_type: str = "Session"
+) -> AwsDocument:
     return AwsDocument(
-        name, json.dumps(body, indent=2), datetime.fromisoformat(created).replace(tzinfo=UTC)
+        name,
+        json.dumps(body, indent=2),
+        datetime.fromisoformat(created).replace(tzinfo=UTC),
+        document_type,
     )
 
 
@@ -1114,20 +1121,142 @@ def _local_port_param() -> dict[str, Any]:
 
 
 def _command_properties(session_type: str) -> dict[str, Any]:
+    """AWS-StartInteractiveCommand / AWS-StartNonInteractiveCommand. The non-interactive one
+    also takes ``separateOutputStream`` (``true``/``false``, default ``false``),
+    ``stdoutSeparatorPrefix`` and ``stderrSeparatorPrefix``, mapped onto the agent's
+    ``separateOutputStream`` / ``stdOutSeparatorPrefix`` / ``stdErrSeparatorPrefix``
+    (aws/amazon-ssm-agent agent/session/contracts/model.go; docs/compatibility.md)."""
+    interactive = session_type == "InteractiveCommands"
+    parameters: dict[str, Any] = {
+        "command": {"type": "String", "description": "The command to run on the instance"}
+    }
+    platform: dict[str, Any] = {"commands": "{{command}}", "runAsElevated": False}
+    if not interactive:
+        parameters.update(
+            {
+                "separateOutputStream": {
+                    "type": "String",
+                    "description": "(Optional) Whether to send stdout and stderr apart "
+                    "(and the exit code)",
+                    "allowedValues": ["true", "false"],
+                    "default": "false",
+                },
+                "stdoutSeparatorPrefix": {
+                    "type": "String",
+                    "description": "(Optional) Prefix of every stdout line when "
+                    "separateOutputStream is true",
+                    "default": "",
+                },
+                "stderrSeparatorPrefix": {
+                    "type": "String",
+                    "description": "(Optional) Prefix of every stderr line when "
+                    "separateOutputStream is true",
+                    "default": "",
+                },
+            }
+        )
+        platform.update(
+            {
+                "separateOutputStream": "{{separateOutputStream}}",
+                "stdOutSeparatorPrefix": "{{stdoutSeparatorPrefix}}",
+                "stdErrSeparatorPrefix": "{{stderrSeparatorPrefix}}",
+            }
+        )
     return {
         "schemaVersion": "1.0",
         "description": "Document to run single interactive command on an instance"
-        if session_type == "InteractiveCommands"
+        if interactive
         else "Document to run single non-interactive command on an instance",
         "sessionType": session_type,
-        "parameters": {
-            "command": {"type": "String", "description": "The command to run on the instance"}
-        },
-        "properties": {
-            os_name: {"commands": "{{command}}", "runAsElevated": False}
-            for os_name in ("windows", "linux", "macos")
-        },
+        "parameters": parameters,
+        "properties": {os_name: dict(platform) for os_name in ("windows", "linux", "macos")},
     }
+
+
+_PASSWORD_RESET = {
+    "schemaVersion": "1.0",
+    "description": "Document to reset a user's password on an instance",
+    "sessionType": "InteractiveCommands",
+    "parameters": {
+        "username": {
+            "type": "String",
+            "description": "The username for which the password needs to be reset on an instance",
+            "allowedPattern": "^[a-zA-Z0-9\\_.@-]*$",
+            "minChars": 1,
+            "maxChars": 256,
+        }
+    },
+    "properties": {
+        "windows": {"commands": "net user {{username}} *", "runAsElevated": True},
+        "linux": {"commands": "passwd {{username}}", "runAsElevated": True},
+        "macos": {"commands": "passwd {{username}}", "runAsElevated": True},
+    },
+}
+
+_TO_SOCKET = {
+    "schemaVersion": "1.0",
+    "description": "Document to start port forwarding session over Session Manager to a "
+    "local unix socket",
+    "sessionType": "Port",
+    "parameters": {
+        "portNumber": {
+            "type": "String",
+            "description": "(Optional) Port number of the server on the instance",
+            "allowedPattern": _PORT,
+            "default": "80",
+        },
+        "localUnixSocket": {
+            "type": "String",
+            "description": "(Required) Unix socket path on local machine to forward traffic to",
+        },
+    },
+    "properties": {
+        "portNumber": "{{ portNumber }}",
+        "type": "LocalPortForwarding",
+        "localUnixSocket": "{{ localUnixSocket }}",
+        "localConnectionType": "unix",
+    },
+}
+
+_RUN_SHELL_SCRIPT = {
+    "schemaVersion": "1.2",
+    "description": "Run a shell script or specify the commands to run.",
+    "parameters": {
+        "commands": {
+            "type": "StringList",
+            "description": "(Required) Specify a shell script or a command to run.",
+            "minItems": 1,
+            "displayType": "textarea",
+        },
+        "workingDirectory": {
+            "type": "String",
+            "default": "",
+            "description": "(Optional) The path to the working directory on your instance.",
+            "maxChars": 4096,
+        },
+        "executionTimeout": {
+            "type": "String",
+            "default": "3600",
+            "description": "(Optional) The time in seconds for a command to complete before it "
+            "is considered to have failed. Default is 3600 (1 hour). Maximum is 172800 "
+            "(48 hours).",
+            "allowedPattern": "([1-9][0-9]{0,4})|(1[0-6][0-9]{4})|(17[0-1][0-9]{3})|"
+            "(172[0-7][0-9]{2})|(172800)",
+        },
+    },
+    "runtimeConfig": {
+        "aws:runShellScript": {
+            "properties": [
+                {
+                    "id": "0.aws:runShellScript",
+                    "runCommand": "{{ commands }}",
+                    "workingDirectory": "{{ workingDirectory }}",
+                    "timeoutSeconds": "{{ executionTimeout }}",
+                }
+            ]
+        }
+    },
+}
 
 
 AWS_DOCUMENTS: dict[str, AwsDocument] = {
@@ -1214,6 +1343,9 @@ AWS_DOCUMENTS: dict[str, AwsDocument] = {
             "2022-03-16T00:00:00",
             _command_properties("NonInteractiveCommands"),
         ),
+        _doc("AWS-StartPortForwardingSessionToSocket", "2022-08-25T00:00:00", _TO_SOCKET),
+        _doc("AWS-PasswordReset", "2020-12-01T00:00:00", _PASSWORD_RESET),
+        _doc("AWS-RunShellScript", "2017-08-31T00:00:00", _RUN_SHELL_SCRIPT, "Command"),
     )
 }
 

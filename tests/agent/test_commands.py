@@ -104,12 +104,15 @@ def test_separate_streams_accept_the_string_true_and_no_prefixes() -> None:
     assert peer.transcript.payloads[-1] == (PayloadType.EXIT_CODE, b"EXIT_CODE: 0")
 
 
-def test_merged_output_then_the_exit_code() -> None:
+def test_merged_output_and_no_exit_code_payload() -> None:
+    """Without separateOutputStream AWS's agent sends no ExitCode payload (issue 15 item 4;
+    this test asserted Hatchway's old EXIT_CODE payload here: changed deliberately). The
+    session still knows the code (it goes to the broker with Terminating)."""
     peer, session = run(non_interactive("echo a; echo b >&2; echo c; exit 42"))
     t = peer.transcript
     assert t.data(PayloadType.OUTPUT) == b"a\nb\nc\n"
     assert t.data(PayloadType.STDERR) == b""
-    assert t.payloads[-1] == (PayloadType.EXIT_CODE, b"EXIT_CODE: 42")
+    assert all(kind != PayloadType.EXIT_CODE for kind, _ in t.payloads)
     assert session.exit_code == 42
 
 
@@ -134,7 +137,8 @@ def test_stdin_is_dev_null_and_the_environment_is_a_clean_login() -> None:
 
 def test_control_bytes_signal_the_command_and_size_is_ignored() -> None:
     doc = non_interactive(
-        "trap 'echo got-int; exit 9' INT; echo ready; while :; do sleep 0.1; done"
+        "trap 'echo got-int; exit 9' INT; echo ready; while :; do sleep 0.1; done",
+        separateOutputStream=True,  # so that the exit code comes as a payload
     )
 
     async def go() -> Peer:

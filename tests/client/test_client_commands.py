@@ -8,6 +8,8 @@ import json
 import os
 import pwd
 import shlex
+import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -532,20 +534,41 @@ def test_run_as_enabled_without_any_user_fails_the_session(stack: Any, path: str
     assert NO_RUN_AS_USER.encode() in run.out
 
 
+def ensure_preferences(ssm: Any) -> dict[str, Any]:
+    """AWS's first step: ``create-document SSM-SessionManagerRunShell`` (absent until then)."""
+    try:
+        return dict(json.loads(ssm.get_document(Name="SSM-SessionManagerRunShell")["Content"]))
+    except ssm.exceptions.InvalidDocument:
+        content = json.dumps(
+            {
+                "schemaVersion": "1.0",
+                "description": "Document to hold regional settings for Session Manager",
+                "sessionType": "Standard_Stream",
+                "inputs": {"idleSessionTimeout": "20", "runAsEnabled": False},
+            }
+        )
+        ssm.create_document(
+            Name="SSM-SessionManagerRunShell", Content=content, DocumentType="Session"
+        )
+        return dict(json.loads(content))
+
+
 def test_run_as_applies_to_command_documents_through_the_preferences(
     stack: Any, path: str, os_users: list[str]
 ) -> None:
-    """AWS's command documents have no inputs: they run with SSM-SessionManagerRunShell's."""
+    """AWS's command documents have no inputs: they run with SSM-SessionManagerRunShell's.
+
+    issue 15 item 1: AWS's documented procedure is ``update-document --document-version
+    '$LATEST'`` and nothing more; sessions use the latest version (this test used to call
+    update-document-default-version too, which hid the difference: changed deliberately)."""
     ssm = stack.client("ssm")
-    prefs = json.loads(ssm.get_document(Name="SSM-SessionManagerRunShell")["Content"])
-    before = ssm.describe_document(Name="SSM-SessionManagerRunShell")["Document"]
+    prefs = ensure_preferences(ssm)
     changed = dict(
         prefs, inputs={**prefs["inputs"], "runAsEnabled": True, "runAsDefaultUser": os_users[0]}
     )
-    v = ssm.update_document(
+    ssm.update_document(
         Name="SSM-SessionManagerRunShell", Content=json.dumps(changed), DocumentVersion="$LATEST"
-    )["DocumentDescription"]["DocumentVersion"]
-    ssm.update_document_default_version(Name="SSM-SessionManagerRunShell", DocumentVersion=v)
+    )
     try:
         run = start(
             stack,
@@ -558,8 +581,10 @@ def test_run_as_applies_to_command_documents_through_the_preferences(
         assert run.code == 0, run.err
         assert f"\n{os_users[0]}\n".encode() in run.out
     finally:
-        ssm.update_document_default_version(
-            Name="SSM-SessionManagerRunShell", DocumentVersion=before["DefaultVersion"]
+        back = dict(prefs, inputs={**prefs["inputs"], "runAsEnabled": False})
+        back["description"] = "back to the defaults"
+        ssm.update_document(
+            Name="SSM-SessionManagerRunShell", Content=json.dumps(back), DocumentVersion="$LATEST"
         )
     # Back to the defaults: ssm-user again.
     run = start(
@@ -571,6 +596,30 @@ def test_run_as_applies_to_command_documents_through_the_preferences(
         '{"command":["id -un"]}',
     )
     assert b"\nssm-user\n" in run.out
+
+
+def test_a_named_session_document_runs_its_latest_version(stack: Any, path: str) -> None:
+    """issue 15 item 1: ``--document-name`` runs the document's $LATEST version (as AWS's
+    plugin issue 112 reports), not its default one."""
+    ssm = stack.client("ssm")
+    create_doc(
+        stack,
+        "HwLatest",
+        {
+            "sessionType": "NonInteractiveCommands",
+            "properties": {"linux": {"commands": "echo version-one"}},
+        },
+    )
+    v2 = {
+        "schemaVersion": "1.0",
+        "sessionType": "NonInteractiveCommands",
+        "properties": {"linux": {"commands": "echo version-two"}},
+    }
+    ssm.update_document(Name="HwLatest", Content=json.dumps(v2), DocumentVersion="$LATEST")
+    assert ssm.describe_document(Name="HwLatest")["Document"]["DefaultVersion"] == "1"
+    run = start(stack, path, "--document-name", "HwLatest")
+    assert run.code == 0, run.err
+    assert b"\nversion-two\n" in run.out and b"version-one" not in run.out
 
 
 def test_interactive_command_in_a_terminal(stack: Any, path: str) -> None:
@@ -639,3 +688,94 @@ def test_the_node_runs_the_version_start_session_validated(stack: Any, path: str
     )
     assert done.returncode == 0, done.stderr
     assert b"\nversion-one\n" in done.stdout and b"version-two" not in done.stdout
+
+
+# -- issue 15 item 3: the session user the agent creates may sudo ------------------------------
+
+
+def _run_on(
+    broker: Any, path: str, target: str, command: str
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [
+            str(BIN / "aws"),
+            "ssm",
+            "start-session",
+            "--target",
+            target,
+            "--endpoint-url",
+            broker.url,
+            "--document-name",
+            "AWS-StartNonInteractiveCommand",
+            "--parameters",
+            json.dumps({"command": [command]}),
+        ],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        env=Creds().env(path),
+        timeout=90,
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creates OS users")
+@pytest.mark.parametrize("created_by_agent", [True, False])
+def test_the_user_the_agent_creates_gets_passwordless_sudo(
+    stack: Any, path: str, tmp_path: Path, created_by_agent: bool
+) -> None:
+    """AWS's agent grants the ``ssm-user`` it creates passwordless sudo in
+    /etc/sudoers.d/ssm-agent-users; never a user it did not create. (This machine's ssm-user
+    may already exist, so the agent runs with its own ``--session-user``, whose file is
+    ssm-agent-users-<name>.)"""
+    if shutil.which("sudo") is None:
+        pytest.skip("sudo is not installed (.ci/run installs it)")
+    name = f"hws{uuid.uuid4().hex[:8]}"
+    grant = Path("/etc/sudoers.d") / f"ssm-agent-users-{name}"
+    if not created_by_agent:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+    target = f"i-0{uuid.uuid4().hex[:16]}"
+    agent = srv.start_agent(stack, tmp_path / "state", target, extra=("--session-user", name))
+    try:
+        done = _run_on(stack, path, target, "id -un; sudo -n true && echo SUDO-OK")
+        assert f"\n{name}\n".encode() in done.stdout, done.stderr
+        if created_by_agent:
+            assert b"SUDO-OK" in done.stdout, done.stdout
+            st = grant.lstat()
+            assert stat.S_IMODE(st.st_mode) == 0o440 and st.st_uid == 0
+            assert grant.read_text() == f"# User rules for {name}\n{name} ALL=(ALL) NOPASSWD:ALL\n"
+            assert not [p for p in grant.parent.iterdir() if p.name.startswith(".ssm-agent")]
+            # Operators opt out by removing the file: it is not written again.
+            grant.unlink()
+            done = _run_on(stack, path, target, "sudo -n true && echo SUDO-OK")
+            assert b"SUDO-OK" not in done.stdout
+            assert not grant.exists()
+        else:
+            assert b"SUDO-OK" not in done.stdout
+            assert not grant.exists()
+    finally:
+        agent.stop()
+        grant.unlink(missing_ok=True)
+        subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
+
+
+def test_aws_start_non_interactive_command_separate_output_stream(stack: Any, path: str) -> None:
+    """issue 15 item 4: AWS's parameters separateOutputStream / stdoutSeparatorPrefix /
+    stderrSeparatorPrefix, through the real ``aws ssm start-session``."""
+    run = start(
+        stack,
+        path,
+        "--document-name",
+        "AWS-StartNonInteractiveCommand",
+        "--parameters",
+        json.dumps(
+            {
+                "command": ["echo to-out; echo to-err >&2; exit 5"],
+                "separateOutputStream": ["true"],
+                "stdoutSeparatorPrefix": ["OUT:"],
+                "stderrSeparatorPrefix": ["ERR:"],
+            }
+        ),
+    )
+    assert b"OUT:to-out\n" in run.out and b"to-err" not in run.out
+    assert b"ERR:to-err\n" in run.err
+    assert b"EXIT_CODE" not in run.out  # our plugin takes it as its exit status
+    assert run.code == 255 and b"returned non-zero exit status 5." in run.err

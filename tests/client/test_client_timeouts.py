@@ -92,14 +92,19 @@ def test_idle_timeout_ends_a_quiet_command_without_an_exit_code(stack: Any, path
 
 
 def test_preferences_shell_profile_runs_in_the_shell(stack: Any, path: str) -> None:
+    """AWS's procedure: create-document SSM-SessionManagerRunShell (it does not exist until
+    then), later update-document '$LATEST', which takes effect with nothing more (issue 15;
+    this test used to need update-document-default-version too)."""
     ssm = stack.client("ssm")
-    prefs = json.loads(ssm.get_document(Name=DEFAULT_SESSION_DOCUMENT)["Content"])
+    prefs = {"schemaVersion": "1.0", "sessionType": "Standard_Stream", "inputs": {}}
+    ssm.create_document(
+        Name=DEFAULT_SESSION_DOCUMENT, Content=json.dumps(prefs), DocumentType="Session"
+    )
     profile = "export HW_FROM_PROFILE=$((40+2)); cd /usr/share; echo profile-ran"
     prefs["inputs"]["shellProfile"] = {"linux": profile, "windows": ""}
-    v = ssm.update_document(
+    ssm.update_document(
         Name=DEFAULT_SESSION_DOCUMENT, Content=json.dumps(prefs), DocumentVersion="$LATEST"
-    )["DocumentDescription"]["DocumentVersion"]
-    ssm.update_document_default_version(Name=DEFAULT_SESSION_DOCUMENT, DocumentVersion=v)
+    )
     run = start(stack, path, keys=b"echo P=$HW_FROM_PROFILE D=$(pwd)\rexit\r")
     assert run.code == 0, run.err
     assert b"profile-ran" in run.out

@@ -22,6 +22,7 @@ from pclient import Client
 from hatchway.protocol import (
     ClientHandshake,
     Frame,
+    PayloadType,
     build_channel_closed,
     build_open_data_channel,
     decode,
@@ -328,3 +329,50 @@ def test_a_session_the_agent_cannot_run_closes_promptly_without_resends(
     assert seqs == [0, 1]  # HandshakeRequest, HandshakeComplete; no retransmission
     assert elapsed < 4.0
     assert _status(broker, s["SessionId"]) == "Failed"
+
+
+@pytest.mark.parametrize("separate", [None, "false", "true"])
+def test_non_interactive_exit_code_payload_only_with_separate_output_stream(
+    broker: Broker, node: Agent, separate: str | None
+) -> None:
+    """issue 15 item 4: AWS-StartNonInteractiveCommand takes separateOutputStream (default
+    false) and the separator prefixes; the ExitCode payload (12) comes only when
+    separateOutputStream is true, as from AWS's agent (AWS's plugin prints every payload,
+    so it would show an EXIT_CODE line nobody asked for). Hatchway's broker still reports
+    the code in channel_closed's extra ExitCode member, which AWS's plugin ignores."""
+    params = {"command": ["echo out; echo err >&2; exit 3"]}
+    if separate is not None:
+        params |= {
+            "separateOutputStream": [separate],
+            "stdoutSeparatorPrefix": ["O:"],
+            "stderrSeparatorPrefix": ["E:"],
+        }
+    s = broker.client("ssm").start_session(
+        Target=TARGET, DocumentName="AWS-StartNonInteractiveCommand", Parameters=params
+    )
+
+    async def go() -> tuple[dict[int, bytes], int | None]:
+        c = Client(s["StreamUrl"], s["TokenValue"])
+        c.handshake = ClientHandshake()
+        await c.open()
+        r = await c.read_until(None, 30)
+        await c.close()
+        got: dict[int, bytes] = {}
+        seen: set[int] = set()
+        for f in r.frames:
+            frame = decode(f)
+            if frame.message_type != "output_stream_data" or frame.sequence_number in seen:
+                continue
+            seen.add(frame.sequence_number)
+            got[frame.payload_type] = got.get(frame.payload_type, b"") + frame.payload
+        assert r.closed is not None
+        return got, r.closed.exit_code
+
+    got, exit_code = asyncio.run(go())
+    assert exit_code == 3
+    if separate == "true":
+        assert got[PayloadType.EXIT_CODE] == b"EXIT_CODE: 3"
+        assert b"O:out\n" in got[PayloadType.OUTPUT] and got[PayloadType.STDERR] == b"E:err\n"
+    else:
+        assert PayloadType.EXIT_CODE not in got and PayloadType.STDERR not in got
+        assert b"out\nerr\n" in got[PayloadType.OUTPUT]

@@ -104,8 +104,9 @@ def test_aws_owned_documents_are_listed_with_owner_amazon(ssm: Any) -> None:
     assert names == AWS_OWNED
     for d in got["DocumentIdentifiers"]:
         assert d["Owner"] == "Amazon"
-        assert d["DocumentType"] == "Session"
-        assert d["SchemaVersion"] == "1.0"
+        kind = sd.AWS_DOCUMENTS[d["Name"]].document_type
+        assert d["DocumentType"] == kind
+        assert d["SchemaVersion"] == ("1.0" if kind == "Session" else "1.2")
         assert d["DocumentFormat"] == "JSON"
         assert d["DocumentVersion"] == "1"
     ssh = ssm.describe_document(Name="AWS-StartSSHSession")["Document"]
@@ -155,13 +156,22 @@ def test_aws_owned_documents_are_read_only(ssm: Any, unchanged: Callable[[], Non
     unchanged()
 
 
-def test_default_preferences_document_present_and_updatable(ssm: Any) -> None:
+def test_preferences_document_absent_until_created_then_updatable(ssm: Any) -> None:
+    """issue 15 item 2: on AWS ``SSM-SessionManagerRunShell`` does not exist until the
+    documented ``create-document`` step (Terraform, CloudFormation do the same); it used to be
+    seeded, and that step got DocumentAlreadyExists. Changed deliberately: it was asserted
+    present here before."""
+    with pytest.raises(ClientError) as exc:
+        ssm.describe_document(Name=RUN_SHELL)
+    assert error(exc) == ("InvalidDocument", "No matching value was found for Name.")
+    mine = ssm.list_documents(Filters=[{"Key": "Owner", "Values": ["Self"]}])
+    assert RUN_SHELL not in [x["Name"] for x in mine["DocumentIdentifiers"]]
+    content = sd.render_content(sd.DEFAULT_PREFERENCES, "JSON")
+    ssm.create_document(Name=RUN_SHELL, Content=content, DocumentType="Session")
     d = ssm.describe_document(Name=RUN_SHELL)["Document"]
     assert d["Owner"] == ACCOUNT and d["DocumentType"] == "Session"
     doc = json.loads(ssm.get_document(Name=RUN_SHELL)["Content"])
-    assert doc["sessionType"] == "Standard_Stream"
     assert doc["inputs"]["idleSessionTimeout"] == "20"
-    assert doc["inputs"]["runAsEnabled"] is False
     mine = ssm.list_documents(Filters=[{"Key": "Owner", "Values": ["Self"]}])
     assert RUN_SHELL in [x["Name"] for x in mine["DocumentIdentifiers"]]
     latest = int(d["LatestVersion"])
@@ -692,3 +702,60 @@ def test_aws_cli(broker: Broker, tmp_path: Path) -> None:
     broker.aws_json("ssm", "delete-document", "--name", "Cli-port")
     gone = broker.aws("ssm", "get-document", "--name", "Cli-port")
     assert gone.returncode != 0
+
+
+# -- issue 15 item 2: brokers that seeded SSM-SessionManagerRunShell before -----------------
+
+
+def _old_broker_seed(data_dir: Path, *, edit: bool) -> None:
+    """What a broker before this change left in its store: the seeded copy and its marker."""
+    from datetime import UTC, datetime
+
+    from hatchway.server.ops.documents import _seed
+    from hatchway.server.store import Store
+    from hatchway.server.store import schema as t
+
+    store = Store(f"sqlite:///{data_dir / 'hatchway.db'}")
+    try:
+        _seed(
+            store,
+            RUN_SHELL,
+            ACCOUNT,
+            sd.render_content(sd.DEFAULT_PREFERENCES, "JSON"),
+            datetime.now(UTC),
+        )
+        store.meta_set("seeded:" + RUN_SHELL, "1")
+        store.delete(t.meta, key="unseeded:" + RUN_SHELL)
+        if edit:
+            row = store.get(t.documents, name=RUN_SHELL)
+            assert row is not None
+            tags = [{"Key": "team", "Value": "ops"}]
+            store.update(t.documents, {"name": RUN_SHELL}, {"data": {**row["data"], "tags": tags}})
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("edited", [False, True])
+def test_a_seeded_never_edited_preferences_copy_goes_away(tmp_path: Path, edited: bool) -> None:
+    from conftest import start_broker, stop_broker
+
+    data = tmp_path / "data"
+    b = start_broker(data)
+    stop_broker(b)
+    _old_broker_seed(data, edit=edited)
+    b = start_broker(data)
+    try:
+        ssm = b.client("ssm")
+        if edited:  # an operator's copy (tagged here) stays
+            assert ssm.describe_document(Name=RUN_SHELL)["Document"]["Owner"] == ACCOUNT
+        else:
+            with pytest.raises(ClientError) as exc:
+                ssm.describe_document(Name=RUN_SHELL)
+            assert error(exc)[0] == "InvalidDocument"
+            content = sd.render_content(sd.DEFAULT_PREFERENCES, "JSON")
+            ssm.create_document(Name=RUN_SHELL, Content=content, DocumentType="Session")
+            stop_broker(b)
+            b = start_broker(data)  # the migration runs once: a created copy stays
+            assert b.client("ssm").describe_document(Name=RUN_SHELL)["Document"]
+    finally:
+        stop_broker(b)

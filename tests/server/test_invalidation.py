@@ -147,6 +147,12 @@ def test_document_changed_through_one_broker_is_seen_by_the_other(
             )
         )
 
+    # The preferences document does not exist until created (AWS's documented first step).
+    a.client("ssm").create_document(
+        Name="SSM-SessionManagerRunShell",
+        DocumentType="Session",
+        Content=json.dumps({"schemaVersion": "1.0", "sessionType": "Standard_Stream"}),
+    )
     assert start() == "TargetNotConnected"  # authorized; no such node; B caches the document
     a.client("ssm").add_tags_to_resource(
         ResourceType="Document",

@@ -426,3 +426,139 @@ def test_document_and_parameter_errors_create_no_session(broker: Broker, node: A
     )
     ssm.terminate_session(SessionId=ok["SessionId"])
     assert count() == before + 1
+
+
+# -- issue 15 item 5: targets resolve case-insensitively ---------------------------------------
+
+
+def test_a_lowercased_target_reaches_the_registered_node(broker: Broker, node: Agent) -> None:
+    """ssh lowercases ``%h``: AWS's ProxyCommand recipe sends ``i-02573cafcfexample``."""
+    ssm = broker.client("ssm")
+    out = ssm.start_session(Target=TARGET.lower())
+    (s,) = ssm.describe_sessions(
+        State="Active", Filters=[{"key": "SessionId", "value": out["SessionId"]}]
+    )["Sessions"]
+    assert s["Target"] == TARGET
+    ssm.terminate_session(SessionId=out["SessionId"])
+    proc = broker.aws(
+        "ssm", "start-session", "--target", "i-02573CAFCFEXAMPLE", "--document-name", "nope"
+    )
+    assert "TargetNotConnected" not in proc.stderr  # resolved; the document is what fails
+    assert "InvalidDocument" in proc.stderr
+
+
+def test_a_deny_on_the_registered_id_holds_whatever_the_case(broker: Broker, node: Agent) -> None:
+    key, secret = user_with_policy(
+        broker,
+        "casey",
+        _policy(
+            {"Effect": "Allow", "Action": "ssm:StartSession", "Resource": "*"},
+            {"Effect": "Deny", "Action": "ssm:StartSession", "Resource": INSTANCE},
+        ),
+    )
+    ssm = broker.client("ssm", key, secret)
+    for spelling in (TARGET, TARGET.lower(), TARGET.upper().replace("I-", "i-")):
+        with pytest.raises(ClientError) as exc:
+            ssm.start_session(Target=spelling)
+        err = exc.value.response["Error"]
+        assert err["Code"] == "AccessDeniedException", spelling
+        assert f"on resource: {INSTANCE} with an explicit deny" in err["Message"], spelling
+
+
+# -- issue 15 item 6: AWS-owned documents ---------------------------------------------------
+
+
+def test_aws_owned_documents_of_other_kinds_exist(broker: Broker, node: Agent) -> None:
+    ssm = broker.client("ssm")
+    for name, kind in (
+        ("AWS-StartPortForwardingSessionToSocket", "Session"),
+        ("AWS-PasswordReset", "Session"),
+        ("AWS-RunShellScript", "Command"),
+    ):
+        d = broker.aws_json("ssm", "describe-document", "--name", name)["Document"]
+        assert d["Owner"] == "Amazon" and d["DocumentType"] == kind, name
+    run = json.loads(ssm.get_document(Name="AWS-RunShellScript")["Content"])
+    assert run["parameters"]["commands"]["type"] == "StringList"
+    assert run["parameters"]["executionTimeout"]["default"] == "3600"
+    reset = json.loads(ssm.get_document(Name="AWS-PasswordReset")["Content"])
+    linux = reset["properties"]["linux"]
+    assert linux == {"commands": "passwd {{username}}", "runAsElevated": True}
+    # A Command document is not for Session Manager: AWS's text (its troubleshooting page).
+    proc = broker.aws(
+        "ssm", "start-session", "--target", TARGET, "--document-name", "AWS-RunShellScript"
+    )
+    assert proc.returncode != 0
+    assert (
+        "An error occurred (InvalidDocument) when calling the StartSession operation: "
+        "Document type: 'Command' is not supported. Only type: 'Session' is supported for "
+        "Session Manager." in proc.stderr
+    )
+    with pytest.raises(ClientError) as exc:
+        ssm.start_session(
+            Target=TARGET,
+            DocumentName="AWS-PasswordReset",
+            Parameters={"username": ["bad user;"]},
+        )
+    assert exc.value.response["Error"]["Code"] == "InvalidParameters"
+    out = ssm.start_session(
+        Target=TARGET,
+        DocumentName="AWS-StartPortForwardingSessionToSocket",
+        Parameters={"portNumber": ["22"], "localUnixSocket": ["/tmp/x.sock"]},
+    )
+    ssm.terminate_session(SessionId=out["SessionId"])
+
+
+# -- issue 15 item 7: DescribeInstanceInformation as AWS -------------------------------------
+
+
+def _os_release() -> dict[str, str]:
+    out = {}
+    for line in Path("/etc/os-release").read_text().splitlines():
+        key, _, value = line.partition("=")
+        out[key] = value.strip().strip("\"'")
+    return out
+
+
+def test_instance_information_of_an_ec2_node(broker: Broker, node: Agent) -> None:
+    ssm = broker.client("ssm")
+    (item,) = ssm.describe_instance_information(
+        Filters=[{"Key": "InstanceIds", "Values": [TARGET]}]
+    )["InstanceInformationList"]
+    for absent in ("ActivationId", "RegistrationDate", "Name"):
+        assert absent not in item, absent  # AWS reports these for mi- nodes only
+    release = _os_release()
+    assert item["PlatformName"] == release["NAME"]  # "Ubuntu", "Debian GNU/Linux", …
+    assert item["PlatformVersion"] == release["VERSION_ID"]
+    got = ssm.describe_instance_information(
+        Filters=[{"Key": "AssociationStatus", "Values": ["Success"]}]
+    )
+    assert got["InstanceInformationList"] == []  # no associations in Hatchway
+    listed = broker.aws_json(
+        "ssm", "describe-instance-information", "--filters", "Key=PingStatus,Values=Online"
+    )["InstanceInformationList"]
+    assert TARGET in [i["InstanceId"] for i in listed]
+    with pytest.raises(ClientError) as exc:
+        ssm.describe_instance_information(Filters=[{"Key": "PingStatus", "Values": ["Up"]}])
+    err = exc.value.response["Error"]
+    assert err["Code"] == "InvalidInstanceInformationFilterValue"
+
+
+def test_access_denied_on_actions_without_resource_types_names_the_region(broker: Broker) -> None:
+    deny = {"Effect": "Deny", "Action": "ssm:ListDocuments", "Resource": "*"}
+    key, secret = user_with_policy(broker, "nolist", _policy(deny))
+    ssm = broker.client("ssm", key, secret)
+    where = f"arn:aws:ssm:{REGION}:{ACCOUNT}:*"
+    with pytest.raises(ClientError) as exc:
+        ssm.describe_instance_information()
+    assert exc.value.response["Error"]["Message"] == (
+        f"User: arn:aws:iam::{ACCOUNT}:user/nolist is not authorized to perform: "
+        f"ssm:DescribeInstanceInformation on resource: {where} because no identity-based "
+        "policy allows the ssm:DescribeInstanceInformation action"
+    )
+    with pytest.raises(ClientError) as exc:
+        ssm.list_documents()
+    assert exc.value.response["Error"]["Message"] == (
+        f"User: arn:aws:iam::{ACCOUNT}:user/nolist is not authorized to perform: "
+        f"ssm:ListDocuments on resource: {where} with an explicit deny in an identity-based "
+        "policy"
+    )

@@ -36,7 +36,7 @@ def with_(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 VALID = [
     SHELL,
     sd.DEFAULT_PREFERENCES,
-    *(d.document for d in sd.AWS_DOCUMENTS.values()),
+    *(d.document for d in sd.AWS_DOCUMENTS.values() if d.document_type == "Session"),
     with_(SHELL, "inputs.idleSessionTimeout", "1"),
     with_(SHELL, "inputs.idleSessionTimeout", "60"),
     with_(SHELL, "inputs.maxSessionDuration", "1440"),
@@ -253,6 +253,12 @@ def test_aws_documents_and_default_preferences() -> None:
         "AWS-StartPortForwardingSessionToRemoteHost",
         "AWS-StartInteractiveCommand",
         "AWS-StartNonInteractiveCommand",
+        "AWS-StartPortForwardingSessionToSocket",
+        "AWS-PasswordReset",
+        "AWS-RunShellScript",
+    }
+    assert {n for n, d in sd.AWS_DOCUMENTS.items() if d.document_type != "Session"} == {
+        "AWS-RunShellScript"
     }
     ssh = sd.AWS_DOCUMENTS["AWS-StartSSHSession"].document
     assert ssh["sessionType"] == "Port" and ssh["parameters"]["portNumber"]["default"] == "22"

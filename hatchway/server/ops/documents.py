@@ -6,7 +6,8 @@ version, ``data`` = ``{"tags": [{"Key", "Value"}], "max_version": n}``) and
 hash, schemaVersion, VersionName, DisplayName, TargetType, description, parameter summary,
 platform types). AWS-owned Session documents are rows with owner ``"Amazon"``, written by
 :func:`seed_documents`; they are read-only. ``SSM-SessionManagerRunShell`` is an ordinary
-account document created once with :data:`hatchway.ssm.documents.DEFAULT_PREFERENCES`.
+account document that does not exist until created (sessions use
+:data:`hatchway.ssm.documents.DEFAULT_PREFERENCES` meanwhile).
 
 Every handler authorizes against the document ARN (empty account for AWS-owned documents) with
 ``ssm:DocumentType`` and the document's tags as ``aws:ResourceTag/<k>`` / ``ssm:resourceTag/<k>``
@@ -49,6 +50,7 @@ DEFAULT_PAGE = 50
 NOT_FOUND = "No matching value was found for Name."
 BAD_VERSION = "The document version is not valid or does not exist."
 _SEED_KEY = "seeded:" + DEFAULT_SESSION_DOCUMENT
+_UNSEED_KEY = "unseeded:" + DEFAULT_SESSION_DOCUMENT
 
 
 def _now() -> datetime:
@@ -394,9 +396,16 @@ def load_document(
 # -- seeding ------------------------------------------------------------------------------------
 
 
-def _seed(store: Store, name: str, owner: str, content: str, created: datetime) -> None:
+def _seed(
+    store: Store,
+    name: str,
+    owner: str,
+    content: str,
+    created: datetime,
+    document_type: str = "Session",
+) -> None:
     doc = sd.parse_content(content, "JSON")
-    data = _version_data(doc, "Session", content, {})
+    data = _version_data(doc, document_type, content, {})
     try:
         with store.transaction() as c:
             existing = _get_doc(store, name, c)
@@ -406,7 +415,7 @@ def _seed(store: Store, name: str, owner: str, content: str, created: datetime) 
                     c,
                     name=name,
                     owner=owner,
-                    document_type="Session",
+                    document_type=document_type,
                     content=content,
                     document_format="JSON",
                     created=created,
@@ -427,24 +436,38 @@ def _seed(store: Store, name: str, owner: str, content: str, created: datetime) 
 
 
 def seed_documents(state: ServerState) -> None:
-    """AWS-owned Session documents and the account's SSM-SessionManagerRunShell (idempotent).
+    """AWS-owned Session documents (idempotent); ``SSM-SessionManagerRunShell`` is not seeded.
 
-    AWS-owned documents are (re)written to Hatchway's copy on every call. The preferences
-    document is created once per account: if an administrator deletes it later, calling this
-    again does not bring it back (sessions then use the built-in defaults).
+    AWS-owned documents are (re)written to Hatchway's copy on every call. As on AWS, the
+    account's preferences document does not exist until someone creates it (AWS's documented
+    ``create-document`` step, Terraform, CloudFormation); sessions use the built-in defaults
+    (:data:`hatchway.ssm.documents.DEFAULT_PREFERENCES`) meanwhile. Brokers that seeded it
+    before (meta key ``seeded:SSM-SessionManagerRunShell``) lose the copy once, when it was
+    never edited: one version, the seeded content, no tags (:func:`_unseed_preferences`).
     """
     store: Store = state.store
     for aws in sd.AWS_DOCUMENTS.values():
-        _seed(store, aws.name, AMAZON, aws.content, aws.created)
-    if store.meta_get(_SEED_KEY) != "1":
-        _seed(
-            store,
-            DEFAULT_SESSION_DOCUMENT,
-            state.config.account_id,
-            sd.render_content(sd.DEFAULT_PREFERENCES, "JSON"),
-            _now(),
-        )
-        store.meta_set(_SEED_KEY, "1")
+        _seed(store, aws.name, AMAZON, aws.content, aws.created, aws.document_type)
+    if store.meta_get(_UNSEED_KEY) != "1":
+        if store.meta_get(_SEED_KEY) == "1":
+            _unseed_preferences(store, state.config.account_id)
+        store.meta_set(_UNSEED_KEY, "1")
+
+
+def _unseed_preferences(store: Store, account: str) -> None:
+    """Remove a seeded ``SSM-SessionManagerRunShell`` nobody edited (a migration, run once)."""
+    seeded = sd.render_content(sd.DEFAULT_PREFERENCES, "JSON")
+    with store.transaction() as c:
+        row = _get_doc(store, DEFAULT_SESSION_DOCUMENT, c)
+        if row is None or row["owner"] != account or row["data"].get("tags"):
+            return
+        if int(row["data"].get("max_version", 1)) != 1:
+            return
+        versions = store.select(t.document_versions, conn=c, name=DEFAULT_SESSION_DOCUMENT)
+        if len(versions) != 1 or versions[0]["content"] != seeded:
+            return
+        store.delete(t.document_versions, c, name=DEFAULT_SESSION_DOCUMENT)
+        store.delete(t.documents, c, name=DEFAULT_SESSION_DOCUMENT)
 
 
 # -- documents ----------------------------------------------------------------------------------

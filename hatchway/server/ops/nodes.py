@@ -126,6 +126,7 @@ def _instance_out(call: Call, row: dict[str, Any]) -> dict[str, Any]:
     d = row["data"]
     iid = row["instance_id"]
     managed = iid.startswith("mi-")
+    # AWS reports ActivationId, RegistrationDate and Name for hybrid (mi-) nodes only.
     return {
         "InstanceId": iid,
         "PingStatus": ping_status(call.state, row),
@@ -135,11 +136,11 @@ def _instance_out(call: Call, row: dict[str, Any]) -> dict[str, Any]:
         "PlatformType": "Linux",
         "PlatformName": d.get("platform_name") or None,
         "PlatformVersion": d.get("platform_version") or None,
-        "ActivationId": row["activation_id"],
+        "ActivationId": row["activation_id"] if managed else None,
         "IamRole": d.get("iam_role"),
-        "RegistrationDate": row["registered"],
+        "RegistrationDate": row["registered"] if managed else None,
         "ResourceType": "ManagedInstance" if managed else "EC2Instance",
-        "Name": d.get("name") or None,
+        "Name": (d.get("name") or None) if managed else None,
         "IPAddress": d.get("ip_address") or None,
         "ComputerName": d.get("computer_name") or None,
         "SourceId": iid,
@@ -157,7 +158,14 @@ _INFO_KEYS: dict[str, str] = {
     "ResourceType": "ResourceType",
     "SourceIds": "SourceId",
     "SourceTypes": "SourceType",
+    "AssociationStatus": "AssociationStatus",
 }
+
+# Values AWS accepts for the filters with a fixed set (botocore's PingStatus enum).
+_ENUM_FILTERS: dict[str, tuple[str, ...]] = {
+    "PingStatus": ("Online", "ConnectionLost", "Inactive"),
+}
+INVALID_FILTER_VALUE = "The specified filter value isn't valid."
 
 
 def _matches(item: dict[str, Any], tags: dict[str, str], key: str, values: list[str]) -> bool:
@@ -168,7 +176,8 @@ def _matches(item: dict[str, Any], tags: dict[str, str], key: str, values: list[
     field = _INFO_KEYS.get(key)
     if field is None:
         raise ServiceError("InvalidInstanceInformationFilterValue", f"Invalid filter key {key}")
-    return str(item.get(field)) in values
+    value = item.get(field)
+    return value is not None and str(value) in values
 
 
 @operation("ssm", "DescribeInstanceInformation")
@@ -186,6 +195,10 @@ async def describe_instance_information(call: Call, params: dict[str, Any]) -> d
     items = [(_instance_out(call, r), iamdata.tags_dict(r)) for r in rows]
     filters = [(f["key"], f["valueSet"]) for f in params.get("InstanceInformationFilterList") or []]
     filters += [(f["Key"], f["Values"]) for f in params.get("Filters") or []]
+    for key, values in filters:
+        allowed = _ENUM_FILTERS.get(key)
+        if allowed is not None and any(v not in allowed for v in values):
+            raise ServiceError("InvalidInstanceInformationFilterValue", INVALID_FILTER_VALUE)
     for key, values in filters:
         items = [(i, tg) for i, tg in items if _matches(i, tg, key, values)]
     chunk, nxt = page([i for i, _ in items], params, 10)

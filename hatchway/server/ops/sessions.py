@@ -15,7 +15,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from hatchway.iam import EXPLICIT_DENY
 from hatchway.server import crypto
@@ -34,11 +34,14 @@ from hatchway.ssm import (
     session_arn,
     target_arn,
 )
-from hatchway.ssm.arns import InvalidTarget
+from hatchway.ssm.arns import InvalidTarget, document_arn
 from hatchway.ssm.documents import (
+    DEFAULT_PREFERENCES,
     DocumentError,
     interpolate_inputs,
     is_true,
+    parse_content,
+    render_content,
     validate_parameters,
 )
 
@@ -91,18 +94,54 @@ def expire_unused(state: ServerState) -> int:
 
 
 def _document(state: ServerState, name: str) -> ResolvedDocument | None:
-    """``load_document`` cached until a document changes, through any process of any broker
+    """The ``$LATEST`` version of ``name``, as on AWS (docs/session-documents.md,
+    "Which version a session runs"); ``SSM-SessionManagerRunShell`` falls back to the
+    built-in defaults while the account has not created it.
+
+    Cached until a document changes, through any process of any broker
     (see hatchway.server.store.invalidation)."""
     version = (state.store.version(t.documents), state.store.version(t.document_versions))
     hit = state.doc_cache.get(name)
     if hit is not None and hit[0] == version:
         cached: ResolvedDocument | None = hit[1]
         return cached
-    doc = load_document(state, name)
+    doc = load_document(state, name, "$LATEST")
+    if doc is None and name == DEFAULT_SESSION_DOCUMENT:
+        doc = builtin_preferences(state)
     if len(state.doc_cache) > 1000:
         state.doc_cache.clear()
     state.doc_cache[name] = (version, doc)
     return doc
+
+
+def builtin_preferences(state: ServerState) -> ResolvedDocument:
+    """What ``SSM-SessionManagerRunShell`` means before the account creates it: AWS's
+    defaults (a shell as ``ssm-user``, 20 minutes idle, no logging)."""
+    content = render_content(DEFAULT_PREFERENCES, "JSON")
+    return ResolvedDocument(
+        DEFAULT_SESSION_DOCUMENT,
+        document_arn(DEFAULT_SESSION_DOCUMENT, state.config.region, state.config.account_id),
+        state.config.account_id,
+        "Session",
+        1,
+        content,
+        "JSON",
+        parse_content(content, "JSON"),
+        {},
+    )
+
+
+def find_node(state: ServerState, target: str) -> dict[str, Any] | None:
+    """The registered node ``target`` names: the exact id, else the one id that equals it
+    ignoring case (ssh's ``%h`` is lowercased, so AWS's ``ProxyCommand`` recipe sends
+    ``i-02573cafcfexample`` for ``i-02573cafcfEXAMPLE``; AWS resolves it)."""
+    node = state.store.get(t.instances, instance_id=target)
+    if node is not None:
+        return node
+    matches = state.store.select(
+        t.instances, func.lower(t.instances.c.instance_id) == target.lower(), limit=2
+    )
+    return matches[0] if len(matches) == 1 else None
 
 
 def _tags(row: dict[str, Any] | None) -> dict[str, str]:
@@ -160,7 +199,11 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         arn = target_arn(target, call.region, call.account)
     except InvalidTarget:
         arn = None
-    node = call.store.get(t.instances, instance_id=target) if arn else None
+    node = find_node(call.state, target) if arn else None
+    if node is not None and node["instance_id"] != target:
+        # ssh lowercases %h: every decision is taken on the registered id's ARN.
+        target = node["instance_id"]
+        arn = target_arn(target, call.region, call.account)
     shown = doc_name if doc_name is not None else DEFAULT_SESSION_DOCUMENT
     doc = _document(call.state, shown)
     # 1. IAM: the target and (when named) the document, each with its own tags (ssm-spec 3.3).
