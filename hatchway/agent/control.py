@@ -91,6 +91,8 @@ class ControlChannel:
                 raise
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.warning("control channel: %s", exc)
+            except Exception as exc:  # a broker's odd answer must not end the agent
+                log.warning("control channel: %s: %s", type(exc).__name__, exc)
             self.connected.clear()
             delay = next(delays)
             log.info("control channel: reconnecting in %.1fs", delay)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import re
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -267,3 +269,62 @@ def test_create_data_channel_needs_the_sessions_node(stack: Stack) -> None:
     status, body = post(key, secret)
     assert status == 400 and "DoesNotExistException" in body, body
     assert os.environ.get("AWS_ACCESS_KEY_ID") == srv.ADMIN_KEY
+
+
+# -- item 4: reconnection back-off ----------------------------------------------------------
+
+
+def test_an_agent_that_cannot_reach_the_broker_at_start_retries(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Registration through a proxy that resets every connection: the agent says so and
+    tries again (it used to exit 1), then registers and comes Online once the way is open."""
+    activation = stack.ssm().create_activation(IamRole="SSMServiceRole")
+    with TcpProxy("127.0.0.1", port_of(stack.broker.url)) as down:
+        down.refuse()
+        state = tmp_path_factory.mktemp("late-node") / "state"
+        log = state.parent / "late-node.log"
+        env = {k: v for k, v in os.environ.items() if k != "HATCHWAY_ACTIVATION_CODE"}
+        env["HATCHWAY_ACTIVATION_CODE"] = activation["ActivationCode"]
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [
+                    str(srv.BIN / "hatchway"),
+                    "agent",
+                    "--endpoint",
+                    f"http://127.0.0.1:{down.port}",
+                    "--state-dir",
+                    str(state),
+                    "--activation-id",
+                    activation["ActivationId"],
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        try:
+            wait_until(lambda: "retrying in" in log.read_text(), 30, "a retry")
+            assert proc.poll() is None, log.read_text()
+            assert "Traceback" not in log.read_text()
+            down.accept()
+            wait_until(lambda: (state / "registration.json").exists(), 30, "registered")
+            iid = json.loads((state / "registration.json").read_text())["instance_id"]
+            assert srv.wait_ping(stack.broker, iid, "Online", 30)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def test_the_back_off_is_capped_near_five_seconds() -> None:
+    """The control channel's (and registration's) waits between attempts: 1, 2, 4, then at
+    most 5 s (it grew to 30 s, which kept nodes ConnectionLost long after the broker was
+    back), each shortened by a random jitter of up to 20%."""
+    from hatchway.agent.control import backoff_delays
+
+    for _ in range(200):
+        delays = backoff_delays()
+        seq = [next(delays) for _ in range(12)]
+        assert all(0 < d <= 5.0 for d in seq), seq
+        assert 0.8 <= seq[0] <= 1.0 and 3.2 <= seq[2] <= 4.0 and seq[-1] >= 4.0, seq
+    samples = {round(next(backoff_delays()), 6) for _ in range(50)}
+    assert len(samples) > 40  # jittered: nodes cut off together do not return in step
