@@ -283,6 +283,7 @@ async def _client_side(
             table.pop(session_id, None)
             await end_session(state, session_id, "Failed", failure)
             return False
+        log.info("data channel %s: the node is asked to start the session", session_id)
         await node.send(start_message(state, row, relay))
     elif relay.client is not None and not relay.client.closed:
         await relay.client.close(code=4000, message=b"replaced by a resumed connection")
