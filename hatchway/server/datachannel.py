@@ -12,8 +12,13 @@ through unchanged, so sequence numbers, digests and ciphertext stay end to end:
   knows; ``agent_session_state`` updates the session's state and ``agent_session_log`` (the
   session's recording, :mod:`hatchway.server.recordings`) is kept; neither is forwarded.
 
-When the client goes away the session is ``Disconnected`` and resumable (both ends retransmit
-what was not acknowledged); when the agent goes away unexpectedly the session ``Failed``.
+When the client or the node goes away the session is ``Disconnected`` and resumable: the client
+comes back with a ResumeSession token, the node with a fresh single-use token from
+``POST /v1/data-channel/<SessionId>`` (CreateDataChannel, as AWS's agent asks on every
+reconnection), and both ends re-send what was not acknowledged. A session nobody comes back to
+within ``--resume-window`` ends ``Failed`` with the reason. After a restart the broker waits the
+same way for the sessions its previous run had open, and ends those their node no longer runs
+(the node's hello lists what it runs). See docs/reliability.md.
 """
 
 from __future__ import annotations

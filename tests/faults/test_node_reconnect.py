@@ -125,7 +125,7 @@ def test_command_output_survives_a_cut_of_both_sides(stack: Stack) -> None:
     assert f"data channel {sid}: the node's side dropped" in log
 
 
-BLOB = hashlib.sha256(b"seed").digest() * (24 * 1024 * 1024 // 32)  # 24 MiB
+BLOB = hashlib.sha256(b"seed").digest() * (12 * 1024 * 1024 // 32)  # 12 MiB
 
 
 class _Blob(BaseHTTPRequestHandler):
