@@ -34,11 +34,28 @@ def signed_headers(url: str, reg: Registration) -> dict[str, str]:
     return {k: v for k, v in req.headers.items()}
 
 
-def backoff_delays(base: float = 1.0, cap: float = 30.0) -> Any:
-    """1, 2, 4 … ``cap`` seconds, each with up to 20% jitter so nodes do not stampede."""
+def signed_post_headers(url: str, body: bytes, reg: Registration) -> dict[str, str]:
+    """SigV4 headers for a JSON POST of ``body`` to ``url``, service ``ssmmessages`` (the
+    REST calls such as CreateDataChannel)."""
+    req = AWSRequest(
+        method="POST", url=url, data=body, headers={"Content-Type": "application/json"}
+    )
+    SigV4Auth(
+        Credentials(reg.access_key_id, reg.secret_access_key), "ssmmessages", reg.region
+    ).add_auth(req)
+    return {k: v for k, v in req.headers.items()}
+
+
+BACKOFF_CAP = 5.0
+"""The longest wait between two attempts to reach the broker, jitter included."""
+
+
+def backoff_delays(base: float = 1.0, cap: float = BACKOFF_CAP) -> Any:
+    """1, 2, 4, 5, 5 … seconds, each shortened by up to 20% (jitter, so that nodes cut off
+    together do not come back in step); never more than ``cap``."""
     delay = base
     while True:
-        yield delay * (1 + random.random() * 0.2)
+        yield min(delay, cap) * random.uniform(0.8, 1.0)
         delay = min(cap, delay * 2)
 
 
@@ -48,6 +65,8 @@ class ControlChannel:
     def __init__(self, reg: Registration, on_message: MessageHandler | None = None) -> None:
         self.reg = reg
         self.on_message = on_message
+        self.hello_extra: Callable[[], dict[str, Any]] | None = None
+        """More members of the hello (the sessions the node still runs)."""
         self.connected = asyncio.Event()
         self.connections = 0
         self.ws: aiohttp.ClientWebSocketResponse | None = None
@@ -72,6 +91,8 @@ class ControlChannel:
                 raise
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.warning("control channel: %s", exc)
+            except Exception as exc:  # a broker's odd answer must not end the agent
+                log.warning("control channel: %s: %s", type(exc).__name__, exc)
             self.connected.clear()
             delay = next(delays)
             log.info("control channel: reconnecting in %.1fs", delay)
@@ -89,7 +110,8 @@ class ControlChannel:
         ):
             self.connections += 1
             self.ws = ws
-            await ws.send_json({"type": "hello", **host_facts()})
+            extra = self.hello_extra() if self.hello_extra is not None else {}
+            await ws.send_json({"type": "hello", **host_facts(), **extra})
             self.connected.set()
             log.info("control channel open (%s)", self.reg.instance_id)
             interval = 20.0

@@ -32,10 +32,12 @@ AWS agent version above every gate of AWS's session-manager-plugin (smux, keep-a
 class RegistrationError(Exception):
     """The broker refused the registration (``code``: AWS-style error code)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retryable: bool = False) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.retryable = retryable
+        """A server error (5xx, or an answer that is not the broker's JSON): try again."""
 
 
 @dataclass
@@ -174,9 +176,18 @@ async def register(
             endpoint.rstrip("/") + "/hatchway/v1/register", json=body, ssl=client_context(ca_file)
         ) as resp,
     ):
-        data = await resp.json(content_type=None)
+        try:
+            data = await resp.json(content_type=None)
+        except ValueError:
+            data = None
+    if not isinstance(data, dict):
+        raise RegistrationError(str(resp.status), "the answer is not JSON", retryable=True)
     if resp.status != 200:
-        raise RegistrationError(str(data.get("__type", resp.status)), str(data.get("message", "")))
+        raise RegistrationError(
+            str(data.get("__type", resp.status)),
+            str(data.get("message", "")),
+            retryable=resp.status >= 500,
+        )
     reg = Registration(
         data["InstanceId"],
         data["Region"],

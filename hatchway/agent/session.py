@@ -17,7 +17,10 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import logging
+import random
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,7 +29,7 @@ from typing import Any
 import aiohttp
 
 from hatchway.agent.command import InteractiveCommandsPlugin, NonInteractiveCommandsPlugin
-from hatchway.agent.control import ControlChannel, signed_headers
+from hatchway.agent.control import ControlChannel, signed_headers, signed_post_headers
 from hatchway.agent.kms import KmsDecrypter, KmsError, KmsSettings
 from hatchway.agent.plugin import PluginError, SessionPlugin
 from hatchway.agent.port import PortPlugin
@@ -84,6 +87,11 @@ MAX_BUFFERED_BYTES = 16 * 1024 * 1024
 """Client input a session keeps unacknowledged (waiting for the plugin, or ahead of a gap):
 a well-behaved client stops at its window before this; one that ignores it is not acked."""
 DRAIN_TIMEOUT = 5.0
+RESUME_WINDOW = 300.0
+"""Seconds the node keeps trying to reconnect a dropped data channel (the broker's
+``--resume-window`` when its ``start_session`` says)."""
+RECONNECT_DELAYS = (0.1, 5.0)
+"""The first delay between reconnection attempts and the cap (each with jitter)."""
 KMS_MESSAGE = "This session is encrypted using AWS KMS."
 LOGGED_OUT = (PayloadType.OUTPUT, PayloadType.STDERR)  # what the broker captures for the log
 
@@ -153,6 +161,12 @@ class AgentSession:
         self.kms = KmsDecrypter(reg, settings.kms)
         self._cipher: SessionCipher | None = None
         self._challenge_secret: bytes | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.closed_by_broker = False
+        """The broker ended the channel (channel_closed, or refused us): no reconnection."""
+        self.gave_up = False
+        """The data channel could not be reconnected within the resume window."""
+        self.reconnects = 0
 
     # -- SessionIO (what plugins use) -------------------------------------------------
 
@@ -235,16 +249,26 @@ class AgentSession:
         )
 
     async def _writer(self) -> None:
-        assert self.ws is not None
         while True:
             data = await self.outbox.get()
             if data is None:
                 return
-            await self.ws.send_bytes(data)
+            while True:
+                ws = self.ws
+                if ws is None or ws.closed:
+                    if self.gave_up or self.closed_by_broker:
+                        break  # dropped: nobody will read it
+                    await asyncio.sleep(0.05)  # reconnecting: it goes out on the new socket
+                    continue
+                with contextlib.suppress(ConnectionError, RuntimeError, aiohttp.ClientError):
+                    await ws.send_bytes(data)  # a stream frame lost here is re-sent
+                break
 
     async def _resender(self) -> None:
         while True:
             await asyncio.sleep(0.1)
+            if self.ws is None or self.ws.closed:
+                continue  # reconnecting: everything unacked is re-sent once connected
             try:
                 for data in self.stream.due(time.time()):
                     self.outbox.put_nowait(data)
@@ -371,8 +395,42 @@ class AgentSession:
         task.add_done_callback(self._tasks.discard)
 
     async def _reader(self) -> None:
-        assert self.ws is not None
-        async for msg in self.ws:
+        while True:
+            ws = self.ws
+            assert ws is not None
+            if await self._read(ws):
+                return
+            code = ws.close_code
+            if code is not None and code >= 4000:
+                # The broker refused us or replaced this socket: reconnecting would not help.
+                log.warning("session %s: data channel closed (%s)", self.session_id, code)
+                self.closed_by_broker = True
+                self.finished.set()
+                return
+            log.warning(
+                "session %s: data channel dropped (close code %s); reconnecting",
+                self.session_id,
+                code,
+            )
+            self.ws = None
+            resumed = await self._reconnect()
+            if resumed is None:
+                self.gave_up = True
+                self.finished.set()
+                return
+            self.ws = resumed
+            self.reconnects += 1
+            for data in self.stream.resend_all(time.time()):
+                self.outbox.put_nowait(data)
+            log.info(
+                "session %s: data channel resumed (%d unacked re-sent)",
+                self.session_id,
+                self.stream.unacked_count,
+            )
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        """Read until the socket closes; True if the broker closed the channel."""
+        async for msg in ws:
             if msg.type != aiohttp.WSMsgType.BINARY:
                 continue
             try:
@@ -386,38 +444,106 @@ class AgentSession:
                 elif isinstance(ev, Deliver):
                     self._deliver(ev)
                 elif isinstance(ev, ChannelClosed):
+                    self.closed_by_broker = True
                     self.finished.set()
-                    return
+                    return True
                 elif isinstance(ev, Publication) and not ev.paused:
                     # The broker says a client (re)connected: re-send what it may have missed.
                     for data in self.stream.resend_all(time.time()):
                         self.outbox.put_nowait(data)
             if self.plugin is not None and self.stream.writable:
                 self.plugin.on_writable()
-        self.finished.set()
+        return False
 
-    # -- the session ------------------------------------------------------------------
+    # -- (re)connecting ---------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def _open(self, token: str) -> aiohttp.ClientWebSocketResponse:
+        """Open the node's side of the data channel with ``token`` and say Connected."""
+        assert self.http is not None
         url = self.task["streamUrl"]
         http_url = "http" + url[len("ws") :]
-        headers = signed_headers(http_url, self.reg)
-        async with (
-            aiohttp.ClientSession() as http,
-            http.ws_connect(
-                url, headers=headers, heartbeat=30.0, max_msg_size=0, ssl=self.reg.tls_context
-            ) as ws,
-        ):
-            self.ws = ws
+        ws = await self.http.ws_connect(
+            url,
+            headers=signed_headers(http_url, self.reg),
+            heartbeat=30.0,
+            max_msg_size=0,
+            ssl=self.reg.tls_context,
+        )
+        try:
             await ws.send_str(
                 build_open_data_channel(
-                    self.task["token"],
+                    token,
                     request_id=str(uuid.uuid4()),
                     client_id=str(uuid.uuid4()),
                     client_instance_id=self.reg.instance_id,
                 )
             )
             await ws.send_bytes(self._control_frame("Connected"))
+        except BaseException:
+            await ws.close()
+            raise
+        return ws
+
+    async def _create_data_channel(self) -> str:
+        """CreateDataChannel: a fresh single-use token for this session's node side.
+
+        Raises :class:`SessionGone` when the broker says the session is over (a 4xx)."""
+        assert self.http is not None
+        url = self.task["streamUrl"]
+        http_url = "http" + url[len("ws") :]
+        body = json.dumps(
+            {
+                "MessageSchemaVersion": "1.0",
+                "RequestId": str(uuid.uuid4()),
+                "ClientId": str(uuid.uuid4()),
+            }
+        ).encode()
+        headers = signed_post_headers(http_url, body, self.reg)
+        async with self.http.post(
+            http_url,
+            data=body,
+            headers=headers,
+            ssl=self.reg.tls_context,
+            timeout=aiohttp.ClientTimeout(total=15),
+        ) as resp:
+            text = await resp.text()
+            if resp.status == 201:
+                found = _TOKEN_VALUE.search(text)
+                if found is not None:
+                    return found.group(1)
+            if 400 <= resp.status < 500:
+                raise SessionGone(f"{resp.status} {text[:300]}")
+            raise aiohttp.ClientResponseError(
+                resp.request_info, (), status=resp.status, message=text[:300]
+            )
+
+    async def _reconnect(self) -> aiohttp.ClientWebSocketResponse | None:
+        """CreateDataChannel + a new websocket, retried with a capped back-off until the
+        resume window passes; None if the session is over or the window passed."""
+        window = float(self.task.get("resumeWindow") or RESUME_WINDOW)
+        deadline = time.monotonic() + window
+        first, cap = RECONNECT_DELAYS
+        delay = first
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay * random.uniform(0.8, 1.0))
+            delay = min(cap, delay * 2)
+            try:
+                token = await self._create_data_channel()
+                return await asyncio.wait_for(self._open(token), 15)
+            except SessionGone as exc:
+                log.warning("session %s: cannot resume: %s", self.session_id, exc)
+                return None
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                log.info("session %s: reconnecting failed: %s", self.session_id, exc)
+        log.warning("session %s: not reconnected within %gs", self.session_id, window)
+        return None
+
+    # -- the session ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with aiohttp.ClientSession() as http:
+            self.http = http
+            self.ws = await self._open(self.task["token"])
             writer = asyncio.create_task(self._writer())
             reader = asyncio.create_task(self._reader())  # acks must flow while draining
             resender = asyncio.create_task(self._resender())
@@ -436,7 +562,8 @@ class AgentSession:
                     self.record("end", self.exit_code)
                 if self.log_stream is not None:
                     self.log_stream.close()  # before Terminating: the broker then has it all
-                if not ws.closed:
+                ws = self.ws
+                if ws is not None and not ws.closed:
                     if self.failure is not None:
                         self.outbox.put_nowait(self._control_frame("Failed", self.failure))
                     self.outbox.put_nowait(
@@ -445,6 +572,11 @@ class AgentSession:
                 self.outbox.put_nowait(None)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(writer, 5)
+                if not writer.done():
+                    writer.cancel()
+                if ws is not None and not ws.closed:
+                    with contextlib.suppress(Exception):
+                        await ws.close()
                 if self.notify is not None and self.exit_code is not None:
                     with contextlib.suppress(Exception):
                         await self.notify(
@@ -539,16 +671,29 @@ class AgentSession:
         return KmsParameters(key_id.strip(), handshake_challenge())
 
     async def _drain(self) -> None:
-        """Wait (bounded) until the client acknowledged everything we sent."""
+        """Wait (bounded) until the client acknowledged everything we sent. Time spent
+        reconnecting the data channel does not count: the output waits for the resume."""
         deadline = time.monotonic() + DRAIN_TIMEOUT
         while self.stream.unacked_count and time.monotonic() < deadline:
-            with contextlib.suppress(GaveUp):
-                for data in self.stream.due(time.time()):
-                    self.outbox.put_nowait(data)
+            if self.closed_by_broker or self.gave_up:
+                return
+            if self.ws is None or self.ws.closed:
+                deadline = time.monotonic() + DRAIN_TIMEOUT
+            else:
+                with contextlib.suppress(GaveUp):
+                    for data in self.stream.due(time.time()):
+                        self.outbox.put_nowait(data)
             await asyncio.sleep(0.05)
 
     async def terminate(self) -> None:
         self.finished.set()
+
+
+_TOKEN_VALUE = re.compile(r"<TokenValue>([^<]{1,4096})</TokenValue>")
+
+
+class SessionGone(Exception):
+    """The broker no longer has the session (CreateDataChannel answered 4xx)."""
 
 
 PLUGINS: dict[str, Callable[[AgentSession], SessionPlugin]] = {
@@ -568,9 +713,13 @@ async def run_node(
     channel = ControlChannel(reg)
     manager = SessionManager(reg, settings, channel.send)
     channel.on_message = manager.handle
+    channel.hello_extra = lambda: {"sessions": sorted(manager.sessions)}
     if connected is not None:
         channel.connected = connected
     await channel.run()
+
+
+SEEN_LIMIT = 100_000
 
 
 class SessionManager:
@@ -583,14 +732,21 @@ class SessionManager:
         self.settings = settings
         self.notify = notify
         self.sessions: dict[str, AgentSession] = {}
+        self.seen: dict[str, None] = {}
+        """Ids of the sessions this agent started (the latest SEEN_LIMIT): never again."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "start_session":
             sid = str(message.get("sessionId"))
-            if sid in self.sessions:
+            if sid in self.sessions or sid in self.seen:
+                # A broker that lost track of it must not get a second process under its id.
+                log.warning("session %s: refused to start it again", sid)
                 return
+            self.seen[sid] = None
+            while len(self.seen) > SEEN_LIMIT:
+                del self.seen[next(iter(self.seen))]
             session = AgentSession(self.reg, message, self.settings, self.notify)
             self.sessions[sid] = session
             task = asyncio.create_task(self._run(session))

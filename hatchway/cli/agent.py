@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import sys
 from pathlib import Path
 
 import aiohttp
 import click
 
+from hatchway.agent.control import backoff_delays
 from hatchway.agent.kms import CREDENTIAL_SOURCES, KmsSettings
-from hatchway.agent.registration import RegistrationError, load, register
+from hatchway.agent.registration import Registration, RegistrationError, load, register
 from hatchway.agent.session import SessionSettings, run_node
 
 CODE_ENV = "HATCHWAY_ACTIVATION_CODE"
@@ -63,6 +65,36 @@ def read_code_file(path: Path) -> str:
     if not lines or not lines[0].strip():
         raise click.UsageError(f"no activation code in {path}")
     return lines[0].strip()
+
+
+async def register_retrying(
+    endpoint: str,
+    activation_id: str,
+    code: str,
+    instance_id: str | None,
+    state_dir: Path,
+    ca_file: str | None,
+) -> Registration:
+    """Register; a broker that cannot be reached (or answers a server error) is tried again
+    with the control channel's capped back-off. A refusal (the activation) or a certificate
+    that does not verify ends the agent with status 1: trying again would not help."""
+    delays = backoff_delays()
+    while True:
+        try:
+            return await register(endpoint, activation_id, code, instance_id, state_dir, ca_file)
+        except RegistrationError as exc:
+            if not exc.retryable:
+                click.echo(f"registration failed: {exc.code}: {exc.message}", err=True)
+                sys.exit(1)
+            problem = f"{exc.code}: {exc.message}"
+        except (aiohttp.ClientSSLError, ssl.SSLError) as exc:  # its TLS certificate
+            click.echo(f"registration failed: cannot reach {endpoint}: {exc}", err=True)
+            sys.exit(1)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:  # unreachable
+            problem = f"cannot reach {endpoint}: {exc}"
+        delay = next(delays)
+        click.echo(f"registration failed: {problem}; retrying in {delay:.1f}s", err=True)
+        await asyncio.sleep(delay)
 
 
 @click.command("agent")
@@ -152,14 +184,9 @@ def agent_cmd(
                     "not registered yet: --activation-id and an activation code "
                     f"(${CODE_ENV}, --activation-code-file or --activation-code) are required"
                 )
-            try:
-                reg = await register(endpoint, activation_id, code, instance_id, state_dir, ca_file)
-            except RegistrationError as exc:
-                click.echo(f"registration failed: {exc.code}: {exc.message}", err=True)
-                sys.exit(1)
-            except (aiohttp.ClientError, OSError) as exc:  # unreachable, or its TLS certificate
-                click.echo(f"registration failed: cannot reach {endpoint}: {exc}", err=True)
-                sys.exit(1)
+            reg = await register_retrying(
+                endpoint, activation_id, code, instance_id, state_dir, ca_file
+            )
             click.echo(f"registered as {reg.instance_id}", err=True)
         if region:
             reg.region = region

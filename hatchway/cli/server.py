@@ -77,6 +77,14 @@ def _cidr(text: str) -> str:
     "--ping-interval", default=20.0, show_default=True, help="Seconds between agent heartbeats."
 )
 @click.option(
+    "--resume-window",
+    type=click.FloatRange(min=0.1),
+    default=300.0,
+    show_default=True,
+    help="Seconds a session waits, Disconnected, for its client or node to reconnect "
+    "before it ends (docs/reliability.md).",
+)
+@click.option(
     "--timeout-unit",
     default=60.0,
     show_default=True,
@@ -224,6 +232,7 @@ def server_cmd(
     public_url: str | None,
     session_token_ttl: float,
     ping_interval: float,
+    resume_window: float,
     timeout_unit: float,
     s3_endpoint_url: str | None,
     logs_endpoint_url: str | None,
@@ -268,6 +277,7 @@ def server_cmd(
         public_url=public_url,
         token_ttl=session_token_ttl,
         ping_interval=ping_interval,
+        resume_window=resume_window,
         timeout_unit=timeout_unit,
         s3_endpoint_url=s3_endpoint_url,
         logs_endpoint_url=logs_endpoint_url,

@@ -386,9 +386,10 @@ async def _drain(app: web.Application) -> None:
 
 
 async def _start_background(app: web.Application) -> None:
-    from hatchway.server.datachannel import enforce_timeouts
+    from hatchway.server.datachannel import enforce_timeouts, restore_relays
 
     state = app[STATE_KEY]
+    restore_relays(state)  # sessions a previous run had open: resumed or ended, never stale
     if not state.config.workers:  # several processes: one commit per transaction
         state.store.batch_commits(asyncio.get_running_loop())
     app[TASKS_KEY] = [

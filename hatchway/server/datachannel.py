@@ -12,8 +12,13 @@ through unchanged, so sequence numbers, digests and ciphertext stay end to end:
   knows; ``agent_session_state`` updates the session's state and ``agent_session_log`` (the
   session's recording, :mod:`hatchway.server.recordings`) is kept; neither is forwarded.
 
-When the client goes away the session is ``Disconnected`` and resumable (both ends retransmit
-what was not acknowledged); when the agent goes away unexpectedly the session ``Failed``.
+When the client or the node goes away the session is ``Disconnected`` and resumable: the client
+comes back with a ResumeSession token, the node with a fresh single-use token from
+``POST /v1/data-channel/<SessionId>`` (CreateDataChannel, as AWS's agent asks on every
+reconnection), and both ends re-send what was not acknowledged. A session nobody comes back to
+within ``--resume-window`` ends ``Failed`` with the reason. After a restart the broker waits the
+same way for the sessions its previous run had open, and ends those their node no longer runs
+(the node's hello lists what it runs). See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from hatchway.server.nodes import (
     authenticate_client,
     authenticate_node,
     json_error,
+    verify_signed,
 )
 from hatchway.server.ops.sessions import end_session
 from hatchway.server.state import ServerState, stream_url
@@ -81,6 +87,40 @@ class Relay:
     started: float = field(default_factory=time.monotonic)
     idle_timeout: float = 20 * 60.0  # seconds (document inputs.idleSessionTimeout, minutes)
     max_duration: float | None = None  # seconds (inputs.maxSessionDuration, minutes)
+    away_since: float | None = None
+    """When the client or the node went away (monotonic); None while both are here or before
+    the node first connected. The session ends once this is older than ``--resume-window``."""
+    had_agent: bool = False
+    """The node's side was attached once: the node was asked to run the session."""
+    restored: bool = False
+    """Recreated when the broker started, for a session a previous run had open."""
+    agent_tokens: dict[str, float] = field(default_factory=dict)
+    """Digests of the node's single-use reconnection tokens (CreateDataChannel) → expiry."""
+
+    def take_agent_token(self, token: str) -> bool:
+        """Spend one of the node's tokens: the first one (start_session) or a reconnection's."""
+        if self.agent_token and hmac.compare_digest(token, self.agent_token):
+            self.agent_token = ""  # single use
+            return True
+        expires = self.agent_tokens.pop(crypto.digest(token), None)
+        return expires is not None and expires > time.monotonic()
+
+    def mint_agent_token(self, ttl: float) -> str:
+        now = time.monotonic()
+        for digest, expires in list(self.agent_tokens.items()):
+            if expires <= now:
+                del self.agent_tokens[digest]
+        value = crypto.token(32)
+        self.agent_tokens[crypto.digest(value)] = now + ttl
+        return value
+
+    def presence_changed(self) -> None:
+        """Start or stop the resume window's clock as the two sides come and go."""
+        here = self.client is not None and self.agent is not None
+        if here:
+            self.away_since = None
+        elif self.away_since is None and (self.had_agent or self.restored):
+            self.away_since = time.monotonic()
 
     async def send_closed(
         self, ws: web.WebSocketResponse | None, output: str = "", exit_code: int | None = None
@@ -237,12 +277,17 @@ async def _client_side(
 ) -> bool:
     """The client's side of the relay; True if its token was refused."""
     token = opened.token
+    started = session_id not in relays(state) and _was_started(state, row)  # before spending
     if not token or not _spend_token(state, session_id, token):
         log.warning("data channel %s: refused a wrong, reused or expired token", session_id)
         await ws.close(code=4403, message=b"invalid token")
         return True
     table = relays(state)
     relay = table.get(session_id)
+    if relay is None and started:
+        # Its node was asked to run it before (by a broker that has since restarted): never
+        # start a second process under this id; wait for the node's side to come back.
+        relay = restore_relay(state, row)
     if relay is None:
         relay = Relay(session_id, row["target"], crypto.token(32))
         relay.idle_timeout, relay.max_duration = _timeouts(state, row)
@@ -260,10 +305,12 @@ async def _client_side(
             table.pop(session_id, None)
             await end_session(state, session_id, "Failed", failure)
             return False
+        log.info("data channel %s: the node is asked to start the session", session_id)
         await node.send(start_message(state, row, relay))
     elif relay.client is not None and not relay.client.closed:
         await relay.client.close(code=4000, message=b"replaced by a resumed connection")
     relay.client = ws
+    relay.presence_changed()
     state.recordings.client_seen(session_id, remote)
     relay.last_input = time.monotonic()  # a resume counts as activity
     if relay.agent is not None and not relay.agent.closed:
@@ -271,7 +318,7 @@ async def _client_side(
         # rather than one frame per retransmission tick.
         with contextlib.suppress(ConnectionError, RuntimeError):
             await relay.agent.send_bytes(_publication(frames.MessageType.START_PUBLICATION))
-    _set_status(state, session_id, "Connected" if relay.agent is not None else "Connecting")
+    _set_status(state, session_id, _status(relay))
     try:
         async for msg in ws:
             if msg.type != WSMsgType.BINARY:
@@ -298,6 +345,7 @@ async def _client_side(
     finally:
         if relay.client is ws:
             relay.client = None
+            relay.presence_changed()
             if not relay.ended:
                 _set_status(state, session_id, "Disconnected")
     return False
@@ -309,12 +357,24 @@ async def _agent_side(
     """The node's side of the relay; True if its token was refused."""
     relay = relays(state).get(session_id)
     token = opened.token
-    if relay is None or not hmac.compare_digest(token, relay.agent_token):
+    if relay is None or relay.ended or not token or not relay.take_agent_token(token):
         await ws.close(code=4403, message=b"invalid token")
         return True
+    if relay.agent is not None and not relay.agent.closed:
+        previous = relay.agent  # the node reconnected before its old socket timed out
+        relay.agent = None
+        await previous.close(code=4000, message=b"replaced by a resumed connection")
+    resumed = relay.had_agent or relay.restored
     relay.agent = ws
+    relay.had_agent = True
+    relay.presence_changed()
     relay.agent_ready.set()
-    _set_status(state, session_id, "Connected")
+    _set_status(state, session_id, _status(relay))
+    if resumed and relay.client is not None and not relay.client.closed:
+        # The node resumed: it re-sends its unacknowledged output at once; the client's
+        # input is re-sent as the client's retransmission timer fires.
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_bytes(_publication(frames.MessageType.START_PUBLICATION))
     clean = False
     failed: str | None = None
     exit_code: int | None = None
@@ -352,19 +412,27 @@ async def _agent_side(
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await client.send_bytes(data)
     finally:
-        relay.agent = None
-        relay.agent_ready.clear()
-        if not relay.ended:
-            relays(state).pop(session_id, None)
-            if not clean:
-                failed = "The session ended because the node's data channel closed unexpectedly."
-            await end_session(
-                state, session_id, "Terminated" if failed is None else "Failed", failed
-            )
-            await relay.close(
-                failed or "", to_agent=False, exit_code=exit_code if failed is None else None
-            )
-        await state.recordings.finish(session_id)
+        if relay.agent is ws:
+            relay.agent = None
+            relay.agent_ready.clear()
+            if not relay.ended and not clean and failed is None:
+                # The node's link dropped: it reconnects (CreateDataChannel) and re-sends what
+                # was not acknowledged; the session waits, Disconnected, for --resume-window.
+                relay.presence_changed()
+                _set_status(state, session_id, "Disconnected")
+                log.info("data channel %s: the node's side dropped; waiting", session_id)
+            elif not relay.ended:
+                if relays(state).get(session_id) is relay:
+                    relays(state).pop(session_id, None)
+                await end_session(
+                    state, session_id, "Terminated" if failed is None else "Failed", failed
+                )
+                await relay.close(
+                    failed or "", to_agent=False, exit_code=exit_code if failed is None else None
+                )
+                await state.recordings.finish(session_id)
+            else:
+                await state.recordings.finish(session_id)
     return False
 
 
@@ -389,6 +457,83 @@ async def close_all(state: ServerState, output: str = SHUTDOWN_MESSAGE) -> int:
         return_exceptions=True,
     )
     return len(ending)
+
+
+def _status(relay: Relay) -> str:
+    if relay.agent is not None and relay.client is not None:
+        return "Connected"
+    return "Disconnected" if relay.had_agent or relay.restored else "Connecting"
+
+
+STARTED = ("Connected", "Disconnected", "Terminating")
+OPEN = (*STARTED, "Connecting")
+
+
+def _was_started(state: ServerState, row: dict[str, Any]) -> bool:
+    """Whether the session's node was asked to run it: past Connecting, or one of its tokens
+    spent (a client connected, and the broker then sends ``start_session``)."""
+    if row["status"] in STARTED:
+        return True
+    if row["status"] != "Connecting":
+        return False
+    tokens = state.store.select(t.session_tokens, session_id=row["session_id"])
+    return any(tok["used"] for tok in tokens)
+
+
+def restore_relay(state: ServerState, row: dict[str, Any]) -> Relay:
+    """A relay for a session a previous run of the broker had open: no socket on either side
+    yet; the node re-attaches with a CreateDataChannel token, the client with ResumeSession.
+    It ends with a reason if neither comes back within ``--resume-window``."""
+    relay = Relay(row["session_id"], row["target"], "", restored=True)
+    relay.idle_timeout, relay.max_duration = _timeouts(state, row)
+    relay.away_since = time.monotonic()
+    relays(state)[row["session_id"]] = relay
+    return relay
+
+
+def restore_relays(state: ServerState) -> int:
+    """At start: every session a previous run had open gets a relay to resume into (or to end
+    with a reason), so that none stays Connected for ever. Returns how many."""
+    count = 0
+    for row in state.store.select(t.sessions, t.sessions.c.status.in_(OPEN)):
+        sid = row["session_id"]
+        if sid in relays(state) or not _was_started(state, row):
+            continue
+        restore_relay(state, row)
+        _set_status(state, sid, "Disconnected")
+        count += 1
+    if count:
+        log.info("%d session(s) of a previous run wait for their node and client", count)
+    return count
+
+
+GONE_MESSAGE = (
+    "The session ended because its node no longer runs it (the node or the broker restarted)."
+)
+AWAY_MESSAGE = "The session ended because its {side} did not reconnect within {window:g} seconds."
+
+
+async def _end_relay(state: ServerState, relay: Relay, status: str, reason: str) -> None:
+    from hatchway.server.ops.sessions import close_data_channel
+
+    log.info("session %s: %s", relay.session_id, reason)
+    await end_session(state, relay.session_id, status, reason)
+    await close_data_channel(state, relay.session_id, relay.target, reason)
+
+
+async def reconcile_node(state: ServerState, instance_id: str, running: set[str]) -> int:
+    """The node's control channel (re)connected and says which sessions it still runs: each
+    session it was asked to run whose node side is not attached here and that the node no
+    longer runs ends, Failed, with the reason. Returns how many ended."""
+    ended = 0
+    for relay in list(relays(state).values()):
+        if relay.target != instance_id or relay.ended or relay.agent is not None:
+            continue
+        if not (relay.had_agent or relay.restored) or relay.session_id in running:
+            continue
+        await _end_relay(state, relay, "Failed", GONE_MESSAGE)
+        ended += 1
+    return ended
 
 
 IDLE_MESSAGE = "Your session timed out due to inactivity and has been terminated."
@@ -422,14 +567,19 @@ async def enforce_timeouts(state: ServerState, interval: float = 1.0) -> None:
             if relay.ended:
                 continue
             reason = None
+            status = "Terminated"
+            window = state.config.resume_window
             if relay.max_duration is not None and now - relay.started >= relay.max_duration:
                 reason = MAX_MESSAGE
             elif now - relay.last_input >= relay.idle_timeout:
                 reason = IDLE_MESSAGE
+            elif relay.away_since is not None and now - relay.away_since >= window:
+                side = "node" if relay.agent is None else "client"
+                reason, status = AWAY_MESSAGE.format(side=side, window=window), "Failed"
             if reason is None:
                 continue
             log.info("session %s: %s", relay.session_id, reason)
-            await end_session(state, relay.session_id, "Terminated", reason)
+            await end_session(state, relay.session_id, status, reason)
             await close_data_channel(state, relay.session_id, relay.target, reason)
 
 
@@ -459,6 +609,7 @@ def start_message(state: ServerState, row: dict[str, Any], relay: Relay) -> dict
         "sessionOwner": row["owner"],
         "target": row["target"],
         "sessionLog": state.recordings.start_request(),
+        "resumeWindow": state.config.resume_window,
     }
 
 
@@ -469,5 +620,60 @@ def _session_type(state: ServerState, row: dict[str, Any]) -> str:
     return str((doc.document if doc else {}).get("sessionType", "Standard_Stream"))
 
 
+_MAX_CREATE_BODY = 64 * 1024
+_XML_TOKEN = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<CreateDataChannelResponse>'
+    "<MessageSchemaVersion>1.0</MessageSchemaVersion><TokenValue>{}</TokenValue>"
+    "</CreateDataChannelResponse>"
+)
+
+
+async def handle_create_data_channel(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/data-channel/<SessionId>`` (ssmmessages CreateDataChannel), SigV4-signed by
+    the session's node: a fresh single-use token for the node's side of the data channel,
+    201 with AWS's XML body. The node asks again on every reconnection (as AWS's agent does),
+    and after a broker restart, for a session the broker had open (reconciled)."""
+    state = _state(request)
+    session_id = request.match_info["session_id"][:256]
+    where = {"sessionId": session_id}
+    try:
+        body = await request.content.read(_MAX_CREATE_BODY + 1)
+        if len(body) > _MAX_CREATE_BODY:
+            raise ServiceError(
+                "RequestEntityTooLargeException", "The request body is too large.", 413
+            )
+        row = state.store.get(t.sessions, session_id=session_id)
+        caller = _verify_node_post(state, request, body)
+        if row is None or row["target"] != caller.name:
+            raise ServiceError("DoesNotExistException", f"Session {session_id} does not exist.")
+        authenticate_node(
+            state, request, caller.name, (("ssmmessages:CreateDataChannel", "*"),), body=body
+        )
+        if row["status"] not in OPEN:
+            raise ServiceError("DoesNotExistException", f"Session {session_id} has ended.")
+        relay = relays(state).get(session_id)
+        if relay is None and _was_started(state, row):
+            relay = restore_relay(state, row)
+            _set_status(state, session_id, "Disconnected")
+        if relay is None or relay.ended:
+            raise ServiceError("DoesNotExistException", f"Session {session_id} is not open here.")
+        token = relay.mint_agent_token(max(state.config.token_ttl, 10.0))
+    except Exception as exc:
+        err = _upgrade_error(exc)
+        audit_refusal(state, request, "CreateDataChannel", err, where)
+        return json_error(err)
+    return web.Response(status=201, text=_XML_TOKEN.format(token), content_type="application/xml")
+
+
+def _verify_node_post(state: ServerState, request: web.Request, body: bytes) -> Any:
+    caller = verify_signed(state, request, body)
+    if caller is None or caller.kind != "node":
+        raise ServiceError(
+            "AccessDeniedException", "Only a node's own credentials may create its data channel."
+        )
+    return caller
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/data-channel/{session_id}", handle_data_channel)
+    app.router.add_post("/v1/data-channel/{session_id}", handle_create_data_channel)

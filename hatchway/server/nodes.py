@@ -324,10 +324,11 @@ def _activation_role(state: ServerState, act: dict[str, Any]) -> tuple[str, str 
     ) else None
 
 
-def _verify(state: ServerState, request: web.Request) -> Any:
-    """SigV4 of a websocket upgrade (GET, empty body); the caller behind it."""
+def verify_signed(state: ServerState, request: web.Request, body: bytes = b"") -> Any:
+    """SigV4 (service ``ssmmessages``) of a websocket upgrade (GET, empty body) or of a REST
+    call with ``body``; the caller behind it (None: an unknown key)."""
     raw_path, _, raw_query = request.raw_path.partition("?")
-    incoming = sigv4.IncomingRequest(request.method, raw_path, raw_query, request.headers, b"")
+    incoming = sigv4.IncomingRequest(request.method, raw_path, raw_query, request.headers, body)
     try:
         verified = sigv4.verify(
             incoming,
@@ -346,7 +347,7 @@ def _verify(state: ServerState, request: web.Request) -> Any:
 def authenticate_client(state: ServerState, request: web.Request, session: dict[str, Any]) -> Any:
     """A signed client upgrade: the signer needs ``ssmmessages:OpenDataChannel`` on the
     session's ARN (AWS's 2025 policies grant it on ``session/${aws:userid}-*`` or ``*``)."""
-    caller = _verify(state, request)
+    caller = verify_signed(state, request)
     if caller is None:
         raise ServiceError(
             "UnrecognizedClientException", "The security token included in the request is invalid."
@@ -374,9 +375,11 @@ def authenticate_node(
     request: web.Request,
     instance_id: str,
     actions: tuple[tuple[str, str], ...] | None = None,
+    body: bytes = b"",
 ) -> Any:
-    """A node's signed upgrade: its own credentials, registered, and allowed ``actions``."""
-    caller = _verify(state, request)
+    """A node's signed upgrade (or REST call with ``body``): its own credentials, registered,
+    and allowed ``actions``."""
+    caller = verify_signed(state, request, body)
     if caller is None or caller.kind != "node" or caller.name != instance_id:
         raise ServiceError(
             "AccessDeniedException", f"These credentials do not belong to {instance_id}."
@@ -486,6 +489,11 @@ async def handle_control_channel(request: web.Request) -> web.StreamResponse:
                     )
                 }
                 _mark(state, instance_id, connected=True, info=channel.info)
+                running = data.get("sessions")
+                if isinstance(running, list):  # the sessions the node still runs
+                    from hatchway.server.datachannel import reconcile_node
+
+                    await reconcile_node(state, instance_id, {str(s) for s in running})
             elif kind == "session_exit":
                 _record_exit(state, instance_id, data)
             elif kind == "heartbeat":

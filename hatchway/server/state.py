@@ -24,6 +24,7 @@ class ServerConfig:
     public_url: str | None = None  # base URL clients reach us at (StreamUrl); default from listen
     token_ttl: float = 60.0  # seconds a data-channel token stays valid unused
     ping_interval: float = 20.0  # agent heartbeat period the broker asks for
+    resume_window: float = 300.0  # seconds a Disconnected session waits for its peers
     timeout_unit: float = 60.0  # seconds per "minute" of idleSessionTimeout/maxSessionDuration
     s3_endpoint_url: str | None = None  # session logs to S3 (default: AWS_ENDPOINT_URL_S3 / AWS)
     logs_endpoint_url: str | None = None  # ... and to CloudWatch Logs (AWS_ENDPOINT_URL_LOGS)

@@ -236,9 +236,12 @@ def test_resume_after_a_dropped_connection_loses_nothing(broker: Broker, node: A
     broker.client("ssm").terminate_session(SessionId=s["SessionId"])
 
 
-def test_agent_killed_fails_the_session(
+def test_agent_killed_and_restarted_fails_the_session(
     broker: Broker, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    """The node's side dropping no longer ends the session at once (the agent may resume
+    it, issue 11): killed, the session waits Disconnected; the agent restarted says it does
+    not run it any more, and the session ends Failed with that reason, the client told."""
     state = tmp_path_factory.mktemp("victim") / "state"
     victim = start_agent(broker, state)
     s = broker.client("ssm").start_session(Target=victim.instance_id)
@@ -249,13 +252,23 @@ def test_agent_killed_fails_the_session(
         await c.send(b"echo alive-$((5*5))\r")
         await c.read_until(b"alive-25")
         victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait(10)
+        loop = asyncio.get_running_loop()
+        for _ in range(200):
+            status = await loop.run_in_executor(None, _status, broker, s["SessionId"])
+            if status == "Disconnected":
+                break
+            await asyncio.sleep(0.05)
+        assert status == "Disconnected"
+        again = await loop.run_in_executor(None, start_agent, broker, state)
         r = await c.read_until(None, 15)
         await c.close()
+        again.stop()
         return r.closed
 
     closed = asyncio.run(go())
     assert closed is not None
-    assert "closed unexpectedly" in closed.output  # type: ignore[attr-defined]
+    assert "no longer runs it" in closed.output  # type: ignore[attr-defined]
     assert _status(broker, s["SessionId"]) == "Failed"
     victim.stop()
 
