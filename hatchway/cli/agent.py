@@ -95,7 +95,12 @@ def read_code_file(path: Path) -> str:
     "(hatchway activation allow-instance-id).",
 )
 @click.option("--region", help="Region (default: the broker's).")
-@click.option("--state-dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--state-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Where the node keeps its registration and credentials (mode 0700).",
+)
 @click.option(
     "--session-user",
     default="ssm-user",
@@ -117,7 +122,12 @@ def read_code_file(path: Path) -> str:
     help="Sign KMS calls with the node's credentials, or botocore's default chain (for AWS KMS).",
 )
 @click.option("--kms-region", help="Region of the KMS calls (default: the node's).")
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    help="Least severe log level written: DEBUG, INFO, WARNING, ERROR.",
+)
 def agent_cmd(
     endpoint: str,
     ca_file: str | None,

@@ -38,11 +38,22 @@ def _cidr(text: str) -> str:
 @click.command("server")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT (0: any)")
 @click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=Path("hatchway-data"), show_default=True
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path("hatchway-data"),
+    show_default=True,
+    help="The broker's data directory (its store, master.key, audit.jsonl).",
 )
 @click.option("--database-url", help="postgresql://… (default: SQLite in the data dir)")
-@click.option("--region", default="us-east-1", show_default=True)
-@click.option("--account-id", default="123456789012", show_default=True)
+@click.option(
+    "--region", default="us-east-1", show_default=True, help="The region the broker serves."
+)
+@click.option(
+    "--account-id",
+    default="123456789012",
+    show_default=True,
+    help="The AWS account id of every ARN the broker makes.",
+)
 @click.option(
     "--scp-file",
     "scp_files",
@@ -194,7 +205,12 @@ def _cidr(text: str) -> str:
     type=click.IntRange(1),
     help="API requests a principal may send at once before --throttle-rate applies.",
 )
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    help="Least severe log level written: DEBUG, INFO, WARNING, ERROR.",
+)
 def server_cmd(
     listen: str,
     data_dir: Path,

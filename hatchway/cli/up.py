@@ -27,12 +27,25 @@ LOCAL_NODE = "i-02573cafcfEXAMPLE"
 
 
 @click.command("up")
-@click.option("--listen", default="127.0.0.1:8080", show_default=True)
 @click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=Path(".hatchway"), show_default=True
+    "--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT the broker listens on."
 )
-@click.option("--region", default="us-east-1", show_default=True)
-@click.option("--account-id", default="123456789012", show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".hatchway"),
+    show_default=True,
+    help="Where the broker (DATA_DIR/broker) and the local agent keep their state.",
+)
+@click.option(
+    "--region", default="us-east-1", show_default=True, help="The region the broker serves."
+)
+@click.option(
+    "--account-id",
+    default="123456789012",
+    show_default=True,
+    help="The AWS account id of every ARN the broker makes.",
+)
 @click.option(
     "--instance-id",
     default=LOCAL_NODE,
