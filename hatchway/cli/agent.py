@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import click
 from hatchway.agent.kms import CREDENTIAL_SOURCES, KmsSettings
 from hatchway.agent.registration import RegistrationError, load, register
 from hatchway.agent.session import SessionSettings, run_node
+from hatchway.server import logs
 
 CODE_ENV = "HATCHWAY_ACTIVATION_CODE"
 _CODE_FLAG = "--activation-code"
@@ -128,6 +128,13 @@ def read_code_file(path: Path) -> str:
     show_default=True,
     help="Least severe log level written: DEBUG, INFO, WARNING, ERROR.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as one JSON object a line.",
+)
 def agent_cmd(
     endpoint: str,
     ca_file: str | None,
@@ -143,13 +150,12 @@ def agent_cmd(
     kms_credentials: str,
     kms_region: str | None,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the node agent."""
     scrub_argv()
     os.environ.pop(CODE_ENV, None)  # never inherited by anything the agent starts
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(log_level, log_format)
 
     async def main() -> None:
         reg = load(state_dir)

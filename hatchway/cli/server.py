@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import click
 
+from hatchway.server import logs
 from hatchway.server.main import check_tls, serve
 from hatchway.server.state import ServerConfig
 from hatchway.ssm import StartSessionMode
@@ -211,6 +211,26 @@ def _cidr(text: str) -> str:
     show_default=True,
     help="Least severe log level written: DEBUG, INFO, WARNING, ERROR.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as one JSON object a line (with request id, principal, "
+    "operation and session id where known).",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="One line per HTTP request at INFO under logger hatchway.access.",
+)
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    help="Serve /metrics and /health on this address instead of the API's "
+    "(then /metrics is not on the API port).",
+)
 def server_cmd(
     listen: str,
     data_dir: Path,
@@ -244,11 +264,13 @@ def server_cmd(
     throttle_rate: float,
     throttle_burst: int,
     log_level: str,
+    log_format: str,
+    access_log: bool,
+    metrics_listen: str | None,
 ) -> None:
     """Run the broker: SSM, IAM and STS APIs with SigV4 and enforced IAM policies."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(log_level, log_format)
+    logs.set_access_log(access_log)
     config = ServerConfig(
         listen=listen,
         data_dir=data_dir,
@@ -283,6 +305,9 @@ def server_cmd(
         trusted_proxies=[_cidr(c) for c in trusted_proxies],
         throttle_rate=throttle_rate,
         throttle_burst=throttle_burst,
+        log_format=log_format,
+        access_log=access_log,
+        metrics_listen=metrics_listen,
     )
     try:
         check_tls(config)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,7 +14,7 @@ from aiohttp import web
 
 from hatchway.agent.registration import load, register
 from hatchway.agent.session import SessionSettings, run_node
-from hatchway.server import crypto
+from hatchway.server import crypto, logs
 from hatchway.server.app import create_app
 from hatchway.server.main import build_state, check_tls, reload_on_sighup, url_host, wait_for_stop
 from hatchway.server.nodes import allow_instance_ids
@@ -58,13 +57,30 @@ LOCAL_NODE = "i-02573cafcfEXAMPLE"
     is_flag=True,
     help="Serve HTTPS/wss:// with a certificate from a local CA made in DATA_DIR/tls.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as one JSON object a line.",
+)
 def up_cmd(
-    listen: str, data_dir: Path, region: str, account_id: str, instance_id: str, tls: bool
+    listen: str,
+    data_dir: Path,
+    region: str,
+    account_id: str,
+    instance_id: str,
+    tls: bool,
+    log_format: str,
 ) -> None:
     """Start the broker (SQLite in DATA_DIR) and a local agent registered as a node."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure("WARNING", log_format, "%(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
-        listen=listen, data_dir=data_dir / "broker", region=region, account_id=account_id
+        listen=listen,
+        data_dir=data_dir / "broker",
+        region=region,
+        account_id=account_id,
+        log_format=log_format,
     )
     ca: LocalCA | None = None
     if tls:

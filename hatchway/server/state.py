@@ -47,6 +47,10 @@ class ServerConfig:
     trusted_proxies: list[str] = field(default_factory=list)  # CIDRs
     throttle_rate: float = 200.0  # API requests per second and principal (0: unthrottled)
     throttle_burst: int = 1000
+    # Observability (docs/observability.md)
+    log_format: str = "text"  # "text" | "json", also for API worker processes
+    access_log: bool = True  # one line per HTTP request under logger hatchway.access
+    metrics_listen: str | None = None  # HOST:PORT serving /metrics and /health apart
 
     @property
     def store_url(self) -> str:
