@@ -61,6 +61,9 @@ class _Events:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.api_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        """(service, operation, status) → its counter and histogram children (bounded by the
+        models' operations and the statuses answered)."""
         self.authorizations = Counter(
             "hatchway_authorization_decisions",
             "IAM authorization decisions taken by API calls, by result (allowed/denied).",
@@ -122,8 +125,15 @@ def multiprocess(path: Path, *, clear: bool) -> None:
 
 def api_call(service: str, operation: str, status: int, seconds: float) -> None:
     m = _get()
-    m.api_calls.labels(service, operation, str(status)).inc()
-    m.api_latency.labels(service, operation).observe(seconds)
+    key = (service, operation, status)
+    children = m.api_children.get(key)
+    if children is None:
+        children = m.api_children[key] = (
+            m.api_calls.labels(service, operation, str(status)),
+            m.api_latency.labels(service, operation),
+        )
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def authorization(allowed: bool) -> None:
