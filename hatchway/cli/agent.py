@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import ssl
 import sys
@@ -17,6 +16,7 @@ from hatchway.agent.control import backoff_delays
 from hatchway.agent.kms import CREDENTIAL_SOURCES, KmsSettings
 from hatchway.agent.registration import Registration, RegistrationError, load, register
 from hatchway.agent.session import SessionSettings, run_node
+from hatchway.server import logs
 
 CODE_ENV = "HATCHWAY_ACTIVATION_CODE"
 _CODE_FLAG = "--activation-code"
@@ -127,7 +127,12 @@ async def register_retrying(
     "(hatchway activation allow-instance-id).",
 )
 @click.option("--region", help="Region (default: the broker's).")
-@click.option("--state-dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--state-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Where the node keeps its registration and credentials (mode 0700).",
+)
 @click.option(
     "--session-user",
     default="ssm-user",
@@ -149,7 +154,19 @@ async def register_retrying(
     help="Sign KMS calls with the node's credentials, or botocore's default chain (for AWS KMS).",
 )
 @click.option("--kms-region", help="Region of the KMS calls (default: the node's).")
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    help="Least severe log level written: DEBUG, INFO, WARNING, ERROR.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as one JSON object a line.",
+)
 def agent_cmd(
     endpoint: str,
     ca_file: str | None,
@@ -165,13 +182,12 @@ def agent_cmd(
     kms_credentials: str,
     kms_region: str | None,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the node agent."""
     scrub_argv()
     os.environ.pop(CODE_ENV, None)  # never inherited by anything the agent starts
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(log_level, log_format)
 
     async def main() -> None:
         reg = load(state_dir)

@@ -14,14 +14,28 @@ from hatchway.server.store import schema as t
 
 @click.command("audit")
 @click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=Path("hatchway-data"), show_default=True
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path("hatchway-data"),
+    show_default=True,
+    help="The broker's data directory (its store, master.key, audit.jsonl).",
 )
 @click.option("--database-url", help="postgresql://… (default: SQLite in the data dir)")
 @click.option("--principal", help="Only events of this principal ARN.")
 @click.option("--event", "event_name", help="Only this operation, e.g. StartSession.")
-@click.option("--decision", type=click.Choice(["allowed", "denied", "error"]))
+@click.option(
+    "--decision",
+    type=click.Choice(["allowed", "denied", "error"]),
+    help="Only events with this outcome.",
+)
 @click.option("--limit", default=100, show_default=True, help="The most recent N events.")
-@click.option("--output", type=click.Choice(["json", "text"]), default="json", show_default=True)
+@click.option(
+    "--output",
+    type=click.Choice(["json", "text"]),
+    default="json",
+    show_default=True,
+    help="JSON lines (the audit records) or one line per event.",
+)
 def audit_cmd(
     data_dir: Path,
     database_url: str | None,

@@ -30,7 +30,11 @@ def activation() -> None:
 
 @activation.command("allow-instance-id")
 @click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=Path("hatchway-data"), show_default=True
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path("hatchway-data"),
+    show_default=True,
+    help="The broker's data directory (its store, master.key, audit.jsonl).",
 )
 @click.option("--database-url", help="postgresql://… (default: SQLite in the data dir)")
 @click.argument("activation_id")

@@ -225,12 +225,21 @@ class _AwsListOptions(click.Command):
     required=True,
     help="Identity policy JSON (or file://PATH); repeat for several.",
 )
-@click.option("--permissions-boundary-policy-input-list", multiple=True)
-@click.option("--action-names", multiple=True, required=True)
-@click.option("--resource-arns", multiple=True)
-@click.option("--resource-policy")
-@click.option("--resource-owner")
-@click.option("--caller-arn")
+@click.option(
+    "--permissions-boundary-policy-input-list",
+    multiple=True,
+    help="Permissions boundary JSON (or file://PATH); repeat for several.",
+)
+@click.option(
+    "--action-names",
+    multiple=True,
+    required=True,
+    help="Actions to simulate, e.g. ssm:StartSession.",
+)
+@click.option("--resource-arns", multiple=True, help="Resource ARNs to simulate (default: *).")
+@click.option("--resource-policy", help="Resource-based policy JSON (or file://PATH).")
+@click.option("--resource-owner", help="Account ARN that owns the resources.")
+@click.option("--caller-arn", help="ARN of the simulated caller (the principal).")
 @click.option(
     "--context-entries",
     multiple=True,
@@ -302,13 +311,26 @@ def _tags(value: str | None) -> dict[str, str]:
 )
 @click.option("--target", required=True, help="i-…, mi-… or ecs:CLUSTER_TASK_RUNTIME")
 @click.option("--document-name", help="As `aws ssm start-session --document-name`.")
-@click.option("--region", default=DEFAULT_REGION, show_default=True)
-@click.option("--account-id", default=DEFAULT_ACCOUNT, show_default=True)
+@click.option(
+    "--region", default=DEFAULT_REGION, show_default=True, help="Region of the target and request."
+)
+@click.option(
+    "--account-id",
+    default=DEFAULT_ACCOUNT,
+    show_default=True,
+    help="Account of the caller and target.",
+)
 @click.option("--caller-arn", help="Default: arn:aws:iam::ACCOUNT:user/alice")
 @click.option("--target-tags", help="k=v,k2=v2: the target's tags")
 @click.option("--document-tags", help="k=v,k2=v2: the document's tags")
 @click.option("--context", "context_json", help="Extra request context as a JSON object")
-@click.option("--permissions-boundary", "boundary_files", multiple=True, metavar="FILE")
+@click.option(
+    "--permissions-boundary",
+    "boundary_files",
+    multiple=True,
+    metavar="FILE",
+    help="Permissions boundary policy file of the caller; repeat for several.",
+)
 @click.option(
     "--scp",
     "scp_files",
@@ -322,7 +344,13 @@ def _tags(value: str | None) -> dict[str, str]:
     help="2025 AWS docs: an omitted document also needs the default document allowed.",
 )
 @click.option("--explain", is_flag=True, help="Show every statement considered, and why.")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Text for people or JSON for programs.",
+)
 def start_session_cmd(
     policy_files: tuple[str, ...],
     target: str,
@@ -485,7 +513,13 @@ def demo_cmd() -> None:
 
 @policy.command("lint")
 @click.argument("files", nargs=-1, required=True)
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Text for people or JSON for programs.",
+)
 def lint_cmd(files: tuple[str, ...], output: str) -> None:
     """Session Manager pitfalls in identity policies that apply together.
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import click
 
+from hatchway.server import logs
 from hatchway.server.main import StartError, check_tls, serve
 from hatchway.server.state import ServerConfig
 from hatchway.ssm import StartSessionMode
@@ -48,11 +48,22 @@ def _cidr(text: str) -> str:
 @click.command("server")
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT (0: any)")
 @click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=Path("hatchway-data"), show_default=True
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path("hatchway-data"),
+    show_default=True,
+    help="The broker's data directory (its store, master.key, audit.jsonl).",
 )
 @click.option("--database-url", help="postgresql://… (default: SQLite in the data dir)")
-@click.option("--region", default="us-east-1", show_default=True)
-@click.option("--account-id", default="123456789012", show_default=True)
+@click.option(
+    "--region", default="us-east-1", show_default=True, help="The region the broker serves."
+)
+@click.option(
+    "--account-id",
+    default="123456789012",
+    show_default=True,
+    help="The AWS account id of every ARN the broker makes.",
+)
 @click.option(
     "--scp-file",
     "scp_files",
@@ -220,7 +231,32 @@ def _cidr(text: str) -> str:
     help="Seconds to keep serving after SIGTERM with /readyz answering 503, so that load "
     "balancers stop sending clients here first (a second signal cuts it short).",
 )
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    help="Least severe log level written: DEBUG, INFO, WARNING, ERROR.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as one JSON object a line (with request id, principal, "
+    "operation and session id where known).",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="One line per HTTP request at INFO under logger hatchway.access.",
+)
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    help="Serve /metrics and /health on this address instead of the API's "
+    "(then /metrics is not on the API port).",
+)
 def server_cmd(
     listen: str,
     data_dir: Path,
@@ -256,6 +292,9 @@ def server_cmd(
     throttle_burst: int,
     shutdown_grace: float,
     log_level: str,
+    log_format: str,
+    access_log: bool,
+    metrics_listen: str | None,
 ) -> None:
     """Run the broker: SSM, IAM and STS APIs with SigV4 and enforced IAM policies."""
     level = log_level.upper()
@@ -263,7 +302,8 @@ def server_cmd(
         raise OperatorError(
             f"--log-level {log_level!r} is not a log level (one of {', '.join(LOG_LEVELS)})"
         )
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level, log_format)
+    logs.set_access_log(access_log)
     config = ServerConfig(
         listen=listen,
         data_dir=data_dir,
@@ -300,6 +340,9 @@ def server_cmd(
         throttle_rate=throttle_rate,
         throttle_burst=throttle_burst,
         shutdown_grace=shutdown_grace,
+        log_format=log_format,
+        access_log=access_log,
+        metrics_listen=metrics_listen,
     )
     try:
         check_tls(config)

@@ -41,6 +41,7 @@ def _store_options(fn: Any) -> Any:
         type=click.Path(path_type=Path),
         default=Path("hatchway-data"),
         show_default=True,
+        help="The broker's data directory (its store, master.key, audit.jsonl).",
     )(fn)
 
 
@@ -63,9 +64,16 @@ def _session(store: Store, session_id: str) -> dict[str, Any]:
     type=click.Choice(["all", "active", "history"]),
     default="all",
     show_default=True,
+    help="Only active sessions, only ended ones (history), or all.",
 )
 @click.option("--limit", default=50, show_default=True, help="The most recent N sessions.")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Text for people or JSON for programs.",
+)
 def list_cmd(data_dir: Path, database_url: str | None, state: str, limit: int, output: str) -> None:
     """Sessions, newest first, with the size of their recordings."""
     store = _store(data_dir, database_url)

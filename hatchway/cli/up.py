@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,7 @@ from aiohttp import web
 from hatchway.agent.registration import load, register
 from hatchway.agent.session import SessionSettings, run_node
 from hatchway.cli.server import OperatorError
-from hatchway.server import crypto
+from hatchway.server import crypto, logs
 from hatchway.server.app import create_app
 from hatchway.server.main import (
     StartError,
@@ -35,12 +34,25 @@ LOCAL_NODE = "i-02573cafcfEXAMPLE"
 
 
 @click.command("up")
-@click.option("--listen", default="127.0.0.1:8080", show_default=True)
 @click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=Path(".hatchway"), show_default=True
+    "--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT the broker listens on."
 )
-@click.option("--region", default="us-east-1", show_default=True)
-@click.option("--account-id", default="123456789012", show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".hatchway"),
+    show_default=True,
+    help="Where the broker (DATA_DIR/broker) and the local agent keep their state.",
+)
+@click.option(
+    "--region", default="us-east-1", show_default=True, help="The region the broker serves."
+)
+@click.option(
+    "--account-id",
+    default="123456789012",
+    show_default=True,
+    help="The AWS account id of every ARN the broker makes.",
+)
 @click.option(
     "--instance-id",
     default=LOCAL_NODE,
@@ -53,13 +65,30 @@ LOCAL_NODE = "i-02573cafcfEXAMPLE"
     is_flag=True,
     help="Serve HTTPS/wss:// with a certificate from a local CA made in DATA_DIR/tls.",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or as one JSON object a line.",
+)
 def up_cmd(
-    listen: str, data_dir: Path, region: str, account_id: str, instance_id: str, tls: bool
+    listen: str,
+    data_dir: Path,
+    region: str,
+    account_id: str,
+    instance_id: str,
+    tls: bool,
+    log_format: str,
 ) -> None:
     """Start the broker (SQLite in DATA_DIR) and a local agent registered as a node."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure("WARNING", log_format, "%(levelname)s %(name)s: %(message)s")
     config = ServerConfig(
-        listen=listen, data_dir=data_dir / "broker", region=region, account_id=account_id
+        listen=listen,
+        data_dir=data_dir / "broker",
+        region=region,
+        account_id=account_id,
+        log_format=log_format,
     )
     ca: LocalCA | None = None
     if tls:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,7 @@ from aiohttp import web
 from botocore.model import OperationModel
 
 from hatchway import __version__
-from hatchway.server import cpu, crypto, limits, sigv4
+from hatchway.server import cpu, crypto, limits, logs, metrics, sigv4
 from hatchway.server.call import INPUT_EXTENSIONS, OPERATIONS, Call, audit
 from hatchway.server.errors import ServiceError
 from hatchway.server.identity import (
@@ -39,6 +40,8 @@ log = logging.getLogger("hatchway.server")
 
 STATE_KEY = web.AppKey("state", ServerState)
 TASKS_KEY = web.AppKey("tasks", list)
+HANDED_BACK = "hatchway.handed_back"
+"""Set on a request an API worker handed back to the primary (which logs it, not the worker)."""
 _JSON_TYPE = "application/x-amz-json-1.1"
 _JSON_SERVICES = {"AmazonSSM": "ssm", "TrentService": "kms"}
 """X-Amz-Target prefix → service (an unknown prefix is SSM's UnknownOperationException)."""
@@ -162,13 +165,19 @@ def _too_large(request: web.Request, request_id: str) -> web.Response:
 
 async def handle_api(request: web.Request) -> web.Response:
     """Any failure outside a handler still answers in AWS's shape (never aiohttp's text)."""
+    started = time.perf_counter()
     try:
-        return await _handle_api(request)
+        response = await _handle_api(request)
     except Exception as exc:  # a bug must not take the process down
         FAILURES.failure("internal error before dispatch", exc, where="dispatch")
         err = ServiceError("InternalFailure", "An internal error occurred.", 500, sender=False)
         status, headers, body = jsonproto.serialize_json_error(err)
-        return web.Response(status=status, body=body, headers=headers)
+        response = web.Response(
+            status=status, body=body, headers={**headers, "x-amzn-RequestId": logs.request_id()}
+        )
+    service, _, operation = (logs.OPERATION.get() or "unknown:Unknown").partition(":")
+    metrics.api_call(service, operation, response.status, time.perf_counter() - started)
+    return response
 
 
 async def _handle_api(request: web.Request) -> web.Response:
@@ -177,14 +186,17 @@ async def _handle_api(request: web.Request) -> web.Response:
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return _too_large(request, crypto.request_id())
+        return _too_large(request, logs.request_id())
     raw_path, _, raw_query = request.raw_path.partition("?")
     incoming = sigv4.IncomingRequest(
         request.method, raw_path, raw_query, dict(request.headers), body
     )
     route = _route(incoming)
-    call_id = crypto.request_id()
+    call_id = logs.request_id()  # the access log's, the header's and the audit record's
+    if route.op is not None:
+        logs.OPERATION.set(f"{route.service}:{route.op.name}")
     if route.error is not None or route.op is None:
+        logs.OPERATION.set(f"{route.service}:Unknown")
         return _error_response(route, route.error or ServiceError("InvalidAction", ""), call_id)
     op = route.op
     client = limits.client_of(request)
@@ -215,6 +227,7 @@ async def _handle_api(request: web.Request) -> web.Response:
         if kind == "unknown_key":
             code, status = sigv4.error_code("unknown_key", route.protocol)
             return _error_response(route, ServiceError(code, message, status), call_id)
+    logs.PRINCIPAL.set(caller.arn)
     if not state.throttle.allow(caller.arn):
         return _throttled(state, route, op.name, caller, source_ip, call_id)
     call = Call(
@@ -295,6 +308,69 @@ _HTTP_ERRORS = {
     405: "MethodNotAllowedException",
     413: "RequestEntityTooLargeException",
 }
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Outermost: gives the request its id (``x-amzn-RequestId`` on every answer that has not
+    been sent yet, the id of its log lines and of its audit record), holds the logging context
+    while the request is served, and writes its access-log line (logger ``hatchway.access``)."""
+    started = time.perf_counter()
+    tokens = [
+        (logs.REQUEST_ID, logs.REQUEST_ID.set(crypto.request_id())),
+        (logs.PRINCIPAL, logs.PRINCIPAL.set(None)),
+        (logs.OPERATION, logs.OPERATION.set(None)),
+        (logs.SESSION_ID, logs.SESSION_ID.set(None)),
+    ]
+    status = 500
+    response: web.StreamResponse | None = None
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            status = exc.status
+            if not exc.headers.get("x-amzn-RequestId"):
+                exc.headers["x-amzn-RequestId"] = logs.REQUEST_ID.get() or ""
+            raise
+        status = response.status
+        if not response.prepared and "x-amzn-RequestId" not in response.headers:
+            response.headers["x-amzn-RequestId"] = logs.REQUEST_ID.get() or ""
+        return response
+    finally:
+        if logs.access_log.isEnabledFor(logging.INFO) and not request.get(HANDED_BACK):
+            _log_access(request, response, status, time.perf_counter() - started)
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+def _log_access(
+    request: web.Request, response: web.StreamResponse | None, status: int, elapsed: float
+) -> None:
+    size = 0
+    if response is not None:
+        if response.prepared:
+            size = response.body_length
+        elif isinstance(response, web.Response) and isinstance(response.body, bytes | bytearray):
+            size = len(response.body)
+    client = limits.client_of(request).address
+    duration_ms = round(elapsed * 1000, 3)
+    logs.access_log.info(
+        '%s "%s %s" %d %dB %.3fms',
+        client,
+        request.method,
+        request.path,
+        status,
+        size,
+        duration_ms,
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": status,
+            "bytes": size,
+            "duration_ms": duration_ms,
+            "client": client,
+        },
+    )
 
 
 @web.middleware
@@ -385,6 +461,13 @@ async def _drain(app: web.Application) -> None:
             log.info("stopping: closed %d session(s) and %d node channel(s)", sessions, channels)
 
 
+async def handle_metrics(request: web.Request) -> web.Response:
+    """Prometheus' text format; unauthenticated and not audited, like /health (put it on
+    another address with --metrics-listen)."""
+    body = await asyncio.to_thread(metrics.exposition, request.app[STATE_KEY])
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
 async def _start_background(app: web.Application) -> None:
     from hatchway.server.datachannel import enforce_timeouts, restore_relays
 
@@ -409,6 +492,16 @@ async def _stop_background(app: web.Application) -> None:
     app[STATE_KEY].store.stop_batching()
 
 
+def create_metrics_app(state: ServerState) -> web.Application:
+    """``--metrics-listen``: /metrics, /health and /readyz on their own address."""
+    app = web.Application(middlewares=[access_middleware])
+    app[STATE_KEY] = state
+    app.router.add_get("/health", handle_health)
+    app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/metrics", handle_metrics)
+    return app
+
+
 def create_app(state: ServerState) -> web.Application:
     """The aiohttp application; extra routes (registration, channels) come from other modules."""
     from hatchway.server import datachannel, nodes
@@ -417,7 +510,7 @@ def create_app(state: ServerState) -> web.Application:
     register_all()
     app = web.Application(
         client_max_size=MAX_BODY,
-        middlewares=[limits.guard_middleware, aws_shaped_errors],
+        middlewares=[access_middleware, limits.guard_middleware, aws_shaped_errors],
     )
     app[STATE_KEY] = state
     app.on_startup.append(_start_background)
@@ -425,6 +518,8 @@ def create_app(state: ServerState) -> web.Application:
     app.on_cleanup.append(_stop_background)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/readyz", handle_readyz)
+    if state.config.metrics_listen is None:
+        app.router.add_get("/metrics", handle_metrics)
     app.router.add_post("/", handle_api)
     nodes.add_routes(app)
     datachannel.add_routes(app)

@@ -14,7 +14,7 @@ from typing import Any
 
 from hatchway.iam import Decision, Request
 from hatchway.iam.context import Context, make_context
-from hatchway.server import crypto
+from hatchway.server import crypto, metrics
 from hatchway.server.errors import ServiceError, access_denied
 from hatchway.server.identity import Caller
 from hatchway.server.state import ServerState
@@ -100,6 +100,7 @@ class Call:
             Request(action, resource, self.caller.principal, ctx, self.account)
         )
         self.decisions.append(d)
+        metrics.authorization(d.allowed)
         return d
 
     def authorize(
@@ -372,8 +373,9 @@ class AuditLog:
 
     async def run(self) -> None:
         """Flush every ``interval`` seconds until cancelled (and retry audit.jsonl)."""
+        ticker = metrics.Ticker("audit_flush", self.interval)
         while True:
-            await asyncio.sleep(self.interval)
+            await ticker.sleep()
             if self.pending:
                 self._try_flush()
             if self._unwritten:

@@ -38,7 +38,7 @@ from sqlalchemy import and_
 
 from hatchway.protocol import frames, payloads
 from hatchway.protocol.sessionlog import AGENT_SESSION_LOG
-from hatchway.server import crypto, limits
+from hatchway.server import crypto, limits, logs, metrics
 from hatchway.server.errors import ServiceError
 from hatchway.server.nodes import (
     _state,
@@ -218,6 +218,7 @@ def _set_status(state: ServerState, session_id: str, status: str) -> None:
 async def handle_data_channel(request: web.Request) -> web.StreamResponse:
     state = _state(request)
     session_id = request.match_info["session_id"]
+    logs.SESSION_ID.set(session_id)  # reset by the access middleware when the channel ends
     row = state.store.get(t.sessions, session_id=session_id)
     where = {"sessionId": session_id}
     if row is None:
@@ -342,6 +343,7 @@ async def _client_side(
             if agent is not None and not agent.closed:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await agent.send_bytes(data)
+                    metrics.relayed("to_node", len(data))
     finally:
         if relay.client is ws:
             relay.client = None
@@ -411,6 +413,7 @@ async def _agent_side(
             if client is not None and not client.closed:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await client.send_bytes(data)
+                    metrics.relayed("to_client", len(data))
     finally:
         if relay.agent is ws:
             relay.agent = None
@@ -560,8 +563,9 @@ async def enforce_timeouts(state: ServerState, interval: float = 1.0) -> None:
     resume) or older than their maxSessionDuration: the agent does not enforce either."""
     from hatchway.server.ops.sessions import close_data_channel
 
+    ticker = metrics.Ticker("session_timeouts", interval)
     while True:
-        await asyncio.sleep(interval)
+        await ticker.sleep()
         now = time.monotonic()
         for relay in list(relays(state).values()):
             if relay.ended:

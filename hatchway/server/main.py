@@ -21,8 +21,8 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
 from hatchway.iam import PolicyKind, parse_policy
-from hatchway.server import limits
-from hatchway.server.app import create_app
+from hatchway.server import limits, metrics
+from hatchway.server.app import create_app, create_metrics_app
 from hatchway.server.bootstrap import bootstrap
 from hatchway.server.crypto import SecretBox
 from hatchway.server.nodes import follow_deregistrations
@@ -209,7 +209,28 @@ def reload_on_sighup(certs: CertStore | None) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, certs.reload)
 
 
+METRICS_DIR = "metrics"
+"""With --workers: every process's metric files (prometheus_client multiprocess mode)."""
+
+
+async def serve_metrics(state: ServerState) -> web.AppRunner | None:
+    """``--metrics-listen HOST:PORT``: /metrics and /health there (plain HTTP), not on the API's
+    address."""
+    if state.config.metrics_listen is None:
+        return None
+    runner = web.AppRunner(create_metrics_app(state), access_log=None)
+    await runner.setup()
+    host, _, port = state.config.metrics_listen.rpartition(":")
+    sock = socket.create_server((host.strip("[]") or "127.0.0.1", int(port)))
+    bound = sock.getsockname()[:2]
+    await web.SockSite(runner, sock).start()
+    print(f"Hatchway metrics on http://{url_host(bound[0])}:{bound[1]}/metrics", flush=True)
+    return runner
+
+
 async def serve(config: ServerConfig) -> None:
+    if config.workers:  # before any metric is made: every process writes its own files
+        metrics.multiprocess(config.data_dir / METRICS_DIR, clear=True)
     certs = check_tls(config)
     scheme = "https" if certs is not None else "http"
     state, generated = build_state(config)
@@ -260,6 +281,7 @@ async def serve(config: ServerConfig) -> None:
         bound = server.sockets[0].getsockname()[:2]
         if config.public_url is None:  # StreamUrls must name the port actually bound
             config.public_url = f"{scheme}://{url_host(bound[0])}:{bound[1]}"
+    metrics_runner = await serve_metrics(state)
     reload_on_sighup(certs)
     print(
         f"Hatchway broker listening on {scheme}://{url_host(bound[0])}:{bound[1]} "
@@ -275,6 +297,8 @@ async def serve(config: ServerConfig) -> None:
         listener.close()
     if server is not None:
         server.close()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     await runner.cleanup()
     if pool is not None:
         await pool.stop()

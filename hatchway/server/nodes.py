@@ -18,7 +18,6 @@ import json
 import logging
 import re
 import secrets
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from hatchway.iam import Request
-from hatchway.server import crypto, iamdata, limits, sigv4
+from hatchway.server import crypto, iamdata, limits, logs, sigv4
 from hatchway.server.bootstrap import create_access_key
 from hatchway.server.call import audit
 from hatchway.server.errors import ServiceError
@@ -194,7 +193,7 @@ async def handle_register(request: web.Request) -> web.Response:
             params=params,
             decisions=[],
             error=error,
-            request_id=str(uuid.uuid4()),
+            request_id=logs.request_id(),
         )
     except Exception:
         log.exception("could not write the audit record of a node registration")
@@ -425,7 +424,7 @@ def audit_refusal(
             params={k: v[:256] for k, v in params.items()},
             decisions=[],
             error=error,
-            request_id=crypto.request_id(),
+            request_id=logs.request_id(),
         )
     except Exception:
         log.exception("could not audit a refused %s", operation)

@@ -50,7 +50,7 @@ from hatchway.protocol.sessionlog import (
     build_session_log,
     parse_session_log,
 )
-from hatchway.server import asciicast
+from hatchway.server import asciicast, metrics
 from hatchway.server.call import audit
 from hatchway.server.errors import ServiceError
 from hatchway.server.logdelivery import (
@@ -613,8 +613,9 @@ class Recordings:
         until cancelled."""
         loop = asyncio.get_running_loop()
         next_duty = loop.time()
+        ticker = metrics.Ticker("recordings", FLUSH_INTERVAL)
         while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
+            await ticker.sleep()
             try:
                 await self.flush()
             except Exception:

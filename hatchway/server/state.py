@@ -49,6 +49,10 @@ class ServerConfig:
     throttle_rate: float = 200.0  # API requests per second and principal (0: unthrottled)
     throttle_burst: int = 1000
     shutdown_grace: float = 0.0  # seconds of draining (/readyz 503) after SIGTERM before stopping
+    # Observability (docs/observability.md)
+    log_format: str = "text"  # "text" | "json", also for API worker processes
+    access_log: bool = True  # one line per HTTP request under logger hatchway.access
+    metrics_listen: str | None = None  # HOST:PORT serving /metrics and /health apart
 
     @property
     def store_url(self) -> str:

@@ -43,7 +43,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hatchway.server import limits
+from hatchway.server import limits, logs, metrics
 from hatchway.server.state import ServerConfig, ServerState
 from hatchway.ssm import StartSessionMode
 
@@ -487,7 +487,13 @@ class PrimaryLink:
 
 
 async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) -> None:
-    from hatchway.server.app import STATE_KEY, handle_api, handle_health
+    from hatchway.server.app import (
+        HANDED_BACK,
+        STATE_KEY,
+        access_middleware,
+        handle_api,
+        handle_health,
+    )
     from hatchway.server.crypto import SecretBox
     from hatchway.server.main import load_scps, settle_memory
     from hatchway.server.ops import register_all
@@ -550,9 +556,13 @@ async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) ->
         finally:
             os.close(dup)
         transport.abort()  # the primary's descriptor keeps the connection open
+        request[HANDED_BACK] = True  # the primary logs it when it serves it
         return web.Response()
 
-    app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[limits.guard_middleware])
+    app = web.Application(
+        client_max_size=4 * 1024 * 1024,
+        middlewares=[access_middleware, limits.guard_middleware],
+    )
     app[STATE_KEY] = state
     app.router.add_post("/", handle_api)
     app.router.add_get("/health", handle_health)
@@ -585,11 +595,15 @@ def main() -> None:
     ap.add_argument("--config", required=True)
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args()
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s %(name)s[worker {args.index}]: %(message)s",
+    config = config_from_json(args.config)
+    metrics.multiprocess(config.data_dir / "metrics", clear=False)  # main.METRICS_DIR
+    logs.configure(
+        args.log_level,
+        config.log_format,
+        f"%(asctime)s %(levelname)s %(name)s[worker {args.index}]: %(message)s",
     )
-    asyncio.run(_worker_main(args.fd, args.index, args.count, config_from_json(args.config)))
+    logs.set_access_log(config.access_log)
+    asyncio.run(_worker_main(args.fd, args.index, args.count, config))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -295,3 +296,28 @@ def test_the_primary_does_not_spin_on_a_first_request_in_pieces() -> None:
 
     calls = asyncio.run(scenario())
     assert 1 <= calls <= 3
+
+
+def test_metrics_sum_every_process(broker: Broker) -> None:
+    """/metrics (served by the primary) counts the calls the workers served: every process
+    keeps its counters in DATA_DIR/metrics (prometheus_client's multiprocess mode)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def calls() -> float:
+        with urllib.request.urlopen(f"{broker.url}/metrics", timeout=30) as r:
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "hatchway_api_calls_total" and s.labels == {
+                    "service": "ssm",
+                    "operation": "DescribeInstanceInformation",
+                    "status": "200",
+                }:
+                    return float(s.value)
+        return 0.0
+
+    before = calls()
+    ssm = broker.client("ssm")
+    for _ in range(6):
+        ssm.describe_instance_information()
+    assert calls() - before == 6

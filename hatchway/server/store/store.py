@@ -20,6 +20,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -44,6 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
+from hatchway.server import metrics
 from hatchway.server.ratelog import RateLimitedLog
 from hatchway.server.store import schema
 from hatchway.server.store.direct import Statements, defaults, keyed_update
@@ -167,8 +169,10 @@ class _Batch:
         if self.done is None:
             return
         raw = _driver(self.writer())
+        started = time.perf_counter()
         try:
             raw.execute("COMMIT")
+            metrics.store_commit("sqlite", time.perf_counter() - started)
         except Exception as exc:  # every writer of this group hears of it in settled()
             with contextlib.suppress(sqlite3.Error):
                 if raw.in_transaction:
@@ -299,6 +303,8 @@ class Store:
             try:
                 with self.engine.begin() as conn:
                     yield conn
+                    started = time.perf_counter()  # leaving the block commits
+                metrics.store_commit(self.dialect, time.perf_counter() - started)
             except BaseException:
                 self._local.dirty.clear()
                 raise
@@ -338,7 +344,9 @@ class Store:
                 raw.execute("BEGIN IMMEDIATE")  # see _Batch.begin
                 try:
                     yield conn
+                    started = time.perf_counter()
                     raw.execute("COMMIT")
+                    metrics.store_commit("sqlite", time.perf_counter() - started)
                 except BaseException:
                     if raw.in_transaction:
                         raw.execute("ROLLBACK")
