@@ -27,6 +27,7 @@ import json
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import IO, Any
 
 from hatchway.iam import PolicyError, PolicyKind, PolicySet, Request, make_request, parse_policy
@@ -37,9 +38,15 @@ POLICY_FIELDS = ("policies", "resourcePolicy", "permissionBoundaries", "sessionP
 _SETS_LIMIT = 1024  # compiled policy sets kept (least recently used dropped first)
 _TEXTS_LIMIT = 4096  # known field texts kept per field before the index starts again
 _PROBE = 48  # characters of a value used to look up known texts
-_WS = " \t\r\n"
 _DECODER = json.JSONDecoder()
 _ACCOUNT = re.compile(r"\d{12}")
+_FIELD_SET = frozenset(POLICY_FIELDS)
+_MAX_SPANS = 8
+#: What replaces the k-th policy field of a line before the rest is parsed, and its value.
+_SENTINEL_TEXT = tuple(f'"\\u0000{k}"' for k in range(_MAX_SPANS))
+_SENTINEL = tuple(f"\x00{k}" for k in range(_MAX_SPANS))
+#: A policy field's quoted name (group 1), then (group 2) the colon and blanks before its value.
+_KEYS = re.compile(rf'"({"|".join(POLICY_FIELDS)})"([ \t\r\n]*:[ \t\r\n]*)?')
 
 
 class InputError(Exception):
@@ -56,7 +63,12 @@ def resource_account_of(obj: Mapping[str, Any]) -> str | None:
     if given is not None:
         return str(given)
     resource = obj.get("resource", "*")
-    if not isinstance(resource, str) or not resource.startswith("arn:"):
+    return _arn_account(resource) if isinstance(resource, str) else None
+
+
+@lru_cache(maxsize=4096)
+def _arn_account(resource: str) -> str | None:
+    if not resource.startswith("arn:"):
         return None
     parts = resource.split(":", 5)
     if len(parts) == 6 and _ACCOUNT.fullmatch(parts[4]):
@@ -158,37 +170,22 @@ class Evaluator:
         self._known[field].setdefault(text[:_PROBE], []).append((text, value))
         self._known_count[field] += 1
 
-    @staticmethod
-    def _find_key(line: str, quoted: str, spans: list[tuple[int, int, str, Any]]) -> int:
-        """The first ``quoted`` outside the values found so far (a top-level key is never
-        inside another field's value; what is inside one is not searched again)."""
-        pos = 0
-        for begin, end, _, _ in spans:
-            at = line.find(quoted, pos, begin)
-            if at >= 0:
-                return at
-            pos = max(pos, end)
-        return line.find(quoted, pos)
-
     def _split(self, line: str) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]] | None:
         """(the line without its policy fields, their values, the cache key), or None when
         the line must be parsed whole."""
         if "\\u0000" in line:
             return None
-        spans: list[tuple[int, int, str, Any]] = []
-        n = len(line)
-        for field in POLICY_FIELDS:
-            at = self._find_key(line, f'"{field}"', spans)
-            if at < 0:
+        spans: list[tuple[int, int, str, tuple[str, Any]]] = []
+        pos = 0
+        search = _KEYS.search
+        while True:
+            m = search(line, pos)
+            if m is None:
+                break
+            if m.group(2) is None:  # the quoted name is not followed by ':' (a string value)
+                pos = m.end()
                 continue
-            j = at + len(field) + 2
-            while j < n and line[j] in _WS:
-                j += 1
-            if j >= n or line[j] != ":":
-                return None
-            j += 1
-            while j < n and line[j] in _WS:
-                j += 1
+            field, j = m.group(1), m.end()
             found = self._known_text(field, line, j)
             if found is None:
                 try:
@@ -197,14 +194,14 @@ class Evaluator:
                     return None
                 found = (line[j:end], value)
                 self._remember(field, *found)
-            spans.append((j, j + len(found[0]), field, found))
-            spans.sort(key=lambda s: s[0])
+            pos = j + len(found[0])
+            spans.append((j, pos, field, found))
         pieces: list[str] = []
         pos = 0
         for k, (begin, end, _, _) in enumerate(spans):
             if begin < pos:
                 return None
-            pieces += [line[pos:begin], f'"\\u0000{k}"']
+            pieces += [line[pos:begin], _SENTINEL_TEXT[k] if k < _MAX_SPANS else "0"]
             pos = end
         pieces.append(line[pos:])
         try:
@@ -216,13 +213,13 @@ class Evaluator:
         values: dict[str, Any] = {}
         key: list[str] = []
         for k, (_, _, field, (text, value)) in enumerate(spans):
-            if rest.pop(field, None) != f"\x00{k}":
+            if k >= _MAX_SPANS or rest.pop(field, None) != _SENTINEL[k]:
                 return None
             values[field] = value
             # The remembered text object itself: its hash is computed once, and a lookup
             # compares it by identity before comparing characters.
             key += (field, text)
-        if any(f in rest for f in POLICY_FIELDS):
+        if not _FIELD_SET.isdisjoint(rest):
             return None
         return rest, values, tuple(key)
 
