@@ -13,8 +13,9 @@ later line that holds the same text at the field's position is recognised with `
 the text is cut out of the line (a sentinel string takes its place) and only the short rest is
 parsed. The result is exact, not heuristic: a JSON array, object or string ends where its text
 ends, and whatever else could confuse the search (a duplicated key, an escaped key name, a
-nested ``"policies"`` key, ``\\u0000`` anywhere) makes the parsed rest disagree with the
-sentinels, and the line is then parsed whole and evaluated without the fast path.
+nested ``"policies"`` key, a ``\\u0000`` outside the policy fields) makes the parsed rest
+disagree with the sentinels, and the line is then parsed whole and evaluated without the fast
+path.
 
 Requests without ``resourceAccount`` take the resource account from the account field of the
 resource ARN, as AWS does; a cross-account request then needs both the identity side and the
@@ -173,8 +174,6 @@ class Evaluator:
     def _split(self, line: str) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]] | None:
         """(the line without its policy fields, their values, the cache key), or None when
         the line must be parsed whole."""
-        if "\\u0000" in line:
-            return None
         spans: list[tuple[int, int, str, tuple[str, Any]]] = []
         pos = 0
         search = _KEYS.search
@@ -204,8 +203,12 @@ class Evaluator:
             pieces += [line[pos:begin], _SENTINEL_TEXT[k] if k < _MAX_SPANS else "0"]
             pos = end
         pieces.append(line[pos:])
+        reduced = "".join(pieces)
+        if reduced.count("\\u0000") != len(spans):
+            # a NUL of the line's own outside the policy fields could pass for a sentinel
+            return None
         try:
-            rest = json.loads("".join(pieces))
+            rest = json.loads(reduced)
         except ValueError:
             return None
         if not isinstance(rest, dict):

@@ -322,11 +322,23 @@ def test_evaluate_cache_keys_on_policy_text() -> None:
     # duplicate key: JSON's last value wins (Python's reading), on the fast path as well
     dup = json.dumps({"id": 10, **base, "policies": [allow]})[:-1]
     stdin += dup + ', "policies": ' + json.dumps([deny_same_shape]) + "}\n"
+    # the line's own text spelling a sentinel where the policies should be (under an escaped
+    # key name, which the search does not see)
+    stdin += (
+        '{"id": 11, "context": {"policies": ' + json.dumps([allow]) + "}, "
+        '"action": "ssm:StartSession", "resource": "' + INSTANCE + '", '
+        '"polic\\u0069es": "\\u00000"}\n'
+    )
     cached = run("policy", "evaluate", stdin=stdin)
     uncached = run("policy", "evaluate", "--no-cache", stdin=stdin)
     assert cached.returncode == 0, cached.stderr
     assert cached.stdout == uncached.stdout
-    got = {o["id"]: o["decision"] for o in map(json.loads, cached.stdout.splitlines())}
+    results = {o["id"]: o for o in map(json.loads, cached.stdout.splitlines())}
+    assert results.pop(11)["error"] == {
+        "code": "InvalidInput",
+        "message": "policies must be a list of policy documents",
+    }
+    got = {k: o["decision"] for k, o in results.items()}
     assert got == {
         1: "allowed",
         2: "allowed",
