@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Mapping
-from functools import lru_cache
+from collections.abc import Mapping
 from typing import IO, Any
 
 import click
 
+from hatchway.cli.policybatch import Evaluator, evaluate_stream
 from hatchway.iam import (
     MalformedPolicyDocument,
-    Policy,
     PolicyError,
     PolicyKind,
     PolicySet,
     Principal,
     make_context,
-    make_request,
     parse_policy,
 )
 from hatchway.iam.lint import lint_policies
@@ -36,17 +34,6 @@ def policy() -> None:
 
 
 # --- shared helpers ------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1024)
-def _compile_text(text: str, kind: PolicyKind, name: str | None) -> Policy:
-    return parse_policy(text, kind, name=name)
-
-
-def _load(doc: Any, kind: PolicyKind, name: str | None = None) -> Policy:
-    """A policy from a JSON-lines field: a document object or its JSON text."""
-    text = doc if isinstance(doc, str) else json.dumps(doc)
-    return _compile_text(text, kind, name)
 
 
 def _policy_arg(value: str) -> str:
@@ -72,96 +59,46 @@ def _fail(code: str, message: str, status: int = 2) -> None:
 # --- evaluate ------------------------------------------------------------------------------
 
 
-class _InputError(Exception):
-    pass
-
-
 def evaluate_line(obj: Mapping[str, Any], explain: bool = False) -> dict[str, Any]:
     """One JSON-lines request → one result line (see ``hatchway policy evaluate --help``)."""
-    rid = obj.get("id")
-    try:
-        for name in ("policies", "action"):
-            if name not in obj:
-                raise _InputError(f"missing field: {name}")
-        if not isinstance(obj["policies"], list):
-            raise _InputError("policies must be a list of policy documents")
-        identity = [
-            _load(d, PolicyKind.IDENTITY, f"policies[{i}]") for i, d in enumerate(obj["policies"])
-        ]
-        resource = (
-            _load(obj["resourcePolicy"], PolicyKind.RESOURCE, "resourcePolicy")
-            if obj.get("resourcePolicy") is not None
-            else None
-        )
-        boundary = (
-            [
-                _load(d, PolicyKind.BOUNDARY, f"permissionBoundaries[{i}]")
-                for i, d in enumerate(obj["permissionBoundaries"])
-            ]
-            if obj.get("permissionBoundaries") is not None
-            else None
-        )
-        session = (
-            [_load(obj["sessionPolicy"], PolicyKind.SESSION, "sessionPolicy")]
-            if obj.get("sessionPolicy") is not None
-            else None
-        )
-        scps = [
-            [_load(d, PolicyKind.SCP, f"scps[{lvl}][{i}]") for i, d in enumerate(level)]
-            for lvl, level in enumerate(obj.get("scps") or [])
-        ]
-        ctx = obj.get("context") or {}
-        if not isinstance(ctx, Mapping):
-            raise _InputError("context must be an object")
-        ps = PolicySet(identity, resource=resource, boundary=boundary, session=session, scps=scps)
-        req = make_request(
-            str(obj["action"]),
-            str(obj.get("resource", "*")),
-            obj.get("principal"),
-            ctx,
-            obj.get("resourceAccount"),
-        )
-        return {"id": rid, **ps.evaluate(req, explain).to_dict(explain)}
-    except PolicyError as exc:
-        return {"id": rid, "error": exc.to_dict()}
-    except (_InputError, TypeError, ValueError) as exc:
-        return {"id": rid, "error": {"code": "InvalidInput", "message": str(exc)}}
+    return Evaluator(cache=False).evaluate(obj, explain)
 
 
 @policy.command("evaluate")
 @click.option("--explain", is_flag=True, help="Add every statement considered, and why.")
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Parse and compile every line's policies again (compiled sets are otherwise reused "
+    "across lines with the same policy text).",
+)
 @click.argument("files", nargs=-1, type=click.File("r"))
-def evaluate_cmd(explain: bool, files: tuple[IO[str], ...]) -> None:
+def evaluate_cmd(explain: bool, no_cache: bool, files: tuple[IO[str], ...]) -> None:
     """Decide JSON-lines requests from FILES (default: standard input).
 
     Each input line: {"id"?, "policies": [docs], "action", "resource", "principal",
     "context": {key: value or list}, "resourcePolicy"?, "permissionBoundaries"?: [docs],
     "sessionPolicy"?, "scps"?: [[docs per level, root first]], "resourceAccount"?}.
+    Without "resourceAccount" the resource's account is the account field of the "resource"
+    ARN (when it has one); a request across accounts needs both the identity policies and the
+    resource policy to allow, as on AWS.
     Each output line: {"id", "decision", "matchedStatements", "message"}, or {"id", "error"}.
+    Reading standard input, each result is flushed as soon as it is decided.
     """
-    streams: Iterable[IO[str]] = files or (sys.stdin,)
-    out = sys.stdout
-    for stream in streams:
-        for raw in stream:
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-                result = (
-                    evaluate_line(obj, explain)
-                    if isinstance(obj, dict)
-                    else {
-                        "id": None,
-                        "error": {
-                            "code": "InvalidInput",
-                            "message": "each line must be a JSON object",
-                        },
-                    }
-                )
-            except ValueError as exc:
-                result = {"id": None, "error": {"code": "InvalidInput", "message": str(exc)}}
-            out.write(json.dumps(result) + "\n")
+    if files:
+        evaluate_stream(files, sys.stdout, explain, cache=not no_cache)
+        sys.stdout.flush()
+        return
+    _evaluate_interactive(sys.stdin, sys.stdout, explain, cache=not no_cache)
+
+
+def _evaluate_interactive(stream: IO[str], out: IO[str], explain: bool, cache: bool) -> None:
+    """Standard input may be a co-process waiting for each answer: flush every line."""
+    ev = Evaluator(cache)
+    for raw in stream:
+        line = raw.strip()
+        if line:
+            out.write(json.dumps(ev.line(line, explain)) + "\n")
             out.flush()
 
 

@@ -1,4 +1,4 @@
-"""First start: AWS-managed policies, the admin user and its key, the node service role."""
+"""First start: the admin user and its key, the node service role."""
 
 from __future__ import annotations
 
@@ -9,79 +9,17 @@ from pathlib import Path
 
 from sqlalchemy import Connection
 
-from hatchway.server import crypto, iamdata
+from hatchway.server import awsmanaged, crypto, iamdata
 from hatchway.server.state import ServerState
-from hatchway.server.store import Conflict
 from hatchway.server.store import schema as t
 
 ADMIN_USER = "admin"
 NODE_ROLE = "SSMServiceRole"
 
-# AWS-managed policies Hatchway ships (same names and ARNs as AWS's).
-AWS_MANAGED: dict[str, dict[str, object]] = {
-    "AdministratorAccess": {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
-    },
-    "AmazonSSMManagedInstanceCore": {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Action": [
-                    "ssm:DescribeAssociation",
-                    "ssm:GetDeployablePatchSnapshotForInstance",
-                    "ssm:GetDocument",
-                    "ssm:DescribeDocument",
-                    "ssm:GetManifest",
-                    "ssm:GetParameter",
-                    "ssm:GetParameters",
-                    "ssm:ListAssociations",
-                    "ssm:ListInstanceAssociations",
-                    "ssm:PutInventory",
-                    "ssm:PutComplianceItems",
-                    "ssm:PutConfigurePackageResult",
-                    "ssm:UpdateAssociationStatus",
-                    "ssm:UpdateInstanceAssociationStatus",
-                    "ssm:UpdateInstanceInformation",
-                ],
-                "Resource": "*",
-            },
-            {
-                "Effect": "Allow",
-                "Action": [
-                    "ssmmessages:CreateControlChannel",
-                    "ssmmessages:CreateDataChannel",
-                    "ssmmessages:OpenControlChannel",
-                    "ssmmessages:OpenDataChannel",
-                ],
-                "Resource": "*",
-            },
-            {
-                "Effect": "Allow",
-                "Action": [
-                    "ec2messages:AcknowledgeMessage",
-                    "ec2messages:DeleteMessage",
-                    "ec2messages:FailMessage",
-                    "ec2messages:GetEndpoint",
-                    "ec2messages:GetMessages",
-                    "ec2messages:SendReply",
-                ],
-                "Resource": "*",
-            },
-        ],
-    },
-    "AmazonSSMReadOnlyAccess": {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Action": ["ssm:Describe*", "ssm:Get*", "ssm:List*"],
-                "Resource": "*",
-            }
-        ],
-    },
-}
+# AWS managed policies are data shipped in the package (awsmanaged.py), resolved by ARN; the
+# starting state only attaches them.
+ADMIN_POLICY = awsmanaged.PREFIX + "/AdministratorAccess"
+NODE_POLICY = awsmanaged.PREFIX + "/AmazonSSMManagedInstanceCore"
 
 SSM_TRUST = {
     "Version": "2012-10-17",
@@ -123,36 +61,6 @@ def session_keys_policy(region: str, account: str) -> dict[str, object]:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _managed_policy(state: ServerState, name: str, doc: dict[str, object]) -> str:
-    arn = iamdata.AWS_MANAGED_PREFIX + name
-    now = _now()
-    try:
-        with state.store.transaction() as c:
-            state.store.insert(
-                t.iam_policies,
-                {
-                    "arn": arn,
-                    "name": name,
-                    "policy_id": crypto.unique_id("ANPA"),
-                    "path": "/",
-                    "default_version": "v1",
-                    "next_version": 2,
-                    "created": now,
-                    "updated": now,
-                    "data": {"aws_managed": True, "description": f"AWS managed policy {name}"},
-                },
-                c,
-            )
-            state.store.insert(
-                t.iam_policy_versions,
-                {"arn": arn, "version_id": "v1", "document": json.dumps(doc), "created": now},
-                c,
-            )
-    except Conflict:
-        pass
-    return arn
 
 
 def create_entity(
@@ -220,12 +128,11 @@ def bootstrap(state: ServerState) -> tuple[str, str] | None:
     """Create the account's starting state once; returns the admin key if it was generated."""
     if state.store.meta_get("bootstrapped") == "1":
         return None
-    arns = {name: _managed_policy(state, name, doc) for name, doc in AWS_MANAGED.items()}
     if iamdata.get_entity(state.store, "user", ADMIN_USER) is None:
         create_entity(state, "user", ADMIN_USER, "AIDA", {"tags": []})
         state.store.insert(
             t.iam_attachments,
-            {"kind": "user", "name": ADMIN_USER, "policy_arn": arns["AdministratorAccess"]},
+            {"kind": "user", "name": ADMIN_USER, "policy_arn": ADMIN_POLICY},
         )
     if iamdata.get_entity(state.store, "role", NODE_ROLE) is None:
         create_entity(
@@ -242,7 +149,7 @@ def bootstrap(state: ServerState) -> tuple[str, str] | None:
         )
         state.store.insert(
             t.iam_attachments,
-            {"kind": "role", "name": NODE_ROLE, "policy_arn": arns["AmazonSSMManagedInstanceCore"]},
+            {"kind": "role", "name": NODE_ROLE, "policy_arn": NODE_POLICY},
         )
         grant = session_keys_policy(state.config.region, state.config.account_id)
         state.store.insert(

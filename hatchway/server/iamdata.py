@@ -13,10 +13,11 @@ from typing import Any
 from sqlalchemy import Connection
 
 from hatchway.iam import PolicyKind, PolicySet, Principal, Request, compile_policy
+from hatchway.server import awsmanaged
 from hatchway.server.store import Record, Store
 from hatchway.server.store import schema as t
 
-AWS_MANAGED_PREFIX = "arn:aws:iam::aws:policy/"
+AWS_MANAGED_PREFIX = awsmanaged.PREFIX + "/"
 
 
 def entity_arn(account: str, kind: str, path: str, name: str) -> str:
@@ -34,7 +35,13 @@ def tags_dict(record: Record | None) -> dict[str, str]:
 
 
 def policy_document(store: Store, arn: str, version: str | None = None) -> str | None:
-    """A managed policy's document text (its default version unless ``version``)."""
+    """A managed policy's document text (its default version unless ``version``).
+
+    AWS managed policies come from the data shipped in the package (awsmanaged.py), never
+    from the store: rows that brokers before it seeded for three of them are ignored.
+    """
+    if awsmanaged.is_aws_managed(arn):
+        return awsmanaged.document(arn, version)
     pol = store.get(t.iam_policies, arn=arn)
     if pol is None:
         return None

@@ -229,3 +229,160 @@ def test_demo_runs() -> None:
     proc = run("policy", "demo")
     assert proc.returncode == 0
     assert "seed (BoolIfExists true)" in proc.stdout
+
+
+# --- cross-account requests (issue 15, item 10) ---------------------------------------------
+
+OTHER = "444455556666"
+QUEUE = f"arn:aws:sqs:us-west-2:{OTHER}:shared-queue"
+SEND_ANYWHERE: dict[str, Any] = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "*"}],
+}
+QUEUE_POLICY: dict[str, Any] = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"AWS": USER},
+            "Action": "sqs:SendMessage",
+            "Resource": QUEUE,
+        }
+    ],
+}
+
+
+def _decide(*lines: dict[str, Any]) -> list[dict[str, Any]]:
+    stdin = "".join(json.dumps(x) + "\n" for x in lines)
+    proc = run("policy", "evaluate", stdin=stdin)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_evaluate_takes_the_resource_account_from_the_resource_arn() -> None:
+    base = {"action": "sqs:SendMessage", "resource": QUEUE, "principal": USER}
+    out = _decide(
+        # identity side only: the queue is in another account, its owner has not allowed
+        {"id": "identity-only", **base, "policies": [SEND_ANYWHERE]},
+        # both sides allow
+        {"id": "both", **base, "policies": [SEND_ANYWHERE], "resourcePolicy": QUEUE_POLICY},
+        # the resource policy alone never suffices across accounts
+        {"id": "resource-only", **base, "policies": [], "resourcePolicy": QUEUE_POLICY},
+        # an explicit resourceAccount still wins over the ARN
+        {"id": "explicit", **base, "policies": [SEND_ANYWHERE], "resourceAccount": "123456789012"},
+        # ARNs without an account (S3 buckets) stay in the caller's account
+        {
+            "id": "bucket",
+            "action": "s3:GetObject",
+            "resource": "arn:aws:s3:::reports/q3.csv",
+            "principal": USER,
+            "policies": [
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}],
+                }
+            ],
+        },
+    )
+    got = {o["id"]: o for o in out}
+    assert got["identity-only"]["decision"] == "implicitDeny"
+    assert got["identity-only"]["deniedBy"] == "resource"
+    assert got["both"]["decision"] == "allowed"
+    assert [m["policyType"] for m in got["both"]["matchedStatements"]] == ["identity", "resource"]
+    assert got["resource-only"]["decision"] == "implicitDeny"
+    assert got["resource-only"]["deniedBy"] == "identity"
+    assert got["explicit"]["decision"] == "allowed"
+    assert got["bucket"]["decision"] == "allowed"
+
+
+# --- compiled policy sets cached by content (issue 15, item 11) -----------------------------
+
+
+def _allow_start(effect: str = "Allow") -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": effect, "Action": "ssm:StartSession", "Resource": INSTANCE}],
+    }
+
+
+def test_evaluate_cache_keys_on_policy_text() -> None:
+    allow = _allow_start()
+    deny_same_shape = _allow_start("Deny ")  # same length and prefix as the Allow text
+    deny_same_shape["Statement"][0]["Effect"] = "Deny"
+    base = {"action": "ssm:StartSession", "resource": INSTANCE, "principal": USER}
+    lines = [
+        {"id": 1, **base, "policies": [allow]},
+        {"id": 2, **base, "policies": [allow]},
+        # the same policy spelled differently: as a JSON string, indented, keys reordered
+        {"id": 3, **base, "policies": [json.dumps(dict(reversed(allow.items())), indent=2)]},
+        # a changed policy: "Deny" where "Allow" was (shares its first characters)
+        {"id": 4, **base, "policies": [deny_same_shape]},
+        {"id": 5, **base, "policies": [allow]},
+        # a nested "policies" key before the real one must not be taken for it
+        {"id": 6, "context": {"policies": "x"}, **base, "policies": [deny_same_shape]},
+        {"id": 7, **base, "policies": [allow], "policies_note": "policies"},
+        # the same identity policies with a boundary: another set
+        {"id": 8, **base, "policies": [allow], "permissionBoundaries": [_allow_start("Deny")]},
+        {"id": 9, **base, "policies": [allow]},
+    ]
+    stdin = "".join(json.dumps(x) + "\n" for x in lines)
+    # duplicate key: JSON's last value wins (Python's reading), on the fast path as well
+    dup = json.dumps({"id": 10, **base, "policies": [allow]})[:-1]
+    stdin += dup + ', "policies": ' + json.dumps([deny_same_shape]) + "}\n"
+    # the line's own text spelling a sentinel where the policies should be (under an escaped
+    # key name, which the search does not see)
+    stdin += (
+        '{"id": 11, "context": {"policies": ' + json.dumps([allow]) + "}, "
+        '"action": "ssm:StartSession", "resource": "' + INSTANCE + '", '
+        '"polic\\u0069es": "\\u00000"}\n'
+    )
+    cached = run("policy", "evaluate", stdin=stdin)
+    uncached = run("policy", "evaluate", "--no-cache", stdin=stdin)
+    assert cached.returncode == 0, cached.stderr
+    assert cached.stdout == uncached.stdout
+    results = {o["id"]: o for o in map(json.loads, cached.stdout.splitlines())}
+    assert results.pop(11)["error"] == {
+        "code": "InvalidInput",
+        "message": "policies must be a list of policy documents",
+    }
+    got = {k: o["decision"] for k, o in results.items()}
+    assert got == {
+        1: "allowed",
+        2: "allowed",
+        3: "allowed",
+        4: "explicitDeny",
+        5: "allowed",
+        6: "explicitDeny",
+        7: "allowed",
+        8: "explicitDeny",
+        9: "allowed",
+        10: "explicitDeny",
+    }
+
+
+def test_evaluate_compiles_each_policy_set_once_across_lines(monkeypatch: Any) -> None:
+    """A batch over two policy sets builds two compiled sets, not one per line."""
+    from click.testing import CliRunner
+
+    from hatchway.cli.policy import policy
+    from hatchway.iam import PolicySet
+
+    built = 0
+    original = PolicySet.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal built
+        built += 1
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PolicySet, "__init__", counting)
+    base = {"action": "ssm:StartSession", "resource": INSTANCE, "principal": USER}
+    sets = [[_allow_start()], [SEED, _allow_start("Deny")]]
+    stdin = "".join(
+        json.dumps({"id": i, **base, "policies": sets[i % 2]}) + "\n" for i in range(200)
+    )
+    result = CliRunner().invoke(policy, ["evaluate"], input=stdin)
+    assert result.exit_code == 0, result.output
+    decisions = [json.loads(x)["decision"] for x in result.output.splitlines()]
+    assert decisions == ["allowed", "explicitDeny"] * 100
+    assert built == 2

@@ -34,7 +34,7 @@ from hatchway.iam.validate import (
     USER_INLINE_POLICY_SIZE,
     validate_policy_text,
 )
-from hatchway.server import crypto, iamdata
+from hatchway.server import awsmanaged, crypto, iamdata
 from hatchway.server.bootstrap import create_access_key as _store_access_key
 from hatchway.server.call import Call, operation
 from hatchway.server.cpu import run_cpu
@@ -266,8 +266,50 @@ def _get(call: Call, kind: str, name: str, conn: Connection) -> Record:
     return row
 
 
+def _aws_record(pol: awsmanaged.ManagedPolicy) -> Record:
+    """An AWS managed policy in the shape of a stored policy row (never stored)."""
+    return {
+        "arn": pol.arn,
+        "name": pol.name,
+        "policy_id": pol.policy_id,
+        "path": pol.path,
+        "default_version": pol.default_version,
+        "next_version": 0,
+        "created": pol.created,
+        "updated": pol.updated,
+        "data": {"aws_managed": True},
+    }
+
+
 def _managed(call: Call, arn: str, conn: Connection | None = None) -> Record | None:
+    """A managed policy: AWS's from the shipped data (rows an older broker seeded into the
+    store for them are ignored), the account's own from the store."""
+    if awsmanaged.is_aws_managed(arn):
+        pol = awsmanaged.get(arn)
+        return _aws_record(pol) if pol is not None else None
     return call.store.get(t.iam_policies, conn, arn=arn)  # type: ignore[no-any-return]
+
+
+def _local_policies(call: Call, conn: Connection | None = None) -> list[Record]:
+    return [
+        r
+        for r in call.store.select(t.iam_policies, conn=conn, order_by=[t.iam_policies.c.name])
+        if not awsmanaged.is_aws_managed(r["arn"])
+    ]
+
+
+def _versions(arn: str) -> list[Record]:
+    """An AWS managed policy's versions as version rows (documents read on demand)."""
+    pol = awsmanaged.get(arn)
+    if pol is None:
+        return []
+    return [{"arn": arn, "version_id": v, "created": c} for v, c in pol.versions]
+
+
+def _version_document(row: Record) -> str:
+    if "document" in row:
+        return str(row["document"])
+    return awsmanaged.document(row["arn"], row["version_id"]) or ""
 
 
 def _boundary_context(arn: str | None) -> dict[str, object]:
@@ -336,14 +378,20 @@ def _policy_shape(
     *,
     full: bool = True,
     conn: Connection | None = None,
+    attached: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
+    count = (
+        attached.get(row["arn"], 0)
+        if attached is not None
+        else call.store.count(t.iam_attachments, conn, policy_arn=row["arn"])
+    )
     out: dict[str, Any] = {
         "PolicyName": row["name"],
         "PolicyId": row["policy_id"],
         "Arn": row["arn"],
         "Path": row["path"],
         "DefaultVersionId": row["default_version"],
-        "AttachmentCount": call.store.count(t.iam_attachments, conn, policy_arn=row["arn"]),
+        "AttachmentCount": count,
         "PermissionsBoundaryUsageCount": usage.get(row["arn"], 0),
         "IsAttachable": True,
         "CreateDate": row["created"],
@@ -364,7 +412,7 @@ def _version_shape(row: Record, default: str, document: bool = True) -> dict[str
         "CreateDate": row["created"],
     }
     if document:
-        out["Document"] = _encoded(row["document"])
+        out["Document"] = _encoded(_version_document(row))
     return out
 
 
@@ -675,10 +723,14 @@ async def list_policies(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     usage = _boundary_usage(call)
     attached = Counter(r["policy_arn"] for r in call.store.select(t.iam_attachments))
     usage_filter = params.get("PolicyUsageFilter")
+    candidates: list[Record] = []
+    if scope != "AWS":
+        candidates += _local_policies(call)
+    if scope != "Local":
+        candidates += [_aws_record(p) for p in awsmanaged.all_policies()]
+    candidates.sort(key=lambda r: (r["name"].lower(), r["arn"]))
     rows = []
-    for r in call.store.select(t.iam_policies, order_by=[t.iam_policies.c.name]):
-        if (scope == "AWS" and _local(r["arn"])) or (scope == "Local" and not _local(r["arn"])):
-            continue
+    for r in candidates:
         if not _path_ok(r["path"], prefix):
             continue
         if params.get("OnlyAttached") and not (attached[r["arn"]] or usage[r["arn"]]):
@@ -689,7 +741,10 @@ async def list_policies(call: Call, params: dict[str, Any]) -> dict[str, Any]:
             continue
         rows.append(r)
     page, meta = _page(rows, params)
-    return {"Policies": [_policy_shape(call, r, usage, full=False) for r in page], **meta}
+    return {
+        "Policies": [_policy_shape(call, r, usage, full=False, attached=attached) for r in page],
+        **meta,
+    }
 
 
 @operation("iam", "DeletePolicy")
@@ -761,7 +816,12 @@ async def create_policy_version(call: Call, params: dict[str, Any]) -> dict[str,
 async def get_policy_version(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     arn, vid = params["PolicyArn"], params["VersionId"]
     pol = _require_policy(call, "iam:GetPolicyVersion", arn)
-    row = call.store.get(t.iam_policy_versions, arn=arn, version_id=vid)
+    if _local(arn):
+        row = call.store.get(t.iam_policy_versions, arn=arn, version_id=vid)
+    else:
+        row = next((v for v in _versions(arn) if v["version_id"] == vid), None)
+        if row is not None and awsmanaged.document(arn, vid) is None:
+            row = None
     if row is None:
         raise _no_version(arn, vid)
     return {"PolicyVersion": _version_shape(row, pol["default_version"])}
@@ -772,7 +832,7 @@ async def list_policy_versions(call: Call, params: dict[str, Any]) -> dict[str, 
     arn = params["PolicyArn"]
     pol = _require_policy(call, "iam:ListPolicyVersions", arn)
     rows = sorted(
-        call.store.select(t.iam_policy_versions, arn=arn),
+        call.store.select(t.iam_policy_versions, arn=arn) if _local(arn) else _versions(arn),
         key=lambda r: int(r["version_id"][1:].split(".")[0]),
         reverse=True,
     )
@@ -940,8 +1000,15 @@ async def _attach(call: Call, kind: str, params: Mapping[str, Any]) -> dict[str,
     _require(call, f"iam:Attach{label}Policy", kind, name, {"iam:PolicyARN": arn})
     with call.store.transaction() as c:
         _get(call, kind, name, c)
-        if _managed(call, arn, c) is None:
+        pol = _managed(call, arn, c)
+        if pol is None:
             raise _not_attachable(arn)
+        if not _local(arn) and pol["path"].startswith(awsmanaged.SERVICE_LINKED_PATH):
+            raise ServiceError(
+                "PolicyNotAttachable",
+                "Cannot attach a Service Role Policy to a Customer Role.",
+                400,
+            )
         if call.store.get(t.iam_attachments, c, kind=kind, name=name, policy_arn=arn):
             return {}
         if (
@@ -1323,12 +1390,16 @@ async def get_account_authorization_details(call: Call, params: dict[str, Any]) 
             ]
     usage = _boundary_usage(call)
     attached = Counter(r["policy_arn"] for r in call.store.select(t.iam_attachments))
-    for pol in call.store.select(t.iam_policies, order_by=[t.iam_policies.c.name]):
-        if _local(pol["arn"]):
-            if "LocalManagedPolicy" in wanted:
-                items.append(("policy", pol))
-        elif "AWSManagedPolicy" in wanted and (attached[pol["arn"]] or usage[pol["arn"]]):
-            items.append(("policy", pol))
+    policies: list[Record] = []
+    if "LocalManagedPolicy" in wanted:
+        policies += _local_policies(call)
+    if "AWSManagedPolicy" in wanted:
+        for arn in sorted(set(attached) | set(usage)):
+            aws = awsmanaged.get(arn)
+            if aws is not None:
+                policies.append(_aws_record(aws))
+    policies.sort(key=lambda r: (r["name"].lower(), r["arn"]))
+    items += [("policy", pol) for pol in policies]
     page, meta = _page(items, params)
     out: dict[str, Any] = {
         "UserDetailList": [],
@@ -1341,7 +1412,11 @@ async def get_account_authorization_details(call: Call, params: dict[str, Any]) 
         if kind == "policy":
             shape = _policy_shape(call, row, usage)
             shape.pop("Tags", None)
-            versions = call.store.select(t.iam_policy_versions, arn=row["arn"])
+            versions = (
+                call.store.select(t.iam_policy_versions, arn=row["arn"])
+                if _local(row["arn"])
+                else _versions(row["arn"])
+            )
             shape["PolicyVersionList"] = [
                 _version_shape(v, row["default_version"]) for v in versions
             ]
