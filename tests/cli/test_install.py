@@ -163,7 +163,8 @@ def test_installed_broker_reports_its_version(installed: Path, tmp_path: Path) -
             time.sleep(0.05)
         assert url, log.read_text()
         with urllib.request.urlopen(url + "/health", timeout=10) as resp:
-            assert json.load(resp) == {"status": "ok", "version": __version__}
+            health = json.load(resp)
+            assert (health["status"], health["version"]) == ("ok", __version__)
         assert (tmp_path / "data" / "hatchway.db").exists()  # HATCHWAY_SERVER_DATA_DIR
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import signal
 import subprocess
 import sys
@@ -48,6 +49,12 @@ HTTP = urllib3.PoolManager(retries=False, timeout=10.0)
 def get(url: str) -> tuple[int, bytes]:
     reply = HTTP.request("GET", url)
     return reply.status, reply.data
+
+
+def _health(url: str) -> tuple[int, str]:
+    """/health's status code and its "status" member (it reports version and cpuJobs too)."""
+    code, body = get(url + "/health")
+    return code, json.loads(body)["status"]
 
 
 def eventually(check: Callable[[], bool], timeout: float = BOUND) -> bool:
@@ -113,7 +120,7 @@ def test_readyz_answers_503_while_draining_and_health_stays_200(tmp_path: Path) 
         broker.proc.send_signal(signal.SIGTERM)
         assert eventually(lambda: get(broker.url + "/readyz")[0] == 503)
         assert get(broker.url + "/readyz") == (503, b'{"status": "draining"}')
-        assert get(broker.url + "/health") == (200, b'{"status": "ok"}')
+        assert _health(broker.url) == (200, "ok")
         # API calls are still served while draining (the grace is for load balancers)
         assert broker.client("sts").get_caller_identity()["Account"] == srv.ACCOUNT
         broker.proc.send_signal(signal.SIGTERM)  # a second signal ends the grace
@@ -151,7 +158,7 @@ def test_readyz_answers_503_while_postgresql_is_down(tmp_path: Path) -> None:
             assert get(broker.url + "/readyz")[0] == 200
             _stop_postgres(url)
             assert get(broker.url + "/readyz") == (503, b'{"status": "store unreachable"}')
-            assert get(broker.url + "/health") == (200, b'{"status": "ok"}')
+            assert _health(broker.url) == (200, "ok")
             broker.proc.send_signal(signal.SIGTERM)
             broker.proc.wait(BOUND)
         finally:
