@@ -164,6 +164,7 @@ class Ticker:
     def __init__(self, duty: str, interval: float) -> None:
         self.duty = duty
         self.interval = interval
+        _LAG.setdefault(duty, 0.0)  # the duty is listed from its start, before its first tick
 
     async def sleep(self) -> None:
         asked = time.monotonic() + self.interval

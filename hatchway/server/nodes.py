@@ -541,8 +541,9 @@ def _record_exit(state: ServerState, instance_id: str, data: dict[str, Any]) -> 
     if row is None or row["target"] != instance_id:
         return  # a node can only speak for its own sessions
     details = dict(row["data"], exit_code=data.get("exitCode"))
-    what = "command" if row["data"].get("session_type") in _COMMAND_TYPES else "shell"
-    details["details"] = f"The {what} exited with code {data.get('exitCode')}."
+    if not details.get("details"):  # a reason the broker ended it with (idle, max…) stays
+        what = "command" if row["data"].get("session_type") in _COMMAND_TYPES else "shell"
+        details["details"] = f"The {what} exited with code {data.get('exitCode')}."
     state.store.update(t.sessions, {"session_id": sid}, {"data": details})
 
 
