@@ -16,6 +16,7 @@ from hatchway.agent.control import backoff_delays
 from hatchway.agent.kms import CREDENTIAL_SOURCES, KmsSettings
 from hatchway.agent.registration import Registration, RegistrationError, load, register
 from hatchway.agent.session import SessionSettings, run_node
+from hatchway.cli.options import log_format_option, log_level_option
 from hatchway.server import logs
 
 CODE_ENV = "HATCHWAY_ACTIVATION_CODE"
@@ -154,19 +155,8 @@ async def register_retrying(
     help="Sign KMS calls with the node's credentials, or botocore's default chain (for AWS KMS).",
 )
 @click.option("--kms-region", help="Region of the KMS calls (default: the node's).")
-@click.option(
-    "--log-level",
-    default="INFO",
-    show_default=True,
-    help="Least severe log level written: DEBUG, INFO, WARNING, ERROR.",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Log lines as text, or as one JSON object a line.",
-)
+@log_level_option
+@log_format_option
 def agent_cmd(
     endpoint: str,
     ca_file: str | None,

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from hatchway.cli.options import log_format_option, log_level_option
 from hatchway.server import logs
 from hatchway.server.main import StartError, check_tls, serve
 from hatchway.server.state import ServerConfig
@@ -231,20 +232,8 @@ def _cidr(text: str) -> str:
     help="Seconds to keep serving after SIGTERM with /readyz answering 503, so that load "
     "balancers stop sending clients here first (a second signal cuts it short).",
 )
-@click.option(
-    "--log-level",
-    default="INFO",
-    show_default=True,
-    help="Least severe log level written: DEBUG, INFO, WARNING, ERROR.",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Log lines as text, or as one JSON object a line (with request id, principal, "
-    "operation and session id where known).",
-)
+@log_level_option
+@log_format_option
 @click.option(
     "--access-log/--no-access-log",
     default=True,

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from hatchway.agent.registration import load, register
 from hatchway.agent.session import SessionSettings, run_node
+from hatchway.cli.options import log_format_option
 from hatchway.cli.server import OperatorError
 from hatchway.server import crypto, logs
 from hatchway.server.app import create_app
@@ -65,13 +66,7 @@ LOCAL_NODE = "i-02573cafcfEXAMPLE"
     is_flag=True,
     help="Serve HTTPS/wss:// with a certificate from a local CA made in DATA_DIR/tls.",
 )
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Log lines as text, or as one JSON object a line.",
-)
+@log_format_option
 def up_cmd(
     listen: str,
     data_dir: Path,

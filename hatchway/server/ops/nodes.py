@@ -14,7 +14,7 @@ from hatchway.server.call import INPUT_EXTENSIONS, Call, operation
 from hatchway.server.errors import ServiceError
 from hatchway.server.nodes import close_channel, is_ec2_style_id, ping_status
 from hatchway.server.ops.paging import page
-from hatchway.server.ops.sessions import ACTIVE, close_data_channel, end_session
+from hatchway.server.ops.sessions import ACTIVE, end_sessions
 from hatchway.server.store import schema as t
 from hatchway.ssm import target_arn
 
@@ -244,11 +244,6 @@ async def deregister_managed_instance(call: Call, params: dict[str, Any]) -> dic
     live = call.store.select(
         t.sessions, t.sessions.c.target == iid, t.sessions.c.status.in_(ACTIVE)
     )
-    for session in live:
-        connected = await end_session(call.state, session["session_id"], "Terminated", reason)
-        if connected is not None:
-            await close_data_channel(
-                call.state, session["session_id"], iid, reason, started=connected
-            )
+    await end_sessions(call.state, live, reason)
     await close_channel(call.state, iid)
     return {}

@@ -412,6 +412,21 @@ async def close_data_channel(
             await node.send({"type": "terminate_session", "sessionId": session_id})
 
 
+async def end_sessions(
+    state: ServerState, rows: list[dict[str, Any]], reason: str, status: str = "Terminated"
+) -> int:
+    """End each of these sessions still active with ``reason`` (History, tokens spent, both
+    ends told through :func:`close_data_channel`). Returns how many ended."""
+    ended = 0
+    for row in rows:
+        connected = await end_session(state, row["session_id"], status, reason, row=row)
+        if connected is None:
+            continue
+        ended += 1
+        await close_data_channel(state, row["session_id"], row["target"], reason, started=connected)
+    return ended
+
+
 async def end_role_sessions(state: ServerState, role_id: str, role_name: str) -> int:
     """End, with the reason, every active session opened under a deleted role: those its
     role sessions started (owner ``AROA…:<session name>``) and those on nodes acting as it.
@@ -422,18 +437,13 @@ async def end_role_sessions(state: ServerState, role_id: str, role_name: str) ->
         if k["data"].get("role_id") == role_id
     }
     reason = f"The session was terminated because its IAM role {role_name} was deleted."
-    ended = 0
-    for row in state.store.select(t.sessions, t.sessions.c.status.in_(ACTIVE)):
-        owner = str(row["data"].get("owner_userid", ""))
-        if not owner.startswith(f"{role_id}:") and row["target"] not in nodes:
-            continue
-        connected = await end_session(state, row["session_id"], details=reason, row=row)
-        if connected is None:
-            continue
-        ended += 1
-        await close_data_channel(
-            state, row["session_id"], row["target"], reason, started=connected is not False
-        )
+    rows = [
+        row
+        for row in state.store.select(t.sessions, t.sessions.c.status.in_(ACTIVE))
+        if str(row["data"].get("owner_userid", "")).startswith(f"{role_id}:")
+        or row["target"] in nodes
+    ]
+    ended = await end_sessions(state, rows, reason)
     for instance_id in sorted(nodes):
         await close_channel(state, instance_id)
     return ended
