@@ -103,35 +103,21 @@ def _resolve(state: ServerState, key: Record) -> Caller | None:
     account = state.config.account_id
     kind = key["owner_kind"]
     data = key["data"]
-    if kind == "user":
+    if kind in ("user", "user_session"):
         user = iamdata.get_entity(state.store, "user", key["owner_name"])
         if user is None:
             return None
-        identity = _compile(
-            iamdata.identity_documents(state.store, "user", user["name"]), PolicyKind.IDENTITY
-        )
-        ps = PolicySet(identity, boundary=_boundary(state, user), scps=state.scps)
-        return Caller(
-            Principal.from_arn(user["arn"]),
-            "user",
-            user["name"],
-            user["entity_id"],
-            ps,
-            iamdata.tags_dict(user),
-            access_key_id=key["access_key_id"],
-            entity=user,
-        )
-    if kind == "user_session":
-        # STS GetSessionToken: the IAM user's own permissions, as temporary credentials bound
-        # to the user's unique id (a user deleted and created again does not inherit them).
-        user = iamdata.get_entity(state.store, "user", key["owner_name"])
-        if user is None or user["entity_id"] != data.get("user_id"):
+        # STS GetSessionToken ("user_session"): the IAM user's own permissions, as temporary
+        # credentials bound to the user's unique id (a user deleted and created again does not
+        # inherit them).
+        session = kind == "user_session"
+        if session and user["entity_id"] != data.get("user_id"):
             return None
         identity = _compile(
             iamdata.identity_documents(state.store, "user", user["name"]), PolicyKind.IDENTITY
         )
         ps = PolicySet(identity, boundary=_boundary(state, user), scps=state.scps)
-        mfa_time = data.get("mfa_time")
+        mfa_time = data.get("mfa_time") if session else None
         return Caller(
             Principal.from_arn(user["arn"]),
             "user",
@@ -139,11 +125,11 @@ def _resolve(state: ServerState, key: Record) -> Caller | None:
             user["entity_id"],
             ps,
             iamdata.tags_dict(user),
-            temporary=True,
-            issued=key["created"],
+            temporary=session,
+            issued=key["created"] if session else None,
             access_key_id=key["access_key_id"],
             entity=user,
-            session_token=True,
+            session_token=session,
             mfa_time=datetime.fromisoformat(mfa_time) if mfa_time else None,
         )
     if kind in ("session", "node"):
