@@ -30,7 +30,7 @@ import aiohttp
 
 from hatchway.agent.command import InteractiveCommandsPlugin, NonInteractiveCommandsPlugin
 from hatchway.agent.control import ControlChannel, signed_headers, signed_post_headers
-from hatchway.agent.kms import KmsDecrypter, KmsError, KmsSettings
+from hatchway.agent.datakey import KmsDecrypter, KmsError, KmsSettings
 from hatchway.agent.plugin import PluginError, SessionPlugin
 from hatchway.agent.port import PortPlugin
 from hatchway.agent.recorder import LogStreamer

@@ -13,11 +13,11 @@ import aiohttp
 import click
 
 from hatchway.agent.control import backoff_delays
-from hatchway.agent.kms import CREDENTIAL_SOURCES, KmsSettings
+from hatchway.agent.datakey import CREDENTIAL_SOURCES, KmsSettings
 from hatchway.agent.registration import Registration, RegistrationError, load, register
 from hatchway.agent.session import SessionSettings, run_node
 from hatchway.cli.options import log_format_option, log_level_option
-from hatchway.server import logs
+from hatchway.server.base import logs
 
 CODE_ENV = "HATCHWAY_ACTIVATION_CODE"
 _CODE_FLAG = "--activation-code"

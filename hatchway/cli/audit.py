@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hatchway.server.state import ServerConfig
+from hatchway.server.runtime.state import ServerConfig
 from hatchway.server.store import Store
 from hatchway.server.store import schema as t
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from hatchway.server.nodes import allow_instance_ids
-from hatchway.server.state import ServerConfig
+from hatchway.server.control.nodes import allow_instance_ids
+from hatchway.server.runtime.state import ServerConfig
 from hatchway.server.store import Store
 
 

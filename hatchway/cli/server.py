@@ -11,9 +11,9 @@ from typing import Any
 import click
 
 from hatchway.cli.options import log_format_option, log_level_option
-from hatchway.server import logs
-from hatchway.server.main import StartError, check_tls, serve
-from hatchway.server.state import ServerConfig
+from hatchway.server.base import logs
+from hatchway.server.process.main import StartError, check_tls, serve
+from hatchway.server.runtime.state import ServerConfig
 from hatchway.ssm import StartSessionMode
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

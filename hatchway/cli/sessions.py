@@ -19,8 +19,9 @@ from typing import Any
 
 import click
 
-from hatchway.server import asciicast, recordings
-from hatchway.server.state import ServerConfig
+from hatchway.server.recordings import asciicast
+from hatchway.server.recordings import keeper as recordings
+from hatchway.server.runtime.state import ServerConfig
 from hatchway.server.store import Store
 from hatchway.server.store import schema as t
 

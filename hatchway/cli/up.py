@@ -16,9 +16,11 @@ from hatchway.agent.registration import load, register
 from hatchway.agent.session import SessionSettings, run_node
 from hatchway.cli.options import log_format_option
 from hatchway.cli.server import OperatorError
-from hatchway.server import crypto, logs
 from hatchway.server.app import create_app
-from hatchway.server.main import (
+from hatchway.server.base import crypto, logs
+from hatchway.server.base.tls import LocalCA, local_ca
+from hatchway.server.control.nodes import allow_instance_ids
+from hatchway.server.process.main import (
     StartError,
     build_state,
     check_tls,
@@ -26,10 +28,8 @@ from hatchway.server.main import (
     url_host,
     wait_for_stop,
 )
-from hatchway.server.nodes import allow_instance_ids
-from hatchway.server.state import ServerConfig, ServerState
+from hatchway.server.runtime.state import ServerConfig, ServerState
 from hatchway.server.store import schema as t
-from hatchway.server.tls import LocalCA, local_ca
 
 LOCAL_NODE = "i-02573cafcfEXAMPLE"
 

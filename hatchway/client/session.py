@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from hatchway.client.aws import BotoControlPlane, ControlPlane, is_presigned, upgrade_host
 from hatchway.client.command import CommandHandler
+from hatchway.client.datakey import BotoDataKeys, DataKeySource, kms_endpoint
 from hatchway.client.handler import SessionHandler
-from hatchway.client.kms import BotoDataKeys, DataKeySource, kms_endpoint
 from hatchway.client.port import PortHandler
 from hatchway.client.shell import ShellHandler
 from hatchway.client.terminal import TerminalIO
@@ -688,7 +688,7 @@ class Session:
 
 def run_session(params: SessionParams, io: TerminalIO | None = None) -> int:
     """Run a session with boto3 credentials (region/profile/endpoint of ``params``); KMS data
-    keys come from the endpoint :func:`~hatchway.client.kms.kms_endpoint` picks."""
+    keys come from the endpoint :func:`~hatchway.client.datakey.kms_endpoint` picks."""
     api = BotoControlPlane(params.region, params.profile, params.endpoint_url)
     kms = BotoDataKeys(api.session, kms_endpoint(params.endpoint_url, os.environ), params.region)
     session = Session(params, api=api, io=io or TerminalIO.system(), kms=kms)

@@ -21,20 +21,22 @@ from aiohttp import web
 from botocore.model import OperationModel
 
 from hatchway import __version__
-from hatchway.server import cpu, crypto, limits, logs, metrics, sigv4
-from hatchway.server.call import INPUT_EXTENSIONS, OPERATIONS, Call, audit
-from hatchway.server.errors import ServiceError
-from hatchway.server.identity import (
+from hatchway.server.awswire import jsonproto, query
+from hatchway.server.awswire.models import load_service
+from hatchway.server.awswire.validate import validate_input
+from hatchway.server.base import cpu, crypto, logs, metrics
+from hatchway.server.base.errors import ServiceError
+from hatchway.server.base.ratelog import RateLimitedLog
+from hatchway.server.front import sigv4
+from hatchway.server.front.call import INPUT_EXTENSIONS, OPERATIONS, Call, audit
+from hatchway.server.front.identity import (
     credential_lookup,
     lookup_key,
     resolve_caller,
     session_token_refusal,
 )
-from hatchway.server.protocol import jsonproto, query
-from hatchway.server.protocol.models import load_service
-from hatchway.server.protocol.validate import validate_input
-from hatchway.server.ratelog import RateLimitedLog
-from hatchway.server.state import ServerState
+from hatchway.server.runtime import limits
+from hatchway.server.runtime.state import ServerState
 
 log = logging.getLogger("hatchway.server")
 
@@ -446,7 +448,8 @@ async def _drain(app: web.Application) -> None:
     """On stop (aiohttp's on_shutdown, once the listener is closed): sessions end with
     "The broker is shutting down." sent to their clients, and every websocket, data and
     control channels alike, closes with 1001 so that agents reconnect at once."""
-    from hatchway.server import datachannel, nodes
+    from hatchway.server.control import nodes
+    from hatchway.server.relay import datachannel
 
     state = app[STATE_KEY]
     state.draining = True
@@ -469,7 +472,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 
 async def _start_background(app: web.Application) -> None:
-    from hatchway.server.datachannel import enforce_timeouts, restore_relays
+    from hatchway.server.relay.datachannel import enforce_timeouts, restore_relays
 
     state = app[STATE_KEY]
     restore_relays(state)  # sessions a previous run had open: resumed or ended, never stale
@@ -504,8 +507,9 @@ def create_metrics_app(state: ServerState) -> web.Application:
 
 def create_app(state: ServerState) -> web.Application:
     """The aiohttp application; extra routes (registration, channels) come from other modules."""
-    from hatchway.server import datachannel, nodes
+    from hatchway.server.control import nodes
     from hatchway.server.ops import register_all
+    from hatchway.server.relay import datachannel
 
     register_all()
     app = web.Application(

@@ -118,7 +118,7 @@ def test_installed_commands(installed: Path) -> None:
     assert lint.returncode in (0, 1) and lint.stdout.strip(), lint  # ran: findings or clean
     assert "Traceback" not in lint.stderr
     # PostgreSQL's driver is an extra: not installed, and not needed to import the broker
-    probe = "import importlib.util, hatchway.server.main, hatchway.cli.main; "
+    probe = "import importlib.util, hatchway.server.process.main, hatchway.cli.main; "
     probe += "print(importlib.util.find_spec('psycopg') is None)"
     imported = _run(installed / "python", "-c", probe, env=env)
     assert imported.returncode == 0 and imported.stdout.strip() == "True", imported

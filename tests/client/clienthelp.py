@@ -97,6 +97,8 @@ def plugin_on_path(tmp_path: Path) -> str:
     d = tmp_path / "bin"
     d.mkdir()
     exe = d / "session-manager-plugin"
-    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m hatchway.client.plugin "$@"\n')
+    exe.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" -m hatchway.client.session_manager_plugin "$@"\n'
+    )
     exe.chmod(0o755)
     return f"{d}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"

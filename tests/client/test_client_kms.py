@@ -29,10 +29,10 @@ import pytest
 from clienthelp import clean_aws_env, plugin_on_path
 from test_client_broker import srv, status
 
-from hatchway.agent.kms import KmsDecrypter, KmsSettings
+from hatchway.agent.datakey import KmsDecrypter, KmsSettings
 from hatchway.agent.registration import Registration
 from hatchway.client.aws import BotoControlPlane
-from hatchway.client.kms import BotoDataKeys, is_aws_endpoint, kms_endpoint
+from hatchway.client.datakey import BotoDataKeys, is_aws_endpoint, kms_endpoint
 from hatchway.client.session import Session, SessionParams
 from hatchway.client.terminal import TerminalIO
 from hatchway.protocol import PayloadType, decode, parse_handshake_request

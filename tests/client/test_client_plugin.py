@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from hatchway.client.plugin import ENV_VAR, INSTALLED_MESSAGE, VERSION, UsageError, parse_args, run
+from hatchway.client.session_manager_plugin import (
+    ENV_VAR,
+    INSTALLED_MESSAGE,
+    VERSION,
+    UsageError,
+    parse_args,
+    run,
+)
 
 BIN = Path(sys.executable).parent
 RESPONSE = {"SessionId": "alice-0123456789abcdef0", "TokenValue": "tok", "StreamUrl": "ws://h/x"}

@@ -14,7 +14,7 @@ from test_client_broker import srv
 from test_client_commands import TARGET, Run, history, start
 
 from hatchway.client.command import NO_EXIT_CODE
-from hatchway.server.datachannel import IDLE_MESSAGE, MAX_MESSAGE
+from hatchway.server.relay.datachannel import IDLE_MESSAGE, MAX_MESSAGE
 from hatchway.ssm import DEFAULT_SESSION_DOCUMENT
 
 

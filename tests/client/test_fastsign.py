@@ -83,7 +83,7 @@ def test_profiles_from_files(tmp_path: Path) -> None:
 def test_the_plugin_imports_neither_botocore_nor_aiohttp() -> None:
     """Both cost ~100 ms or more to import, once per session: they stay off the start path."""
     code = (
-        "import sys, hatchway.client.plugin;"
+        "import sys, hatchway.client.session_manager_plugin;"
         "print(sorted(m for m in ('botocore', 'boto3', 'aiohttp') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -27,9 +27,9 @@ from botocore.config import Config
 from clienthelp import clean_aws_env, plugin_on_path
 from test_client_broker import srv
 
-from hatchway.agent.kms import KmsDecrypter, KmsError
+from hatchway.agent.datakey import KmsDecrypter, KmsError
 from hatchway.agent.registration import load
-from hatchway.server.tls import LocalCA, local_ca
+from hatchway.server.base.tls import LocalCA, local_ca
 
 BIN = Path(sys.executable).parent
 REGION = srv.REGION

@@ -28,7 +28,7 @@ import urllib3
 
 _SERVER = Path(__file__).parent.parent / "server"
 TARGET = "i-0f0aced0ff0aced00"
-SHUTDOWN_MESSAGE = "The broker is shutting down."  # hatchway.server.datachannel
+SHUTDOWN_MESSAGE = "The broker is shutting down."  # hatchway.server.relay.datachannel
 BOUND = 20.0  # seconds: generous; the stop takes well under 5 s (bench/shutdown.py)
 
 

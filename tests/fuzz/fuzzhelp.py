@@ -26,7 +26,7 @@ from botocore.credentials import Credentials
 from botocore.model import OperationModel, Shape
 from hypothesis import strategies as st
 
-from hatchway.server.protocol.models import load_service
+from hatchway.server.awswire.models import load_service
 
 _SERVER = Path(__file__).parent.parent / "server" / "conftest.py"
 

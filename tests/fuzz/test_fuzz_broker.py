@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from hatchway.protocol import frames
 from hatchway.protocol.payloads import build_open_data_channel
-from hatchway.server.call import OPERATIONS
+from hatchway.server.front.call import OPERATIONS
 from hatchway.server.ops import register_all
 
 srv = server_helpers()

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import pytest
 from fuzzhelp import DEEP, SignedClient, server_helpers
 
-from hatchway.server.protocol.models import load_service
+from hatchway.server.awswire.models import load_service
 
 srv = server_helpers()
 SSM = load_service("ssm")

@@ -256,7 +256,7 @@ def test_policies_seeded_by_an_older_broker_are_read_from_the_shipped_data(
 def test_every_shipped_policy_compiles_and_names_itself() -> None:
     """The data file as the package reads it: each default document compiles."""
     from hatchway.iam import PolicyKind, compile_policy
-    from hatchway.server import awsmanaged
+    from hatchway.server.accounts import awsmanaged
 
     policies = awsmanaged.all_policies()
     assert len(policies) > 1000

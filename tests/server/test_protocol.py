@@ -11,8 +11,7 @@ import pytest
 from botocore.parsers import create_parser
 from botocore.serialize import create_serializer
 
-from hatchway.server.errors import ServiceError
-from hatchway.server.protocol import (
+from hatchway.server.awswire import (
     load_service,
     operation,
     parse_json_body,
@@ -26,6 +25,7 @@ from hatchway.server.protocol import (
     serialize_query_output,
     validate_input,
 )
+from hatchway.server.base.errors import ServiceError
 
 UTC = dt.UTC
 WHEN = dt.datetime(2026, 11, 27, 20, 31, 7, 123000, tzinfo=UTC)

@@ -11,15 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hatchway.server.errors import ServiceError
-from hatchway.server.protocol import (
+from hatchway.server.awswire import (
     operation,
     parse_json_body,
     parse_query_input,
     validate_input,
 )
-from hatchway.server.protocol.models import ShapeInfo, input_info
-from hatchway.server.protocol.validate import compile_pattern, render_value, translate_pattern
+from hatchway.server.awswire.models import ShapeInfo, input_info
+from hatchway.server.awswire.validate import compile_pattern, render_value, translate_pattern
+from hatchway.server.base.errors import ServiceError
 
 PREFIX = "1 validation error detected: "
 
@@ -265,7 +265,7 @@ def test_named_groups_and_untranslatable(caplog: pytest.LogCaptureFixture) -> No
 
 
 def test_every_model_pattern_compiles() -> None:
-    from hatchway.server.protocol.models import load_service
+    from hatchway.server.awswire.models import load_service
 
     for name in ("ssm", "iam", "sts"):
         service = load_service(name)

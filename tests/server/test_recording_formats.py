@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hatchway.protocol.sessionlog import LogEvent
-from hatchway.server import asciicast
-from hatchway.server.transcript import MAX_LINE, Transcript
+from hatchway.server.recordings import asciicast
+from hatchway.server.recordings.transcript import MAX_LINE, Transcript
 
 E = LogEvent
 

@@ -21,10 +21,10 @@ from sqlalchemy import text
 from hatchway.agent.recorder import LogStreamer
 from hatchway.protocol import Frame, PayloadType, Role, Stream, decode, encode
 from hatchway.protocol.sessionlog import AGENT_SESSION_LOG, OutputRef, build_session_log
-from hatchway.server import recordings
-from hatchway.server.crypto import SecretBox
-from hatchway.server.recordings import Recordings
-from hatchway.server.state import ServerConfig, ServerState
+from hatchway.server.base.crypto import SecretBox
+from hatchway.server.recordings import keeper as recordings
+from hatchway.server.recordings.keeper import Recordings
+from hatchway.server.runtime.state import ServerConfig, ServerState
 from hatchway.server.store import Store
 from hatchway.server.store import schema as t
 from hatchway.server.store.migrations import MIGRATIONS
@@ -250,7 +250,7 @@ def _log_frame(payload: bytes) -> bytes:
 
 def test_batches_survive_a_store_that_cannot_be_written() -> None:
     """A failed write keeps the batches for the next flush (no gap in the recording)."""
-    from hatchway.server.recordings import Recordings
+    from hatchway.server.recordings.keeper import Recordings
 
     rec = Recordings.__new__(Recordings)  # only the queue and the writer are exercised
     rec.pending = [{"session_id": "s", "seq": n, "chunk": b"x" * 10} for n in range(3)]

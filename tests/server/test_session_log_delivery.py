@@ -19,7 +19,7 @@ import pytest
 from conftest import Agent, Broker, start_agent, start_broker, stop_broker
 from pclient import Client
 
-from hatchway.server.logdelivery import CLOUDWATCH_ENCRYPTION_ERROR, S3_ENCRYPTION_ERROR
+from hatchway.server.recordings.logdelivery import CLOUDWATCH_ENCRYPTION_ERROR, S3_ENCRYPTION_ERROR
 
 BIN = Path(sys.executable).parent
 TARGET = "i-0a1b2c3d4e5f60718"

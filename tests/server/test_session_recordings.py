@@ -25,7 +25,7 @@ import pytest
 from conftest import Agent, Broker, start_agent, start_broker, stop_broker
 from pclient import Client
 
-from hatchway.server import recordings
+from hatchway.server.recordings import keeper as recordings
 from hatchway.server.store import Store
 from hatchway.server.store import schema as t
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import Agent, Broker, start_agent, start_broker, stop_broker
 from pclient import Client
 
-from hatchway.server.datachannel import IDLE_MESSAGE, MAX_MESSAGE
+from hatchway.server.relay.datachannel import IDLE_MESSAGE, MAX_MESSAGE
 
 TARGET = "i-0f00dbabe0000cafe"
 

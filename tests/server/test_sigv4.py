@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from hatchway.server import sigv4
-from hatchway.server.sigv4 import (
+from hatchway.server.front import sigv4
+from hatchway.server.front.sigv4 import (
     AuthError,
     Credential,
     IncomingRequest,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hatchway.server.state import ServerState
+from hatchway.server.runtime.state import ServerState
 
 
 def register_all() -> None:

@@ -27,9 +27,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from hatchway.server.call import Call, operation
-from hatchway.server.errors import ServiceError
-from hatchway.server.state import ServerState
+from hatchway.server.base.errors import ServiceError
+from hatchway.server.front.call import Call, operation
+from hatchway.server.runtime.state import ServerState
 from hatchway.server.store import Conflict, Record, Store
 from hatchway.server.store import schema as t
 from hatchway.ssm import documents as sd

@@ -34,11 +34,12 @@ from hatchway.iam.validate import (
     USER_INLINE_POLICY_SIZE,
     validate_policy_text,
 )
-from hatchway.server import awsmanaged, crypto, iamdata
-from hatchway.server.bootstrap import create_access_key as _store_access_key
-from hatchway.server.call import Call, operation
-from hatchway.server.cpu import run_cpu
-from hatchway.server.errors import ServiceError
+from hatchway.server.accounts import awsmanaged, iamdata
+from hatchway.server.accounts.bootstrap import create_access_key as _store_access_key
+from hatchway.server.base import crypto
+from hatchway.server.base.cpu import run_cpu
+from hatchway.server.base.errors import ServiceError
+from hatchway.server.front.call import Call, operation
 from hatchway.server.ops.sessions import end_role_sessions
 from hatchway.server.store import Conflict, Record
 from hatchway.server.store import schema as t

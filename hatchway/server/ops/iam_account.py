@@ -14,7 +14,7 @@ from hatchway.iam.validate import (
     TRUST_POLICY_SIZE,
     USER_INLINE_POLICY_SIZE,
 )
-from hatchway.server.call import Call, operation
+from hatchway.server.front.call import Call, operation
 from hatchway.server.ops import iam
 from hatchway.server.ops.mfa import KIND as MFA_KIND
 from hatchway.server.store import Record

@@ -31,10 +31,10 @@ from hatchway.iam import (
     make_context,
     parse_policy,
 )
-from hatchway.server import kms
-from hatchway.server.call import Call, operation
-from hatchway.server.errors import ServiceError, access_denied
-from hatchway.server.kms import ALGORITHM, Key, KeyRef
+from hatchway.server import keyring as kms
+from hatchway.server.base.errors import ServiceError, access_denied
+from hatchway.server.front.call import Call, operation
+from hatchway.server.keyring import ALGORITHM, Key, KeyRef
 from hatchway.server.store import Conflict
 from hatchway.server.store import schema as t
 

@@ -24,9 +24,10 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from hatchway.server import crypto, iamdata
-from hatchway.server.call import Call, operation
-from hatchway.server.errors import ServiceError
+from hatchway.server.accounts import iamdata
+from hatchway.server.base import crypto
+from hatchway.server.base.errors import ServiceError
+from hatchway.server.front.call import Call, operation
 from hatchway.server.store import Record, Store
 from hatchway.server.store import schema as t
 

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hatchway.server import crypto, iamdata
-from hatchway.server.call import INPUT_EXTENSIONS, Call, operation
-from hatchway.server.errors import ServiceError
-from hatchway.server.nodes import close_channel, is_ec2_style_id, ping_status
+from hatchway.server.accounts import iamdata
+from hatchway.server.base import crypto
+from hatchway.server.base.errors import ServiceError
+from hatchway.server.control.nodes import close_channel, is_ec2_style_id, ping_status
+from hatchway.server.front.call import INPUT_EXTENSIONS, Call, operation
 from hatchway.server.ops.paging import page
 from hatchway.server.ops.sessions import ACTIVE, end_sessions
 from hatchway.server.store import schema as t

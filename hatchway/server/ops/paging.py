@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from hatchway.server.errors import ServiceError
+from hatchway.server.base.errors import ServiceError
 
 T = TypeVar("T")
 

@@ -2,10 +2,11 @@
 DescribeSessions, GetConnectionStatus.
 
 A session starts ``Connecting`` with a single-use data-channel token that expires
-``token_ttl`` seconds after StartSession/ResumeSession if unused (hatchway/server/datachannel.py
-spends it); until a client uses its token, a session stays Connecting, and one whose tokens all
-expired unused ends as Terminated. StartSession also fixes what the node will run: the
-validated document version, its parameters, the session preferences and the Run As user.
+``token_ttl`` seconds after StartSession/ResumeSession if unused
+(hatchway/server/relay/datachannel.py spends it); until a client uses its token, a session
+stays Connecting, and one whose tokens all expired unused ends as Terminated. StartSession
+also fixes what the node will run: the validated document version, its parameters, the
+session preferences and the Run As user.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from typing import Any
 from sqlalchemy import func, or_, select
 
 from hatchway.iam import EXPLICIT_DENY
-from hatchway.server import crypto
-from hatchway.server.call import Call, operation
-from hatchway.server.errors import ServiceError, access_denied
-from hatchway.server.identity import Caller
-from hatchway.server.nodes import close_channel, ping_status
+from hatchway.server.base import crypto
+from hatchway.server.base.errors import ServiceError, access_denied
+from hatchway.server.control.nodes import close_channel, ping_status
+from hatchway.server.front.call import Call, operation
+from hatchway.server.front.identity import Caller
 from hatchway.server.ops.documents import ResolvedDocument, load_document
 from hatchway.server.ops.paging import page
-from hatchway.server.state import ServerState, stream_url
+from hatchway.server.runtime.state import ServerState, stream_url
 from hatchway.server.store import Conflict
 from hatchway.server.store import schema as t
 from hatchway.ssm import (

@@ -13,10 +13,11 @@ from hatchway.iam import (
     compile_policy,
     parse_policy,
 )
-from hatchway.server import crypto, iamdata
-from hatchway.server.bootstrap import create_access_key
-from hatchway.server.call import Call, operation
-from hatchway.server.errors import ServiceError, access_denied
+from hatchway.server.accounts import iamdata
+from hatchway.server.accounts.bootstrap import create_access_key
+from hatchway.server.base import crypto
+from hatchway.server.base.errors import ServiceError, access_denied
+from hatchway.server.front.call import Call, operation
 
 _PACKED_LIMIT = 2048  # characters of session policy + tags STS accepts (packed size 100%)
 _CHAINED_LIMIT = 3600  # seconds: the longest session a role-chained AssumeRole may ask for

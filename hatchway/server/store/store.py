@@ -45,8 +45,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from hatchway.server import metrics
-from hatchway.server.ratelog import RateLimitedLog
+from hatchway.server.base import metrics
+from hatchway.server.base.ratelog import RateLimitedLog
 from hatchway.server.store import schema
 from hatchway.server.store.direct import Statements, defaults, keyed_update
 from hatchway.server.store.invalidation import Invalidation, SharedCounters, ensure_domains

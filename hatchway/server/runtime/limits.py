@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from hatchway.server.state import ServerConfig
+    from hatchway.server.runtime.state import ServerConfig
 
 log = logging.getLogger("hatchway.server.limits")
 

@@ -1,7 +1,7 @@
 """The built-in KMS: symmetric keys in the store, aliases, and the ciphertext blob format.
 
 Key material is 32 random bytes per key, kept sealed under the broker's ``master.key`` (the
-same :class:`~hatchway.server.crypto.SecretBox` that seals access-key secrets, with the key id
+same :class:`~hatchway.server.base.crypto.SecretBox` that seals access-key secrets, with the key id
 as associated data): a copy of the database alone decrypts nothing.
 
 A ciphertext blob is self-describing, so ``Decrypt`` needs no ``KeyId``::
@@ -31,8 +31,8 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from hatchway.server.errors import ServiceError
-from hatchway.server.state import ServerState
+from hatchway.server.base.errors import ServiceError
+from hatchway.server.runtime.state import ServerState
 from hatchway.server.store import schema as t
 
 __all__ = [

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from sqlalchemy import Connection
 
-from hatchway.server import awsmanaged, crypto, iamdata
-from hatchway.server.state import ServerState
+from hatchway.server.accounts import awsmanaged, iamdata
+from hatchway.server.base import crypto
+from hatchway.server.runtime.state import ServerState
 from hatchway.server.store import schema as t
 
 ADMIN_USER = "admin"

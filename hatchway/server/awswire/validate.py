@@ -38,8 +38,8 @@ from typing import Any
 
 from botocore.model import OperationModel
 
-from hatchway.server.errors import ServiceError
-from hatchway.server.protocol.models import ShapeInfo, input_info
+from hatchway.server.awswire.models import ShapeInfo, input_info
+from hatchway.server.base.errors import ServiceError
 
 __all__ = [
     "compile_pattern",

@@ -21,16 +21,17 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
 from hatchway.iam import PolicyKind, parse_policy
-from hatchway.server import limits, metrics
+from hatchway.server.accounts.bootstrap import bootstrap
 from hatchway.server.app import create_app, create_metrics_app
-from hatchway.server.bootstrap import bootstrap
-from hatchway.server.crypto import SecretBox
-from hatchway.server.nodes import follow_deregistrations
+from hatchway.server.base import metrics
+from hatchway.server.base.crypto import SecretBox
+from hatchway.server.base.tls import CertStore
+from hatchway.server.control.nodes import follow_deregistrations
 from hatchway.server.ops import seed_account
-from hatchway.server.state import ServerConfig, ServerState
+from hatchway.server.process.workers import COUNTERS_FILE, Listener, WorkerPool
+from hatchway.server.runtime import limits
+from hatchway.server.runtime.state import ServerConfig, ServerState
 from hatchway.server.store import Store
-from hatchway.server.tls import CertStore
-from hatchway.server.workers import COUNTERS_FILE, Listener, WorkerPool
 
 log = logging.getLogger("hatchway.server")
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from hatchway.iam import Decision, Request
 from hatchway.iam.context import Context, make_context
-from hatchway.server import crypto, metrics
-from hatchway.server.errors import ServiceError, access_denied
-from hatchway.server.identity import Caller
-from hatchway.server.state import ServerState
+from hatchway.server.base import crypto, metrics
+from hatchway.server.base.errors import ServiceError, access_denied
+from hatchway.server.front.identity import Caller
+from hatchway.server.runtime.state import ServerState
 from hatchway.server.store import schema as t
 
 log = logging.getLogger("hatchway.server.audit")
@@ -288,7 +288,7 @@ class AuditLog:
         self.dropped = 0  # lines beyond MAX_UNWRITTEN, lost
         self.line_ok = True  # the last write to audit.jsonl succeeded
         self.store_ok = True  # the last insert into the store succeeded
-        from hatchway.server.ratelog import RateLimitedLog
+        from hatchway.server.base.ratelog import RateLimitedLog
 
         self.failures = RateLimitedLog(log)
 

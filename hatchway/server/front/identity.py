@@ -9,8 +9,8 @@ from typing import Any
 
 from hatchway.iam import Policy, PolicyKind, PolicySet, Principal, compile_policy
 from hatchway.iam.context import Context
-from hatchway.server import iamdata
-from hatchway.server.state import ServerState
+from hatchway.server.accounts import iamdata
+from hatchway.server.runtime.state import ServerState
 from hatchway.server.store import Record
 from hatchway.server.store import schema as t
 
@@ -220,7 +220,7 @@ def lookup_key(state: ServerState, access_key_id: str) -> KeyEntry | None:
 
 def credential_lookup(state: ServerState, *, active_only: bool = True) -> Any:
     """The ``lookup`` SigV4 verification needs, backed by :func:`lookup_key`."""
-    from hatchway.server import sigv4
+    from hatchway.server.front import sigv4
 
     def lookup(access_key_id: str) -> sigv4.Credential | None:
         entry = lookup_key(state, access_key_id)

@@ -8,21 +8,21 @@
 
 from __future__ import annotations
 
-from hatchway.server.protocol.jsonproto import (
+from hatchway.server.awswire.jsonproto import (
     parse_json_body,
     parse_target,
     serialize_json_error,
     serialize_json_output,
 )
-from hatchway.server.protocol.models import load_service, operation
-from hatchway.server.protocol.query import (
+from hatchway.server.awswire.models import load_service, operation
+from hatchway.server.awswire.query import (
     parse_query_input,
     parse_query_params,
     resolve_action,
     serialize_query_error,
     serialize_query_output,
 )
-from hatchway.server.protocol.validate import validate_input
+from hatchway.server.awswire.validate import validate_input
 
 __all__ = [
     "load_service",

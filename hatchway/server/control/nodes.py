@@ -25,13 +25,16 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from hatchway.iam import Request
-from hatchway.server import crypto, iamdata, limits, logs, sigv4
-from hatchway.server.bootstrap import create_access_key
-from hatchway.server.call import audit
-from hatchway.server.errors import ServiceError
-from hatchway.server.identity import credential_lookup, lookup_key, resolve_caller
-from hatchway.server.protocol.jsonproto import load_document
-from hatchway.server.state import ServerState
+from hatchway.server.accounts import iamdata
+from hatchway.server.accounts.bootstrap import create_access_key
+from hatchway.server.awswire.jsonproto import load_document
+from hatchway.server.base import crypto, logs
+from hatchway.server.base.errors import ServiceError
+from hatchway.server.front import sigv4
+from hatchway.server.front.call import audit
+from hatchway.server.front.identity import credential_lookup, lookup_key, resolve_caller
+from hatchway.server.runtime import limits
+from hatchway.server.runtime.state import ServerState
 from hatchway.server.store import Conflict, Store
 from hatchway.server.store import schema as t
 from hatchway.ssm import target_arn
@@ -490,7 +493,7 @@ async def handle_control_channel(request: web.Request) -> web.StreamResponse:
                 _mark(state, instance_id, connected=True, info=channel.info)
                 running = data.get("sessions")
                 if isinstance(running, list):  # the sessions the node still runs
-                    from hatchway.server.datachannel import reconcile_node
+                    from hatchway.server.relay.datachannel import reconcile_node
 
                     await reconcile_node(state, instance_id, {str(s) for s in running})
             elif kind == "session_exit":

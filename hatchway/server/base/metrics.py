@@ -179,7 +179,7 @@ class StateCollector(Collector):
         self.state = state
 
     def collect(self) -> Iterator[Metric]:
-        from hatchway.server.nodes import ping_status
+        from hatchway.server.control.nodes import ping_status
         from hatchway.server.ops.sessions import ACTIVE
         from hatchway.server.store import schema as t
 

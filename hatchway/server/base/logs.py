@@ -40,7 +40,7 @@ def request_id() -> str:
     """The id of the request being served (set by the access middleware), else a new one."""
     current = REQUEST_ID.get()
     if current is None:
-        from hatchway.server.crypto import request_id as new_id
+        from hatchway.server.base.crypto import request_id as new_id
 
         return new_id()
     return current

@@ -24,10 +24,10 @@ from typing import Any
 
 from botocore.model import OperationModel, ServiceModel
 
-from hatchway.server.errors import ServiceError
-from hatchway.server.protocol.jsonproto import parse_timestamp_text
-from hatchway.server.protocol.models import ShapeInfo, input_info, operation, output_info
-from hatchway.server.protocol.validate import render_value, validation_message
+from hatchway.server.awswire.jsonproto import parse_timestamp_text
+from hatchway.server.awswire.models import ShapeInfo, input_info, operation, output_info
+from hatchway.server.awswire.validate import render_value, validation_message
+from hatchway.server.base.errors import ServiceError
 
 __all__ = [
     "CONTENT_TYPE",

@@ -50,10 +50,11 @@ from hatchway.protocol.sessionlog import (
     build_session_log,
     parse_session_log,
 )
-from hatchway.server import asciicast, metrics
-from hatchway.server.call import audit
-from hatchway.server.errors import ServiceError
-from hatchway.server.logdelivery import (
+from hatchway.server.base import metrics
+from hatchway.server.base.errors import ServiceError
+from hatchway.server.front.call import audit
+from hatchway.server.recordings import asciicast
+from hatchway.server.recordings.logdelivery import (
     AwsError,
     Destinations,
     LogDelivery,
@@ -62,12 +63,12 @@ from hatchway.server.logdelivery import (
     split_lines,
     stream_event,
 )
+from hatchway.server.recordings.transcript import Transcript
 from hatchway.server.store import Conflict, Store
 from hatchway.server.store import schema as t
-from hatchway.server.transcript import Transcript
 
 if TYPE_CHECKING:
-    from hatchway.server.state import ServerState
+    from hatchway.server.runtime.state import ServerState
 
 log = logging.getLogger("hatchway.server.recordings")
 

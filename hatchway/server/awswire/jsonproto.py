@@ -22,8 +22,8 @@ from typing import Any
 
 from botocore.model import OperationModel, ServiceModel
 
-from hatchway.server.errors import ServiceError
-from hatchway.server.protocol.models import ShapeInfo, input_info, operation, output_info
+from hatchway.server.awswire.models import ShapeInfo, input_info, operation, output_info
+from hatchway.server.base.errors import ServiceError
 
 __all__ = [
     "CONTENT_TYPE",

@@ -10,7 +10,7 @@ through unchanged, so sequence numbers, digests and ciphertext stay end to end:
   clients write garbage there); undecodable frames are dropped and logged;
 * agent → client: only frames that decode, carry a correct digest and a message type a client
   knows; ``agent_session_state`` updates the session's state and ``agent_session_log`` (the
-  session's recording, :mod:`hatchway.server.recordings`) is kept; neither is forwarded.
+  session's recording, :mod:`hatchway.server.recordings.keeper`) is kept; neither is forwarded.
 
 When the client or the node goes away the session is ``Disconnected`` and resumable: the client
 comes back with a ResumeSession token, the node with a fresh single-use token from
@@ -38,9 +38,9 @@ from sqlalchemy import and_
 
 from hatchway.protocol import frames, payloads
 from hatchway.protocol.sessionlog import AGENT_SESSION_LOG
-from hatchway.server import crypto, limits, logs, metrics
-from hatchway.server.errors import ServiceError
-from hatchway.server.nodes import (
+from hatchway.server.base import crypto, logs, metrics
+from hatchway.server.base.errors import ServiceError
+from hatchway.server.control.nodes import (
     _state,
     _upgrade_error,
     audit_refusal,
@@ -50,7 +50,8 @@ from hatchway.server.nodes import (
     verify_signed,
 )
 from hatchway.server.ops.sessions import end_session
-from hatchway.server.state import ServerState, stream_url
+from hatchway.server.runtime import limits
+from hatchway.server.runtime.state import ServerState, stream_url
 from hatchway.server.store import schema as t
 
 log = logging.getLogger("hatchway.server.datachannel")

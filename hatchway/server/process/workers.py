@@ -43,8 +43,9 @@ from typing import Any
 
 from aiohttp import web
 
-from hatchway.server import limits, logs, metrics
-from hatchway.server.state import ServerConfig, ServerState
+from hatchway.server.base import logs, metrics
+from hatchway.server.runtime import limits
+from hatchway.server.runtime.state import ServerConfig, ServerState
 from hatchway.ssm import StartSessionMode
 
 log = logging.getLogger("hatchway.server.workers")
@@ -217,7 +218,7 @@ class WorkerPool:
         argv = [
             sys.executable,
             "-m",
-            "hatchway.server.workers",
+            "hatchway.server.process.workers",
             "--fd",
             str(theirs.fileno()),
             "--index",
@@ -317,7 +318,7 @@ class WorkerPool:
 
 async def run_effect(state: ServerState, op: str, args: list[Any]) -> None:
     """Do, in this process, what an API call asked of the process holding the channels."""
-    from hatchway.server.nodes import close_channel
+    from hatchway.server.control.nodes import close_channel
     from hatchway.server.ops.sessions import close_data_channel
 
     if op == "close_data_channel":
@@ -494,9 +495,9 @@ async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) ->
         handle_api,
         handle_health,
     )
-    from hatchway.server.crypto import SecretBox
-    from hatchway.server.main import load_scps, settle_memory
+    from hatchway.server.base.crypto import SecretBox
     from hatchway.server.ops import register_all
+    from hatchway.server.process.main import load_scps, settle_memory
     from hatchway.server.store import Store
 
     register_all()

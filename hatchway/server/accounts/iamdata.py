@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from hatchway.iam import PolicyKind, PolicySet, Principal, Request, compile_policy
-from hatchway.server import awsmanaged
+from hatchway.server.accounts import awsmanaged
 from hatchway.server.store import Record, Store
 from hatchway.server.store import schema as t
 

@@ -1,0 +1,1 @@
+"""Managed nodes' side: registration and the control channel each node keeps open."""

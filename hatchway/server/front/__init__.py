@@ -1,0 +1,1 @@
+"""The AWS front door: SigV4, who is calling, one call's context and its pipeline."""

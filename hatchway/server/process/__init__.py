@@ -1,0 +1,1 @@
+"""The broker's processes: the primary (serve) and its API workers."""

@@ -1,0 +1,1 @@
+"""Session recordings: the agent's log stream kept, rendered and delivered."""

@@ -1,0 +1,1 @@
+"""The data channel: the websocket relay between a client and a node."""
