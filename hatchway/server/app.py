@@ -21,26 +21,30 @@ from aiohttp import web
 from botocore.model import OperationModel
 
 from hatchway import __version__
+from hatchway.iam import Policy
 from hatchway.server.awswire import jsonproto, query
 from hatchway.server.awswire.models import load_service
 from hatchway.server.awswire.validate import validate_input
 from hatchway.server.base import cpu, crypto, logs, metrics
+from hatchway.server.base.crypto import SecretBox
 from hatchway.server.base.errors import ServiceError
 from hatchway.server.base.ratelog import RateLimitedLog
-from hatchway.server.front import sigv4
-from hatchway.server.front.call import INPUT_EXTENSIONS, OPERATIONS, Call, audit
+from hatchway.server.front import limits, sigv4
+from hatchway.server.front.call import INPUT_EXTENSIONS, OPERATIONS, Call
 from hatchway.server.front.identity import (
     credential_lookup,
     lookup_key,
     resolve_caller,
     session_token_refusal,
 )
-from hatchway.server.runtime import limits
-from hatchway.server.runtime.state import ServerState
+from hatchway.server.gauges import StateCollector
+from hatchway.server.recordings.keeper import Recordings
+from hatchway.server.runtime.audit import audit
+from hatchway.server.runtime.state import STATE_KEY, ServerConfig, ServerState
+from hatchway.server.store import Store
 
 log = logging.getLogger("hatchway.server")
 
-STATE_KEY = web.AppKey("state", ServerState)
 TASKS_KEY = web.AppKey("tasks", list)
 HANDED_BACK = "hatchway.handed_back"
 """Set on a request an API worker handed back to the primary (which logs it, not the worker)."""
@@ -467,7 +471,7 @@ async def _drain(app: web.Application) -> None:
 async def handle_metrics(request: web.Request) -> web.Response:
     """Prometheus' text format; unauthenticated and not audited, like /health (put it on
     another address with --metrics-listen)."""
-    body = await asyncio.to_thread(metrics.exposition, request.app[STATE_KEY])
+    body = await asyncio.to_thread(metrics.exposition, StateCollector(request.app[STATE_KEY]))
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
@@ -493,6 +497,16 @@ async def _stop_background(app: web.Application) -> None:
     await app[STATE_KEY].recordings.close()  # audits deliveries: before the audit log closes
     app[STATE_KEY].audit_log.close()
     app[STATE_KEY].store.stop_batching()
+
+
+def open_state(
+    config: ServerConfig, store: Store, box: SecretBox, scps: list[list[Policy]]
+) -> ServerState:
+    """The state of a broker process with its services attached: the layers below the app
+    cannot construct what sits above them (the session recordings)."""
+    state = ServerState(config, store, box, scps)
+    state.recordings = Recordings(state)
+    return state
 
 
 def create_metrics_app(state: ServerState) -> web.Application:
@@ -525,6 +539,6 @@ def create_app(state: ServerState) -> web.Application:
     if state.config.metrics_listen is None:
         app.router.add_get("/metrics", handle_metrics)
     app.router.add_post("/", handle_api)
-    nodes.add_routes(app)
+    nodes.add_routes(app, datachannel.reconcile_node)
     datachannel.add_routes(app)
     return app

@@ -477,7 +477,7 @@ def test_one_byte_connections_do_not_keep_the_primary_busy(tmp_path: Path) -> No
 
 
 def test_forwarded_for_is_read_hop_by_hop_through_trusted_proxies_only() -> None:
-    from hatchway.server.runtime.limits import Client, TrustedProxies
+    from hatchway.server.front.limits import Client, TrustedProxies
 
     proxies = TrustedProxies(["10.0.0.0/8", "2001:db8::/32"])
     # Two trusted hops (10.1.1.1 appended by the inner one): the client is the next one left.
@@ -496,7 +496,7 @@ def test_forwarded_for_is_read_hop_by_hop_through_trusted_proxies_only() -> None
 
 
 def test_proxy_v2_headers_are_parsed_or_refused() -> None:
-    from hatchway.server.runtime.limits import PROXY_V2_SIGNATURE, parse_proxy_v2
+    from hatchway.server.front.limits import PROXY_V2_SIGNATURE, parse_proxy_v2
 
     v4 = _proxy_header("198.51.100.7", tls=True)
     assert parse_proxy_v2(v4 + b"GET") == (len(v4), "198.51.100.7", True)
@@ -516,7 +516,7 @@ def test_proxy_v2_headers_are_parsed_or_refused() -> None:
 
 
 def test_the_token_bucket_refills_at_its_rate() -> None:
-    from hatchway.server.runtime.limits import Throttle
+    from hatchway.server.runtime.throttle import Throttle
 
     now = [0.0]
     bucket = Throttle(2.0, 3, clock=lambda: now[0])
@@ -530,7 +530,7 @@ def test_the_token_bucket_refills_at_its_rate() -> None:
 
 
 def test_refused_and_evicted_connections_leave_the_counts_as_they_were() -> None:
-    from hatchway.server.runtime.limits import ConnectionGuard, Held
+    from hatchway.server.front.limits import ConnectionGuard, Held
     from hatchway.server.runtime.state import ServerConfig
 
     class Conn(Held):
@@ -580,7 +580,7 @@ def test_refused_and_evicted_connections_leave_the_counts_as_they_were() -> None
 
 
 def test_at_its_cap_an_address_s_oldest_idle_connection_makes_way() -> None:
-    from hatchway.server.runtime.limits import ConnectionGuard, Held
+    from hatchway.server.front.limits import ConnectionGuard, Held
     from hatchway.server.runtime.state import ServerConfig
 
     class Conn(Held):

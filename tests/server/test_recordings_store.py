@@ -21,6 +21,7 @@ from sqlalchemy import text
 from hatchway.agent.recorder import LogStreamer
 from hatchway.protocol import Frame, PayloadType, Role, Stream, decode, encode
 from hatchway.protocol.sessionlog import AGENT_SESSION_LOG, OutputRef, build_session_log
+from hatchway.server.app import open_state
 from hatchway.server.base.crypto import SecretBox
 from hatchway.server.recordings import keeper as recordings
 from hatchway.server.recordings.keeper import Recordings
@@ -44,7 +45,7 @@ def state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerStat
         for table in reversed(t.metadata.sorted_tables):
             if table is not t.meta:
                 c.execute(table.delete())
-    st = ServerState(config, store, SecretBox.from_dir(tmp_path), [])
+    st = open_state(config, store, SecretBox.from_dir(tmp_path), [])
     store.insert(
         t.sessions,
         {

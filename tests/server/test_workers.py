@@ -267,8 +267,8 @@ def test_the_primary_does_not_spin_on_a_first_request_in_pieces() -> None:
     and again (it did, about 180,000 times a second, on a full core; then every 10 ms, which
     thousands of such connections turned into a full core again). The bytes are read now, so
     the connection is looked at when more arrive: once for "PO", once for the close."""
+    from hatchway.server.front import limits
     from hatchway.server.process import workers
-    from hatchway.server.runtime import limits
     from hatchway.server.runtime.state import ServerConfig
 
     async def scenario() -> int:

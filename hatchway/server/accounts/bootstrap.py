@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -125,8 +126,10 @@ def write_credentials_file(
     os.chmod(path, 0o600)
 
 
-def bootstrap(state: ServerState) -> tuple[str, str] | None:
-    """Create the account's starting state once; returns the admin key if it was generated."""
+def bootstrap(state: ServerState, seed: Callable[[ServerState], None]) -> tuple[str, str] | None:
+    """Create the account's starting state once; returns the admin key if it was generated.
+    ``seed`` adds what the operations own (AWS-owned documents: ``ops.seed_account``, a layer
+    above this one)."""
     if state.store.meta_get("bootstrapped") == "1":
         return None
     if iamdata.get_entity(state.store, "user", ADMIN_USER) is None:
@@ -170,9 +173,7 @@ def bootstrap(state: ServerState) -> tuple[str, str] | None:
     else:
         generated = create_access_key(state, "user", ADMIN_USER)
         write_credentials_file(state.config.data_dir / "admin-credentials", *generated)
-    from hatchway.server.ops import seed_account
-
-    seed_account(state)
+    seed(state)
     state.store.meta_set("bootstrapped", "1")
     state.iam_changed()
     return generated

@@ -6,9 +6,10 @@ Two kinds:
   :func:`relayed`, :func:`store_commit`): API calls by service, operation and HTTP status with
   a latency histogram, authorization decisions by result, relay bytes and frames by direction,
   store commit latency.
-* **State**, computed at scrape time by :class:`StateCollector` in the process that serves
-  ``/metrics`` (the primary, which holds the channels and background duties): sessions by state
-  and type, nodes by ping status, the recording backlog, background duties' lag.
+* **State**, computed at scrape time by :class:`hatchway.server.gauges.StateCollector` in the
+  process that serves ``/metrics`` (the primary, which holds the channels and background
+  duties): sessions by state and type, nodes by ping status, the recording backlog, background
+  duties' lag.
 
 With ``--workers N`` the API calls are served by other processes: :func:`multiprocess` puts
 every process's event metrics in files under ``DATA_DIR/metrics`` (prometheus_client's
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections import Counter as Tally
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from prometheus_client import (
     generate_latest,
     values,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -172,82 +172,20 @@ class Ticker:
         duty_lag(self.duty, time.monotonic() - asked)
 
 
-class StateCollector(Collector):
-    """Gauges read at scrape time from the broker's state and store."""
-
-    def __init__(self, state: Any) -> None:
-        self.state = state
-
-    def collect(self) -> Iterator[Metric]:
-        from hatchway.server.control.nodes import ping_status
-        from hatchway.server.ops.sessions import ACTIVE
-        from hatchway.server.store import schema as t
-
-        state = self.state
-        store = state.store
-        sessions = GaugeMetricFamily(
-            "hatchway_sessions",
-            "Sessions not ended, by state and type (Standard_Stream, Port, InteractiveCommands, "
-            "NonInteractiveCommands).",
-            labels=["state", "type"],
-        )
-        tally: Tally[tuple[str, str]] = Tally()
-        for row in store.select(t.sessions, t.sessions.c.status.in_(ACTIVE)):
-            data = row["data"] if isinstance(row["data"], dict) else {}
-            tally[(row["status"], str(data.get("session_type") or "Standard_Stream"))] += 1
-        for (status, kind), n in sorted(tally.items()):
-            sessions.add_metric([status, kind], n)
-        yield sessions
-        ended = GaugeMetricFamily(
-            "hatchway_sessions_ended",
-            "Ended sessions kept in the history, by state (Terminated, Failed).",
-            labels=["state"],
-        )
-        for status in ("Terminated", "Failed"):
-            ended.add_metric([status], store.count(t.sessions, status=status))
-        yield ended
-        nodes = GaugeMetricFamily(
-            "hatchway_nodes",
-            "Registered managed nodes, by ping status (Online, ConnectionLost, Inactive).",
-            labels=["ping_status"],
-        )
-        pings: Tally[str] = Tally({"Online": 0, "ConnectionLost": 0, "Inactive": 0})
-        for row in store.select(t.instances):
-            pings[ping_status(state, row)] += 1
-        for status, n in sorted(pings.items()):
-            nodes.add_metric([status], n)
-        yield nodes
-        channels = GaugeMetricFamily(
-            "hatchway_channels_open",
-            "Websocket channels open on this broker, by kind.",
-            labels=["kind"],
-        )
-        channels.add_metric(["control"], len(state.nodes))
-        channels.add_metric(["data"], len(state.relays))
-        yield channels
-        yield GaugeMetricFamily(
-            "hatchway_recording_backlog_bytes",
-            "Bytes of session output held in memory for recording batches not yet stored.",
-            value=state.recordings.captured_total,
-        )
-        lag = GaugeMetricFamily(
-            "hatchway_background_lag_seconds",
-            "How late each background duty last woke up against its schedule.",
-            labels=["duty"],
-        )
-        for duty, seconds in sorted(_LAG.items()):
-            lag.add_metric([duty], seconds)
-        yield lag
+def duty_lags() -> dict[str, float]:
+    """How late each background duty last woke up (seconds), by duty."""
+    return dict(_LAG)
 
 
-def exposition(state: Any) -> bytes:
-    """The text a scrape of this broker gets."""
+def exposition(gauges: Collector) -> bytes:
+    """The text a scrape of this broker gets: the event metrics and ``gauges`` (the state read
+    at scrape time, :class:`hatchway.server.gauges.StateCollector`)."""
     registry = CollectorRegistry(auto_describe=False)
     if _multiprocess_dir is not None:
         MultiProcessCollector(registry, str(_multiprocess_dir))  # type: ignore[no-untyped-call]
     else:
         registry.register(_RegistryView(_get().registry))
-    registry.register(StateCollector(state))
+    registry.register(gauges)
     return generate_latest(registry)
 
 

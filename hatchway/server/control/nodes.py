@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,11 +31,10 @@ from hatchway.server.accounts.bootstrap import create_access_key
 from hatchway.server.awswire.jsonproto import load_document
 from hatchway.server.base import crypto, logs
 from hatchway.server.base.errors import ServiceError
-from hatchway.server.front import sigv4
-from hatchway.server.front.call import audit
+from hatchway.server.front import limits, sigv4
 from hatchway.server.front.identity import credential_lookup, lookup_key, resolve_caller
-from hatchway.server.runtime import limits
-from hatchway.server.runtime.state import ServerState
+from hatchway.server.runtime.audit import audit
+from hatchway.server.runtime.state import STATE_KEY, ServerState
 from hatchway.server.store import Conflict, Store
 from hatchway.server.store import schema as t
 from hatchway.ssm import target_arn
@@ -42,6 +42,11 @@ from hatchway.ssm import target_arn
 log = logging.getLogger("hatchway.server.nodes")
 
 _INSTANCE_ID = re.compile(r"i-(?:[0-9a-zA-Z]{8}|[0-9a-zA-Z]{17})")
+
+
+Reconcile = Callable[[ServerState, str, set[str]], Awaitable[int]]
+RECONCILE_KEY: web.AppKey[Reconcile] = web.AppKey("reconcile_node")
+"""What the control channel calls with the sessions a node says it still runs."""
 
 
 @dataclass
@@ -58,8 +63,6 @@ class NodeChannel:
 
 
 def _state(request: web.Request) -> ServerState:
-    from hatchway.server.app import STATE_KEY
-
     return request.app[STATE_KEY]
 
 
@@ -433,7 +436,7 @@ def audit_refusal(
         log.exception("could not audit a refused %s", operation)
 
 
-def _upgrade_error(exc: Exception) -> ServiceError:
+def upgrade_error(exc: Exception) -> ServiceError:
     if isinstance(exc, ServiceError):
         return exc
     log.error("internal error authenticating an upgrade", exc_info=exc)
@@ -446,7 +449,7 @@ async def handle_control_channel(request: web.Request) -> web.StreamResponse:
     try:
         authenticate_node(state, request, instance_id)
     except Exception as exc:  # refused: AWS's JSON error, audited
-        err = _upgrade_error(exc)
+        err = upgrade_error(exc)
         audit_refusal(state, request, "OpenControlChannel", err, {"instanceId": instance_id})
         return json_error(err)
     ws = web.WebSocketResponse(heartbeat=state.config.ping_interval * 2)
@@ -493,9 +496,8 @@ async def handle_control_channel(request: web.Request) -> web.StreamResponse:
                 _mark(state, instance_id, connected=True, info=channel.info)
                 running = data.get("sessions")
                 if isinstance(running, list):  # the sessions the node still runs
-                    from hatchway.server.relay.datachannel import reconcile_node
-
-                    await reconcile_node(state, instance_id, {str(s) for s in running})
+                    reconcile = request.app[RECONCILE_KEY]
+                    await reconcile(state, instance_id, {str(s) for s in running})
             elif kind == "session_exit":
                 _record_exit(state, instance_id, data)
             elif kind == "heartbeat":
@@ -633,6 +635,10 @@ def follow_deregistrations(state: ServerState, loop: asyncio.AbstractEventLoop) 
     state.store.invalidation.subscribe("nodes", changed)
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, reconcile: Reconcile) -> None:
+    """Registration and the control channel. ``reconcile(state, instance_id, running)`` ends
+    the relays of sessions a reconnecting node no longer runs (the data-channel relay's
+    ``reconcile_node``, a layer above this one: passed in, not imported)."""
+    app[RECONCILE_KEY] = reconcile
     app.router.add_post("/hatchway/v1/register", handle_register)
     app.router.add_get("/v1/control-channel/{instance_id}", handle_control_channel)

@@ -94,7 +94,7 @@ def expire_unused(state: ServerState) -> int:
     return ended
 
 
-def _document(state: ServerState, name: str) -> ResolvedDocument | None:
+def session_document(state: ServerState, name: str) -> ResolvedDocument | None:
     """The ``$LATEST`` version of ``name``, as on AWS (docs/session-documents.md,
     "Which version a session runs"); ``SSM-SessionManagerRunShell`` falls back to the
     built-in defaults while the account has not created it.
@@ -162,7 +162,7 @@ def effective_inputs(
     """
     raw = doc.document.get("inputs")
     if not isinstance(raw, dict):
-        prefs = _document(state, DEFAULT_SESSION_DOCUMENT)
+        prefs = session_document(state, DEFAULT_SESSION_DOCUMENT)
         raw = prefs.document.get("inputs") if prefs is not None else None
     if not isinstance(raw, dict):
         return {}
@@ -206,7 +206,7 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         target = node["instance_id"]
         arn = target_arn(target, call.region, call.account)
     shown = doc_name if doc_name is not None else DEFAULT_SESSION_DOCUMENT
-    doc = _document(call.state, shown)
+    doc = session_document(call.state, shown)
     # 1. IAM: the target and (when named) the document, each with its own tags (ssm-spec 3.3).
     if arn is not None:
         result = authorize_start_session(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import json
 import logging
 import os
 import re
@@ -20,16 +18,16 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from hatchway.iam import PolicyKind, parse_policy
 from hatchway.server.accounts.bootstrap import bootstrap
-from hatchway.server.app import create_app, create_metrics_app
+from hatchway.server.app import create_app, create_metrics_app, open_state
 from hatchway.server.base import metrics
 from hatchway.server.base.crypto import SecretBox
 from hatchway.server.base.tls import CertStore
 from hatchway.server.control.nodes import follow_deregistrations
+from hatchway.server.front import limits
 from hatchway.server.ops import seed_account
+from hatchway.server.process.boot import load_scps, settle_memory
 from hatchway.server.process.workers import COUNTERS_FILE, Listener, WorkerPool
-from hatchway.server.runtime import limits
 from hatchway.server.runtime.state import ServerConfig, ServerState
 from hatchway.server.store import Store
 
@@ -39,21 +37,6 @@ log = logging.getLogger("hatchway.server")
 def url_host(host: str) -> str:
     """``host`` as it goes in a URL (an IPv6 address in brackets)."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def load_scps(files: list[Path]) -> list[list[object]]:
-    """Each SCP file is one level (root first); a file may hold one policy or a list."""
-    levels: list[list[object]] = []
-    for f in files:
-        data = json.loads(f.read_text())
-        docs = data if isinstance(data, list) else [data]
-        levels.append(
-            [
-                parse_policy(json.dumps(d), PolicyKind.SCP, name=f"{f.name}#{i}")
-                for i, d in enumerate(docs)
-            ]
-        )
-    return levels
 
 
 def private_data_dir(path: Path) -> None:
@@ -110,8 +93,8 @@ def build_state(config: ServerConfig) -> tuple[ServerState, tuple[str, str] | No
         # A write at once: a read-only database (or one the broker may not write) is found
         # here, not by the first API call.
         store.meta_set("last_start", datetime.now(UTC).isoformat())
-        state = ServerState(config, store, box, load_scps(config.scp_files))  # type: ignore[arg-type]
-        generated = bootstrap(state)
+        state = open_state(config, store, box, load_scps(config.scp_files))  # type: ignore[arg-type]
+        generated = bootstrap(state, seed_account)
         seed_account(state)  # refresh AWS-owned documents on every start (idempotent)
         tighten(config.data_dir)  # the store's files, created 0644 by SQLite
     except (SQLAlchemyError, sqlite3.Error) as exc:
@@ -125,15 +108,6 @@ def build_state(config: ServerConfig) -> tuple[ServerState, tuple[str, str] | No
             f"cannot use the data directory {config.data_dir}: {_reason(exc)}"
         ) from exc
     return state, generated
-
-
-def settle_memory() -> None:
-    """Once started: everything loaded so far (botocore's models, compiled policies, the app)
-    lives as long as the process, so keep it out of the cyclic collector's scans, which
-    otherwise walk it on every full collection; and collect the young generation less often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 50)
 
 
 SHUTDOWN_TIMEOUT = 2.0

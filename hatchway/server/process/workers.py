@@ -44,8 +44,8 @@ from typing import Any
 from aiohttp import web
 
 from hatchway.server.base import logs, metrics
-from hatchway.server.runtime import limits
-from hatchway.server.runtime.state import ServerConfig, ServerState
+from hatchway.server.front import limits
+from hatchway.server.runtime.state import STATE_KEY, ServerConfig, ServerState
 from hatchway.ssm import StartSessionMode
 
 log = logging.getLogger("hatchway.server.workers")
@@ -490,14 +490,14 @@ class PrimaryLink:
 async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) -> None:
     from hatchway.server.app import (
         HANDED_BACK,
-        STATE_KEY,
         access_middleware,
         handle_api,
         handle_health,
+        open_state,
     )
     from hatchway.server.base.crypto import SecretBox
     from hatchway.server.ops import register_all
-    from hatchway.server.process.main import load_scps, settle_memory
+    from hatchway.server.process.boot import load_scps, settle_memory
     from hatchway.server.store import Store
 
     register_all()
@@ -505,7 +505,7 @@ async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) ->
     store.join_processes(config.data_dir / COUNTERS_FILE, index, count)
     store.follow_changes()  # other brokers' writes (PostgreSQL)
     scps: Any = load_scps(config.scp_files)
-    state = ServerState(config, store, SecretBox.from_dir(config.data_dir), scps)
+    state = open_state(config, store, SecretBox.from_dir(config.data_dir), scps)
     guard = limits.install(config)
     loop = asyncio.get_running_loop()
     runner_box: list[web.AppRunner] = []

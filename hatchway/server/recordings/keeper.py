@@ -52,7 +52,6 @@ from hatchway.protocol.sessionlog import (
 )
 from hatchway.server.base import metrics
 from hatchway.server.base.errors import ServiceError
-from hatchway.server.front.call import audit
 from hatchway.server.recordings import asciicast
 from hatchway.server.recordings.logdelivery import (
     AwsError,
@@ -64,6 +63,7 @@ from hatchway.server.recordings.logdelivery import (
     stream_event,
 )
 from hatchway.server.recordings.transcript import Transcript
+from hatchway.server.runtime.audit import audit
 from hatchway.server.store import Conflict, Store
 from hatchway.server.store import schema as t
 

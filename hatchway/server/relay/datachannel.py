@@ -41,17 +41,16 @@ from hatchway.protocol.sessionlog import AGENT_SESSION_LOG
 from hatchway.server.base import crypto, logs, metrics
 from hatchway.server.base.errors import ServiceError
 from hatchway.server.control.nodes import (
-    _state,
-    _upgrade_error,
     audit_refusal,
     authenticate_client,
     authenticate_node,
     json_error,
+    upgrade_error,
     verify_signed,
 )
-from hatchway.server.ops.sessions import end_session
-from hatchway.server.runtime import limits
-from hatchway.server.runtime.state import ServerState, stream_url
+from hatchway.server.front import limits
+from hatchway.server.ops.sessions import close_data_channel, end_session, session_document
+from hatchway.server.runtime.state import STATE_KEY, ServerState, stream_url
 from hatchway.server.store import schema as t
 
 log = logging.getLogger("hatchway.server.datachannel")
@@ -217,7 +216,7 @@ def _set_status(state: ServerState, session_id: str, status: str) -> None:
 
 
 async def handle_data_channel(request: web.Request) -> web.StreamResponse:
-    state = _state(request)
+    state = request.app[STATE_KEY]
     session_id = request.match_info["session_id"]
     logs.SESSION_ID.set(session_id)  # reset by the access middleware when the channel ends
     row = state.store.get(t.sessions, session_id=session_id)
@@ -249,7 +248,7 @@ async def handle_data_channel(request: web.Request) -> web.StreamResponse:
                 "MissingAuthenticationTokenException", "Request is missing Authentication Token"
             )
     except Exception as exc:  # refused: audited, closed with the error's code
-        err = _upgrade_error(exc)
+        err = upgrade_error(exc)
         log.warning("data channel %s: %s", session_id, err.message)
         audit_refusal(state, request, "OpenDataChannel", err, where)
         await ws.close(code=4403, message=err.code.encode())
@@ -518,8 +517,6 @@ AWAY_MESSAGE = "The session ended because its {side} did not reconnect within {w
 
 
 async def _end_relay(state: ServerState, relay: Relay, status: str, reason: str) -> None:
-    from hatchway.server.ops.sessions import close_data_channel
-
     log.info("session %s: %s", relay.session_id, reason)
     await end_session(state, relay.session_id, status, reason)
     await close_data_channel(state, relay.session_id, relay.target, reason)
@@ -562,8 +559,6 @@ def _timeouts(state: ServerState, row: dict[str, Any]) -> tuple[float, float | N
 async def enforce_timeouts(state: ServerState, interval: float = 1.0) -> None:
     """End sessions idle longer than their idleSessionTimeout (no client input, resize or
     resume) or older than their maxSessionDuration: the agent does not enforce either."""
-    from hatchway.server.ops.sessions import close_data_channel
-
     ticker = metrics.Ticker("session_timeouts", interval)
     while True:
         await ticker.sleep()
@@ -590,14 +585,12 @@ async def enforce_timeouts(state: ServerState, interval: float = 1.0) -> None:
 
 def start_message(state: ServerState, row: dict[str, Any], relay: Relay) -> dict[str, Any]:
     """What the node needs to run the session (the role of AWS's ``interactive_shell``)."""
-    from hatchway.server.ops.sessions import _document
-
     data = row["data"]
     stored = data.get("document")
     if isinstance(stored, dict):
         content = dict(stored)  # the version StartSession authorized and validated
     else:
-        doc = _document(state, row["document_name"])  # sessions started before it was kept
+        doc = session_document(state, row["document_name"])  # sessions started before it was kept
         content = dict(doc.document) if doc else {}
     if "inputs" in data:
         content["inputs"] = data["inputs"]  # the preferences StartSession resolved
@@ -619,9 +612,7 @@ def start_message(state: ServerState, row: dict[str, Any], relay: Relay) -> dict
 
 
 def _session_type(state: ServerState, row: dict[str, Any]) -> str:
-    from hatchway.server.ops.sessions import _document
-
-    doc = _document(state, row["document_name"])
+    doc = session_document(state, row["document_name"])
     return str((doc.document if doc else {}).get("sessionType", "Standard_Stream"))
 
 
@@ -638,7 +629,7 @@ async def handle_create_data_channel(request: web.Request) -> web.StreamResponse
     the session's node: a fresh single-use token for the node's side of the data channel,
     201 with AWS's XML body. The node asks again on every reconnection (as AWS's agent does),
     and after a broker restart, for a session the broker had open (reconciled)."""
-    state = _state(request)
+    state = request.app[STATE_KEY]
     session_id = request.match_info["session_id"][:256]
     where = {"sessionId": session_id}
     try:
@@ -664,7 +655,7 @@ async def handle_create_data_channel(request: web.Request) -> web.StreamResponse
             raise ServiceError("DoesNotExistException", f"Session {session_id} is not open here.")
         token = relay.mint_agent_token(max(state.config.token_ttl, 10.0))
     except Exception as exc:
-        err = _upgrade_error(exc)
+        err = upgrade_error(exc)
         audit_refusal(state, request, "CreateDataChannel", err, where)
         return json_error(err)
     return web.Response(status=201, text=_XML_TOKEN.format(token), content_type="application/xml")

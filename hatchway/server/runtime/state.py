@@ -6,8 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from hatchway.iam import Policy
 from hatchway.server.base.crypto import SecretBox
+from hatchway.server.runtime.audit import AuditLog
+from hatchway.server.runtime.throttle import Throttle
 from hatchway.server.store import Store
 from hatchway.ssm import StartSessionMode
 
@@ -38,7 +42,7 @@ class ServerConfig:
     recording_session_limit: int = 64 << 20  # bytes of one session's recording kept
     recording_total_limit: int = 4 << 30  # bytes of all recordings together
     recording_retention_days: float = 30.0  # recordings older than this are deleted (0: kept)
-    # Limits (docs/broker.md, "Limits"; hatchway.server.runtime.limits)
+    # Limits (docs/broker.md, "Limits"; hatchway.server.front.limits)
     header_timeout: float = 10.0  # seconds for a request's head, from its first byte
     body_timeout: float = 30.0  # seconds for a request's body, from its head
     keepalive_timeout: float = 60.0  # seconds a connection may stay idle between requests
@@ -98,13 +102,11 @@ class ServerState:
         self.key_cache: dict[str, tuple[tuple[int, int], Any]] = {}
         self.doc_cache: dict[str, tuple[tuple[int, int], Any]] = {}
         self.audit_path = config.data_dir / "audit.jsonl"
-        from hatchway.server.front.call import AuditLog
-        from hatchway.server.recordings.keeper import Recordings
-        from hatchway.server.runtime.limits import Throttle
-
         self.throttle = Throttle(config.throttle_rate, config.throttle_burst)
         self.audit_log = AuditLog(store, self.audit_path)
-        self.recordings = Recordings(self)
+        # Session recordings (hatchway.server.recordings.keeper.Recordings), a layer above
+        # this one: attached by hatchway.server.app.open_state.
+        self.recordings: Any = None
 
     @property
     def generation(self) -> int:
@@ -116,3 +118,7 @@ class ServerState:
         self.store.bump("iam")
         self.policy_cache.clear()
         self.key_cache.clear()
+
+
+STATE_KEY = web.AppKey("state", ServerState)
+"""Where an aiohttp application (and so each request) finds the broker's state."""

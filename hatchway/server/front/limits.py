@@ -1,4 +1,4 @@
-"""Connection limits, forwarded client addresses and per-principal throttling.
+"""Connection limits and forwarded client addresses (throttling: ``runtime/throttle.py``).
 
 Every connection the broker accepts (in every process, ``--workers`` included) is wrapped in a
 :class:`GuardedProtocol` before aiohttp sees it. The guard
@@ -569,35 +569,3 @@ async def guard_middleware(
         return response
     finally:
         conn.request_finished()
-
-
-# -- throttling -----------------------------------------------------------------------------
-
-
-class Throttle:
-    """A token bucket per principal: ``burst`` requests at once, ``rate`` per second after.
-    A rate of 0 turns throttling off."""
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
-        self.rate = rate
-        self.burst = max(1, burst)
-        self.clock = clock
-        self.buckets: dict[str, tuple[float, float]] = {}  # principal -> (tokens, when)
-
-    def allow(self, principal: str) -> bool:
-        if self.rate <= 0:
-            return True
-        now = self.clock()
-        tokens, when = self.buckets.get(principal, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - when) * self.rate)
-        if len(self.buckets) > 100_000:  # full buckets carry nothing: forget them
-            self.buckets = {
-                k: v
-                for k, v in self.buckets.items()
-                if v[0] + (now - v[1]) * self.rate < self.burst
-            }
-        if tokens < 1.0:
-            self.buckets[principal] = (tokens, now)
-            return False
-        self.buckets[principal] = (tokens - 1.0, now)
-        return True
