@@ -56,7 +56,7 @@ def _step() -> int:
 def test_totp_matches_rfc_6238_vectors() -> None:
     """The broker's TOTP against RFC 6238 appendix B (SHA-1 seed, the 8 digits truncated to
     the 6 AWS uses), and this file's helper against the broker's."""
-    from hatchway.server.ops.mfa import totp
+    from hatchway.server.ops.iam.mfa import totp
 
     seed = b"12345678901234567890"
     for when, eight in ((59, "94287082"), (1111111109, "07081804"), (2000000000, "69279037")):

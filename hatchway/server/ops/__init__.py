@@ -10,9 +10,7 @@ def register_all() -> None:
     from hatchway.server.ops import (  # noqa: F401
         documents,
         iam,
-        iam_account,
         kms,
-        mfa,
         nodes,
         sessions,
         sts,

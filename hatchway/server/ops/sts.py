@@ -162,7 +162,7 @@ async def assume_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
 def _assume_role_mfa(call: Call, params: dict[str, Any]) -> datetime | None:
     """AssumeRole's ``SerialNumber``/``TokenCode``: a code of one of the calling IAM user's
     devices (each code once). Returns when MFA was used, None without MFA parameters."""
-    from hatchway.server.ops import mfa
+    from hatchway.server.ops.iam import mfa
 
     serial, code = params.get("SerialNumber"), params.get("TokenCode")
     if not serial and not code:
@@ -191,7 +191,7 @@ async def get_session_token(call: Call, params: dict[str, Any]) -> dict[str, Any
     """Temporary credentials for the calling IAM user, with MFA context when ``SerialNumber``
     and ``TokenCode`` name one of its devices and a valid code. No policy governs it (AWS:
     "You cannot use policies to control authentication operations"); it is recorded."""
-    from hatchway.server.ops import mfa
+    from hatchway.server.ops.iam import mfa
 
     call.decide("sts:GetSessionToken")  # recorded, never a reason to refuse
     caller = call.caller

@@ -15,8 +15,9 @@ from hatchway.iam.validate import (
     USER_INLINE_POLICY_SIZE,
 )
 from hatchway.server.front.call import Call, operation
-from hatchway.server.ops import iam
-from hatchway.server.ops.mfa import KIND as MFA_KIND
+from hatchway.server.ops.iam import common
+from hatchway.server.ops.iam.mfa import KIND as MFA_KIND
+from hatchway.server.ops.iam.policies import require_policy
 from hatchway.server.store import Record
 from hatchway.server.store import schema as t
 
@@ -26,9 +27,9 @@ async def update_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     """A role's description and maximum session duration (3600–43200 s, the model's range);
     members left out keep their value."""
     name = params["RoleName"]
-    iam._require(call, "iam:UpdateRole", "role", name)
+    common.require(call, "iam:UpdateRole", "role", name)
     with call.store.transaction() as c:
-        row = iam._get(call, "role", name, c)
+        row = common.get_entity_row(call, "role", name, c)
         data = dict(row["data"])
         if "Description" in params:
             if params["Description"]:
@@ -55,7 +56,7 @@ async def list_entities_for_policy(call: Call, params: dict[str, Any]) -> dict[s
     is the permissions boundary of (``PermissionsBoundary``); both unless
     ``PolicyUsageFilter`` says which."""
     arn = params["PolicyArn"]
-    iam._require_policy(call, "iam:ListEntitiesForPolicy", arn)
+    require_policy(call, "iam:ListEntitiesForPolicy", arn)
     wanted = params.get("EntityFilter")
     kinds = {"User": ["user"], "Group": ["group"], "Role": ["role"]}.get(
         str(wanted), [] if wanted else ["user", "group", "role"]
@@ -70,7 +71,7 @@ async def list_entities_for_policy(call: Call, params: dict[str, Any]) -> dict[s
         if kind not in kinds:
             continue
         for row in call.store.select(t.iam_entities, kind=kind, order_by=[t.iam_entities.c.name]):
-            if not iam._path_ok(row["path"], prefix):
+            if not common.path_ok(row["path"], prefix):
                 continue
             as_policy = (kind, row["name"]) in attached
             as_boundary = row["data"].get("boundary") == arn
@@ -80,7 +81,7 @@ async def list_entities_for_policy(call: Call, params: dict[str, Any]) -> dict[s
                 or (not usage and (as_policy or as_boundary))
             ):
                 rows.append(row)
-    page, meta = iam._page(rows, params)
+    page, meta = common.page_of(rows, params)
     out: dict[str, Any] = {"PolicyGroups": [], "PolicyUsers": [], "PolicyRoles": [], **meta}
     for row in page:
         key, name_key, id_key = _ENTITY_KEYS[row["kind"]]
@@ -95,7 +96,7 @@ async def get_account_summary(call: Call, params: dict[str, Any]) -> dict[str, A
     so those count 0."""
     call.authorize("iam:GetAccountSummary", "*")
     count = {k: call.store.count(t.iam_entities, kind=k) for k in ("user", "group", "role")}
-    local = [p for p in call.store.select(t.iam_policies) if iam._local(p["arn"])]
+    local = [p for p in call.store.select(t.iam_policies) if common.is_local_policy(p["arn"])]
     versions = sum(call.store.count(t.iam_policy_versions, arn=p["arn"]) for p in local)
     devices = call.store.select(t.iam_entities, kind=MFA_KIND)
     in_use = sum(1 for d in devices if d["data"].get("user"))
@@ -116,8 +117,8 @@ async def get_account_summary(call: Call, params: dict[str, Any]) -> dict[str, A
         "GroupPolicySizeQuota": GROUP_INLINE_POLICY_SIZE,
         "RolePolicySizeQuota": ROLE_INLINE_POLICY_SIZE,
         "AssumeRolePolicySizeQuota": TRUST_POLICY_SIZE,
-        "GroupsPerUserQuota": iam.MAX_GROUPS_PER_USER,
-        "AccessKeysPerUserQuota": iam.MAX_ACCESS_KEYS,
+        "GroupsPerUserQuota": common.MAX_GROUPS_PER_USER,
+        "AccessKeysPerUserQuota": common.MAX_ACCESS_KEYS,
         "SigningCertificatesPerUserQuota": 2,
         "AttachedPoliciesPerUserQuota": MANAGED_POLICIES_PER_PRINCIPAL,
         "AttachedPoliciesPerGroupQuota": MANAGED_POLICIES_PER_PRINCIPAL,

@@ -28,6 +28,14 @@ from hatchway.server.accounts import iamdata
 from hatchway.server.base import crypto
 from hatchway.server.base.errors import ServiceError
 from hatchway.server.front.call import Call, operation
+from hatchway.server.ops.iam.common import (
+    check_tags,
+    merge_tags,
+    page_of,
+    require,
+    self_user,
+    tag_context,
+)
 from hatchway.server.store import Record, Store
 from hatchway.server.store import schema as t
 
@@ -176,14 +184,12 @@ def _invalid_code(serial: str) -> ServiceError:
 
 @operation("iam", "CreateVirtualMFADevice")
 async def create_virtual_mfa_device(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    from hatchway.server.ops.iam import _check_tags, _merge_tags, _tag_context
-
     name, path = params["VirtualMFADeviceName"], params.get("Path") or "/"
-    tags = _check_tags(params.get("Tags"))
+    tags = check_tags(params.get("Tags"))
     arn = device_arn(call.account, path, name)
-    call.authorize("iam:CreateVirtualMFADevice", arn, _tag_context(tags))
+    call.authorize("iam:CreateVirtualMFADevice", arn, tag_context(tags))
     if tags:
-        _merge_tags("user", [], tags)
+        merge_tags("user", [], tags)
     seed = secrets.token_bytes(SEED_BYTES)
     seed32 = base64.b32encode(seed).decode()
     row: Record = {
@@ -217,10 +223,8 @@ async def create_virtual_mfa_device(call: Call, params: dict[str, Any]) -> dict[
 
 @operation("iam", "EnableMFADevice")
 async def enable_mfa_device(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    from hatchway.server.ops.iam import _require
-
     user, serial = params["UserName"], params["SerialNumber"]
-    _require(call, "iam:EnableMFADevice", "user", user)
+    require(call, "iam:EnableMFADevice", "user", user)
     codes = [params["AuthenticationCode1"], params["AuthenticationCode2"]]
     with call.store.transaction() as c:
         if iamdata.get_entity(call.store, "user", user, c) is None:
@@ -248,10 +252,8 @@ async def enable_mfa_device(call: Call, params: dict[str, Any]) -> dict[str, Any
 
 @operation("iam", "DeactivateMFADevice")
 async def deactivate_mfa_device(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    from hatchway.server.ops.iam import _require, _self_user
-
-    user, serial = _self_user(call, params), params["SerialNumber"]
-    _require(call, "iam:DeactivateMFADevice", "user", user)
+    user, serial = self_user(call, params), params["SerialNumber"]
+    require(call, "iam:DeactivateMFADevice", "user", user)
     with call.store.transaction() as c:
         row = get_device(call.store, serial, c)
         if row is None or row["data"].get("user") != user:
@@ -283,12 +285,10 @@ async def delete_virtual_mfa_device(call: Call, params: dict[str, Any]) -> dict[
 
 @operation("iam", "ListMFADevices")
 async def list_mfa_devices(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    from hatchway.server.ops.iam import _page, _require, _self_user
-
-    user = _self_user(call, params)
-    _require(call, "iam:ListMFADevices", "user", user)
+    user = self_user(call, params)
+    require(call, "iam:ListMFADevices", "user", user)
     rows = sorted(devices_of(call.store, user), key=lambda r: r["name"])
-    page, meta = _page(rows, params)
+    page, meta = page_of(rows, params)
     return {
         "MFADevices": [
             {
@@ -304,8 +304,6 @@ async def list_mfa_devices(call: Call, params: dict[str, Any]) -> dict[str, Any]
 
 @operation("iam", "ListVirtualMFADevices")
 async def list_virtual_mfa_devices(call: Call, params: dict[str, Any]) -> dict[str, Any]:
-    from hatchway.server.ops.iam import _page
-
     call.authorize("iam:ListVirtualMFADevices", "*")
     status = params.get("AssignmentStatus") or "Any"
     rows = [
@@ -313,5 +311,5 @@ async def list_virtual_mfa_devices(call: Call, params: dict[str, Any]) -> dict[s
         for r in call.store.select(t.iam_entities, kind=KIND, order_by=[t.iam_entities.c.name])
         if status == "Any" or (status == "Assigned") == bool(r["data"].get("user"))
     ]
-    page, meta = _page(rows, params)
+    page, meta = page_of(rows, params)
     return {"VirtualMFADevices": [_virtual_shape(call.store, r) for r in page], **meta}
