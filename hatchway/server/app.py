@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -25,11 +24,10 @@ from hatchway.iam import Policy
 from hatchway.server.awswire import jsonproto, query
 from hatchway.server.awswire.models import load_service
 from hatchway.server.awswire.validate import validate_input
-from hatchway.server.base import cpu, crypto, logs, metrics
+from hatchway.server.base import cpu, logs, metrics
 from hatchway.server.base.crypto import SecretBox
 from hatchway.server.base.errors import ServiceError
-from hatchway.server.base.ratelog import RateLimitedLog
-from hatchway.server.front import limits, sigv4
+from hatchway.server.front import limits, pipeline, sigv4
 from hatchway.server.front.call import INPUT_EXTENSIONS, OPERATIONS, Call
 from hatchway.server.front.identity import (
     credential_lookup,
@@ -37,17 +35,15 @@ from hatchway.server.front.identity import (
     resolve_caller,
     session_token_refusal,
 )
+from hatchway.server.front.pipeline import AuditEntry, outcome_of
 from hatchway.server.gauges import StateCollector
 from hatchway.server.recordings.keeper import Recordings
-from hatchway.server.runtime.audit import audit
 from hatchway.server.runtime.state import STATE_KEY, ServerConfig, ServerState
 from hatchway.server.store import Store
 
 log = logging.getLogger("hatchway.server")
 
 TASKS_KEY = web.AppKey("tasks", list)
-HANDED_BACK = "hatchway.handed_back"
-"""Set on a request an API worker handed back to the primary (which logs it, not the worker)."""
 _JSON_TYPE = "application/x-amz-json-1.1"
 _JSON_SERVICES = {"AmazonSSM": "ssm", "TrentService": "kms"}
 """X-Amz-Target prefix → service (an unknown prefix is SSM's UnknownOperationException)."""
@@ -115,9 +111,6 @@ def scope_regions(region: str, service: str) -> frozenset[str]:
     return frozenset((region,))
 
 
-FAILURES = RateLimitedLog(log)
-"""Failures of API calls, logged once per cause per minute (a full disk failed every call)."""
-
 AUDIT_UNAVAILABLE = "The request was refused: its audit record cannot be written."
 
 
@@ -169,26 +162,20 @@ def _too_large(request: web.Request, request_id: str) -> web.Response:
     return _error_response(_Route("query", service, None, {}), err, request_id)
 
 
+def _json_error(err: ServiceError) -> web.Response:
+    """An API error before the request's protocol is known: AWS JSON 1.1's shape."""
+    status, headers, body = jsonproto.serialize_json_error(err)
+    return web.Response(status=status, body=body, headers=headers)
+
+
 async def handle_api(request: web.Request) -> web.Response:
-    """Any failure outside a handler still answers in AWS's shape (never aiohttp's text)."""
-    started = time.perf_counter()
-    try:
-        response = await _handle_api(request)
-    except Exception as exc:  # a bug must not take the process down
-        FAILURES.failure("internal error before dispatch", exc, where="dispatch")
-        err = ServiceError("InternalFailure", "An internal error occurred.", 500, sender=False)
-        status, headers, body = jsonproto.serialize_json_error(err)
-        response = web.Response(
-            status=status, body=body, headers={**headers, "x-amzn-RequestId": logs.request_id()}
-        )
-    service, _, operation = (logs.OPERATION.get() or "unknown:Unknown").partition(":")
-    metrics.api_call(service, operation, response.status, time.perf_counter() - started)
-    return response
-
-
-async def _handle_api(request: web.Request) -> web.Response:
+    """The AWS API (``POST /``): route by protocol, verify SigV4, resolve the caller,
+    throttle, parse and validate against botocore's model, run the operation. The pipeline
+    (:mod:`hatchway.server.front.pipeline`) commits, audits and shapes errors around it."""
+    outcome = outcome_of(request)
+    outcome.api_call = True
+    outcome.render = _json_error
     state = request.app[STATE_KEY]
-    state.store.begin_call()
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -234,8 +221,15 @@ async def _handle_api(request: web.Request) -> web.Response:
             code, status = sigv4.error_code("unknown_key", route.protocol)
             return _error_response(route, ServiceError(code, message, status), call_id)
     logs.PRINCIPAL.set(caller.arn)
+    # From here the call is audited, whatever its outcome, in its protocol's error shapes.
+    outcome.render = partial(_error_response, route, request_id=call_id)
+    outcome.internal = _internal_error(route)
+    record = AuditEntry(route.service, op.name, caller.arn, caller.user_id, source_ip, call_id)
+    outcome.audit = record
     if not state.throttle.allow(caller.arn):
-        return _throttled(state, route, op.name, caller, source_ip, call_id)
+        # AWS's ThrottlingException (JSON) or Throttling (Query), audited like any refusal.
+        code = "ThrottlingException" if route.protocol == "json" else "Throttling"
+        raise ServiceError(code, "Rate exceeded", 400)
     call = Call(
         state,
         route.service,
@@ -247,177 +241,36 @@ async def _handle_api(request: web.Request) -> web.Response:
         client.secure,
         call_id,
     )
-    params: dict[str, Any] = {}
-    error: ServiceError | None = None
-    try:
-        if not state.audit_log.available():
-            raise _audit_unavailable(route)  # fail closed: nothing runs unaudited
-        if route.protocol == "json":
-            params = jsonproto.parse_json_body(op, body)
-            extension = INPUT_EXTENSIONS.get((route.service, op.name))
-            validate_input(op, params if extension is None else extension(params))
-        else:
-            params = query.parse_query_input(op, route.form)
-            validate_input(op, params, code="ValidationError")
-        if refusal is not None:  # GetSessionToken credentials on an STS call AWS refuses them
-            raise ServiceError("AccessDenied", refusal[1], 403)
-        handler = OPERATIONS.get((route.service, op.name))
-        if handler is None:
-            raise ServiceError(
-                "InvalidAction" if route.protocol == "query" else "UnknownOperationException",
-                f"Hatchway does not implement {op.name}.",
-            )
-        result = await handler(call, params)
-        if route.protocol == "json":
-            response = web.Response(
-                body=jsonproto.serialize_json_output(op, result), content_type=_JSON_TYPE
-            )
-        else:
-            response = web.Response(
-                body=query.serialize_query_output(op, result, call_id), content_type="text/xml"
-            )
-        response.headers["x-amzn-RequestId"] = call_id
-    except ServiceError as exc:
-        error = exc
-        response = _error_response(route, exc, call_id)
-    except Exception as exc:
-        where = f"{route.service}.{op.name}"
-        FAILURES.failure(f"internal error in {where}", exc, where=where)
-        error = _internal_error(route)
-        response = _error_response(route, error, call_id)
-    try:
-        await state.store.settled()  # nothing is answered before its writes are committed
-    except Exception as exc:
-        FAILURES.failure(f"the store could not commit the writes of {call_id}", exc, where="commit")
-        error = _internal_error(route)
-        response = _error_response(route, error, call_id)
-    try:  # after the commit: the record says what the client was answered
-        audit(
-            state,
-            service=route.service,
-            operation=op.name,
-            principal=caller.arn,
-            user_id=caller.user_id,
-            source_ip=source_ip,
-            params=params,
-            decisions=call.decisions,
-            error=error,
-            request_id=call_id,
+    record.decisions = call.decisions
+    if not state.audit_log.available():
+        raise _audit_unavailable(route)  # fail closed: nothing runs unaudited
+    if route.protocol == "json":
+        record.params = jsonproto.parse_json_body(op, body)
+        extension = INPUT_EXTENSIONS.get((route.service, op.name))
+        params = record.params
+        validate_input(op, params if extension is None else extension(params))
+    else:
+        record.params = params = query.parse_query_input(op, route.form)
+        validate_input(op, params, code="ValidationError")
+    if refusal is not None:  # GetSessionToken credentials on an STS call AWS refuses them
+        raise ServiceError("AccessDenied", refusal[1], 403)
+    handler = OPERATIONS.get((route.service, op.name))
+    if handler is None:
+        raise ServiceError(
+            "InvalidAction" if route.protocol == "query" else "UnknownOperationException",
+            f"Hatchway does not implement {op.name}.",
         )
-    except Exception as exc:
-        FAILURES.failure(f"could not write the audit record for {call_id}", exc, where="audit")
-    return response
-
-
-_HTTP_ERRORS = {
-    404: "NotFoundException",
-    405: "MethodNotAllowedException",
-    413: "RequestEntityTooLargeException",
-}
-
-
-@web.middleware
-async def access_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Outermost: gives the request its id (``x-amzn-RequestId`` on every answer that has not
-    been sent yet, the id of its log lines and of its audit record), holds the logging context
-    while the request is served, and writes its access-log line (logger ``hatchway.access``)."""
-    started = time.perf_counter()
-    tokens = [
-        (logs.REQUEST_ID, logs.REQUEST_ID.set(crypto.request_id())),
-        (logs.PRINCIPAL, logs.PRINCIPAL.set(None)),
-        (logs.OPERATION, logs.OPERATION.set(None)),
-        (logs.SESSION_ID, logs.SESSION_ID.set(None)),
-    ]
-    status = 500
-    response: web.StreamResponse | None = None
-    try:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            status = exc.status
-            if not exc.headers.get("x-amzn-RequestId"):
-                exc.headers["x-amzn-RequestId"] = logs.REQUEST_ID.get() or ""
-            raise
-        status = response.status
-        if not response.prepared and "x-amzn-RequestId" not in response.headers:
-            response.headers["x-amzn-RequestId"] = logs.REQUEST_ID.get() or ""
-        return response
-    finally:
-        if logs.access_log.isEnabledFor(logging.INFO) and not request.get(HANDED_BACK):
-            _log_access(request, response, status, time.perf_counter() - started)
-        for var, token in reversed(tokens):
-            var.reset(token)
-
-
-def _log_access(
-    request: web.Request, response: web.StreamResponse | None, status: int, elapsed: float
-) -> None:
-    size = 0
-    if response is not None:
-        if response.prepared:
-            size = response.body_length
-        elif isinstance(response, web.Response) and isinstance(response.body, bytes | bytearray):
-            size = len(response.body)
-    client = limits.client_of(request).address
-    duration_ms = round(elapsed * 1000, 3)
-    logs.access_log.info(
-        '%s "%s %s" %d %dB %.3fms',
-        client,
-        request.method,
-        request.path,
-        status,
-        size,
-        duration_ms,
-        extra={
-            "method": request.method,
-            "path": request.path,
-            "status": status,
-            "bytes": size,
-            "duration_ms": duration_ms,
-            "client": client,
-        },
-    )
-
-
-@web.middleware
-async def aws_shaped_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """What the router or aiohttp refuses (no such path, wrong method, body too large) is
-    answered in AWS's JSON error shape too, never aiohttp's plain text."""
-    try:
-        response: web.StreamResponse = await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = _HTTP_ERRORS.get(exc.status, "ValidationException" if exc.status < 500 else "")
-        if not code:
-            raise
-        return web.json_response({"__type": code, "message": exc.reason}, status=exc.status)
-    return response
-
-
-def _throttled(
-    state: ServerState, route: _Route, operation: str, caller: Any, source_ip: str, call_id: str
-) -> web.Response:
-    """Over the principal's request rate (``--throttle-rate``/``--throttle-burst``): AWS's
-    ``ThrottlingException`` (JSON) or ``Throttling`` (Query), audited like any refusal."""
-    code = "ThrottlingException" if route.protocol == "json" else "Throttling"
-    err = ServiceError(code, "Rate exceeded", 400)
-    try:
-        audit(
-            state,
-            service=route.service,
-            operation=operation,
-            principal=caller.arn,
-            user_id=caller.user_id,
-            source_ip=source_ip,
-            params={},
-            decisions=[],
-            error=err,
-            request_id=call_id,
+    result = await handler(call, params)
+    if route.protocol == "json":
+        response = web.Response(
+            body=jsonproto.serialize_json_output(op, result), content_type=_JSON_TYPE
         )
-    except Exception:
-        log.exception("could not write the audit record for %s", call_id)
-    return _error_response(route, err, call_id)
+    else:
+        response = web.Response(
+            body=query.serialize_query_output(op, result, call_id), content_type="text/xml"
+        )
+    response.headers["x-amzn-RequestId"] = call_id
+    return response
 
 
 async def handle_health(request: web.Request) -> web.Response:
@@ -509,13 +362,22 @@ def open_state(
     return state
 
 
+def add_health_routes(app: web.Application) -> None:
+    app.router.add_get("/health", handle_health, name="hatchway:Health")
+    app.router.add_get("/readyz", handle_readyz, name="hatchway:Readiness")
+
+
+def add_api_route(app: web.Application) -> None:
+    """``POST /``: the AWS API (SSM, KMS, IAM, STS)."""
+    app.router.add_post("/", handle_api, name="hatchway:Api")
+
+
 def create_metrics_app(state: ServerState) -> web.Application:
     """``--metrics-listen``: /metrics, /health and /readyz on their own address."""
-    app = web.Application(middlewares=[access_middleware])
+    app = web.Application(middlewares=pipeline.middlewares(guard=False))
     app[STATE_KEY] = state
-    app.router.add_get("/health", handle_health)
-    app.router.add_get("/readyz", handle_readyz)
-    app.router.add_get("/metrics", handle_metrics)
+    add_health_routes(app)
+    app.router.add_get("/metrics", handle_metrics, name="hatchway:Metrics")
     return app
 
 
@@ -526,19 +388,15 @@ def create_app(state: ServerState) -> web.Application:
     from hatchway.server.relay import datachannel
 
     register_all()
-    app = web.Application(
-        client_max_size=MAX_BODY,
-        middlewares=[access_middleware, limits.guard_middleware, aws_shaped_errors],
-    )
+    app = web.Application(client_max_size=MAX_BODY, middlewares=pipeline.middlewares(guard=True))
     app[STATE_KEY] = state
     app.on_startup.append(_start_background)
     app.on_shutdown.append(_drain)
     app.on_cleanup.append(_stop_background)
-    app.router.add_get("/health", handle_health)
-    app.router.add_get("/readyz", handle_readyz)
+    add_health_routes(app)
     if state.config.metrics_listen is None:
-        app.router.add_get("/metrics", handle_metrics)
-    app.router.add_post("/", handle_api)
+        app.router.add_get("/metrics", handle_metrics, name="hatchway:Metrics")
+    add_api_route(app)
     nodes.add_routes(app, datachannel.reconcile_node)
     datachannel.add_routes(app)
     return app

@@ -31,9 +31,8 @@ from hatchway.server.accounts.bootstrap import create_access_key
 from hatchway.server.awswire.jsonproto import load_document
 from hatchway.server.base import crypto, logs
 from hatchway.server.base.errors import ServiceError
-from hatchway.server.front import limits, sigv4
+from hatchway.server.front import limits, pipeline, sigv4
 from hatchway.server.front.identity import credential_lookup, lookup_key, resolve_caller
-from hatchway.server.runtime.audit import audit
 from hatchway.server.runtime.state import STATE_KEY, ServerState
 from hatchway.server.store import Conflict, Store
 from hatchway.server.store import schema as t
@@ -170,48 +169,24 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
 
 async def handle_register(request: web.Request) -> web.Response:
     """Anonymous (the activation authenticates it): every answer, good or bad, is audited and
-    in AWS's JSON shape; bad input is a 4xx, never an exception."""
+    in AWS's JSON shape; bad input is a 4xx, never an exception. The pipeline
+    (:mod:`hatchway.server.front.pipeline`) commits the credentials before the node holds
+    them, then writes the audit record."""
     state = _state(request)
-    state.store.begin_call()
-    source_ip = limits.client_of(request).address
-    params: dict[str, str] = {}
-    error: ServiceError | None = None
-    response: web.Response
-    try:
-        body = _registration_body(await _read_limited(request, _MAX_REGISTRATION_BODY))
-        params = {k: v for k, v in body.items() if k != "ActivationCode"}
-        response = web.json_response(register_node(state, body))
-    except ServiceError as exc:
-        error = exc
-        response = json_error(exc)
-    except Exception:  # a bug must not answer in aiohttp's text, nor go unaudited
-        log.exception("internal error in a node registration")
-        error = ServiceError("InternalServerError", "An internal error occurred.", 500)
-        response = json_error(error)
-    try:
-        audit(
-            state,
-            service="ssm",
-            operation="RegisterManagedInstance",
-            principal="anonymous",
-            user_id="anonymous",
-            source_ip=source_ip,
-            params=params,
-            decisions=[],
-            error=error,
-            request_id=logs.request_id(),
-        )
-    except Exception:
-        log.exception("could not write the audit record of a node registration")
-    if error is None:
-        try:
-            await state.store.settled()  # the credentials exist before the node holds them
-        except Exception:
-            log.exception("the store could not commit a node's registration")
-            return json_error(
-                ServiceError("InternalServerError", "An internal error occurred.", 500)
-            )
-    return response
+    outcome = pipeline.outcome_of(request)
+    outcome.internal = ServiceError("InternalServerError", "An internal error occurred.", 500)
+    entry = pipeline.AuditEntry(
+        "ssm",
+        "RegisterManagedInstance",
+        "anonymous",
+        "anonymous",
+        limits.client_of(request).address,
+        logs.request_id(),
+    )
+    outcome.audit = entry
+    body = _registration_body(await _read_limited(request, _MAX_REGISTRATION_BODY))
+    entry.params = {k: v for k, v in body.items() if k != "ActivationCode"}
+    return web.json_response(register_node(state, body))
 
 
 def register_node(state: ServerState, body: dict[str, Any]) -> dict[str, Any]:
@@ -418,22 +393,18 @@ def audit_refusal(
     params: dict[str, Any],
     service: str = "ssmmessages",
 ) -> None:
-    """A request refused before anyone was authenticated, audited like any call."""
-    try:
-        audit(
-            state,
-            service=service,
-            operation=operation,
-            principal="anonymous",
-            user_id="anonymous",
-            source_ip=limits.client_of(request).address,
-            params={k: v[:256] for k, v in params.items()},
-            decisions=[],
-            error=error,
-            request_id=logs.request_id(),
-        )
-    except Exception:
-        log.exception("could not audit a refused %s", operation)
+    """A request refused before anyone was authenticated, audited like any call (by the
+    pipeline, once the answer is settled)."""
+    pipeline.outcome_of(request).audit = pipeline.AuditEntry(
+        service,
+        operation,
+        "anonymous",
+        "anonymous",
+        limits.client_of(request).address,
+        logs.request_id(),
+        params={k: v[:256] for k, v in params.items()},
+        error=error,
+    )
 
 
 def upgrade_error(exc: Exception) -> ServiceError:
@@ -640,5 +611,11 @@ def add_routes(app: web.Application, reconcile: Reconcile) -> None:
     the relays of sessions a reconnecting node no longer runs (the data-channel relay's
     ``reconcile_node``, a layer above this one: passed in, not imported)."""
     app[RECONCILE_KEY] = reconcile
-    app.router.add_post("/hatchway/v1/register", handle_register)
-    app.router.add_get("/v1/control-channel/{instance_id}", handle_control_channel)
+    app.router.add_post(
+        "/hatchway/v1/register", handle_register, name="ssm:RegisterManagedInstance"
+    )
+    app.router.add_get(
+        "/v1/control-channel/{instance_id}",
+        handle_control_channel,
+        name="ssmmessages:OpenControlChannel",
+    )

@@ -44,7 +44,7 @@ from typing import Any
 from aiohttp import web
 
 from hatchway.server.base import logs, metrics
-from hatchway.server.front import limits
+from hatchway.server.front import limits, pipeline
 from hatchway.server.runtime.state import STATE_KEY, ServerConfig, ServerState
 from hatchway.ssm import StartSessionMode
 
@@ -487,14 +487,23 @@ class PrimaryLink:
             done.set_result(msg["error"])
 
 
-async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) -> None:
-    from hatchway.server.app import (
-        HANDED_BACK,
-        access_middleware,
-        handle_api,
-        handle_health,
-        open_state,
+def worker_app(state: ServerState, hand_back: pipeline.Handler) -> web.Application:
+    """An API worker's application: the API and /health, through the same pipeline as the
+    primary's; anything else goes back to the primary (``hand_back``)."""
+    from hatchway.server.app import add_api_route, handle_health
+
+    app = web.Application(
+        client_max_size=4 * 1024 * 1024, middlewares=pipeline.middlewares(guard=True)
     )
+    app[STATE_KEY] = state
+    add_api_route(app)
+    app.router.add_get("/health", handle_health, name="hatchway:Health")
+    app.router.add_route("*", "/{tail:.*}", hand_back, name="hatchway:HandBack")
+    return app
+
+
+async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) -> None:
+    from hatchway.server.app import open_state
     from hatchway.server.base.crypto import SecretBox
     from hatchway.server.ops import register_all
     from hatchway.server.process.boot import load_scps, settle_memory
@@ -557,17 +566,10 @@ async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) ->
         finally:
             os.close(dup)
         transport.abort()  # the primary's descriptor keeps the connection open
-        request[HANDED_BACK] = True  # the primary logs it when it serves it
+        request[pipeline.HANDED_BACK] = True  # the primary logs it when it serves it
         return web.Response()
 
-    app = web.Application(
-        client_max_size=4 * 1024 * 1024,
-        middlewares=[access_middleware, limits.guard_middleware],
-    )
-    app[STATE_KEY] = state
-    app.router.add_post("/", handle_api)
-    app.router.add_get("/health", handle_health)
-    app.router.add_route("*", "/{tail:.*}", hand_back)
+    app = worker_app(state, hand_back)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)  # main.SHUTDOWN_TIMEOUT
     await runner.setup()
     runner_box.append(runner)

@@ -671,5 +671,11 @@ def _verify_node_post(state: ServerState, request: web.Request, body: bytes) -> 
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/v1/data-channel/{session_id}", handle_data_channel)
-    app.router.add_post("/v1/data-channel/{session_id}", handle_create_data_channel)
+    app.router.add_get(
+        "/v1/data-channel/{session_id}", handle_data_channel, name="ssmmessages:OpenDataChannel"
+    )
+    app.router.add_post(
+        "/v1/data-channel/{session_id}",
+        handle_create_data_channel,
+        name="ssmmessages:CreateDataChannel",
+    )
