@@ -129,7 +129,7 @@ def imports(root: Path) -> list[Import]:
 
 
 def _private(name: str | None) -> bool:
-    return bool(name) and name.startswith("_") and not name.startswith("__")  # type: ignore[union-attr]
+    return name is not None and name.startswith("_") and not name.startswith("__")
 
 
 def private_names(root: Path) -> list[str]:

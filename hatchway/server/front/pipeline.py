@@ -111,8 +111,9 @@ _HTTP_ERRORS = {
 
 
 def _route_name(request: web.Request) -> tuple[str, str]:
-    """``(service, operation)`` from the route's name (``service:Operation``)."""
-    name = request.match_info.route.name or "hatchway:Unknown"
+    """``(service, operation)``: the API operation being served, else the route's name
+    (``service:Operation``)."""
+    name = logs.OPERATION.get() or request.match_info.route.name or "hatchway:Unknown"
     service, _, operation = name.partition(":")
     return service, operation or "Unknown"
 
@@ -142,7 +143,7 @@ async def call_middleware(request: web.Request, handler: Handler) -> web.StreamR
         error = exc
         response = outcome.render(exc)
     except Exception as exc:  # a bug in an endpoint must not take the process down
-        where = (logs.OPERATION.get() or ":".join(_route_name(request))).replace(":", ".")
+        where = ".".join(_route_name(request))
         FAILURES.failure(f"internal error in {where}", exc, where=where)
         error = failure = outcome.internal
         response = outcome.render(failure)
