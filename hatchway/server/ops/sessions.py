@@ -36,8 +36,8 @@ from hatchway.ssm import (
 )
 from hatchway.ssm.arns import InvalidTarget, document_arn
 from hatchway.ssm.documents import (
-    DEFAULT_PREFERENCES,
     DocumentError,
+    default_preferences,
     interpolate_inputs,
     is_true,
     parse_content,
@@ -117,7 +117,7 @@ def _document(state: ServerState, name: str) -> ResolvedDocument | None:
 def builtin_preferences(state: ServerState) -> ResolvedDocument:
     """What ``SSM-SessionManagerRunShell`` means before the account creates it: AWS's
     defaults (a shell as ``ssm-user``, 20 minutes idle, no logging)."""
-    content = render_content(DEFAULT_PREFERENCES, "JSON")
+    content = render_content(default_preferences(), "JSON")
     return ResolvedDocument(
         DEFAULT_SESSION_DOCUMENT,
         document_arn(DEFAULT_SESSION_DOCUMENT, state.config.region, state.config.account_id),
