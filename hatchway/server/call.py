@@ -18,6 +18,7 @@ from hatchway.server import crypto, metrics
 from hatchway.server.errors import ServiceError, access_denied
 from hatchway.server.identity import Caller
 from hatchway.server.state import ServerState
+from hatchway.server.store import Store
 from hatchway.server.store import schema as t
 
 log = logging.getLogger("hatchway.server.audit")
@@ -58,7 +59,7 @@ class Call:
     decisions: list[Decision] = field(default_factory=list)
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         return self.state.store
 
     @property

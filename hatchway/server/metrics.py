@@ -192,7 +192,7 @@ class StateCollector(Collector):
             labels=["state", "type"],
         )
         tally: Tally[tuple[str, str]] = Tally()
-        for row in store.select(t.sessions, t.sessions.c.status.in_(ACTIVE)):
+        for row in store.sessions(t.sessions.c.status.in_(ACTIVE)):
             data = row["data"] if isinstance(row["data"], dict) else {}
             tally[(row["status"], str(data.get("session_type") or "Standard_Stream"))] += 1
         for (status, kind), n in sorted(tally.items()):

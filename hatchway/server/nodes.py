@@ -32,7 +32,7 @@ from hatchway.server.errors import ServiceError
 from hatchway.server.identity import credential_lookup, lookup_key, resolve_caller
 from hatchway.server.protocol.jsonproto import load_document
 from hatchway.server.state import ServerState
-from hatchway.server.store import Conflict, Store
+from hatchway.server.store import Conflict, SessionRow, Store
 from hatchway.server.store import schema as t
 from hatchway.ssm import target_arn
 
@@ -343,7 +343,7 @@ def verify_signed(state: ServerState, request: web.Request, body: bytes = b"") -
     return resolve_caller(state, entry.row) if entry else None
 
 
-def authenticate_client(state: ServerState, request: web.Request, session: dict[str, Any]) -> Any:
+def authenticate_client(state: ServerState, request: web.Request, session: SessionRow) -> Any:
     """A signed client upgrade: the signer needs ``ssmmessages:OpenDataChannel`` on the
     session's ARN (AWS's 2025 policies grant it on ``session/${aws:userid}-*`` or ``*``)."""
     caller = verify_signed(state, request)
@@ -537,10 +537,11 @@ _COMMAND_TYPES = ("InteractiveCommands", "NonInteractiveCommands")
 def _record_exit(state: ServerState, instance_id: str, data: dict[str, Any]) -> None:
     """The exit code of a session's shell, as the node reports it (kept in Details)."""
     sid = str(data.get("sessionId", ""))
-    row = state.store.get(t.sessions, session_id=sid)
+    row = state.store.session(sid)
     if row is None or row["target"] != instance_id:
         return  # a node can only speak for its own sessions
-    details = dict(row["data"], exit_code=data.get("exitCode"))
+    details = row["data"].copy()
+    details["exit_code"] = data.get("exitCode")
     if not details.get("details"):  # a reason the broker ended it with (idle, max…) stays
         what = "command" if row["data"].get("session_type") in _COMMAND_TYPES else "shell"
         details["details"] = f"The {what} exited with code {data.get('exitCode')}."

@@ -241,9 +241,7 @@ async def deregister_managed_instance(call: Call, params: dict[str, Any]) -> dic
         call.store.bump("nodes", c)  # the broker holding its channel closes it
     call.state.iam_changed()
     reason = DEREGISTERED_REASON.format(iid)
-    live = call.store.select(
-        t.sessions, t.sessions.c.target == iid, t.sessions.c.status.in_(ACTIVE)
-    )
+    live = call.store.sessions(t.sessions.c.target == iid, t.sessions.c.status.in_(ACTIVE))
     await end_sessions(call.state, live, reason)
     await close_channel(call.state, iid)
     return {}
