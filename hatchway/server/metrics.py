@@ -212,7 +212,7 @@ class StateCollector(Collector):
             labels=["ping_status"],
         )
         pings: Tally[str] = Tally({"Online": 0, "ConnectionLost": 0, "Inactive": 0})
-        for row in store.select(t.instances):
+        for row in store.nodes():
             pings[ping_status(state, row)] += 1
         for status, n in sorted(pings.items()):
             nodes.add_metric([status], n)

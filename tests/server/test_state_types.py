@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is_typeddict
 
 import pytest
-from conftest import Agent, Broker, start_agent, start_broker, stop_broker
+from conftest import Agent, Broker, allow_instance_id, start_agent, start_broker, stop_broker
 
 from hatchway.server.crypto import SecretBox
 from hatchway.server.state import ServerConfig, ServerState
-from hatchway.server.store import SessionData, SessionRow, Store
+from hatchway.server.store import NodeRow, SessionData, SessionRow, Store
 from hatchway.server.store import schema as t
 
 TARGET = "i-0a7e5c0ffee123456"
@@ -67,8 +67,9 @@ def test_the_any_finder_finds_any() -> None:
     assert _anys(dict[str, list[int]] | None, "x") == []
 
 
-def test_session_row_has_the_table_columns() -> None:
+def test_typed_rows_have_their_table_columns() -> None:
     assert set(get_type_hints(SessionRow)) == set(t.sessions.c.keys())
+    assert set(get_type_hints(NodeRow)) == set(t.instances.c.keys())
 
 
 def _conforms(value: object, hint: object, where: str) -> list[str]:
@@ -140,7 +141,11 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 @pytest.fixture(scope="module")
 def node(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
-    a = start_agent(broker, tmp_path_factory.mktemp("node") / "state", TARGET)
+    activation = broker.client("ssm").create_activation(
+        IamRole="SSMServiceRole", Tags=[{"Key": "team", "Value": "a"}]
+    )
+    allow_instance_id(broker, activation["ActivationId"], TARGET)
+    a = start_agent(broker, tmp_path_factory.mktemp("node") / "state", TARGET, activation)
     yield a
     a.stop()
 
@@ -177,5 +182,19 @@ def test_session_rows_a_broker_writes_are_session_records(broker: Broker, node: 
         assert data["exit_code"] == 3 and data["reason"] == "typed records"
         assert data["session_type"] == "NonInteractiveCommands"
         assert store.session(shell) == next(r for r in rows if r["session_id"] == shell)
+    finally:
+        store.close()
+
+
+def test_node_rows_a_broker_writes_are_node_records(broker: Broker, node: Agent) -> None:
+    """The node registered with a tagged activation (boto3) and connected."""
+    store = Store(f"sqlite:///{broker.data_dir / 'hatchway.db'}")
+    try:
+        (row,) = store.nodes()
+        assert set(row) == set(get_type_hints(NodeRow))
+        assert _conforms(row, NodeRow, TARGET) == []
+        assert row["data"]["connected"] is True
+        assert row["data"]["tags"] == [{"Key": "team", "Value": "a"}]
+        assert store.node(TARGET) == row
     finally:
         store.close()

@@ -15,6 +15,7 @@ from hatchway.server.errors import ServiceError
 from hatchway.server.nodes import close_channel, is_ec2_style_id, ping_status
 from hatchway.server.ops.paging import page
 from hatchway.server.ops.sessions import ACTIVE, end_sessions
+from hatchway.server.store import NodeRow
 from hatchway.server.store import schema as t
 from hatchway.ssm import target_arn
 
@@ -122,7 +123,7 @@ async def delete_activation(call: Call, params: dict[str, Any]) -> dict[str, Any
     return {}
 
 
-def _instance_out(call: Call, row: dict[str, Any]) -> dict[str, Any]:
+def _instance_out(call: Call, row: NodeRow) -> dict[str, Any]:
     d = row["data"]
     iid = row["instance_id"]
     managed = iid.startswith("mi-")
@@ -188,9 +189,7 @@ async def describe_instance_information(call: Call, params: dict[str, Any]) -> d
             "InvalidFilterKey", "InstanceInformationFilterList and Filters cannot be used together."
         )
     rows = [
-        r
-        for r in call.store.select(t.instances, order_by=[t.instances.c.registered])
-        if not r["deregistered"]
+        r for r in call.store.nodes(order_by=[t.instances.c.registered]) if not r["deregistered"]
     ]
     items = [(_instance_out(call, r), iamdata.tags_dict(r)) for r in rows]
     filters = [(f["key"], f["valueSet"]) for f in params.get("InstanceInformationFilterList") or []]
@@ -230,7 +229,7 @@ async def deregister_managed_instance(call: Call, params: dict[str, Any]) -> dic
         "ssm:DeregisterManagedInstance",
         target_arn(iid, call.region, call.account) if iid.startswith(("mi-", "i-")) else "*",
     )
-    row = call.store.get(t.instances, instance_id=iid)
+    row = call.store.node(iid)
     if row is None or row["deregistered"]:
         raise ServiceError("InvalidInstanceId", "Instance Id is invalid")
     with call.store.transaction() as c:

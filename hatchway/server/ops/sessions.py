@@ -26,7 +26,7 @@ from hatchway.server.nodes import close_channel, ping_status
 from hatchway.server.ops.documents import ResolvedDocument, load_document
 from hatchway.server.ops.paging import page
 from hatchway.server.state import ServerState, stream_url
-from hatchway.server.store import Conflict, SessionData, SessionRow
+from hatchway.server.store import Conflict, NodeRow, SessionData, SessionRow
 from hatchway.server.store import schema as t
 from hatchway.ssm import (
     DEFAULT_SESSION_DOCUMENT,
@@ -133,20 +133,18 @@ def builtin_preferences(state: ServerState) -> ResolvedDocument:
     )
 
 
-def find_node(state: ServerState, target: str) -> dict[str, Any] | None:
+def find_node(state: ServerState, target: str) -> NodeRow | None:
     """The registered node ``target`` names: the exact id, else the one id that equals it
     ignoring case (ssh's ``%h`` is lowercased, so AWS's ``ProxyCommand`` recipe sends
     ``i-02573cafcfexample`` for ``i-02573cafcfEXAMPLE``; AWS resolves it)."""
-    node = state.store.get(t.instances, instance_id=target)
+    node = state.store.node(target)
     if node is not None:
         return node
-    matches = state.store.select(
-        t.instances, func.lower(t.instances.c.instance_id) == target.lower(), limit=2
-    )
+    matches = state.store.nodes(func.lower(t.instances.c.instance_id) == target.lower(), limit=2)
     return matches[0] if len(matches) == 1 else None
 
 
-def _tags(row: dict[str, Any] | None) -> dict[str, str]:
+def _tags(row: NodeRow | None) -> dict[str, str]:
     if row is None:
         return {}
     return {x["Key"]: x["Value"] for x in row["data"].get("tags", [])}
@@ -522,7 +520,7 @@ async def get_connection_status(call: Call, params: dict[str, Any]) -> dict[str,
         arn = target_arn(target, call.region, call.account)
     except InvalidTarget:
         arn = "*"
-    node = call.store.get(t.instances, instance_id=target)
+    node = call.store.node(target)
     call.authorize(
         "ssm:GetConnectionStatus",
         arn,

@@ -47,3 +47,34 @@ class SessionRow(TypedDict):
     end_date: datetime | None
     document_name: str
     data: SessionData
+
+
+class Tag(TypedDict):
+    Key: str
+    Value: str
+
+
+class NodeData(TypedDict, total=False):
+    """``hw_instances.data``: what the node said when it registered and last connected."""
+
+    name: str  # the activation's DefaultInstanceName, else the node's computer name
+    iam_role: str  # the activation's IamRole, the role the node acts as
+    tags: list[Tag]  # the activation's tags, then AddTagsToResource's
+    computer_name: str
+    platform_name: str
+    platform_version: str
+    ip_address: str
+    agent_name: str
+    agent_version: str
+    connected: bool  # its control channel is open (on some broker)
+
+
+class NodeRow(TypedDict):
+    """A row of ``hw_instances``: a registered (or deregistered) managed node."""
+
+    instance_id: str
+    activation_id: str | None
+    registered: datetime
+    last_ping: datetime | None
+    deregistered: bool
+    data: NodeData

@@ -57,7 +57,7 @@ from hatchway.server.store.groupcommit import GroupCommit
 from hatchway.server.store.groupcommit import begin_call as _begin_call
 from hatchway.server.store.invalidation import Invalidation, ensure_domains
 from hatchway.server.store.migrations import migrate
-from hatchway.server.store.records import SessionRow
+from hatchway.server.store.records import NodeRow, SessionRow
 
 __all__ = ["Conflict", "DriverMissing", "Record", "Store"]
 
@@ -289,7 +289,25 @@ class Store:
         if self._direct is not None:
             self.connections.lock_path = f"{self.engine.url.database}-hwlock"
 
-    # -- sessions, typed ----------------------------------------------------------------
+    # -- typed records (see .records) ---------------------------------------------------
+
+    def node(self, instance_id: str, conn: Connection | None = None) -> NodeRow | None:
+        """The node's row (``hw_instances``), typed."""
+        return cast("NodeRow | None", self.get(schema.instances, conn, instance_id=instance_id))
+
+    def nodes(
+        self,
+        *where: ColumnElement[bool],
+        order_by: Sequence[Any] = (),
+        limit: int | None = None,
+        conn: Connection | None = None,
+        **keys: Any,
+    ) -> list[NodeRow]:
+        """Nodes' rows (``hw_instances``) matching ``where`` and ``keys``, typed."""
+        rows = self.select(
+            schema.instances, *where, order_by=order_by, limit=limit, conn=conn, **keys
+        )
+        return cast("list[NodeRow]", rows)
 
     def session(self, session_id: str, conn: Connection | None = None) -> SessionRow | None:
         """The session's row (``hw_sessions``), typed."""
