@@ -22,7 +22,7 @@ import click
 from hatchway.server.recordings import asciicast
 from hatchway.server.recordings import keeper as recordings
 from hatchway.server.runtime.state import ServerConfig
-from hatchway.server.store import Store
+from hatchway.server.store import SessionRow, Store
 from hatchway.server.store import schema as t
 
 _STATES = {
@@ -51,8 +51,8 @@ def sessions() -> None:
     """Session history and recordings (asciicast v2) kept by the broker."""
 
 
-def _session(store: Store, session_id: str) -> dict[str, Any]:
-    row = store.get(t.sessions, session_id=session_id)
+def _session(store: Store, session_id: str) -> SessionRow:
+    row = store.session(session_id)
     if row is None:
         raise click.ClickException(f"Session {session_id} does not exist.")
     return row
@@ -79,7 +79,7 @@ def list_cmd(data_dir: Path, database_url: str | None, state: str, limit: int, o
     """Sessions, newest first, with the size of their recordings."""
     store = _store(data_dir, database_url)
     conds = [t.sessions.c.status.in_(_STATES[state])] if state in _STATES else []
-    rows = store.select(t.sessions, *conds, order_by=[t.sessions.c.start_date.desc()], limit=limit)
+    rows = store.sessions(*conds, order_by=[t.sessions.c.start_date.desc()], limit=limit)
     sizes = recordings.sizes(store)
     store.close()
     for row in rows:

@@ -36,7 +36,7 @@ class StateCollector(Collector):
             labels=["state", "type"],
         )
         tally: Tally[tuple[str, str]] = Tally()
-        for row in store.select(t.sessions, t.sessions.c.status.in_(ACTIVE)):
+        for row in store.sessions(t.sessions.c.status.in_(ACTIVE)):
             data = row["data"] if isinstance(row["data"], dict) else {}
             tally[(row["status"], str(data.get("session_type") or "Standard_Stream"))] += 1
         for (status, kind), n in sorted(tally.items()):
@@ -56,7 +56,7 @@ class StateCollector(Collector):
             labels=["ping_status"],
         )
         pings: Tally[str] = Tally({"Online": 0, "ConnectionLost": 0, "Inactive": 0})
-        for row in store.select(t.instances):
+        for row in store.nodes():
             pings[ping_status(state, row)] += 1
         for status, n in sorted(pings.items()):
             nodes.add_metric([status], n)

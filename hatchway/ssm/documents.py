@@ -1,11 +1,12 @@
-"""SSM documents: parsing, format conversion, Session-document schema, parameters. Pure: no I/O.
+"""SSM documents: parsing, format conversion, Session-document schema, parameters.
 
 * :func:`parse_content` / :func:`render_content` read and write document content as JSON or
   YAML (``DocumentFormat``), :func:`convert_content` converts between them.
 * :func:`validate_document` checks a parsed document for its ``DocumentType``; Session
   documents (``schemaVersion "1.0"``) get the full schema of ssm-spec section 4.
-* :data:`AWS_DOCUMENTS` holds the AWS-owned Session documents and :data:`DEFAULT_PREFERENCES`
-  the content ``SSM-SessionManagerRunShell`` starts with.
+* :func:`aws_documents` returns the AWS-owned documents and :func:`default_preferences` the
+  content ``SSM-SessionManagerRunShell`` starts with, both read from the package's data files
+  (hatchway/ssm/data/documents/, the only I/O of this module).
 * :func:`validate_parameters` checks ``StartSession.Parameters`` against a document's
   parameter definitions and applies defaults; :func:`interpolate` replaces ``{{ name }}``.
 
@@ -14,6 +15,7 @@ Errors are :class:`DocumentError` values carrying AWS's error code and a message
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -22,6 +24,8 @@ import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import resources
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -29,8 +33,6 @@ import yaml
 from hatchway.ssm.patterns import PatternError, compile_pattern, pattern_matches
 
 __all__ = [
-    "AWS_DOCUMENTS",
-    "DEFAULT_PREFERENCES",
     "DEFAULT_PREFERENCES_DESCRIPTION",
     "FORMATS",
     "MAX_CONTENT_BYTES",
@@ -39,11 +41,13 @@ __all__ = [
     "AwsDocument",
     "DocumentError",
     "arithmetic_spans",
+    "aws_documents",
     "check_document_arithmetic",
     "check_format",
     "check_shell_arithmetic",
     "content_hash",
     "convert_content",
+    "default_preferences",
     "interpolate",
     "interpolate_inputs",
     "interpolate_properties",
@@ -1069,19 +1073,16 @@ def validate_tag(key: str, value: str | None = None) -> str | None:
 
 
 # -- AWS-owned documents and the default preferences ------------------------------------------
+#
+# They are data, not code: hatchway/ssm/data/documents/<Name>.json holds each document's content
+# as AWS publishes it (the text stored and returned by GetDocument, byte for byte), index.json
+# their nominal dates and types, SSM-SessionManagerRunShell.json the default preferences. Read
+# with importlib.resources on first use (the wheel carries them as package data).
 
-_PORT = (
-    "^([1-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
-)
-_LOCAL_PORT = (
-    "^([0-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
-)
-
-
-_REMOTE_DESCRIPTION = (
-    "Document to start port forwarding session over Session Manager to a remote host"
-)
-_HOST_DESCRIPTION = "(Optional) Hostname or IP address of the destination server"
+_DATA = ("data", "documents")
+_INDEX = "index.json"
+_PREFERENCES_FILE = "SSM-SessionManagerRunShell.json"
+DEFAULT_PREFERENCES_DESCRIPTION = "Document to hold regional settings for Session Manager"
 
 
 @dataclass(frozen=True)
@@ -1099,276 +1100,37 @@ class AwsDocument:
         return parse_content(self.content, "JSON")
 
 
-def _doc(
-    name: str, created: str, body: dict[str, Any], document_type: str = "Session"
-) -> AwsDocument:
-    return AwsDocument(
-        name,
-        json.dumps(body, indent=2),
-        datetime.fromisoformat(created).replace(tzinfo=UTC),
-        document_type,
+def _data_text(name: str) -> str:
+    """A file of hatchway/ssm/data/documents, without its final newline."""
+    path = resources.files("hatchway.ssm").joinpath(*_DATA, name)
+    return path.read_text(encoding="utf-8").removesuffix("\n")
+
+
+@functools.cache
+def aws_documents() -> Mapping[str, AwsDocument]:
+    """The AWS-owned documents the broker serves, by name (read once, then kept)."""
+    index = json.loads(_data_text(_INDEX))
+    return MappingProxyType(
+        {
+            name: AwsDocument(
+                name,
+                _data_text(f"{name}.json"),
+                datetime.fromisoformat(meta["created"]).astimezone(UTC),
+                meta["documentType"],
+            )
+            for name, meta in index.items()
+        }
     )
 
 
-def _local_port_param() -> dict[str, Any]:
-    return {
-        "type": "String",
-        "description": "(Optional) Port number on local machine to forward "
-        "traffic to. An open port is chosen at run-time if not provided",
-        "allowedPattern": _LOCAL_PORT,
-        "default": "0",
-    }
+@functools.cache
+def _preferences_text() -> str:
+    return _data_text(_PREFERENCES_FILE)
 
 
-def _command_properties(session_type: str) -> dict[str, Any]:
-    """AWS-StartInteractiveCommand / AWS-StartNonInteractiveCommand. The non-interactive one
-    also takes ``separateOutputStream`` (``true``/``false``, default ``false``),
-    ``stdoutSeparatorPrefix`` and ``stderrSeparatorPrefix``, mapped onto the agent's
-    ``separateOutputStream`` / ``stdOutSeparatorPrefix`` / ``stdErrSeparatorPrefix``
-    (aws/amazon-ssm-agent agent/session/contracts/model.go; docs/compatibility.md)."""
-    interactive = session_type == "InteractiveCommands"
-    parameters: dict[str, Any] = {
-        "command": {"type": "String", "description": "The command to run on the instance"}
-    }
-    platform: dict[str, Any] = {"commands": "{{command}}", "runAsElevated": False}
-    if not interactive:
-        parameters.update(
-            {
-                "separateOutputStream": {
-                    "type": "String",
-                    "description": "(Optional) Whether to send stdout and stderr apart "
-                    "(and the exit code)",
-                    "allowedValues": ["true", "false"],
-                    "default": "false",
-                },
-                "stdoutSeparatorPrefix": {
-                    "type": "String",
-                    "description": "(Optional) Prefix of every stdout line when "
-                    "separateOutputStream is true",
-                    "default": "",
-                },
-                "stderrSeparatorPrefix": {
-                    "type": "String",
-                    "description": "(Optional) Prefix of every stderr line when "
-                    "separateOutputStream is true",
-                    "default": "",
-                },
-            }
-        )
-        platform.update(
-            {
-                "separateOutputStream": "{{separateOutputStream}}",
-                "stdOutSeparatorPrefix": "{{stdoutSeparatorPrefix}}",
-                "stdErrSeparatorPrefix": "{{stderrSeparatorPrefix}}",
-            }
-        )
-    return {
-        "schemaVersion": "1.0",
-        "description": "Document to run single interactive command on an instance"
-        if interactive
-        else "Document to run single non-interactive command on an instance",
-        "sessionType": session_type,
-        "parameters": parameters,
-        "properties": {os_name: dict(platform) for os_name in ("windows", "linux", "macos")},
-    }
-
-
-_PASSWORD_RESET = {
-    "schemaVersion": "1.0",
-    "description": "Document to reset a user's password on an instance",
-    "sessionType": "InteractiveCommands",
-    "parameters": {
-        "username": {
-            "type": "String",
-            "description": "The username for which the password needs to be reset on an instance",
-            "allowedPattern": "^[a-zA-Z0-9\\_.@-]*$",
-            "minChars": 1,
-            "maxChars": 256,
-        }
-    },
-    "properties": {
-        "windows": {"commands": "net user {{username}} *", "runAsElevated": True},
-        "linux": {"commands": "passwd {{username}}", "runAsElevated": True},
-        "macos": {"commands": "passwd {{username}}", "runAsElevated": True},
-    },
-}
-
-_TO_SOCKET = {
-    "schemaVersion": "1.0",
-    "description": "Document to start port forwarding session over Session Manager to a "
-    "local unix socket",
-    "sessionType": "Port",
-    "parameters": {
-        "portNumber": {
-            "type": "String",
-            "description": "(Optional) Port number of the server on the instance",
-            "allowedPattern": _PORT,
-            "default": "80",
-        },
-        "localUnixSocket": {
-            "type": "String",
-            "description": "(Required) Unix socket path on local machine to forward traffic to",
-        },
-    },
-    "properties": {
-        "portNumber": "{{ portNumber }}",
-        "type": "LocalPortForwarding",
-        "localUnixSocket": "{{ localUnixSocket }}",
-        "localConnectionType": "unix",
-    },
-}
-
-_RUN_SHELL_SCRIPT = {
-    "schemaVersion": "1.2",
-    "description": "Run a shell script or specify the commands to run.",
-    "parameters": {
-        "commands": {
-            "type": "StringList",
-            "description": "(Required) Specify a shell script or a command to run.",
-            "minItems": 1,
-            "displayType": "textarea",
-        },
-        "workingDirectory": {
-            "type": "String",
-            "default": "",
-            "description": "(Optional) The path to the working directory on your instance.",
-            "maxChars": 4096,
-        },
-        "executionTimeout": {
-            "type": "String",
-            "default": "3600",
-            "description": "(Optional) The time in seconds for a command to complete before it "
-            "is considered to have failed. Default is 3600 (1 hour). Maximum is 172800 "
-            "(48 hours).",
-            "allowedPattern": "([1-9][0-9]{0,4})|(1[0-6][0-9]{4})|(17[0-1][0-9]{3})|"
-            "(172[0-7][0-9]{2})|(172800)",
-        },
-    },
-    "runtimeConfig": {
-        "aws:runShellScript": {
-            "properties": [
-                {
-                    "id": "0.aws:runShellScript",
-                    "runCommand": "{{ commands }}",
-                    "workingDirectory": "{{ workingDirectory }}",
-                    "timeoutSeconds": "{{ executionTimeout }}",
-                }
-            ]
-        }
-    },
-}
-
-
-AWS_DOCUMENTS: dict[str, AwsDocument] = {
-    d.name: d
-    for d in (
-        _doc(
-            "AWS-StartSSHSession",
-            "2019-06-13T00:00:00",
-            {
-                "schemaVersion": "1.0",
-                "description": "Document to start SSH session over Session Manager",
-                "sessionType": "Port",
-                "parameters": {
-                    "portNumber": {
-                        "type": "String",
-                        "description": "(Optional) Port number of SSH server on the instance",
-                        "allowedPattern": _PORT,
-                        "default": "22",
-                    }
-                },
-                "properties": {"portNumber": "{{ portNumber }}"},
-            },
-        ),
-        _doc(
-            "AWS-StartPortForwardingSession",
-            "2018-11-16T00:00:00",
-            {
-                "schemaVersion": "1.0",
-                "description": "Document to start port forwarding session over Session Manager",
-                "sessionType": "Port",
-                "parameters": {
-                    "portNumber": {
-                        "type": "String",
-                        "description": "(Optional) Port number of the server on the instance",
-                        "allowedPattern": _PORT,
-                        "default": "80",
-                    },
-                    "localPortNumber": _local_port_param(),
-                },
-                "properties": {
-                    "portNumber": "{{ portNumber }}",
-                    "type": "LocalPortForwarding",
-                    "localPortNumber": "{{ localPortNumber }}",
-                },
-            },
-        ),
-        _doc(
-            "AWS-StartPortForwardingSessionToRemoteHost",
-            "2022-05-25T00:00:00",
-            {
-                "schemaVersion": "1.0",
-                "description": _REMOTE_DESCRIPTION,
-                "sessionType": "Port",
-                "parameters": {
-                    "host": {
-                        "type": "String",
-                        "description": _HOST_DESCRIPTION,
-                        "allowedPattern": "^[^,$^&\\(\\)!;'\"<>\\`{}\\[\\]\\|#=]{3,}$",
-                        "default": "localhost",
-                    },
-                    "portNumber": {
-                        "type": "String",
-                        "description": "(Optional) Port number of the server on the instance",
-                        "allowedPattern": _PORT,
-                        "default": "80",
-                    },
-                    "localPortNumber": _local_port_param(),
-                },
-                "properties": {
-                    "portNumber": "{{ portNumber }}",
-                    "type": "LocalPortForwarding",
-                    "localPortNumber": "{{ localPortNumber }}",
-                    "host": "{{ host }}",
-                },
-            },
-        ),
-        _doc(
-            "AWS-StartInteractiveCommand",
-            "2020-02-20T00:00:00",
-            _command_properties("InteractiveCommands"),
-        ),
-        _doc(
-            "AWS-StartNonInteractiveCommand",
-            "2022-03-16T00:00:00",
-            _command_properties("NonInteractiveCommands"),
-        ),
-        _doc("AWS-StartPortForwardingSessionToSocket", "2022-08-25T00:00:00", _TO_SOCKET),
-        _doc("AWS-PasswordReset", "2020-12-01T00:00:00", _PASSWORD_RESET),
-        _doc("AWS-RunShellScript", "2017-08-31T00:00:00", _RUN_SHELL_SCRIPT, "Command"),
-    )
-}
-
-DEFAULT_PREFERENCES_DESCRIPTION = "Document to hold regional settings for Session Manager"
-
-#: Content ``SSM-SessionManagerRunShell`` starts with: a shell as ``ssm-user``, 20 minutes idle
-#: timeout, no maximum duration, no logging, no KMS encryption, no Run As.
-DEFAULT_PREFERENCES: dict[str, Any] = {
-    "schemaVersion": "1.0",
-    "description": DEFAULT_PREFERENCES_DESCRIPTION,
-    "sessionType": "Standard_Stream",
-    "inputs": {
-        "s3BucketName": "",
-        "s3KeyPrefix": "",
-        "s3EncryptionEnabled": True,
-        "cloudWatchLogGroupName": "",
-        "cloudWatchEncryptionEnabled": True,
-        "cloudWatchStreamingEnabled": False,
-        "kmsKeyId": "",
-        "runAsEnabled": False,
-        "runAsDefaultUser": "",
-        "idleSessionTimeout": "20",
-        "maxSessionDuration": "",
-        "shellProfile": {"windows": "", "linux": ""},
-    },
-}
+def default_preferences() -> dict[str, Any]:
+    """Content ``SSM-SessionManagerRunShell`` starts with (a fresh copy): a shell as
+    ``ssm-user``, 20 minutes idle timeout, no maximum duration, no logging, no KMS encryption,
+    no Run As."""
+    doc: dict[str, Any] = json.loads(_preferences_text())
+    return doc

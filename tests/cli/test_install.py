@@ -99,6 +99,29 @@ def test_wheel_holds_every_package_file(wheel: Path) -> None:
     assert any(re.search(r"psycopg.*extra == ['\"]postgresql", r) for r in requires), requires
 
 
+def test_wheel_carries_the_aws_documents(wheel: Path, installed: Path, tmp_path: Path) -> None:
+    """AWS-owned documents are package data: the wheel holds their files, and the installed
+    package (not this source tree) loads every one and validates it."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    folder = ROOT / "hatchway" / "ssm" / "data" / "documents"
+    wanted = {f"hatchway/ssm/data/documents/{p.name}" for p in folder.glob("*.json")}
+    assert "hatchway/ssm/data/documents/AWS-StartSSHSession.json" in wanted
+    assert wanted <= names, sorted(wanted - names)
+    script = (
+        "import json, hatchway.ssm.documents as sd\n"
+        "docs = sd.aws_documents()\n"
+        "for d in docs.values(): sd.validate_document(d.document, d.document_type)\n"
+        "sd.validate_document(sd.default_preferences(), 'Session')\n"
+        "print(json.dumps({'file': sd.__file__, 'names': sorted(docs)}))\n"
+    )
+    out = _run(installed / "python", "-c", script, cwd=tmp_path, env=_clean_env())
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    assert found["file"].startswith(str(installed.parent)), found["file"]
+    assert len(found["names"]) == len(wanted) - 2  # index.json, SSM-SessionManagerRunShell.json
+    assert "AWS-StartPortForwardingSession" in found["names"]
+
+
 def test_installed_commands(installed: Path) -> None:
     env = _clean_env()
     version = _run(installed / "hatchway", "--version", env=env)

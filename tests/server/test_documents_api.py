@@ -15,7 +15,7 @@ from hatchway.ssm import documents as sd
 
 Broker = Any  # tests/server/conftest.py's Broker (conftest modules are not imported)
 ACCOUNT = "123456789012"  # the account the conftest broker runs with
-AWS_OWNED = sorted(sd.AWS_DOCUMENTS)
+AWS_OWNED = sorted(sd.aws_documents())
 RUN_SHELL = "SSM-SessionManagerRunShell"
 
 
@@ -104,7 +104,7 @@ def test_aws_owned_documents_are_listed_with_owner_amazon(ssm: Any) -> None:
     assert names == AWS_OWNED
     for d in got["DocumentIdentifiers"]:
         assert d["Owner"] == "Amazon"
-        kind = sd.AWS_DOCUMENTS[d["Name"]].document_type
+        kind = sd.aws_documents()[d["Name"]].document_type
         assert d["DocumentType"] == kind
         assert d["SchemaVersion"] == ("1.0" if kind == "Session" else "1.2")
         assert d["DocumentFormat"] == "JSON"
@@ -121,7 +121,7 @@ def test_aws_owned_documents_are_listed_with_owner_amazon(ssm: Any) -> None:
     ]
     assert ssh["PlatformTypes"] == ["Windows", "Linux", "MacOS"]
     content = ssm.get_document(Name="AWS-StartPortForwardingSession")["Content"]
-    assert json.loads(content) == sd.AWS_DOCUMENTS["AWS-StartPortForwardingSession"].document
+    assert json.loads(content) == sd.aws_documents()["AWS-StartPortForwardingSession"].document
     by_arn = ssm.get_document(Name="arn:aws:ssm:us-east-1::document/AWS-StartSSHSession")
     assert by_arn["Name"] == "AWS-StartSSHSession"
 
@@ -166,7 +166,7 @@ def test_preferences_document_absent_until_created_then_updatable(ssm: Any) -> N
     assert error(exc) == ("InvalidDocument", "No matching value was found for Name.")
     mine = ssm.list_documents(Filters=[{"Key": "Owner", "Values": ["Self"]}])
     assert RUN_SHELL not in [x["Name"] for x in mine["DocumentIdentifiers"]]
-    content = sd.render_content(sd.DEFAULT_PREFERENCES, "JSON")
+    content = sd.render_content(sd.default_preferences(), "JSON")
     ssm.create_document(Name=RUN_SHELL, Content=content, DocumentType="Session")
     d = ssm.describe_document(Name=RUN_SHELL)["Document"]
     assert d["Owner"] == ACCOUNT and d["DocumentType"] == "Session"
@@ -721,7 +721,7 @@ def _old_broker_seed(data_dir: Path, *, edit: bool) -> None:
             store,
             RUN_SHELL,
             ACCOUNT,
-            sd.render_content(sd.DEFAULT_PREFERENCES, "JSON"),
+            sd.render_content(sd.default_preferences(), "JSON"),
             datetime.now(UTC),
         )
         store.meta_set("seeded:" + RUN_SHELL, "1")
@@ -752,7 +752,7 @@ def test_a_seeded_never_edited_preferences_copy_goes_away(tmp_path: Path, edited
             with pytest.raises(ClientError) as exc:
                 ssm.describe_document(Name=RUN_SHELL)
             assert error(exc)[0] == "InvalidDocument"
-            content = sd.render_content(sd.DEFAULT_PREFERENCES, "JSON")
+            content = sd.render_content(sd.default_preferences(), "JSON")
             ssm.create_document(Name=RUN_SHELL, Content=content, DocumentType="Session")
             stop_broker(b)
             b = start_broker(data)  # the migration runs once: a created copy stays

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from importlib import resources
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ SHELL: dict[str, Any] = {
     "sessionType": "Standard_Stream",
     "inputs": {"idleSessionTimeout": "30", "runAsEnabled": True, "runAsDefaultUser": "ec2-user"},
 }
-PORT: dict[str, Any] = sd.AWS_DOCUMENTS["AWS-StartPortForwardingSession"].document
+PORT: dict[str, Any] = sd.aws_documents()["AWS-StartPortForwardingSession"].document
 
 
 def with_(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -35,8 +36,8 @@ def with_(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 VALID = [
     SHELL,
-    sd.DEFAULT_PREFERENCES,
-    *(d.document for d in sd.AWS_DOCUMENTS.values() if d.document_type == "Session"),
+    sd.default_preferences(),
+    *(d.document for d in sd.aws_documents().values() if d.document_type == "Session"),
     with_(SHELL, "inputs.idleSessionTimeout", "1"),
     with_(SHELL, "inputs.idleSessionTimeout", "60"),
     with_(SHELL, "inputs.maxSessionDuration", "1440"),
@@ -197,11 +198,11 @@ def test_unparseable_content(content: str, fmt: str, fragment: str) -> None:
 
 
 def test_yaml_and_json_round_trip() -> None:
-    yaml_text = sd.render_content(sd.DEFAULT_PREFERENCES, "YAML")
+    yaml_text = sd.render_content(sd.default_preferences(), "YAML")
     assert "sessionType: Standard_Stream" in yaml_text
-    assert sd.parse_content(yaml_text, "YAML") == sd.DEFAULT_PREFERENCES
+    assert sd.parse_content(yaml_text, "YAML") == sd.default_preferences()
     json_text = sd.convert_content(yaml_text, "YAML", "JSON")
-    assert json.loads(json_text) == sd.DEFAULT_PREFERENCES
+    assert json.loads(json_text) == sd.default_preferences()
     assert sd.convert_content(json_text, "JSON", "JSON") is json_text
     # YAML keeps a float schemaVersion and unquoted dates readable
     doc = sd.parse_content(
@@ -247,7 +248,7 @@ def test_summaries() -> None:
 
 
 def test_aws_documents_and_default_preferences() -> None:
-    assert set(sd.AWS_DOCUMENTS) == {
+    assert set(sd.aws_documents()) == {
         "AWS-StartSSHSession",
         "AWS-StartPortForwardingSession",
         "AWS-StartPortForwardingSessionToRemoteHost",
@@ -257,20 +258,43 @@ def test_aws_documents_and_default_preferences() -> None:
         "AWS-PasswordReset",
         "AWS-RunShellScript",
     }
-    assert {n for n, d in sd.AWS_DOCUMENTS.items() if d.document_type != "Session"} == {
+    assert {n for n, d in sd.aws_documents().items() if d.document_type != "Session"} == {
         "AWS-RunShellScript"
     }
-    ssh = sd.AWS_DOCUMENTS["AWS-StartSSHSession"].document
+    ssh = sd.aws_documents()["AWS-StartSSHSession"].document
     assert ssh["sessionType"] == "Port" and ssh["parameters"]["portNumber"]["default"] == "22"
-    prefs = sd.DEFAULT_PREFERENCES
+    prefs = sd.default_preferences()
     assert prefs["sessionType"] == "Standard_Stream"
     assert prefs["inputs"]["idleSessionTimeout"] == "20"
     assert prefs["inputs"]["runAsEnabled"] is False
     assert prefs["inputs"]["s3BucketName"] == "" and prefs["inputs"]["cloudWatchLogGroupName"] == ""
 
 
-REMOTE = sd.AWS_DOCUMENTS["AWS-StartPortForwardingSessionToRemoteHost"].document
-COMMAND = sd.AWS_DOCUMENTS["AWS-StartInteractiveCommand"].document
+def test_aws_documents_are_package_data_that_validate() -> None:
+    """Each AWS-owned document is a data file (hatchway/ssm/data/documents/<Name>.json) that
+    parses and validates for its type; its stored content is the file's text, in the
+    canonical form brokers seeded (two-space JSON), so seeded copies stay byte for byte."""
+    folder = resources.files("hatchway.ssm").joinpath("data", "documents")
+    files = {p.name for p in folder.iterdir() if p.name.endswith(".json")}
+    assert files == {f"{n}.json" for n in sd.aws_documents()} | {
+        "index.json",
+        "SSM-SessionManagerRunShell.json",
+    }
+    for name, aws in sd.aws_documents().items():
+        text = folder.joinpath(f"{name}.json").read_text(encoding="utf-8")
+        assert aws.content == text.removesuffix("\n")
+        assert aws.content == json.dumps(json.loads(text), indent=2)
+        assert aws.created.tzinfo is not None and aws.created.year >= 2017
+        sd.validate_document(aws.document, aws.document_type)
+    prefs = sd.default_preferences()
+    sd.validate_document(prefs, "Session")
+    assert prefs["description"] == sd.DEFAULT_PREFERENCES_DESCRIPTION
+    prefs["inputs"]["idleSessionTimeout"] = "5"  # a copy: the next caller gets the defaults
+    assert sd.default_preferences()["inputs"]["idleSessionTimeout"] == "20"
+
+
+REMOTE = sd.aws_documents()["AWS-StartPortForwardingSessionToRemoteHost"].document
+COMMAND = sd.aws_documents()["AWS-StartInteractiveCommand"].document
 TYPED: dict[str, Any] = {
     "schemaVersion": "1.0",
     "sessionType": "Standard_Stream",

@@ -8,6 +8,7 @@ Shared by the IAM operations and by identity resolution. Entity ``data`` JSON ho
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Connection
@@ -28,7 +29,7 @@ def get_entity(store: Store, kind: str, name: str, conn: Connection | None = Non
     return store.get(t.iam_entities, conn, kind=kind, name=name)
 
 
-def tags_dict(record: Record | None) -> dict[str, str]:
+def tags_dict(record: Mapping[str, Any] | None) -> dict[str, str]:
     if record is None:
         return {}
     return {x["Key"]: x["Value"] for x in record["data"].get("tags", [])}

@@ -34,7 +34,7 @@ from hatchway.server.base.errors import ServiceError
 from hatchway.server.front import limits, pipeline, sigv4
 from hatchway.server.front.identity import credential_lookup, lookup_key, resolve_caller
 from hatchway.server.runtime.state import STATE_KEY, ServerState
-from hatchway.server.store import Conflict, Store
+from hatchway.server.store import Conflict, NodeData, NodeRow, SessionRow, Store
 from hatchway.server.store import schema as t
 from hatchway.ssm import target_arn
 
@@ -93,7 +93,7 @@ def allow_instance_ids(store: Store, activation_id: str, instance_ids: list[str]
         if act["expires"] <= datetime.now(UTC):
             raise LookupError(f"Activation {activation_id} has expired.")
         for iid in instance_ids:
-            node = store.get(t.instances, c, instance_id=iid)
+            node = store.node(iid, c)
             if node is not None and not node["deregistered"]:
                 raise ValueError(f"{iid} is registered already (deregister it first).")
         allowed = list(dict.fromkeys([*act["data"].get("instance_ids", []), *instance_ids]))
@@ -221,14 +221,14 @@ def register_node(state: ServerState, body: dict[str, Any]) -> dict[str, Any]:
         raise invalid  # the activation's role was deleted: it can register no node
     role = act["data"]["iam_role"]
     with state.store.transaction() as c:
-        existing = state.store.get(t.instances, c, instance_id=instance_id)
+        existing = state.store.node(instance_id, c)
         if existing is not None and not existing["deregistered"]:
             raise ServiceError(
                 "InvalidInstanceId", f"Instance {instance_id} is already registered."
             )
         if existing is not None:
             state.store.delete(t.instances, c, instance_id=instance_id)
-        data = {
+        data: NodeData = {
             "name": act["data"].get("default_instance_name") or body.get("ComputerName") or "",
             "iam_role": role,
             "tags": act["data"].get("tags", []),
@@ -324,7 +324,7 @@ def verify_signed(state: ServerState, request: web.Request, body: bytes = b"") -
     return resolve_caller(state, entry.row) if entry else None
 
 
-def authenticate_client(state: ServerState, request: web.Request, session: dict[str, Any]) -> Any:
+def authenticate_client(state: ServerState, request: web.Request, session: SessionRow) -> Any:
     """A signed client upgrade: the signer needs ``ssmmessages:OpenDataChannel`` on the
     session's ARN (AWS's 2025 policies grant it on ``session/${aws:userid}-*`` or ``*``)."""
     caller = verify_signed(state, request)
@@ -364,7 +364,7 @@ def authenticate_node(
         raise ServiceError(
             "AccessDeniedException", f"These credentials do not belong to {instance_id}."
         )
-    row = state.store.get(t.instances, instance_id=instance_id)
+    row = state.store.node(instance_id)
     if row is None or row["deregistered"]:
         raise ServiceError("AccessDeniedException", f"{instance_id} is not registered.")
     ctx = caller.context()
@@ -485,7 +485,7 @@ async def handle_control_channel(request: web.Request) -> web.StreamResponse:
 def _mark(
     state: ServerState, instance_id: str, *, connected: bool, info: dict[str, Any] | None = None
 ) -> None:
-    row = state.store.get(t.instances, instance_id=instance_id)
+    row = state.store.node(instance_id)
     if row is None:
         return
     data = dict(row["data"])
@@ -513,17 +513,18 @@ _COMMAND_TYPES = ("InteractiveCommands", "NonInteractiveCommands")
 def _record_exit(state: ServerState, instance_id: str, data: dict[str, Any]) -> None:
     """The exit code of a session's shell, as the node reports it (kept in Details)."""
     sid = str(data.get("sessionId", ""))
-    row = state.store.get(t.sessions, session_id=sid)
+    row = state.store.session(sid)
     if row is None or row["target"] != instance_id:
         return  # a node can only speak for its own sessions
-    details = dict(row["data"], exit_code=data.get("exitCode"))
+    details = row["data"].copy()
+    details["exit_code"] = data.get("exitCode")
     if not details.get("details"):  # a reason the broker ended it with (idle, max…) stays
         what = "command" if row["data"].get("session_type") in _COMMAND_TYPES else "shell"
         details["details"] = f"The {what} exited with code {data.get('exitCode')}."
     state.store.update(t.sessions, {"session_id": sid}, {"data": details})
 
 
-def ping_status(state: ServerState, row: dict[str, Any]) -> str:
+def ping_status(state: ServerState, row: NodeRow) -> str:
     """Online while a control channel is open (here, or on another broker that pinged lately)."""
     if row["deregistered"]:
         return "Inactive"
@@ -565,7 +566,7 @@ async def close_deregistered(state: ServerState) -> None:
     """Close the control channels held here of nodes deregistered elsewhere (another broker
     on the database: see ``follow_deregistrations``)."""
     for instance_id in list(state.nodes):
-        row = state.store.get(t.instances, instance_id=instance_id)
+        row = state.store.node(instance_id)
         if row is None or row["deregistered"]:
             log.info("%s was deregistered through another broker", instance_id)
             await close_channel(state, instance_id)

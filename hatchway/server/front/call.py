@@ -15,6 +15,7 @@ from hatchway.server.base import crypto, metrics
 from hatchway.server.base.errors import ServiceError, access_denied
 from hatchway.server.front.identity import Caller
 from hatchway.server.runtime.state import ServerState
+from hatchway.server.store import Store
 
 log = logging.getLogger("hatchway.server.audit")
 
@@ -35,7 +36,7 @@ class Call:
     decisions: list[Decision] = field(default_factory=list)
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         return self.state.store
 
     @property

@@ -80,8 +80,8 @@ def resolve_caller(state: ServerState, key: Record) -> Caller | None:
     """The caller behind an access key row, with its compiled policies (cached)."""
     cache_key = (key["access_key_id"], state.generation)
     cached = state.policy_cache.get(cache_key)
-    if cached is not None:
-        return cached  # type: ignore[no-any-return]
+    if isinstance(cached, Caller):  # what this function stores there
+        return cached
     caller = _resolve(state, key)
     if caller is not None:
         if len(state.policy_cache) > 10_000:  # entries of older generations pile up
@@ -201,8 +201,9 @@ def lookup_key(state: ServerState, access_key_id: str) -> KeyEntry | None:
     version = (state.generation, state.store.version(t.access_keys))
     hit = state.key_cache.get(access_key_id)
     if hit is not None and hit[0] == version:
-        cached: KeyEntry | None = hit[1]
-        return cached
+        cached = hit[1]
+        if cached is None or isinstance(cached, KeyEntry):  # what this function stores
+            return cached
     row = state.store.get(t.access_keys, access_key_id=access_key_id)
     entry = None
     if row is not None:

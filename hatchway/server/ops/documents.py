@@ -7,7 +7,7 @@ hash, schemaVersion, VersionName, DisplayName, TargetType, description, paramete
 platform types). AWS-owned Session documents are rows with owner ``"Amazon"``, written by
 :func:`seed_documents`; they are read-only. ``SSM-SessionManagerRunShell`` is an ordinary
 account document that does not exist until created (sessions use
-:data:`hatchway.ssm.documents.DEFAULT_PREFERENCES` meanwhile).
+:func:`hatchway.ssm.documents.default_preferences` meanwhile).
 
 Every handler authorizes against the document ARN (empty account for AWS-owned documents) with
 ``ssm:DocumentType`` and the document's tags as ``aws:ResourceTag/<k>`` / ``ssm:resourceTag/<k>``
@@ -441,12 +441,12 @@ def seed_documents(state: ServerState) -> None:
     AWS-owned documents are (re)written to Hatchway's copy on every call. As on AWS, the
     account's preferences document does not exist until someone creates it (AWS's documented
     ``create-document`` step, Terraform, CloudFormation); sessions use the built-in defaults
-    (:data:`hatchway.ssm.documents.DEFAULT_PREFERENCES`) meanwhile. Brokers that seeded it
+    (:func:`hatchway.ssm.documents.default_preferences`) meanwhile. Brokers that seeded it
     before (meta key ``seeded:SSM-SessionManagerRunShell``) lose the copy once, when it was
     never edited: one version, the seeded content, no tags (:func:`_unseed_preferences`).
     """
     store: Store = state.store
-    for aws in sd.AWS_DOCUMENTS.values():
+    for aws in sd.aws_documents().values():
         _seed(store, aws.name, AMAZON, aws.content, aws.created, aws.document_type)
     if store.meta_get(_UNSEED_KEY) != "1":
         if store.meta_get(_SEED_KEY) == "1":
@@ -456,7 +456,7 @@ def seed_documents(state: ServerState) -> None:
 
 def _unseed_preferences(store: Store, account: str) -> None:
     """Remove a seeded ``SSM-SessionManagerRunShell`` nobody edited (a migration, run once)."""
-    seeded = sd.render_content(sd.DEFAULT_PREFERENCES, "JSON")
+    seeded = sd.render_content(sd.default_preferences(), "JSON")
     with store.transaction() as c:
         row = _get_doc(store, DEFAULT_SESSION_DOCUMENT, c)
         if row is None or row["owner"] != account or row["data"].get("tags"):

@@ -16,6 +16,7 @@ from hatchway.server.control.nodes import close_channel, is_ec2_style_id, ping_s
 from hatchway.server.front.call import INPUT_EXTENSIONS, Call, operation
 from hatchway.server.ops.paging import page
 from hatchway.server.ops.sessions import ACTIVE, end_sessions
+from hatchway.server.store import NodeRow
 from hatchway.server.store import schema as t
 from hatchway.ssm import target_arn
 
@@ -123,7 +124,7 @@ async def delete_activation(call: Call, params: dict[str, Any]) -> dict[str, Any
     return {}
 
 
-def _instance_out(call: Call, row: dict[str, Any]) -> dict[str, Any]:
+def _instance_out(call: Call, row: NodeRow) -> dict[str, Any]:
     d = row["data"]
     iid = row["instance_id"]
     managed = iid.startswith("mi-")
@@ -189,9 +190,7 @@ async def describe_instance_information(call: Call, params: dict[str, Any]) -> d
             "InvalidFilterKey", "InstanceInformationFilterList and Filters cannot be used together."
         )
     rows = [
-        r
-        for r in call.store.select(t.instances, order_by=[t.instances.c.registered])
-        if not r["deregistered"]
+        r for r in call.store.nodes(order_by=[t.instances.c.registered]) if not r["deregistered"]
     ]
     items = [(_instance_out(call, r), iamdata.tags_dict(r)) for r in rows]
     filters = [(f["key"], f["valueSet"]) for f in params.get("InstanceInformationFilterList") or []]
@@ -231,7 +230,7 @@ async def deregister_managed_instance(call: Call, params: dict[str, Any]) -> dic
         "ssm:DeregisterManagedInstance",
         target_arn(iid, call.region, call.account) if iid.startswith(("mi-", "i-")) else "*",
     )
-    row = call.store.get(t.instances, instance_id=iid)
+    row = call.store.node(iid)
     if row is None or row["deregistered"]:
         raise ServiceError("InvalidInstanceId", "Instance Id is invalid")
     with call.store.transaction() as c:
@@ -242,9 +241,7 @@ async def deregister_managed_instance(call: Call, params: dict[str, Any]) -> dic
         call.store.bump("nodes", c)  # the broker holding its channel closes it
     call.state.iam_changed()
     reason = DEREGISTERED_REASON.format(iid)
-    live = call.store.select(
-        t.sessions, t.sessions.c.target == iid, t.sessions.c.status.in_(ACTIVE)
-    )
+    live = call.store.sessions(t.sessions.c.target == iid, t.sessions.c.status.in_(ACTIVE))
     await end_sessions(call.state, live, reason)
     await close_channel(call.state, iid)
     return {}

@@ -27,7 +27,7 @@ from hatchway.server.front.identity import Caller
 from hatchway.server.ops.documents import ResolvedDocument, load_document
 from hatchway.server.ops.paging import page
 from hatchway.server.runtime.state import ServerState, stream_url
-from hatchway.server.store import Conflict
+from hatchway.server.store import Conflict, NodeRow, SessionData, SessionRow
 from hatchway.server.store import schema as t
 from hatchway.ssm import (
     DEFAULT_SESSION_DOCUMENT,
@@ -37,8 +37,8 @@ from hatchway.ssm import (
 )
 from hatchway.ssm.arns import InvalidTarget, document_arn
 from hatchway.ssm.documents import (
-    DEFAULT_PREFERENCES,
     DocumentError,
+    default_preferences,
     interpolate_inputs,
     is_true,
     parse_content,
@@ -78,12 +78,13 @@ def expire_unused(state: ServerState) -> int:
     now = datetime.now(UTC)
     tok = t.session_tokens.c
     live = select(tok.session_id).where(or_(tok.used.is_(True), tok.expires > now))
-    stale = state.store.select(
-        t.sessions, t.sessions.c.status == "Connecting", t.sessions.c.session_id.not_in(live)
+    stale = state.store.sessions(
+        t.sessions.c.status == "Connecting", t.sessions.c.session_id.not_in(live)
     )
     ended = 0
     for row in stale:
-        data = dict(row["data"], details="The session token expired before a client connected.")
+        data = row["data"].copy()
+        data["details"] = "The session token expired before a client connected."
         ended += state.store.update(
             t.sessions,
             {"session_id": row["session_id"]},
@@ -104,8 +105,9 @@ def session_document(state: ServerState, name: str) -> ResolvedDocument | None:
     version = (state.store.version(t.documents), state.store.version(t.document_versions))
     hit = state.doc_cache.get(name)
     if hit is not None and hit[0] == version:
-        cached: ResolvedDocument | None = hit[1]
-        return cached
+        cached = hit[1]
+        if cached is None or isinstance(cached, ResolvedDocument):  # what this function stores
+            return cached
     doc = load_document(state, name, "$LATEST")
     if doc is None and name == DEFAULT_SESSION_DOCUMENT:
         doc = builtin_preferences(state)
@@ -118,7 +120,7 @@ def session_document(state: ServerState, name: str) -> ResolvedDocument | None:
 def builtin_preferences(state: ServerState) -> ResolvedDocument:
     """What ``SSM-SessionManagerRunShell`` means before the account creates it: AWS's
     defaults (a shell as ``ssm-user``, 20 minutes idle, no logging)."""
-    content = render_content(DEFAULT_PREFERENCES, "JSON")
+    content = render_content(default_preferences(), "JSON")
     return ResolvedDocument(
         DEFAULT_SESSION_DOCUMENT,
         document_arn(DEFAULT_SESSION_DOCUMENT, state.config.region, state.config.account_id),
@@ -132,20 +134,18 @@ def builtin_preferences(state: ServerState) -> ResolvedDocument:
     )
 
 
-def find_node(state: ServerState, target: str) -> dict[str, Any] | None:
+def find_node(state: ServerState, target: str) -> NodeRow | None:
     """The registered node ``target`` names: the exact id, else the one id that equals it
     ignoring case (ssh's ``%h`` is lowercased, so AWS's ``ProxyCommand`` recipe sends
     ``i-02573cafcfexample`` for ``i-02573cafcfEXAMPLE``; AWS resolves it)."""
-    node = state.store.get(t.instances, instance_id=target)
+    node = state.store.node(target)
     if node is not None:
         return node
-    matches = state.store.select(
-        t.instances, func.lower(t.instances.c.instance_id) == target.lower(), limit=2
-    )
+    matches = state.store.nodes(func.lower(t.instances.c.instance_id) == target.lower(), limit=2)
     return matches[0] if len(matches) == 1 else None
 
 
-def _tags(row: dict[str, Any] | None) -> dict[str, str]:
+def _tags(row: NodeRow | None) -> dict[str, str]:
     if row is None:
         return {}
     return {x["Key"]: x["Value"] for x in row["data"].get("tags", [])}
@@ -249,39 +249,37 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     max_duration = str(inputs.get("maxSessionDuration") or "") or None
     now = datetime.now(UTC)
     tags = {"aws:ssmmessages:session-id": call.caller.user_id, "aws:ssmmessages:target-id": target}
+    data: SessionData = {
+        "reason": params.get("Reason"),
+        "owner_userid": call.caller.user_id,
+        "parameters": parameters,
+        "inputs": inputs,
+        "document_version": doc.version,
+        "max_session_duration": max_duration,
+        "idle_session_timeout": str(inputs.get("idleSessionTimeout") or "20"),
+        "run_as_user": run_as_user(call.caller, inputs),
+        "session_type": doc.document.get("sessionType"),
+        # The version StartSession validated is the one the node runs.
+        "document": doc.document,
+        "tags": tags,
+    }
     for _ in range(3):
         session_id = new_session_id(call.caller.name)
         refuse_denied_data_channel(call, session_id, tags)
+        record: SessionRow = {
+            "session_id": session_id,
+            "target": target,
+            "status": "Connecting",
+            "owner": call.caller.arn,
+            "start_date": now,
+            "end_date": None,
+            "document_name": doc.name,
+            "data": data,
+        }
         try:
             with call.store.transaction() as c:
-                call.store.insert(
-                    t.sessions,
-                    {
-                        "session_id": session_id,
-                        "target": target,
-                        "status": "Connecting",
-                        "owner": call.caller.arn,
-                        "start_date": now,
-                        "end_date": None,
-                        "document_name": doc.name,
-                        "data": {
-                            "reason": params.get("Reason"),
-                            "owner_userid": call.caller.user_id,
-                            "parameters": parameters,
-                            "inputs": inputs,
-                            "document_version": doc.version,
-                            "max_session_duration": max_duration,
-                            "idle_session_timeout": str(inputs.get("idleSessionTimeout") or "20"),
-                            "run_as_user": run_as_user(call.caller, inputs),
-                            "session_type": doc.document.get("sessionType"),
-                            # The version StartSession validated is the one the node runs.
-                            "document": doc.document,
-                            "tags": tags,
-                        },
-                    },
-                    c,
-                    savepoint=False,  # a clashing id aborts this attempt; the loop retries
-                )
+                # A clashing id aborts this attempt (no savepoint); the loop retries.
+                call.store.insert(t.sessions, record, c, savepoint=False)
                 token = mint_token(call.state, session_id, c)
             break
         except Conflict:
@@ -297,7 +295,7 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _session_context(row: dict[str, Any]) -> dict[str, object]:
+def _session_context(row: SessionRow) -> dict[str, object]:
     return _tag_context(row["data"].get("tags", {}))
 
 
@@ -327,14 +325,14 @@ def refuse_denied_data_channel(call: Call, session_id: str, tags: dict[str, str]
         call.decisions.remove(d)  # refuses nothing: not the audit record's deciding denial
 
 
-def _authorize_session(call: Call, action: str, session_id: str) -> dict[str, Any] | None:
-    row = call.store.get(t.sessions, session_id=session_id)
+def _authorize_session(call: Call, action: str, session_id: str) -> SessionRow | None:
+    row = call.store.session(session_id)
     call.authorize(
         action,
         session_arn(session_id, call.region, call.account),
         _session_context(row) if row else None,
     )
-    return row  # type: ignore[no-any-return]
+    return row
 
 
 @operation("ssm", "ResumeSession")
@@ -344,7 +342,7 @@ async def resume_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     if row is None:
         raise ServiceError("DoesNotExistException", f"Session with Id {sid} does not exist.")
     expire_unused(call.state)
-    row = call.store.get(t.sessions, session_id=sid)
+    row = call.store.session(sid)
     if row is None or row["status"] in HISTORY or row["status"] == "Terminating":
         return {"SessionId": sid}  # cannot be resumed: no token (the plugin says "timed out")
     refuse_denied_data_channel(call, sid, row["data"].get("tags", {}))
@@ -361,7 +359,7 @@ async def end_session(
     session_id: str,
     status: str = "Terminated",
     details: str | None = None,
-    row: dict[str, Any] | None = None,
+    row: SessionRow | None = None,
 ) -> bool | None:
     """Move an active session to History and spend its tokens.
 
@@ -371,12 +369,14 @@ async def end_session(
     seen, or finds the token spent after this and is refused.
     """
     if row is None:
-        row = state.store.get(t.sessions, session_id=session_id)
+        row = state.store.session(session_id)
     if row is None or row["status"] in HISTORY:
         return None
     values: dict[str, Any] = {"status": status, "end_date": datetime.now(UTC)}
     if details:
-        values["data"] = {**row["data"], "details": details}
+        data = row["data"].copy()
+        data["details"] = details
+        values["data"] = data
     with state.store.transaction() as c:
         tokens = state.store.locked_rows(t.session_tokens, c, session_id=session_id)
         state.store.update(t.sessions, {"session_id": session_id}, values, c)
@@ -414,7 +414,7 @@ async def close_data_channel(
 
 
 async def end_sessions(
-    state: ServerState, rows: list[dict[str, Any]], reason: str, status: str = "Terminated"
+    state: ServerState, rows: list[SessionRow], reason: str, status: str = "Terminated"
 ) -> int:
     """End each of these sessions still active with ``reason`` (History, tokens spent, both
     ends told through :func:`close_data_channel`). Returns how many ended."""
@@ -440,7 +440,7 @@ async def end_role_sessions(state: ServerState, role_id: str, role_name: str) ->
     reason = f"The session was terminated because its IAM role {role_name} was deleted."
     rows = [
         row
-        for row in state.store.select(t.sessions, t.sessions.c.status.in_(ACTIVE))
+        for row in state.store.sessions(t.sessions.c.status.in_(ACTIVE))
         if str(row["data"].get("owner_userid", "")).startswith(f"{role_id}:")
         or row["target"] in nodes
     ]
@@ -460,7 +460,7 @@ async def terminate_session(call: Call, params: dict[str, Any]) -> dict[str, Any
     return {"SessionId": sid}
 
 
-def _session_out(row: dict[str, Any]) -> dict[str, Any]:
+def _session_out(row: SessionRow) -> dict[str, Any]:
     d = row["data"]
     return {
         "SessionId": row["session_id"],
@@ -502,8 +502,8 @@ async def describe_sessions(call: Call, params: dict[str, Any]) -> dict[str, Any
     call.authorize("ssm:DescribeSessions", "*")
     expire_unused(call.state)
     statuses = ACTIVE if params["State"] == "Active" else HISTORY
-    rows = call.store.select(
-        t.sessions, t.sessions.c.status.in_(statuses), order_by=[t.sessions.c.start_date.desc()]
+    rows = call.store.sessions(
+        t.sessions.c.status.in_(statuses), order_by=[t.sessions.c.start_date.desc()]
     )
     for f in params.get("Filters") or []:
         test = _FILTERS.get(f["key"])
@@ -521,7 +521,7 @@ async def get_connection_status(call: Call, params: dict[str, Any]) -> dict[str,
         arn = target_arn(target, call.region, call.account)
     except InvalidTarget:
         arn = "*"
-    node = call.store.get(t.instances, instance_id=target)
+    node = call.store.node(target)
     call.authorize(
         "ssm:GetConnectionStatus",
         arn,

@@ -35,7 +35,7 @@ import logging
 import struct
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -64,7 +64,7 @@ from hatchway.server.recordings.logdelivery import (
 )
 from hatchway.server.recordings.transcript import Transcript
 from hatchway.server.runtime.audit import audit
-from hatchway.server.store import Conflict, Store
+from hatchway.server.store import Conflict, SessionData, SessionRow, Store
 from hatchway.server.store import schema as t
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def started(store: Store, session_id: str) -> float | None:
     return parse_session_log(bytes(rows[0]["chunk"])).start
 
 
-def cast_lines(store: Store, session: dict[str, Any]) -> Iterator[str]:
+def cast_lines(store: Store, session: Mapping[str, Any]) -> Iterator[str]:
     """The session's asciicast v2 recording, line by line (empty if nothing was recorded)."""
     sid = session["session_id"]
     start = started(store, sid)
@@ -345,7 +345,7 @@ class Recordings:
         """What ``start_session`` tells the node to stream (the broker decides, not the node)."""
         return {"input": self.state.config.record_input}
 
-    async def prepare(self, session: dict[str, Any], session_type: str) -> str | None:
+    async def prepare(self, session: SessionRow, session_type: str) -> str | None:
         """Get ready for a session's log; AWS's encryption checks when its preferences ask.
         Returns the message to fail the session with, or None."""
         data = session["data"]
@@ -712,9 +712,10 @@ class Recordings:
 
     def _set_output_url(self, session_id: str, urls: dict[str, str]) -> None:
         store = self.state.store
-        row = store.get(t.sessions, session_id=session_id)
+        row = store.session(session_id)
         if row is not None:
-            data = dict(row["data"], output_url=urls)
+            data = row["data"].copy()
+            data["output_url"] = urls
             store.update(t.sessions, {"session_id": session_id}, {"data": data})
 
     def report(self, live: LiveLog, what: str, error: str | None, **extra: Any) -> None:
@@ -767,7 +768,7 @@ class Recordings:
                 task.cancel()
 
 
-def _run_as(data: dict[str, Any], inputs: dict[str, Any]) -> str | None:
+def _run_as(data: SessionData, inputs: dict[str, Any]) -> str | None:
     """The OS user as the broker knows it (None when the node decides)."""
     tagged = data.get("run_as_user")
     if isinstance(tagged, str) and tagged:

@@ -31,7 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from sqlalchemy import and_
@@ -51,6 +51,7 @@ from hatchway.server.control.nodes import (
 from hatchway.server.front import limits
 from hatchway.server.ops.sessions import close_data_channel, end_session, session_document
 from hatchway.server.runtime.state import STATE_KEY, ServerState, stream_url
+from hatchway.server.store import SessionRow
 from hatchway.server.store import schema as t
 
 log = logging.getLogger("hatchway.server.datachannel")
@@ -173,8 +174,8 @@ def _publication(message_type: str) -> bytes:
 
 
 def relays(state: ServerState) -> dict[str, Relay]:
-    table: dict[str, Relay] = state.relays
-    return table
+    """``state.relays`` as this module, which alone adds to it, knows it: :class:`Relay`s."""
+    return cast("dict[str, Relay]", state.relays)
 
 
 def _spend_token(state: ServerState, session_id: str, token: str) -> bool:
@@ -210,7 +211,7 @@ async def _first_text(ws: web.WebSocketResponse) -> payloads.OpenDataChannel | N
 
 
 def _set_status(state: ServerState, session_id: str, status: str) -> None:
-    row = state.store.get(t.sessions, session_id=session_id)
+    row = state.store.session(session_id)
     if row is not None and row["status"] not in ("Terminated", "Failed", status):
         state.store.update(t.sessions, {"session_id": session_id}, {"status": status})
 
@@ -219,7 +220,7 @@ async def handle_data_channel(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     session_id = request.match_info["session_id"]
     logs.SESSION_ID.set(session_id)  # reset by the access middleware when the channel ends
-    row = state.store.get(t.sessions, session_id=session_id)
+    row = state.store.session(session_id)
     where = {"sessionId": session_id}
     if row is None:
         err = ServiceError("DoesNotExistException", f"Session {session_id[:128]} does not exist.")
@@ -271,7 +272,7 @@ async def handle_data_channel(request: web.Request) -> web.StreamResponse:
 async def _client_side(
     state: ServerState,
     session_id: str,
-    row: dict[str, Any],
+    row: SessionRow,
     ws: web.WebSocketResponse,
     opened: payloads.OpenDataChannel,
     remote: str = "",
@@ -472,7 +473,7 @@ STARTED = ("Connected", "Disconnected", "Terminating")
 OPEN = (*STARTED, "Connecting")
 
 
-def _was_started(state: ServerState, row: dict[str, Any]) -> bool:
+def _was_started(state: ServerState, row: SessionRow) -> bool:
     """Whether the session's node was asked to run it: past Connecting, or one of its tokens
     spent (a client connected, and the broker then sends ``start_session``)."""
     if row["status"] in STARTED:
@@ -483,7 +484,7 @@ def _was_started(state: ServerState, row: dict[str, Any]) -> bool:
     return any(tok["used"] for tok in tokens)
 
 
-def restore_relay(state: ServerState, row: dict[str, Any]) -> Relay:
+def restore_relay(state: ServerState, row: SessionRow) -> Relay:
     """A relay for a session a previous run of the broker had open: no socket on either side
     yet; the node re-attaches with a CreateDataChannel token, the client with ResumeSession.
     It ends with a reason if neither comes back within ``--resume-window``."""
@@ -498,7 +499,7 @@ def restore_relays(state: ServerState) -> int:
     """At start: every session a previous run had open gets a relay to resume into (or to end
     with a reason), so that none stays Connected for ever. Returns how many."""
     count = 0
-    for row in state.store.select(t.sessions, t.sessions.c.status.in_(OPEN)):
+    for row in state.store.sessions(t.sessions.c.status.in_(OPEN)):
         sid = row["session_id"]
         if sid in relays(state) or not _was_started(state, row):
             continue
@@ -548,7 +549,7 @@ def _minutes(value: object, unit: float) -> float | None:
         return None
 
 
-def _timeouts(state: ServerState, row: dict[str, Any]) -> tuple[float, float | None]:
+def _timeouts(state: ServerState, row: SessionRow) -> tuple[float, float | None]:
     """(idle, max) in seconds; the documents give minutes (``--timeout-unit`` scales them)."""
     data = row["data"]
     unit = state.config.timeout_unit
@@ -583,7 +584,7 @@ async def enforce_timeouts(state: ServerState, interval: float = 1.0) -> None:
             await close_data_channel(state, relay.session_id, relay.target, reason)
 
 
-def start_message(state: ServerState, row: dict[str, Any], relay: Relay) -> dict[str, Any]:
+def start_message(state: ServerState, row: SessionRow, relay: Relay) -> dict[str, Any]:
     """What the node needs to run the session (the role of AWS's ``interactive_shell``)."""
     data = row["data"]
     stored = data.get("document")
@@ -611,7 +612,7 @@ def start_message(state: ServerState, row: dict[str, Any], relay: Relay) -> dict
     }
 
 
-def _session_type(state: ServerState, row: dict[str, Any]) -> str:
+def _session_type(state: ServerState, row: SessionRow) -> str:
     doc = session_document(state, row["document_name"])
     return str((doc.document if doc else {}).get("sessionType", "Standard_Stream"))
 
@@ -638,7 +639,7 @@ async def handle_create_data_channel(request: web.Request) -> web.StreamResponse
             raise ServiceError(
                 "RequestEntityTooLargeException", "The request body is too large.", 413
             )
-        row = state.store.get(t.sessions, session_id=session_id)
+        row = state.store.session(session_id)
         caller = _verify_node_post(state, request, body)
         if row is None or row["target"] != caller.name:
             raise ServiceError("DoesNotExistException", f"Session {session_id} does not exist.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -12,8 +12,10 @@ from hatchway.iam import Policy
 from hatchway.server.base.crypto import SecretBox
 from hatchway.server.runtime.audit import AuditLog
 from hatchway.server.runtime.throttle import Throttle
-from hatchway.server.store import Store
+from hatchway.server.store import SessionRow, Store
 from hatchway.ssm import StartSessionMode
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -82,8 +84,163 @@ def stream_url(config: ServerConfig, session_id: str, *, secure: bool = False) -
     return f"{scheme}://{host}/v1/data-channel/{session_id}?role=publish_subscribe"
 
 
+# -- what the shared state holds ---------------------------------------------------------------
+#
+# The broker's shared state sits beneath the modules that fill it (nodes, data channels, API
+# workers, identity, recordings, the audit log), which all import this one. So that mypy sees
+# what it holds without this module importing them back, each kind of value is described by a
+# Protocol of what is used through the state; the concrete class (named in each docstring) is
+# checked against it wherever it is stored. The owning module narrows back to its own class
+# where it needs more (``isinstance``, or one typed accessor).
+
+
+class ControlChannel(Protocol):
+    """A node's live control channel (:class:`hatchway.server.nodes.NodeChannel`)."""
+
+    @property
+    def instance_id(self) -> str: ...
+
+    @property
+    def ws(self) -> web.WebSocketResponse: ...
+
+    async def send(self, message: dict[str, Any]) -> None: ...
+
+
+class DataChannelRelay(Protocol):
+    """The two halves of one session's live data channel
+    (:class:`hatchway.server.datachannel.Relay`)."""
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def target(self) -> str: ...
+
+    @property
+    def agent(self) -> web.WebSocketResponse | None: ...
+
+    @property
+    def client(self) -> web.WebSocketResponse | None: ...
+
+    async def close(
+        self,
+        output: str = "",
+        *,
+        to_agent: bool = True,
+        code: int = ...,
+        exit_code: int | None = None,
+    ) -> None: ...
+
+
+class PrimaryCalls(Protocol):
+    """In an API worker, how to ask the primary to act on the channels it holds
+    (:class:`hatchway.server.workers.PrimaryLink`)."""
+
+    async def call(self, op: str, *args: object) -> None: ...
+
+
+class CachedCaller(Protocol):
+    """An authenticated principal with its compiled policies
+    (:class:`hatchway.server.identity.Caller`)."""
+
+    @property
+    def arn(self) -> str: ...
+
+    @property
+    def user_id(self) -> str: ...
+
+
+class CachedKey(Protocol):
+    """An access key's row and unsealed secret (:class:`hatchway.server.identity.KeyEntry`)."""
+
+    @property
+    def secret(self) -> str: ...
+
+    @property
+    def session_token(self) -> str | None: ...
+
+
+class CachedDocument(Protocol):
+    """A session document version as StartSession needs it
+    (:class:`hatchway.server.ops.documents.ResolvedDocument`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+
+class RequestThrottle(Protocol):
+    """Requests per principal (:class:`hatchway.server.limits.Throttle`)."""
+
+    def allow(self, principal: str) -> bool: ...
+
+
+class AuditSink(Protocol):
+    """Where audit events go (:class:`hatchway.server.call.AuditLog`)."""
+
+    def available(self) -> bool: ...
+
+    def record(self, event: dict[str, Any], row: dict[str, Any]) -> None: ...
+
+    async def run(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SessionRecordings(Protocol):
+    """Session logs: ingest, store, deliver (:class:`hatchway.server.recordings.Recordings`)."""
+
+    @property
+    def captured_total(self) -> int: ...
+
+    def start_request(self) -> dict[str, Any]: ...
+
+    async def prepare(self, session: SessionRow, session_type: str) -> str | None: ...
+
+    def client_seen(self, session_id: str, address: str) -> None: ...
+
+    def capture(self, session_id: str, data: bytes, payload_type: int) -> None: ...
+
+    def ingest(self, session_id: str, data: bytes) -> None: ...
+
+    async def finish(self, session_id: str) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+#: A cache entry valid while the versions it was built at are current.
+Versioned = tuple[tuple[int, int], _T]
+
+
 class ServerState:
-    """Everything a request handler may need, created once at start."""
+    """Everything a request handler may need, created once at start. Every attribute is
+    declared here with its type (tests/server/test_state_types.py holds that no ``Any`` is
+    among them)."""
+
+    config: ServerConfig
+    store: Store
+    box: SecretBox
+    scps: list[list[Policy]]
+    #: Compiled callers by (access key id, IAM generation).
+    policy_cache: dict[tuple[str, int], CachedCaller]
+    #: Instance id -> the node's live control channel (in the primary process).
+    nodes: dict[str, ControlChannel]
+    #: Session id -> the session's live data-channel relay (in the primary process).
+    relays: dict[str, DataChannelRelay]
+    #: In an API worker: how to ask the primary, which holds nodes and relays, to act.
+    link: PrimaryCalls | None
+    #: Set on SIGTERM: /readyz answers 503 and the channels are being closed (app.py).
+    draining: bool
+    key_cache: dict[str, Versioned[CachedKey | None]]
+    doc_cache: dict[str, Versioned[CachedDocument | None]]
+    audit_path: Path
+    throttle: RequestThrottle
+    audit_log: AuditSink
+    recordings: SessionRecordings
 
     def __init__(
         self, config: ServerConfig, store: Store, box: SecretBox, scps: list[list[Policy]]
@@ -92,21 +249,18 @@ class ServerState:
         self.store = store
         self.box = box
         self.scps = scps
-        self.policy_cache: dict[tuple[str, int], Any] = {}
-        self.nodes: dict[str, Any] = {}  # instance id -> live control channel
-        self.relays: dict[str, Any] = {}  # session id -> live data-channel relay
-        # In an API worker: how to ask the primary, which holds nodes and relays, to act.
-        self.link: Any = None
-        # Set on SIGTERM: /readyz answers 503 and the channels are being closed (app.py).
+        self.policy_cache = {}
+        self.nodes = {}
+        self.relays = {}
+        self.link = None
         self.draining = False
-        self.key_cache: dict[str, tuple[tuple[int, int], Any]] = {}
-        self.doc_cache: dict[str, tuple[tuple[int, int], Any]] = {}
+        self.key_cache = {}
+        self.doc_cache = {}
         self.audit_path = config.data_dir / "audit.jsonl"
         self.throttle = Throttle(config.throttle_rate, config.throttle_burst)
         self.audit_log = AuditLog(store, self.audit_path)
-        # Session recordings (hatchway.server.recordings.keeper.Recordings), a layer above
-        # this one: attached by hatchway.server.app.open_state.
-        self.recordings: Any = None
+        # self.recordings (hatchway.server.recordings.keeper.Recordings) sits a layer above
+        # this one: attached by hatchway.server.app.open_state before the state is used.
 
     @property
     def generation(self) -> int:

@@ -1,5 +1,25 @@
-"""The broker's store: one interface, two engines (SQLite embedded, PostgreSQL)."""
+"""The broker's store: one interface, two engines (SQLite embedded, PostgreSQL).
 
-from hatchway.server.store.store import Conflict, DriverMissing, Record, Store
+See :mod:`.store` for how the package's modules divide the work."""
 
-__all__ = ["Conflict", "DriverMissing", "Record", "Store"]
+from hatchway.server.store.engine import DriverMissing
+from hatchway.server.store.records import (
+    NodeData,
+    NodeRow,
+    SessionData,
+    SessionRow,
+    SessionStatus,
+)
+from hatchway.server.store.store import Conflict, Record, Store
+
+__all__ = [
+    "Conflict",
+    "DriverMissing",
+    "NodeData",
+    "NodeRow",
+    "Record",
+    "SessionData",
+    "SessionRow",
+    "SessionStatus",
+    "Store",
+]

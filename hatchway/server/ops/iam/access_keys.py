@@ -31,7 +31,7 @@ def _user_key(call: Call, user: str, akid: str) -> Record:
     row = call.store.get(t.access_keys, access_key_id=akid)
     if row is None or row["owner_kind"] != "user" or row["owner_name"] != user:
         raise ServiceError("NoSuchEntity", f"The Access Key with id {akid} cannot be found.", 404)
-    return row  # type: ignore[no-any-return]
+    return row
 
 
 @operation("iam", "CreateAccessKey")
@@ -42,6 +42,7 @@ async def create_access_key(call: Call, params: dict[str, Any]) -> dict[str, Any
         raise limit_exceeded(f"Cannot exceed quota for AccessKeysPerUser: {MAX_ACCESS_KEYS}")
     akid, secret = _store_access_key(call.state, "user", name)
     row = call.store.get(t.access_keys, access_key_id=akid)
+    assert row is not None  # stored just now
     call.state.iam_changed()
     return {"AccessKey": {**_key_shape(row), "SecretAccessKey": secret}}
 

@@ -281,7 +281,7 @@ def managed_policy(call: Call, arn: str, conn: Connection | None = None) -> Reco
     if awsmanaged.is_aws_managed(arn):
         pol = awsmanaged.get(arn)
         return aws_record(pol) if pol is not None else None
-    return call.store.get(t.iam_policies, conn, arn=arn)  # type: ignore[no-any-return]
+    return call.store.get(t.iam_policies, conn, arn=arn)
 
 
 def local_policies(call: Call, conn: Connection | None = None) -> list[Record]:
