@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,9 @@ class ServerState:
         self.store = store
         self.box = box
         self.scps = scps
+        # The session timers' time source (idle timeout, max duration, resume window; in
+        # datachannel.py). Tests move it (tests/harness/clock.py); nothing else sets it.
+        self.clock: Callable[[], float] = time.monotonic
         self.policy_cache: dict[tuple[str, int], Any] = {}
         self.nodes: dict[str, Any] = {}  # instance id -> live control channel
         self.relays: dict[str, Any] = {}  # session id -> live data-channel relay
