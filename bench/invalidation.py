@@ -32,7 +32,7 @@ from benchlib import ROOT, machine, server_conftest
 from botocore.exceptions import ClientError
 
 sys.path.insert(0, str(ROOT / "tests"))
-from pg import postgres_cluster, why_unavailable
+from harness.postgres import postgres_cluster, why_unavailable
 
 LIST_USERS = {
     "Version": "2012-10-17",

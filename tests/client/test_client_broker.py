@@ -4,32 +4,18 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import ClassVar
 
+import harness as srv
 import pytest
-from clienthelp import PipeClient, clean_aws_env, plugin_on_path, wait_for
+from harness.client import PipeClient, clean_aws_env, plugin_on_path, wait_for
 
 BIN = Path(sys.executable).parent
 TARGET = "i-0c11e47a0b2c3d4e5"
-
-
-def _server_conftest() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "server" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("hatchway_tests_server_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-srv = _server_conftest()
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clienthelp import clean_aws_env, plugin_on_path, wait_sync
 from fakepeer import FakePeer
+from harness.client import clean_aws_env, plugin_on_path, wait_sync
 
 from hatchway.protocol import PayloadType
 

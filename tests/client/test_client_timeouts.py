@@ -48,7 +48,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from clienthelp import plugin_on_path
+    from harness.client import plugin_on_path
 
     return plugin_on_path(tmp_path_factory.mktemp("to-plugin"))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import ROLE_SESSION, USER, allow, decide, deny, policy
+from harness.policies import ROLE_SESSION, USER, allow, decide, deny, policy
 
 from hatchway.iam import PolicyKind, PolicySet, Principal, make_request, parse_policy
 from hatchway.ssm import document_arn, session_arn, target_arn

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import ROLE_SESSION, USER, allow, decide, deny, policy
+from harness.policies import ROLE_SESSION, USER, allow, decide, deny, policy
 
 INSTANCE = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"
 

@@ -14,7 +14,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from conftest import ADMIN_KEY, ADMIN_SECRET, REGION, Broker, start_broker, stop_broker
+from harness import ADMIN_KEY, ADMIN_SECRET, REGION, Broker, start_broker, stop_broker
 
 
 def _raw(broker: Broker, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str]]:

@@ -26,7 +26,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from conftest import (
+from harness import (
     ADMIN_KEY,
     ADMIN_SECRET,
     BIN,
