@@ -49,8 +49,10 @@ from hatchway.ssm.authorize import authorize_start_session
 
 try:
     from moto.iam.access_control import IAMPolicy, PermissionResult
+
+    HAVE_MOTO = True
 except ImportError:  # the bench extra is not installed
-    IAMPolicy = None
+    HAVE_MOTO = False
 
 try:
     import cedarpy
@@ -680,7 +682,7 @@ def run_scenario(sc: Scenario, s: Settings) -> Row:
     row.hatchway = rate(hatchway_built(ps, sc.requests), s)
     row.prebuilt = rate(hatchway_prebuilt(ps, sc.requests), s)
 
-    if IAMPolicy is not None:
+    if HAVE_MOTO:
         mp, row.setup["moto IAMPolicy"] = _timed(lambda: moto_policies(sc.documents))
         got = [moto_allowed(mp, r.action, r.resource) for r in sc.requests]
         row.agreement.append(_mismatches("moto vs hatchway", got, sc, ours))

@@ -675,7 +675,8 @@ def report(res: dict[str, Any]) -> None:
 
         def cpu(name: str, runs: list[dict[str, float]] = runs) -> str:
             vals = [r.get(f"{name}_cpu") for r in runs]
-            return f"{statistics.median(vals):.1f}" if None not in vals else "—"
+            known = [v for v in vals if v is not None]
+            return f"{statistics.median(known):.1f}" if len(known) == len(vals) else "—"
 
         busy = statistics.median([r["all_cpu"] / r["secs"] / (os.cpu_count() or 1) for r in runs])
         chunk = statistics.median([r["bytes"] / r["chunks"] for r in runs])

@@ -96,7 +96,7 @@ def test_preferences_shell_profile_runs_in_the_shell(stack: Any, path: str) -> N
     then), later update-document '$LATEST', which takes effect with nothing more (issue 15;
     this test used to need update-document-default-version too)."""
     ssm = stack.client("ssm")
-    prefs = {"schemaVersion": "1.0", "sessionType": "Standard_Stream", "inputs": {}}
+    prefs: dict[str, Any] = {"schemaVersion": "1.0", "sessionType": "Standard_Stream", "inputs": {}}
     ssm.create_document(
         Name=DEFAULT_SESSION_DOCUMENT, Content=json.dumps(prefs), DocumentType="Session"
     )

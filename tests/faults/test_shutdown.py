@@ -76,6 +76,7 @@ def test_sigterm_ends_sessions_with_the_reason_and_exits(
             await client.read_until(b"ready\r\n", BOUND)
             broker.proc.send_signal(signal.SIGTERM)
             result = await client.read_until(None, BOUND)  # returns at channel_closed
+            assert client.ws is not None
             while not client.ws.closed:  # then the websocket closes
                 await client.ws.receive(timeout=BOUND)
             await client.close()

@@ -320,7 +320,7 @@ def _typed(shape: Shape, depth: int) -> st.SearchStrategy[Any]:
         if depth > 3:
             return st.just({})
         members = {name: _member(name, m, depth + 1) for name, m in shape.members.items()}
-        return st.fixed_dictionaries({}, optional=members)  # type: ignore[arg-type]
+        return st.fixed_dictionaries({}, optional=members)
     if kind == "list":
         return st.lists(value(shape.member, depth + 1), max_size=3)
     if kind == "map":

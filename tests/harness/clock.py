@@ -21,9 +21,7 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 SWEEP_INTERVAL = 0.05  # seconds between the timers' sweeps in a broker on a movable clock
 
@@ -80,6 +78,7 @@ class MovableClock:
 def _install(directory: Path) -> None:
     """The broker's side: the two hooks (see the module's docstring)."""
     from hatchway.server import datachannel, main
+    from hatchway.server.state import ServerConfig, ServerState
 
     offset_file, sweeps_file = directory / "offset", directory / "sweeps"
 
@@ -88,25 +87,25 @@ def _install(directory: Path) -> None:
 
     build_state = main.build_state
 
-    def build_with_clock(config: Any) -> Any:
+    def build_with_clock(config: ServerConfig) -> tuple[ServerState, tuple[str, str] | None]:
         state, generated = build_state(config)
         state.clock = clock
         return state, generated
 
-    main.build_state = build_with_clock  # type: ignore[assignment]
+    main.build_state = build_with_clock
 
-    sweep: Callable[[Any], Any] = datachannel.sweep_timeouts
+    sweep = datachannel.sweep_timeouts
     count = 0
 
-    async def counted_sweep(state: Any) -> None:
+    async def counted_sweep(state: ServerState) -> None:
         nonlocal count
         await sweep(state)
         count += 1
         _write(sweeps_file, str(count))
 
-    datachannel.sweep_timeouts = counted_sweep  # type: ignore[assignment]
+    datachannel.sweep_timeouts = counted_sweep
     enforce = datachannel.enforce_timeouts
-    datachannel.enforce_timeouts = functools.partial(enforce, interval=SWEEP_INTERVAL)  # type: ignore[assignment]
+    datachannel.enforce_timeouts = functools.partial(enforce, interval=SWEEP_INTERVAL)
 
 
 if __name__ == "__main__":

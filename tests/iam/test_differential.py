@@ -177,7 +177,7 @@ def condition_holds(op: str, key: str, raw: Any, ctx: Context, version: Any) -> 
         return True
     if qualifier:
         request_values = [] if absent else request if isinstance(request, list) else [request]
-        checks = [base_matches(base, values, rv, ctx, version) for rv in request_values]
+        checks = [base_matches(base, values, str(rv), ctx, version) for rv in request_values]
         return all(checks) if qualifier == "ForAllValues" else any(checks)
     if absent:
         return base in NEGATED
@@ -547,7 +547,10 @@ def test_every_action_pattern_against_every_action() -> None:
     """Exhaustive over the small pattern tables (hypothesis samples them too sparsely)."""
     for pattern in ACTION_PATTERNS:
         for element in ("Action", "NotAction"):
-            doc = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", element: pattern}]}
+            doc: dict[str, Any] = {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", element: pattern}],
+            }
             doc["Statement"][0]["Resource"] = "*"
             for action in ACTIONS:
                 check(case_of(doc, action=action))

@@ -31,7 +31,7 @@ def test_rcp_levels_must_allow_and_deny_explicitly() -> None:
     rcp_full = parse_policy(json.dumps(policy(allow(Principal="*"))), PolicyKind.RCP)
     rcp_deny = parse_policy(
         json.dumps(policy(allow(Principal="*"), deny("s3:*", Principal="*"))), PolicyKind.RCP
-    )  # type: ignore[arg-type]
+    )
     user_policies = [parse_policy(json.dumps(p)) for p in ok]
     req = make_request("s3:GetObject", "arn:aws:s3:::b/k", USER)
     assert PolicySet(user_policies, rcps=[[rcp_full]]).evaluate(req).allowed

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from harness.policies import ROLE_SESSION, USER, allow, decide, deny, policy
+from typing import Any
+
 
 INSTANCE = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"
 
@@ -67,7 +69,8 @@ def test_03_value_or_key_and_operator_and() -> None:
 def test_04_set_operators_on_missing_and_empty_keys() -> None:
     all_p = policy(allow(Condition={"ForAllValues:StringEquals": {"aws:TagKeys": ["a", "b"]}}))
     any_p = policy(allow(Condition={"ForAnyValue:StringEquals": {"aws:TagKeys": ["a", "b"]}}))
-    for ctx in ({}, {"aws:TagKeys": []}, {"aws:TagKeys": ""}):
+    contexts: list[dict[str, Any]] = [{}, {"aws:TagKeys": []}, {"aws:TagKeys": ""}]
+    for ctx in contexts:
         assert decide([all_p], context=ctx).allowed, ctx
         assert not decide([any_p], context=ctx).allowed, ctx
     assert decide([all_p], context={"aws:TagKeys": ["a"]}).allowed

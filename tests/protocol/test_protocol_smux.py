@@ -139,7 +139,7 @@ frames_strategy = st.lists(
 
 
 def _wire(frames: list[SmuxFrame]) -> bytes:
-    return b"".join(encode_frame(f.cmd, f.stream_id, f.data) for f in frames)
+    return b"".join(encode_frame(f.cmd, f.stream_id, bytes(f.data)) for f in frames)
 
 
 @given(frames_strategy, st.lists(st.integers(0, 5000), max_size=30))

@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 Broker = Any  # harness.broker.Broker
 ACCOUNT = "123456789012"  # the account the conftest broker runs with
 ARN = f"arn:aws:iam::{ACCOUNT}"
-TRUST = {
+TRUST: dict[str, Any] = {
     "Version": "2012-10-17",
     "Statement": [
         {
