@@ -127,7 +127,8 @@ def seed_scenario() -> Scenario:
     return Scenario("seed", "seed policy (1 statement)", [SEED_POLICY], requests)
 
 
-# --- scenario 2: AWS's Session Manager quickstart policies (ssm-spec 2.5) ------------------------
+# --- scenario 2: AWS's Session Manager quickstart policies
+# (docs/reference/session-manager.md#sample-policies) ------------------------
 
 QS_REGION = "us-east-1"
 QS_ACCOUNT = "111122223333"
@@ -261,7 +262,8 @@ def admin_scenario() -> Scenario:
     role = f"arn:aws:sts::{QS_ACCOUNT}:assumed-role/SSMAdmins/bob"
     userid = "AROAEXAMPLEADMINROLE1:bob"
     ctx = {"aws:userid": userid, "aws:SourceIp": "198.51.100.20"}
-    # Session ids in the aws:userid form, so the 2025 samples match literally (ssm-spec 2.4).
+    # Session ids in the aws:userid form, so the 2025 samples match literally
+    # (docs/reference/session-manager.md#username-and-userid).
     mine = QS_SESSION + f"{userid}-0123456789abcdef0"
     theirs = QS_SESSION + "bob-0123456789abcdef0"
     requests = [

@@ -1,4 +1,4 @@
-"""The import rules of docs/architecture: cores never import shells, shells never each other."""
+"""The import rules of docs/architecture.md: cores never import shells, shells never each other."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 * :func:`parse_content` / :func:`render_content` read and write document content as JSON or
   YAML (``DocumentFormat``), :func:`convert_content` converts between them.
 * :func:`validate_document` checks a parsed document for its ``DocumentType``; Session
-  documents (``schemaVersion "1.0"``) get the full schema of ssm-spec section 4.
+  documents (``schemaVersion "1.0"``) get the full schema of
+  docs/reference/session-manager.md#session-documents.
 * :data:`AWS_DOCUMENTS` holds the AWS-owned Session documents and :data:`DEFAULT_PREFERENCES`
   the content ``SSM-SessionManagerRunShell`` starts with.
 * :func:`validate_parameters` checks ``StartSession.Parameters`` against a document's

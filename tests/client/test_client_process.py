@@ -228,7 +228,8 @@ def test_sigterm_restores_the_terminal(tty_plugin: PtyPlugin) -> None:
 
 
 def test_signals_are_forwarded_as_bytes_without_a_tty(peer: FakePeer, plugin_path: str) -> None:
-    """Piped stdin (no raw mode): SIGINT/SIGQUIT/SIGTSTP become 0x03/0x1c/0x1a (spec §7.1)."""
+    """Piped stdin (no raw mode): SIGINT/SIGQUIT/SIGTSTP become 0x03/0x1c/0x1a
+    (docs/reference/data-channel.md#shell-sessions)."""
     response = peer.new_session()
     s = peer.sessions[response["SessionId"]]
     env = clean_aws_env(

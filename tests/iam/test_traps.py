@@ -1,10 +1,11 @@
-"""The fifteen things implementers get wrong (iam-spec section 0), one test group each."""
+"""The fifteen things implementers get wrong, one test group each
+(docs/reference/iam-evaluation.md#common-mistakes)."""
 
 from __future__ import annotations
 
-from harness.policies import ROLE_SESSION, USER, allow, decide, deny, policy
 from typing import Any
 
+from harness.policies import ROLE_SESSION, USER, allow, decide, deny, policy
 
 INSTANCE = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"
 

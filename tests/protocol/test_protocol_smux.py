@@ -1,4 +1,5 @@
-"""smux v1 (spec §7.3): the frame codec, reassembly across any split, and both session roles."""
+"""smux v1 (docs/reference/data-channel.md#smux): the frame codec, reassembly across any split, and
+both session roles."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from hatchway.protocol.smux import (
 )
 
 # What AWS's plugin put on the wire for the first local connection and an HTTP request
-# (spec §7.3, observed bytes).
+# (docs/reference/data-channel.md#smux, observed bytes).
 OBSERVED_SYN = bytes.fromhex("01 00 0000 03000000")
 OBSERVED_PSH = bytes.fromhex("01 02 1200 03000000") + b"GET / HTTP/1.0\r\n\r\n"
 
