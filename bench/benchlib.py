@@ -3,7 +3,6 @@ tests' broker and agent helpers, and py-spy sampling."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
 import resource
@@ -18,14 +17,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def server_conftest() -> ModuleType:
-    """``tests/server/conftest.py`` (start_broker, start_agent, the admin keys) as a module."""
-    path = ROOT / "tests" / "server" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("hatchway_tests_server_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The tests' harness (``tests/harness``: start_broker, start_agent, the admin keys)."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
+    import harness
+
+    return harness
 
 
 def cpu_self() -> float:

@@ -199,7 +199,7 @@ def run_client(spec: dict[str, Any]) -> dict[str, Any]:
     )
     if out.returncode != 0:
         raise RuntimeError(f"client failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 # -- the client process ---------------------------------------------------------------------

@@ -49,8 +49,10 @@ from hatchway.ssm.authorize import authorize_start_session
 
 try:
     from moto.iam.access_control import IAMPolicy, PermissionResult
+
+    HAVE_MOTO = True
 except ImportError:  # the bench extra is not installed
-    IAMPolicy = None
+    HAVE_MOTO = False
 
 try:
     import cedarpy
@@ -125,7 +127,8 @@ def seed_scenario() -> Scenario:
     return Scenario("seed", "seed policy (1 statement)", [SEED_POLICY], requests)
 
 
-# --- scenario 2: AWS's Session Manager quickstart policies (ssm-spec 2.5) ------------------------
+# --- scenario 2: AWS's Session Manager quickstart policies
+# (docs/reference/session-manager.md#sample-policies) ------------------------
 
 QS_REGION = "us-east-1"
 QS_ACCOUNT = "111122223333"
@@ -259,7 +262,8 @@ def admin_scenario() -> Scenario:
     role = f"arn:aws:sts::{QS_ACCOUNT}:assumed-role/SSMAdmins/bob"
     userid = "AROAEXAMPLEADMINROLE1:bob"
     ctx = {"aws:userid": userid, "aws:SourceIp": "198.51.100.20"}
-    # Session ids in the aws:userid form, so the 2025 samples match literally (ssm-spec 2.4).
+    # Session ids in the aws:userid form, so the 2025 samples match literally
+    # (docs/reference/session-manager.md#username-and-userid).
     mine = QS_SESSION + f"{userid}-0123456789abcdef0"
     theirs = QS_SESSION + "bob-0123456789abcdef0"
     requests = [
@@ -680,7 +684,7 @@ def run_scenario(sc: Scenario, s: Settings) -> Row:
     row.hatchway = rate(hatchway_built(ps, sc.requests), s)
     row.prebuilt = rate(hatchway_prebuilt(ps, sc.requests), s)
 
-    if IAMPolicy is not None:
+    if HAVE_MOTO:
         mp, row.setup["moto IAMPolicy"] = _timed(lambda: moto_policies(sc.documents))
         got = [moto_allowed(mp, r.action, r.resource) for r in sc.requests]
         row.agreement.append(_mismatches("moto vs hatchway", got, sc, ours))

@@ -18,6 +18,7 @@ postgres user) and PostgreSQL 15, like the tests.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -26,18 +27,24 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from benchlib import ROOT, machine, server_conftest
 from botocore.exceptions import ClientError
 
 sys.path.insert(0, str(ROOT / "tests"))
-from pg import postgres_cluster, why_unavailable
+from harness.postgres import postgres_cluster, why_unavailable
 
 LIST_USERS = {
     "Version": "2012-10-17",
     "Statement": [{"Effect": "Allow", "Action": "iam:ListUsers", "Resource": "*"}],
 }
+
+
+def _refused(sts: Any) -> bool:
+    """True once ``sts`` (signed with a deleted key) is refused."""
+    return code(sts.get_caller_identity) is not None
 
 
 def code(call: Callable[[], object]) -> str | None:
@@ -107,7 +114,7 @@ def main() -> None:
                 sts_b = b.client("sts", key["AccessKeyId"], key["SecretAccessKey"])
                 sts_b.get_caller_identity()  # B has the key in its cache
                 iam_a.delete_access_key(UserName="keys", AccessKeyId=key["AccessKeyId"])
-                keys.append(until(lambda s=sts_b: code(s.get_caller_identity) is not None))
+                keys.append(until(functools.partial(_refused, sts_b)))
         finally:
             cf.stop_broker(b)
             cf.stop_broker(a)

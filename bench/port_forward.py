@@ -5,7 +5,7 @@ script prints MB/s (MB = 10^6 bytes) and ratios against a direct loopback TCP co
 the same run between the same two endpoints.
 
 Set-up: a real broker (``hatchway server``) and a registered ``hatchway agent`` run as
-subprocesses on 127.0.0.1, as ``tests/server/conftest.py`` starts them. A third subprocess is
+subprocesses on 127.0.0.1, as ``tests/harness/broker.py`` starts them. A third subprocess is
 the node-side server: for ``GET <n>`` it sends ``n`` bytes and closes, for ``PUT <n>`` it reads
 ``n`` bytes and answers ``OK``. The client side is our ``session-manager-plugin`` started the
 way the AWS CLI starts it (argv: StartSession response JSON, region, ``StartSession``,

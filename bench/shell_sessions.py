@@ -4,7 +4,7 @@ Run with ``.venv/bin/python bench/shell_sessions.py`` (about 50 s, as root: the 
 runs shells as ``ssm-user``). Nothing is asserted: the script prints figures and ratios
 against baselines measured in the same run, in the same process.
 
-Set-up: a real broker (``hatchway server``, as ``tests/server/conftest.py`` starts it, admin
+Set-up: a real broker (``hatchway server``, as ``tests/harness/broker.py`` starts it, admin
 keys from ``HATCHWAY_ADMIN_*``) and a registered ``hatchway agent`` (Online) run as
 subprocesses on 127.0.0.1. This process is the client.
 
@@ -19,7 +19,7 @@ subprocesses on 127.0.0.1. This process is the client.
 * **echo**: one printable character typed at the bash prompt → its echo back, through
   client → broker → agent → PTY (readline) and back. The client is
   ``hatchway.protocol.Stream(Role.CLIENT)`` over an aiohttp websocket (as
-  ``tests/server/pclient.py``), so no terminal code of the plugin is measured. Every 40 keys a
+  ``tests/harness/wsclient.py``), so no terminal code of the plugin is measured. Every 40 keys a
   Ctrl-C (not timed) clears the line. Baseline: the same keys written to a local PtyShell
   running the same login shell, read back in the same event loop.
 * **throughput**: ``cat FILE; echo <marker>`` of a 200 MB file of random printable lines in
@@ -675,7 +675,8 @@ def report(res: dict[str, Any]) -> None:
 
         def cpu(name: str, runs: list[dict[str, float]] = runs) -> str:
             vals = [r.get(f"{name}_cpu") for r in runs]
-            return f"{statistics.median(vals):.1f}" if None not in vals else "—"
+            known = [v for v in vals if v is not None]
+            return f"{statistics.median(known):.1f}" if len(known) == len(vals) else "—"
 
         busy = statistics.median([r["all_cpu"] / r["secs"] / (os.cpu_count() or 1) for r in runs])
         chunk = statistics.median([r["bytes"] / r["chunks"] for r in runs])

@@ -12,23 +12,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
+import importlib
 import signal
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import ROOT, machine, server_conftest
+from benchlib import machine, server_conftest
 
 srv = server_conftest()
-_spec = importlib.util.spec_from_file_location("bench_pclient", ROOT / "tests/server/pclient.py")
-assert _spec is not None and _spec.loader is not None
-pclient = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = pclient
-_spec.loader.exec_module(pclient)
+pclient = importlib.import_module("harness.wsclient")
 
 TARGET = "i-0be0c4be0c4be0c40"
 

@@ -1,4 +1,4 @@
-"""Fixtures shared by every test directory."""
+"""Fixtures shared by every test directory; the helpers are in the ``harness`` package."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from pg import postgres_cluster, why_unavailable
+from harness.postgres import postgres_cluster, why_unavailable
 
 # No config file of the machine's or of the working directory (/etc/hatchway/hatchway.toml,
 # ./hatchway.toml) reaches the commands the tests start: tests that want one pass --config.

@@ -1,4 +1,5 @@
-"""The agent's KMS calls: ``kms:Decrypt`` of a session's data key (spec §6).
+"""The agent's KMS calls: ``kms:Decrypt`` of a session's data key
+(docs/reference/data-channel.md#kms-encryption).
 
 By default the agent asks the broker it is registered with (the broker serves KMS on its API
 endpoint) and signs with the node's own credentials, so the node's IAM role decides. With

@@ -1,4 +1,5 @@
-"""Port sessions on the node: TCP forwarding to ``host:portNumber`` (spec §7.3).
+"""Port sessions on the node: TCP forwarding to ``host:portNumber``
+(docs/reference/data-channel.md#port-sessions).
 
 Three ways to run, chosen from the document's properties and the client's version (the
 handshake tells both ends the properties, so they agree):

@@ -160,7 +160,8 @@ def resolve_user(name: str, *, allow_root: bool = False, create: bool = False) -
 
 
 def session_user(io: SessionIO, *, elevated: bool = False) -> OsUser:
-    """The OS user a session runs as (ssm-spec 6.2), or :class:`PluginError` saying why none.
+    """The OS user a session runs as (docs/reference/session-manager.md#run-as), or
+    :class:`PluginError` saying why none.
 
     * ``elevated`` (the document's ``runAsElevated``): root, only if the node allows root
       sessions; otherwise the session fails (never silently as someone else).

@@ -2,9 +2,10 @@
 
 Credentials come from botocore's standard chain for the profile the AWS CLI passed (argv[4],
 ``""`` for none) and the region of argv[2]; ResumeSession and TerminateSession go to the SSM
-endpoint of argv[6], as the official plugin does (spec §1.2). botocore is imported on first
-use, not with the plugin: the plugin starts once per session and its imports are on the path
-to the first prompt.
+endpoint of argv[6], as the official plugin does
+(docs/reference/data-channel.md#plugin-invocation). botocore is imported on first use, not with
+the plugin: the plugin starts once per session and its imports are on the path to the first
+prompt.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The client's KMS call: ``kms:GenerateDataKey`` for a KMS-encrypted session (spec §6).
+"""The client's KMS call: ``kms:GenerateDataKey`` for a KMS-encrypted session
+(docs/reference/data-channel.md#kms-encryption).
 
 The data key is generated with the user's credentials — the region and profile the AWS CLI
 passed the plugin (argv[2], argv[4]) — as AWS's plugin does. The endpoint:

@@ -1,7 +1,8 @@
 """Session-type handlers: what runs once the session type is known.
 
 The session type comes from the handshake's SessionType action, or is ``Standard_Stream``
-when output arrives without a handshake (spec §5, the plugin's ``ProcessFirstMessage``).
+when output arrives without a handshake (docs/reference/data-channel.md#handshake, the plugin's
+``ProcessFirstMessage``).
 :data:`hatchway.client.session.HANDLERS` maps each type to a :class:`SessionHandler`
 subclass.
 """

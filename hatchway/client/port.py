@@ -1,4 +1,5 @@
-"""Port sessions on the client (spec §7.3): local listeners or stdin/stdout, like AWS's plugin.
+"""Port sessions on the client (docs/reference/data-channel.md#port-sessions): local listeners or
+stdin/stdout, like AWS's plugin.
 
 The mode follows the handshake's properties and the agent's version:
 

@@ -1,4 +1,5 @@
-"""One client session over the data channel (spec §2–§5).
+"""One client session over the data channel: opening it, the reliable stream, the handshake
+(docs/reference/data-channel.md#opening-the-data-channel and the sections after it).
 
 :class:`Session` opens the websocket to the StreamUrl (SigV4-signed unless presigned), sends
 the ``OpenDataChannelInput`` text frame, then runs the reliable stream of
@@ -108,7 +109,8 @@ MAX_UNACKED_BYTES = 8 * 1024 * 1024
 
 @dataclass
 class SessionParams:
-    """Everything the AWS CLI hands the plugin (spec §1.2)."""
+    """Everything the AWS CLI hands the plugin
+    (docs/reference/data-channel.md#plugin-invocation)."""
 
     session_id: str
     token: str
@@ -144,7 +146,8 @@ class Backoff:
 
 
 def exiting_message(session_id: str, output: str = "") -> str:
-    """What the plugin prints when the channel closes (spec §3.2)."""
+    """What the plugin prints when the channel closes
+    (docs/reference/data-channel.md#json-payloads)."""
     if output:
         return f"\n\nSessionId: {session_id} : {output}\n\n"
     return f"\n\nExiting session with sessionId: {session_id}.\n\n"
@@ -333,7 +336,8 @@ class Session:
     async def send(self, payload_type: int, payload: bytes) -> None:
         """Send stream data (the plugin's ``SendInputDataMessage``).
 
-        A lone ``\\n`` keystroke becomes ``\\r`` (the plugin's winpty quirk, spec §4). Waits
+        A lone ``\\n`` keystroke becomes ``\\r`` (the plugin's winpty quirk,
+        docs/reference/data-channel.md#the-reliable-stream). Waits
         while the unacked buffer is full. While disconnected the frames are only buffered;
         the reconnect re-sends them.
         """

@@ -1,6 +1,7 @@
 """``session-manager-plugin``: what ``aws ssm start-session`` runs after StartSession.
 
-The argv/env contract is AWS's (spec §1.2, the plugin's ``ValidateInputAndStartSession``):
+The argv/env contract is AWS's (docs/reference/data-channel.md#plugin-invocation, the plugin's
+``ValidateInputAndStartSession``):
 
 =========  ================================================================================
 argv[1]    the StartSession response JSON, or the name of the environment variable holding

@@ -1,8 +1,9 @@
 """Shell sessions (``Standard_Stream``, ``InteractiveCommands``, ``NonInteractiveCommands``).
 
-Spec §7.1: keystrokes go out as Output (PayloadType 1) in chunks of at most 1024 bytes, the
-terminal size as Size (PayloadType 3) at start and on every SIGWINCH; Output from the agent
-goes to stdout byte for byte, StdErr (11) to stderr, ExitCode (12) is recorded. With a TTY
+On the wire (docs/reference/data-channel.md#shell-sessions): keystrokes go out as Output
+(PayloadType 1) in chunks of at most 1024 bytes, the terminal size as Size (PayloadType 3) at
+start and on every SIGWINCH; Output from the agent goes to stdout byte for byte, StdErr (11) to
+stderr, ExitCode (12) is recorded. With a TTY
 the terminal is in raw mode, so Ctrl-C/Ctrl-Z/Ctrl-\\/Ctrl-D are ordinary bytes, and ``~.``
 after Enter ends a hung session. Without a TTY, stdin is a byte stream; its end drains the
 session and terminates it.
@@ -32,7 +33,8 @@ CONTROL_BYTES = {
     signal.SIGQUIT: b"\x1c",
     signal.SIGTSTP: b"\x1a",
 }
-"""Signals the plugin catches (when not in raw mode) and forwards as bytes (spec §7.1)."""
+"""Signals the plugin catches (when not in raw mode) and forwards as bytes
+(docs/reference/data-channel.md#shell-sessions)."""
 
 
 class ShellHandler(SessionHandler):

@@ -1,6 +1,6 @@
 """Condition operators, compiled once into predicates over the request context.
 
-Semantics (iam-spec section 5):
+Semantics (docs/reference/iam-evaluation.md#conditions):
 
 * operators in a block AND, keys under an operator AND, values for one key OR — and NOR for
   negated operators (the request value must match none of them);

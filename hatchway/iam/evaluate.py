@@ -1,11 +1,13 @@
 """The authorizer: IAM's decision across every policy type, with an explanation.
 
-Order (iam-spec 3.3): an applicable Deny in any policy (SCPs, RCPs, resource policy, identity
-policies, permissions boundary, session policy) is an explicit deny; then every SCP and RCP level
-must allow; then an Allow is needed from an identity policy or — in the same account — from the
-resource policy (which, naming the caller directly, also lifts the boundary and session-policy
-limits, iam-spec 3.4); the boundary and the session policy can only take away. Cross-account
-requests need both the identity side and the resource policy to allow.
+Order (docs/reference/iam-evaluation.md#decision-order): an applicable Deny in any policy (SCPs,
+RCPs, resource policy, identity policies, permissions boundary, session policy) is an explicit
+deny; then every SCP and RCP level must allow; then an Allow is needed from an identity policy
+or — in the same account — from the resource policy (which, naming the caller directly, also
+lifts the boundary and session-policy limits,
+docs/reference/iam-evaluation.md#resource-policies-in-the-same-account); the boundary and the
+session policy can only take away. Cross-account requests need both the identity side and the
+resource policy to allow.
 
 Statements are indexed by action per policy group and candidate lists are memoised per action,
 so a large policy set costs little more than a small one when few statements name the action.
@@ -194,7 +196,8 @@ class PolicySet:
         self.session = PolicyGroup(PolicyKind.SESSION, session) if session is not None else None
         self.scps = tuple(PolicyGroup(PolicyKind.SCP, lvl, i) for i, lvl in enumerate(scps))
         self.rcps = tuple(PolicyGroup(PolicyKind.RCP, lvl, i) for i, lvl in enumerate(rcps))
-        # Order in which an explicit deny is looked for and reported (iam-spec 3.3 step 1).
+        # Order in which an explicit deny is looked for and reported
+        # (docs/reference/iam-evaluation.md#decision-order, step 2).
         groups: list[PolicyGroup] = [*self.scps, *self.rcps]
         if self.resource is not None:
             groups.append(self.resource)

@@ -5,11 +5,12 @@ central rule is about the whole set: AWS's ``ssm:SessionDocumentAccessCheck`` pa
 condition "must be included in all policy statements which allow the ssm:StartSession action",
 and those statements may live in different policies.
 
-The rules follow the evaluation model of ssm-spec 3.3 (the one ``hatchway.ssm`` implements):
+The rules follow the evaluation model of StartSession
+(docs/reference/session-manager.md#startsession-authorization, the one ``hatchway.ssm`` implements):
 without ``--document-name`` the target is authorized with ``ssm:SessionDocumentAccessCheck`` =
 ``"false"``; with a document named, the key is absent from both the target and the document
-authorization. A condition is judged by running its compiled clauses against those two contexts,
-so spellings other than AWS's (``StringEquals``, ``Null``, …) are judged by what they do.
+authorization. A condition is judged by running its compiled clauses against those two contexts, so
+spellings other than AWS's (``StringEquals``, ``Null``, …) are judged by what they do.
 
 Precision over recall: a rule fires only where the effect is certain from the documents alone.
 AWS's own sample policies (2025 and legacy quickstarts) give no finding except
@@ -48,7 +49,8 @@ _SESSIONS = (("ssm", "session/"),)
 _PROBE_DOCUMENT = "document/Zq-hatchway-lint-probe-9c1e"
 _PROBE_ACCOUNTS = ("", "111122223333")
 
-# The two request contexts StartSession produces for the key (ssm-spec 3.3).
+# The two request contexts StartSession produces for the key
+# (docs/reference/session-manager.md#startsession-authorization).
 _NO_DOCUMENT: Context = {CHECK_KEY: "false"}
 _KEY_ABSENT: Context = {}
 

@@ -1,4 +1,4 @@
-"""AWS's AccessDenied message texts (iam-spec section 6)."""
+"""AWS's AccessDenied message texts (docs/reference/iam-evaluation.md#access-denied-messages)."""
 
 from __future__ import annotations
 

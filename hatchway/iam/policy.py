@@ -119,7 +119,8 @@ class Statement:
                     clauses.append(Clause(op_name, key, _strings(values), variables))
         self.conditions = ConditionBlock(clauses) if clauses else None
 
-    # -- the four tests of "does this statement apply" (iam-spec 3.2) --
+    # -- the four tests of "does this statement apply"
+    # (docs/reference/iam-evaluation.md#when-a-statement-applies) --
 
     def names_action(self, action: str) -> bool:
         """Does Action (NotAction) list ``action`` (lower-cased)?"""

@@ -62,7 +62,8 @@ _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
 class MessageType(StrEnum):
-    """Every MessageType of the data and control channels (spec §3.1)."""
+    """Every MessageType of the data and control channels
+    (docs/reference/data-channel.md#message-types)."""
 
     INPUT_STREAM_DATA = "input_stream_data"
     OUTPUT_STREAM_DATA = "output_stream_data"
@@ -82,7 +83,7 @@ class MessageType(StrEnum):
 
 
 class PayloadType(IntEnum):
-    """PayloadType of a frame (spec §3.3)."""
+    """PayloadType of a frame (docs/reference/data-channel.md#payload-types)."""
 
     UNDEFINED = 0
     OUTPUT = 1
@@ -100,8 +101,8 @@ class PayloadType(IntEnum):
 
 
 ENCRYPTED_PAYLOAD_TYPES = frozenset({PayloadType.OUTPUT, PayloadType.STDERR, PayloadType.EXIT_CODE})
-"""What a KMS-encrypted session seals (spec §3.3, §6): the agent's Output, StdErr and ExitCode;
-the client's Output (the only one of them it sends)."""
+"""What a KMS-encrypted session seals (docs/reference/data-channel.md#payload-types): the agent's
+Output, StdErr and ExitCode; the client's Output (the only one of them it sends)."""
 
 
 class Flag(IntEnum):

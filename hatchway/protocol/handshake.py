@@ -1,4 +1,4 @@
-"""The session handshake (spec §5) for both ends, sans I/O.
+"""The session handshake (docs/reference/data-channel.md#handshake) for both ends, sans I/O.
 
 The agent side (:class:`AgentHandshake`) produces the HandshakeRequest, judges the
 HandshakeResponse and says when to send HandshakeComplete; the client side

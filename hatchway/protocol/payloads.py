@@ -1,4 +1,4 @@
-"""Builders and parsers of the data-channel payloads (spec §2, §3.2, §5, §7).
+"""Builders and parsers of the data-channel payloads (docs/reference/data-channel.md#json-payloads).
 
 ``build_*`` return the payload bytes (compact JSON, field names and order exactly as the Go
 peers write them); ``parse_*`` accept ``bytes`` or ``str``, are tolerant of the variants real

@@ -1,5 +1,6 @@
-"""What both ends of a Port session agree on (spec §7.3): the modes, the ``type`` that selects
-local forwarding, smux keepalive, and the sizes of their flow control.
+"""What both ends of a Port session agree on (docs/reference/data-channel.md#port-sessions): the
+modes, the ``type`` that selects local forwarding, smux keepalive, and the sizes of their flow
+control.
 
 The agent (``hatchway.agent.port``) and the plugin (``hatchway.client.port``) each decide the
 mode from the handshake's properties and the other end's version; these are the names and

@@ -1,4 +1,5 @@
-"""smux protocol version 1, the stream multiplexer inside Port sessions (spec §7.3), sans I/O.
+"""smux protocol version 1, the stream multiplexer inside Port sessions
+(docs/reference/data-channel.md#smux), sans I/O.
 
 When both ends support it, a ``LocalPortForwarding`` session carries one smux session in the
 Output payloads of the data channel: every local TCP connection of the client is one smux

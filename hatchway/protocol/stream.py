@@ -1,4 +1,5 @@
-"""The reliable stream of the data channel (spec §4) as a sans-I/O state machine.
+"""The reliable stream of the data channel as a sans-I/O state machine
+(docs/reference/data-channel.md#the-reliable-stream).
 
 One :class:`Stream` is one endpoint: the client sends ``input_stream_data`` and receives
 ``output_stream_data``, the agent the reverse. Bytes go in through :meth:`Stream.receive`,

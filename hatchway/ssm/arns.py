@@ -1,4 +1,5 @@
-"""ARNs of the resources Session Manager authorizes against (ssm-spec section 1).
+"""ARNs of the resources Session Manager authorizes against
+(docs/reference/session-manager.md#resource-arns).
 
 * EC2-style targets ``i-…``  → ``arn:P:ec2:R:A:instance/i-…``
 * hybrid nodes ``mi-…``      → ``arn:P:ssm:R:A:managed-instance/mi-…``

@@ -1,6 +1,7 @@
 """How ``ssm:StartSession`` is authorized: the seed document's SessionDocumentAccessCheck rule.
 
-One StartSession call is several IAM authorizations and every one must allow (ssm-spec 3.3):
+One StartSession call is several IAM authorizations and every one must allow
+(docs/reference/session-manager.md#startsession-authorization):
 
 =========================== ====================================== ==============================
 call                        target ARN                             document ARN

@@ -3,7 +3,8 @@
 * :func:`parse_content` / :func:`render_content` read and write document content as JSON or
   YAML (``DocumentFormat``), :func:`convert_content` converts between them.
 * :func:`validate_document` checks a parsed document for its ``DocumentType``; Session
-  documents (``schemaVersion "1.0"``) get the full schema of ssm-spec section 4.
+  documents (``schemaVersion "1.0"``) get the full schema of
+  docs/reference/session-manager.md#session-documents.
 * :func:`aws_documents` returns the AWS-owned documents and :func:`default_preferences` the
   content ``SSM-SessionManagerRunShell`` starts with, both read from the package's data files
   (hatchway/ssm/data/documents/, the only I/O of this module).

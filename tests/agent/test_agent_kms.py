@@ -1,4 +1,5 @@
-"""When the agent asks for KMS encryption, and what it offers (spec §5, §6)."""
+"""When the agent asks for KMS encryption, and what it offers
+(docs/reference/data-channel.md#handshake, docs/reference/data-channel.md#kms-encryption)."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ import hatchway.agent.port as port_mod
 from hatchway.agent.plugin import PluginError
 from hatchway.agent.port import PortMode, PortPlugin, denied_networks, is_forbidden
 from hatchway.protocol import AgentHandshake, Flag, PayloadType, build_flag
+from hatchway.protocol.port import FRAME_BYTES
 from hatchway.protocol.smux import Cmd, Decoder, SmuxFrame, encode_frame
 
 
@@ -28,6 +29,7 @@ class FakeIO:
     def __init__(self, properties: dict[str, Any], client_version: str = "1.2.764.0") -> None:
         self.session_id = "alice-0123456789abcdef0"
         self.task: dict[str, Any] = {}
+        self.parameters: dict[str, list[str]] = {}
         self.document: dict[str, Any] = {"sessionType": "Port", "properties": properties}
         self.settings: Any = None
         self.handshake: AgentHandshake | None = AgentHandshake("Port", properties)
@@ -40,7 +42,7 @@ class FakeIO:
         self.smux = Decoder()
 
     def output(self, data: bytes, payload_type: int = PayloadType.OUTPUT) -> None:
-        assert len(data) <= port_mod.FRAME_BYTES
+        assert len(data) <= FRAME_BYTES
         self.outputs.append((payload_type, data))
 
     def exited(self, code: int) -> None:

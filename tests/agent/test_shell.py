@@ -22,7 +22,12 @@ async def _run(script: bytes, resize: tuple[int, int] | None = None) -> tuple[st
     done = asyncio.Event()
     codes: list[int] = []
     user = resolve_user(_session_user(), create=True)
-    sh = PtyShell(user, out.append, lambda c: (codes.append(c), done.set()))
+
+    def exited(code: int) -> None:
+        codes.append(code)
+        done.set()
+
+    sh = PtyShell(user, out.append, exited)
     sh.start()
     if resize:
         sh.resize(*resize)

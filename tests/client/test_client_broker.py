@@ -4,43 +4,29 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import ClassVar
 
+import harness as srv
 import pytest
-from clienthelp import PipeClient, clean_aws_env, plugin_on_path, wait_for
+from harness.client import PipeClient, clean_aws_env, plugin_on_path, wait_for
 
 BIN = Path(sys.executable).parent
 TARGET = "i-0c11e47a0b2c3d4e5"
 
 
-def _server_conftest() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "server" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("hatchway_tests_server_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-srv = _server_conftest()
-
-
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[srv.Broker]:
     b = srv.start_broker(tmp_path_factory.mktemp("client-broker") / "data")
     yield b
     srv.stop_broker(b)
 
 
 @pytest.fixture(scope="module")
-def node(broker: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def node(broker: srv.Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[srv.Agent]:
     a = srv.start_agent(broker, tmp_path_factory.mktemp("client-node") / "state", TARGET)
     yield a
     a.stop()
@@ -61,8 +47,8 @@ def admin_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     )
 
 
-def status(broker: object, sid: str) -> str:
-    ssm = broker.client("ssm")  # type: ignore[attr-defined]
+def status(broker: srv.Broker, sid: str) -> str:
+    ssm = broker.client("ssm")
     for state in ("Active", "History"):
         found = ssm.describe_sessions(State=state, Filters=[{"key": "SessionId", "value": sid}])
         if found["Sessions"]:
@@ -71,7 +57,7 @@ def status(broker: object, sid: str) -> str:
 
 
 def test_aws_cli_start_session_through_our_plugin(
-    broker: object, node: object, plugin_path: str
+    broker: srv.Broker, node: srv.Agent, plugin_path: str
 ) -> None:
     done = subprocess.run(
         [
@@ -82,7 +68,7 @@ def test_aws_cli_start_session_through_our_plugin(
             TARGET,
             "--endpoint-url",
             broker.url,
-        ],  # type: ignore[attr-defined]
+        ],
         input=b"echo A=$((6*7))\rexit\r",
         capture_output=True,
         env=admin_env({"PATH": plugin_path}),
@@ -97,7 +83,7 @@ def test_aws_cli_start_session_through_our_plugin(
     assert status(broker, sid) == "Terminated"
 
 
-def test_hatchway_start_session(broker: object, node: object) -> None:
+def test_hatchway_start_session(broker: srv.Broker, node: srv.Agent) -> None:
     done = subprocess.run(
         [
             str(BIN / "hatchway"),
@@ -108,7 +94,7 @@ def test_hatchway_start_session(broker: object, node: object) -> None:
             broker.url,
             "--region",
             "us-east-1",
-        ],  # type: ignore[attr-defined]
+        ],
         input=b"echo B=$((7*6))\rexit\r",
         capture_output=True,
         env=admin_env(),
@@ -120,15 +106,15 @@ def test_hatchway_start_session(broker: object, node: object) -> None:
 
 
 def test_dropped_websocket_is_resumed_with_every_byte_once(
-    broker: object, node: object, monkeypatch: pytest.MonkeyPatch
+    broker: srv.Broker, node: srv.Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for key, value in admin_env().items():
         if key.startswith("AWS_"):
             monkeypatch.setenv(key, value)
-    response = broker.client("ssm").start_session(Target=TARGET)  # type: ignore[attr-defined]
+    response = broker.client("ssm").start_session(Target=TARGET)
 
     async def go() -> tuple[int, bytes, int]:
-        client = PipeClient(response, broker.url)  # type: ignore[attr-defined]
+        client = PipeClient(response, broker.url)
         session = client.session
         task = asyncio.create_task(session.run())
         try:
@@ -152,15 +138,15 @@ def test_dropped_websocket_is_resumed_with_every_byte_once(
     assert status(broker, response["SessionId"]) == "Terminated"
 
 
-def test_pty_resize_and_tilde_dot(broker: object, node: object, plugin_path: str) -> None:
+def test_pty_resize_and_tilde_dot(broker: srv.Broker, node: srv.Agent, plugin_path: str) -> None:
     from test_client_process import PtyPlugin  # the same PTY driver as the fake-peer tests
 
     class BrokerPeer:
-        url = broker.url  # type: ignore[attr-defined]
+        url = broker.url
         sessions: ClassVar[dict[str, object]] = {}
 
         def new_session(self) -> dict[str, str]:
-            out: dict[str, str] = broker.client("ssm").start_session(Target=TARGET)  # type: ignore[attr-defined]
+            out: dict[str, str] = broker.client("ssm").start_session(Target=TARGET)
             return out
 
     creds = {"AWS_ACCESS_KEY_ID": srv.ADMIN_KEY, "AWS_SECRET_ACCESS_KEY": srv.ADMIN_SECRET}
@@ -189,15 +175,15 @@ def test_pty_resize_and_tilde_dot(broker: object, node: object, plugin_path: str
 
 
 def test_upgrade_signed_with_unknown_keys_is_refused_not_resumed(
-    broker: object, node: object, monkeypatch: pytest.MonkeyPatch
+    broker: srv.Broker, node: srv.Agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    response = broker.client("ssm").start_session(Target=TARGET)  # type: ignore[attr-defined]
+    response = broker.client("ssm").start_session(Target=TARGET)
     for key, value in clean_aws_env().items():  # credentials the broker does not know
         if key.startswith("AWS_"):
             monkeypatch.setenv(key, value)
 
     async def go() -> tuple[int, bytes, int]:
-        client = PipeClient(response, broker.url)  # type: ignore[attr-defined]
+        client = PipeClient(response, broker.url)
         try:
             code = await asyncio.wait_for(client.session.run(), 20)
         finally:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clienthelp import clean_aws_env, plugin_on_path
+from harness.client import clean_aws_env, plugin_on_path
 from test_client_broker import srv
 
 from hatchway.agent.shell import NO_RUN_AS_USER

@@ -26,7 +26,7 @@ from typing import Any
 import boto3
 import botocore.session
 import pytest
-from clienthelp import clean_aws_env, plugin_on_path
+from harness.client import clean_aws_env, plugin_on_path
 from test_client_broker import srv, status
 
 from hatchway.agent.datakey import KmsDecrypter, KmsSettings

@@ -1,4 +1,5 @@
-"""``session-manager-plugin``'s argv/env contract (spec §1.2), in-process and as a process."""
+"""``session-manager-plugin``'s argv/env contract
+(docs/reference/data-channel.md#plugin-invocation), in-process and as a process."""
 
 from __future__ import annotations
 

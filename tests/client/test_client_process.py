@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import pty
@@ -16,10 +17,11 @@ import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from clienthelp import clean_aws_env, plugin_on_path, wait_sync
 from fakepeer import FakePeer
+from harness.client import clean_aws_env, plugin_on_path, wait_sync
 
 from hatchway.protocol import PayloadType
 
@@ -110,7 +112,7 @@ class PtyPlugin:
         self.output = b""
 
     @property
-    def session(self):  # type: ignore[no-untyped-def]
+    def session(self) -> Any:
         return self.peer.sessions[self.sid]
 
     def set_size(self, cols: int, rows: int) -> None:
@@ -226,7 +228,8 @@ def test_sigterm_restores_the_terminal(tty_plugin: PtyPlugin) -> None:
 
 
 def test_signals_are_forwarded_as_bytes_without_a_tty(peer: FakePeer, plugin_path: str) -> None:
-    """Piped stdin (no raw mode): SIGINT/SIGQUIT/SIGTSTP become 0x03/0x1c/0x1a (spec §7.1)."""
+    """Piped stdin (no raw mode): SIGINT/SIGQUIT/SIGTSTP become 0x03/0x1c/0x1a
+    (docs/reference/data-channel.md#shell-sessions)."""
     response = peer.new_session()
     s = peer.sessions[response["SessionId"]]
     env = clean_aws_env(
@@ -250,7 +253,7 @@ def test_signals_are_forwarded_as_bytes_without_a_tty(peer: FakePeer, plugin_pat
         wait_sync(lambda: s.sizes != [])
         for count, signum in enumerate((signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP), 1):
             proc.send_signal(signum)
-            wait_sync(lambda count=count: len(s.input) >= count)
+            wait_sync(functools.partial(lambda n: len(s.input) >= n, count))
         assert proc.stdin is not None
         proc.stdin.write(b"exit\r")
         proc.stdin.close()

@@ -7,8 +7,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
-from clienthelp import AWS_ENV, PipeClient, wait_for
 from fakepeer import FakePeer, FakeSession
+from harness.client import AWS_ENV, PipeClient, wait_for
 
 from hatchway.protocol import PayloadType, parse_handshake_response
 

@@ -48,7 +48,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from clienthelp import plugin_on_path
+    from harness.client import plugin_on_path
 
     return plugin_on_path(tmp_path_factory.mktemp("to-plugin"))
 
@@ -96,7 +96,7 @@ def test_preferences_shell_profile_runs_in_the_shell(stack: Any, path: str) -> N
     then), later update-document '$LATEST', which takes effect with nothing more (issue 15;
     this test used to need update-document-default-version too)."""
     ssm = stack.client("ssm")
-    prefs = {"schemaVersion": "1.0", "sessionType": "Standard_Stream", "inputs": {}}
+    prefs: dict[str, Any] = {"schemaVersion": "1.0", "sessionType": "Standard_Stream", "inputs": {}}
     ssm.create_document(
         Name=DEFAULT_SESSION_DOCUMENT, Content=json.dumps(prefs), DocumentType="Session"
     )

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clienthelp import PipeClient, clean_aws_env, plugin_on_path, wait_for, wait_sync
+from harness.client import PipeClient, clean_aws_env, plugin_on_path, wait_for, wait_sync
 from test_client_broker import srv
 
 import hatchway.client.port as client_port

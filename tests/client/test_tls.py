@@ -24,7 +24,7 @@ import boto3
 import botocore.exceptions
 import pytest
 from botocore.config import Config
-from clienthelp import clean_aws_env, plugin_on_path
+from harness.client import clean_aws_env, plugin_on_path
 from test_client_broker import srv
 
 from hatchway.agent.datakey import KmsDecrypter, KmsError

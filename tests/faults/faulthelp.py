@@ -1,44 +1,25 @@
 """Helpers of the fault suite: a broker and an agent behind a :class:`TcpProxy`.
 
-No fixtures here (other fault tests bring their own): tests/server/conftest.py's
-``start_broker`` / ``start_agent`` are loaded by path, as tests/client does.
+No fixtures here (other fault tests bring their own): the broker and agent are the harness's
+(``srv`` is :mod:`harness`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import harness as srv
+from harness.client import PipeClient, wait_for
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "client"))
 
-from clienthelp import PipeClient, wait_for  # noqa: E402
-
-__all__ = ["PipeClient", "wait_for"]
-
-
-def _server_conftest() -> ModuleType:
-    name = "hatchway_tests_server_conftest"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = HERE.parent / "server" / "conftest.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-srv = _server_conftest()
+__all__ = ["PipeClient", "srv", "wait_for"]
 
 
 def port_of(url: str) -> int:

@@ -23,8 +23,12 @@ import contextlib
 import socket
 import struct
 import threading
+from collections.abc import Coroutine
 from types import TracebackType
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+
+T = TypeVar("T")
 
 
 class TcpProxy:
@@ -74,7 +78,7 @@ class TcpProxy:
 
     def cut(self) -> int:
         """Reset every open connection (both ends); returns how many were cut."""
-        return int(self._call(self._cut()))
+        return self._call(self._cut())
 
     def hold(self) -> None:
         """New connections are accepted but nothing flows until :meth:`release`."""
@@ -100,8 +104,8 @@ class TcpProxy:
 
     # -- inside the loop --------------------------------------------------------------------
 
-    def _call(self, coro: object) -> object:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)  # type: ignore[arg-type]
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
 
     async def _start(self) -> None:
         self._released = asyncio.Event()

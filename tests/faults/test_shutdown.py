@@ -12,37 +12,24 @@ measures the stop exactly.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import harness as srv
+import harness.wsclient as pclient
 import pytest
 import urllib3
 
-_SERVER = Path(__file__).parent.parent / "server"
 TARGET = "i-0f0aced0ff0aced00"
 SHUTDOWN_MESSAGE = "The broker is shutting down."  # hatchway.server.relay.datachannel
 BOUND = 20.0  # seconds: generous; the stop takes well under 5 s (bench/shutdown.py)
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-srv = _load("faults_server_conftest", _SERVER / "conftest.py")
-pclient = _load("faults_pclient", _SERVER / "pclient.py")
 HTTP = urllib3.PoolManager(retries=False, timeout=10.0)
 
 
@@ -89,6 +76,7 @@ def test_sigterm_ends_sessions_with_the_reason_and_exits(
             await client.read_until(b"ready\r\n", BOUND)
             broker.proc.send_signal(signal.SIGTERM)
             result = await client.read_until(None, BOUND)  # returns at channel_closed
+            assert client.ws is not None
             while not client.ws.closed:  # then the websocket closes
                 await client.ws.receive(timeout=BOUND)
             await client.close()
@@ -147,7 +135,7 @@ def _stop_postgres(url: str) -> None:
 
 
 def test_readyz_answers_503_while_postgresql_is_down(tmp_path: Path) -> None:
-    from pg import postgres_cluster, why_unavailable
+    from harness.postgres import postgres_cluster, why_unavailable
 
     reason = why_unavailable()
     if reason is not None:

@@ -8,13 +8,10 @@ credentials, so each one reaches the protocol parsers, the validator and the han
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 from urllib.parse import quote
@@ -28,18 +25,12 @@ from hypothesis import strategies as st
 
 from hatchway.server.awswire.models import load_service
 
-_SERVER = Path(__file__).parent.parent / "server" / "conftest.py"
-
 
 def server_helpers() -> ModuleType:
-    """tests/server/conftest.py (start_broker, start_agent, the admin key) under its own name,
-    so that it does not clash with the ``conftest`` module other directories import."""
-    spec = importlib.util.spec_from_file_location("fuzz_server_conftest", _SERVER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """The harness (start_broker, start_agent, the admin key)."""
+    import harness
+
+    return harness
 
 
 def examples(default: int) -> int:
@@ -329,7 +320,7 @@ def _typed(shape: Shape, depth: int) -> st.SearchStrategy[Any]:
         if depth > 3:
             return st.just({})
         members = {name: _member(name, m, depth + 1) for name, m in shape.members.items()}
-        return st.fixed_dictionaries({}, optional=members)  # type: ignore[arg-type]
+        return st.fixed_dictionaries({}, optional=members)
     if kind == "list":
         return st.lists(value(shape.member, depth + 1), max_size=3)
     if kind == "map":

@@ -1,9 +1,10 @@
 """Differential test: the engine against a naive reference model of identity-policy evaluation.
 
-The model below is written straight from iam-spec sections 0, 3.2, 3.3, 4.1, 4.2, 5.1-5.5 and
-deliberately shares no code with ``hatchway.iam``: plain recursive globbing, no regex, no caching.
-Scope: identity policies plus an optional permissions boundary, for an IAM user or a role
-session without a session policy. Areas the spec leaves open (plain operators on multivalued
+The model below is written straight from docs/reference/iam-evaluation.md (its sections on common
+mistakes, when a statement applies, the decision order, matching actions and resources, and
+conditions) and deliberately shares no code with ``hatchway.iam``: plain recursive globbing, no
+regex, no caching. Scope: identity policies plus an optional permissions boundary, for an IAM user
+or a role session without a session policy. Areas AWS leaves open (plain operators on multivalued
 keys, unparsable numbers, ``""`` as a null data set, wildcards in the service prefix) are not
 generated.
 """
@@ -56,7 +57,8 @@ def wild(text: str) -> list[Token]:
 
 
 def resolve(text: str, ctx: Context, version: str | None) -> list[Token] | None:
-    """Tokens of ``text`` with policy variables substituted as literals (iam-spec 5.5).
+    """Tokens of ``text`` with policy variables substituted as literals
+    (docs/reference/iam-evaluation.md#policy-variables).
 
     Variables only work under Version 2012-10-17; otherwise ``${...}`` is literal text.
     ``None`` means a referenced key has no value (and no default)."""
@@ -177,7 +179,7 @@ def condition_holds(op: str, key: str, raw: Any, ctx: Context, version: Any) -> 
         return True
     if qualifier:
         request_values = [] if absent else request if isinstance(request, list) else [request]
-        checks = [base_matches(base, values, rv, ctx, version) for rv in request_values]
+        checks = [base_matches(base, values, str(rv), ctx, version) for rv in request_values]
         return all(checks) if qualifier == "ForAllValues" else any(checks)
     if absent:
         return base in NEGATED
@@ -210,7 +212,8 @@ def applies(stmt: dict[str, Any], action: str, resource: str, ctx: Context, vers
 
 
 def verdict(policies: list[dict[str, Any]], action: str, resource: str, ctx: Context) -> str:
-    """``Deny`` / ``Allow`` / ``NotApplicable`` for one set of policies (iam-spec 3.2)."""
+    """``Deny`` / ``Allow`` / ``NotApplicable`` for one set of policies
+    (docs/reference/iam-evaluation.md#when-a-statement-applies)."""
     effects = {
         s["Effect"]
         for p in policies
@@ -224,7 +227,8 @@ def reference_decision(case: dict[str, Any]) -> str:
     principal = case["principal"]
     ctx: Context = {k.lower(): v for k, v in case["context"].items()}
     username = USERS[principal]
-    if username is not None:  # aws:username exists for IAM users only (iam-spec 3.1)
+    # aws:username exists for IAM users only (docs/reference/iam-evaluation.md#request-context)
+    if username is not None:
         ctx.setdefault("aws:username", username)
     identity = verdict(case["identity"], case["action"], case["resource"], ctx)
     boundary = (
@@ -442,7 +446,7 @@ def case(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def test_reference_model_sanity() -> None:
-    """The model itself reproduces the spec's headline rules (so a shared mistake is unlikely)."""
+    """The model itself reproduces AWS's headline rules (so a shared mistake is unlikely)."""
     assert glob(wild("a*b?"), "a/x:yb1") and not glob(wild("a*b?"), "ab")
     assert glob(resolve("a${*}", {}, "2012-10-17") or [], "a*")
     assert not glob(resolve("a${*}", {}, "2012-10-17") or [], "ab")
@@ -547,7 +551,10 @@ def test_every_action_pattern_against_every_action() -> None:
     """Exhaustive over the small pattern tables (hypothesis samples them too sparsely)."""
     for pattern in ACTION_PATTERNS:
         for element in ("Action", "NotAction"):
-            doc = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", element: pattern}]}
+            doc: dict[str, Any] = {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", element: pattern}],
+            }
             doc["Statement"][0]["Resource"] = "*"
             for action in ACTIONS:
                 check(case_of(doc, action=action))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import ROLE_SESSION, USER, allow, decide, deny, policy
+from harness.policies import ROLE_SESSION, USER, allow, decide, deny, policy
 
 from hatchway.iam import PolicyKind, PolicySet, Principal, make_request, parse_policy
 from hatchway.ssm import document_arn, session_arn, target_arn
@@ -31,7 +31,7 @@ def test_rcp_levels_must_allow_and_deny_explicitly() -> None:
     rcp_full = parse_policy(json.dumps(policy(allow(Principal="*"))), PolicyKind.RCP)
     rcp_deny = parse_policy(
         json.dumps(policy(allow(Principal="*"), deny("s3:*", Principal="*"))), PolicyKind.RCP
-    )  # type: ignore[arg-type]
+    )
     user_policies = [parse_policy(json.dumps(p)) for p in ok]
     req = make_request("s3:GetObject", "arn:aws:s3:::b/k", USER)
     assert PolicySet(user_policies, rcps=[[rcp_full]]).evaluate(req).allowed

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import allow, decide, policy
+from harness.policies import allow, decide, policy
 
 from hatchway.iam.conditions import OPERATORS
 

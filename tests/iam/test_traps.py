@@ -1,8 +1,11 @@
-"""The fifteen things implementers get wrong (iam-spec section 0), one test group each."""
+"""The fifteen things implementers get wrong, one test group each
+(docs/reference/iam-evaluation.md#common-mistakes)."""
 
 from __future__ import annotations
 
-from conftest import ROLE_SESSION, USER, allow, decide, deny, policy
+from typing import Any
+
+from harness.policies import ROLE_SESSION, USER, allow, decide, deny, policy
 
 INSTANCE = "arn:aws:ec2:us-east-1:123456789012:instance/i-0123456789abcdef0"
 
@@ -67,7 +70,8 @@ def test_03_value_or_key_and_operator_and() -> None:
 def test_04_set_operators_on_missing_and_empty_keys() -> None:
     all_p = policy(allow(Condition={"ForAllValues:StringEquals": {"aws:TagKeys": ["a", "b"]}}))
     any_p = policy(allow(Condition={"ForAnyValue:StringEquals": {"aws:TagKeys": ["a", "b"]}}))
-    for ctx in ({}, {"aws:TagKeys": []}, {"aws:TagKeys": ""}):
+    contexts: list[dict[str, Any]] = [{}, {"aws:TagKeys": []}, {"aws:TagKeys": ""}]
+    for ctx in contexts:
         assert decide([all_p], context=ctx).allowed, ctx
         assert not decide([any_p], context=ctx).allowed, ctx
     assert decide([all_p], context={"aws:TagKeys": ["a"]}).allowed

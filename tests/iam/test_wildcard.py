@@ -8,6 +8,7 @@ replaced (``*`` any run including newlines, ``?`` one character, everything else
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import pytest
 from hypothesis import given, settings
@@ -79,7 +80,7 @@ def test_substituted_text_is_literal() -> None:
     assert not glob.match("home/abc/x")
 
 
-def _decide(statement: dict[str, object], action: str, resource: str, **ctx: str) -> str:
+def _decide(statement: Mapping[str, object], action: str, resource: str, **ctx: str) -> str:
     policy = compile_policy({"Version": "2012-10-17", "Statement": [statement]})
     return PolicySet([policy]).evaluate(make_request(action, resource, None, ctx)).decision
 

@@ -1,4 +1,5 @@
-"""KMS session encryption: the block cipher both ends run, nonces, the challenge (spec §6)."""
+"""KMS session encryption: the block cipher both ends run, nonces, the challenge
+(docs/reference/data-channel.md#kms-encryption)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Frames: the spec's test vector, round trips, tolerant decoding, strict encoding, fuzzing."""
+"""Frames: the test vector of docs/reference/data-channel.md#frames, round trips, tolerant decoding,
+strict encoding, fuzzing."""
 
 from __future__ import annotations
 

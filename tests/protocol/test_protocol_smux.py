@@ -1,4 +1,5 @@
-"""smux v1 (spec §7.3): the frame codec, reassembly across any split, and both session roles."""
+"""smux v1 (docs/reference/data-channel.md#smux): the frame codec, reassembly across any split, and
+both session roles."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from hatchway.protocol.smux import (
 )
 
 # What AWS's plugin put on the wire for the first local connection and an HTTP request
-# (spec §7.3, observed bytes).
+# (docs/reference/data-channel.md#smux, observed bytes).
 OBSERVED_SYN = bytes.fromhex("01 00 0000 03000000")
 OBSERVED_PSH = bytes.fromhex("01 02 1200 03000000") + b"GET / HTTP/1.0\r\n\r\n"
 
@@ -139,7 +140,7 @@ frames_strategy = st.lists(
 
 
 def _wire(frames: list[SmuxFrame]) -> bytes:
-    return b"".join(encode_frame(f.cmd, f.stream_id, f.data) for f in frames)
+    return b"".join(encode_frame(f.cmd, f.stream_id, bytes(f.data)) for f in frames)
 
 
 @given(frames_strategy, st.lists(st.integers(0, 5000), max_size=30))

@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import (
+from harness import (
     Broker,
     start_broker,
     stop_broker,
     wait_ping,
 )
-from pclient import Client
+from harness.wsclient import Client
 
 BIN = Path(sys.executable).parent
 MI_ID = re.compile(r"mi-[0-9a-f]{17}")

@@ -16,7 +16,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from conftest import ADMIN_KEY, ADMIN_SECRET, REGION, Agent, Broker, start_agent
+from harness import ADMIN_KEY, ADMIN_SECRET, REGION, Agent, Broker, start_agent
 
 
 @pytest.fixture(scope="module")

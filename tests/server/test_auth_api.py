@@ -14,7 +14,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from conftest import ADMIN_KEY, ADMIN_SECRET, REGION, Broker, start_broker, stop_broker
+from harness import ADMIN_KEY, ADMIN_SECRET, REGION, Broker, start_broker, stop_broker
 
 
 def _raw(broker: Broker, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
@@ -48,15 +48,16 @@ def _signed(
         import botocore.auth
 
         real = botocore.auth.datetime.datetime
+        frozen_at = when
 
         class Frozen(real):  # type: ignore[misc, valid-type]
             @classmethod
             def utcnow(cls) -> dt.datetime:
-                return when.replace(tzinfo=None)
+                return frozen_at.replace(tzinfo=None)
 
             @classmethod
             def now(cls, tz: dt.tzinfo | None = None) -> dt.datetime:
-                return when if tz else when.replace(tzinfo=None)
+                return frozen_at if tz else frozen_at.replace(tzinfo=None)
 
         botocore.auth.datetime.datetime = Frozen
         try:

@@ -20,7 +20,7 @@ from typing import Any
 
 import botocore.exceptions
 import pytest
-from conftest import ADMIN_KEY, ADMIN_SECRET, BIN, Broker
+from harness import ADMIN_KEY, ADMIN_SECRET, BIN, Broker
 
 from hatchway import __version__
 from hatchway.protocol import AGENT_VERSION as HANDSHAKE_VERSION

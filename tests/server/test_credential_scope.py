@@ -25,7 +25,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from conftest import (
+from harness import (
     ACCOUNT,
     ADMIN_KEY,
     ADMIN_SECRET,
@@ -36,7 +36,7 @@ from conftest import (
     stop_broker,
     user_with_policy,
 )
-from pclient import Client
+from harness.wsclient import Client
 
 BROKER_REGION = "eu-west-1"
 TARGET = "i-0c0ffee0c0ffee000"

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import Agent, Broker, start_agent, start_broker, stop_broker
-from pclient import Client
+from harness import Agent, Broker, start_agent, start_broker, stop_broker
+from harness.wsclient import Client
 
 from hatchway.protocol import (
     ClientHandshake,

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 
 from hatchway.ssm import documents as sd
 
-Broker = Any  # tests/server/conftest.py's Broker (conftest modules are not imported)
+Broker = Any  # harness.broker.Broker
 ACCOUNT = "123456789012"  # the account the conftest broker runs with
 AWS_OWNED = sorted(sd.aws_documents())
 RUN_SHELL = "SSM-SessionManagerRunShell"
@@ -737,7 +737,7 @@ def _old_broker_seed(data_dir: Path, *, edit: bool) -> None:
 
 @pytest.mark.parametrize("edited", [False, True])
 def test_a_seeded_never_edited_preferences_copy_goes_away(tmp_path: Path, edited: bool) -> None:
-    from conftest import start_broker, stop_broker
+    from harness import start_broker, stop_broker
 
     data = tmp_path / "data"
     b = start_broker(data)

@@ -15,7 +15,7 @@ import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from conftest import (
+from harness import (
     ACCOUNT,
     ADMIN_KEY,
     ADMIN_SECRET,

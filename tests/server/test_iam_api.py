@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-Broker = Any  # tests/server/conftest.py's Broker (conftest modules are not imported)
+Broker = Any  # harness.broker.Broker
 ACCOUNT = "123456789012"  # the account the conftest broker runs with
 ARN = f"arn:aws:iam::{ACCOUNT}"
-TRUST = {
+TRUST: dict[str, Any] = {
     "Version": "2012-10-17",
     "Statement": [
         {

@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-Broker = Any  # tests/server/conftest.py's Broker
+Broker = Any  # harness.broker.Broker
 
 EVIL = "*a" * 1000 + "*b"  # 1,001 wildcards
 EVIL_ACTION = "*a" * 40 + "*b"  # action names have at most 128 characters

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from botocore.exceptions import ClientError
-from conftest import (
+from harness import (
     ACCOUNT,
     Agent,
     Broker,

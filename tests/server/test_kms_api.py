@@ -24,7 +24,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from conftest import (
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from harness import (
     ACCOUNT,
     ADMIN_KEY,
     ADMIN_SECRET,
@@ -33,7 +34,6 @@ from conftest import (
     allow_instance_id,
     user_with_policy,
 )
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/"
 ALIAS_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:alias/"

@@ -26,7 +26,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from conftest import (
+from harness import (
     ADMIN_KEY,
     ADMIN_SECRET,
     BIN,
@@ -85,8 +85,9 @@ def _refused(socks: list[socket.socket], wait: float = 20.0) -> int:
     data: dict[socket.socket, bytes] = {}
     while sel.get_map() and time.monotonic() < deadline:
         for key, _ in sel.select(timeout=0.5):
-            s = key.fileobj
-            assert isinstance(s, socket.socket)
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
+            s = ready
             try:
                 chunk = s.recv(4096)
             except (BlockingIOError, InterruptedError):
@@ -120,7 +121,7 @@ def _audit(broker: Broker, match: Any, wait: float = 15.0) -> dict[str, Any]:
         for line in path.read_text().splitlines():
             record = json.loads(line)
             if match(record):
-                return record  # type: ignore[no-any-return]
+                return record
         if time.monotonic() > deadline:
             raise AssertionError("no such audit record")
         time.sleep(0.1)

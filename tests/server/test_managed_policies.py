@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import ACCOUNT, Broker, start_broker, stop_broker
+from harness import ACCOUNT, Broker, start_broker, stop_broker
 
 from hatchway.server.store import Store
 from hatchway.server.store import schema as t

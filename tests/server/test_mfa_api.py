@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import ACCOUNT, Broker, start_broker, stop_broker, user_with_policy
+from harness import ACCOUNT, Broker, start_broker, stop_broker, user_with_policy
 
 MFA_ONLY = {
     "Version": "2012-10-17",
@@ -243,7 +243,7 @@ def test_session_token_with_mfa_carries_mfa_context(
 def test_session_token_durations_follow_aws(broker: Broker, alice: tuple[str, str]) -> None:
     import boto3
     from botocore.config import Config
-    from conftest import REGION
+    from harness import REGION
 
     lax = boto3.client(
         "sts",

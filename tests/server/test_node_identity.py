@@ -27,7 +27,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ParamValidationError
 from click.testing import CliRunner
-from conftest import (
+from harness import (
     ADMIN_KEY,
     ADMIN_SECRET,
     REGION,
@@ -38,7 +38,7 @@ from conftest import (
     start_broker,
     stop_broker,
 )
-from pclient import Client
+from harness.wsclient import Client
 
 from hatchway.cli.main import cli
 

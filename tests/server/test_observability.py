@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import ACCOUNT, Agent, Broker, start_agent, start_broker, stop_broker
-from pclient import Client
+from harness import ACCOUNT, Agent, Broker, start_agent, start_broker, stop_broker
+from harness.wsclient import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 TARGET = "i-0f1e2d3c4b5a69788"

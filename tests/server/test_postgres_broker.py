@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from botocore.exceptions import ClientError
-from conftest import (
+from harness import (
     ACCOUNT,
     Agent,
     Broker,

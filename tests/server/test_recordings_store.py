@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import text
@@ -26,7 +26,7 @@ from hatchway.server.base.crypto import SecretBox
 from hatchway.server.recordings import keeper as recordings
 from hatchway.server.recordings.keeper import Recordings
 from hatchway.server.runtime.state import ServerConfig, ServerState
-from hatchway.server.store import Store
+from hatchway.server.store import SessionRow, Store
 from hatchway.server.store import schema as t
 from hatchway.server.store.migrations import MIGRATIONS
 
@@ -78,10 +78,16 @@ def _frames(session_type: str, record: list[tuple[str, Any]]) -> list[bytes]:
     return sent
 
 
-def _session(state: ServerState) -> dict[str, Any]:
-    row = state.store.get(t.sessions, session_id=SID)
+def _session(state: ServerState) -> SessionRow:
+    row = state.store.session(SID)
     assert row is not None
     return row
+
+
+def _recordings(state: ServerState) -> Recordings:
+    """The state's recordings as the class they are (the state names only their protocol)."""
+    assert isinstance(state.recordings, Recordings)
+    return state.recordings
 
 
 def test_migration_four_adds_the_session_log_to_an_older_store(state: ServerState) -> None:
@@ -103,7 +109,7 @@ def test_batches_are_stored_once_and_render_back(state: ServerState) -> None:
         "Standard_Stream",
         [("r", (120, 40)), ("o", b"$ "), ("i", b"ls\r"), ("o", b"ls\r\nfile\r\n"), ("end", 0)],
     )
-    rec = state.recordings
+    rec = _recordings(state)
 
     async def go() -> None:
         assert await rec.prepare(_session(state), "Standard_Stream") is None
@@ -138,7 +144,7 @@ def test_a_restarted_broker_does_not_fail_on_batches_it_already_has(state: Serve
             rec.ingest(SID, f)
         await rec.flush()
 
-    asyncio.run(go(state.recordings, frames[:2]))
+    asyncio.run(go(_recordings(state), frames[:2]))
     asyncio.run(go(Recordings(state), frames))  # knows nothing of what is stored
     assert state.store.count(t.session_log, session_id=SID) == 3
     assert [line for _t, line in recordings.transcript_lines(state.store, SID)] == [
@@ -154,7 +160,7 @@ def test_bad_or_foreign_batches_are_dropped(state: ServerState) -> None:
     truncated = good[:-1]  # the body is one byte short of what the events say
     garbage = encode(type(frame)(frame.message_type, 0, 0, b"not a batch", frame.message_id, 1))
     other = good.replace(SID.encode(), b"bobby-0123456789abcdef0")
-    rec = state.recordings
+    rec = _recordings(state)
 
     async def go() -> None:
         rec.ingest(SID, good)  # no live session yet: dropped
@@ -171,7 +177,7 @@ def test_port_connections_get_who_and_from(state: ServerState) -> None:
     opened = {"event": "open", "stream": 1, "host": "db.internal", "port": 5432}
     closed = {**opened, "event": "close", "bytes_in": 10, "bytes_out": 2000}
     frames = _frames("Port", [("conn", opened), ("o", b"not kept"), ("conn", closed)])
-    rec = state.recordings
+    rec = _recordings(state)
 
     async def go() -> None:
         await rec.prepare(_session(state), "Port")
@@ -210,7 +216,7 @@ def test_output_named_by_reference_is_taken_from_the_relayed_frames(state: Serve
         build_session_log(SID, 1, 100.0, [(0.2, "o", OutputRef(3, 4)), (0.3, "o", b"inline")]),
         build_session_log(SID, 2, 100.0, [(0.4, "o", OutputRef(7, 7))]),  # never relayed
     ]
-    rec = state.recordings
+    rec = _recordings(state)
 
     async def go() -> None:
         await rec.prepare(_session(state), "Standard_Stream")
@@ -236,9 +242,10 @@ def test_encrypted_and_port_sessions_capture_nothing(state: ServerState) -> None
     frame = Stream(Role.AGENT).send(PayloadType.OUTPUT, b"x" * 100, 0.0)
 
     async def go(inputs: dict[str, Any], session_type: str) -> int:
-        await state.recordings.prepare(dict(row, data={"inputs": inputs}), session_type)
-        state.recordings.capture(SID, frame, PayloadType.OUTPUT)
-        return state.recordings.live[SID].captured_bytes
+        rec = _recordings(state)
+        await rec.prepare(cast(SessionRow, dict(row, data={"inputs": inputs})), session_type)
+        rec.capture(SID, frame, PayloadType.OUTPUT)
+        return rec.live[SID].captured_bytes
 
     assert asyncio.run(go({}, "Standard_Stream")) == 100
     assert asyncio.run(go({"kmsKeyId": "alias/k"}, "Standard_Stream")) == 0
@@ -282,7 +289,7 @@ def test_recordings_older_than_the_retention_are_deleted(state: ServerState) -> 
     """Issue 16, item 16: the duty deletes recordings whose last batch is older than
     ``--recording-retention-days`` (an injected clock stands in for the days passing)."""
     frames = _frames("Standard_Stream", [("o", b"one\n"), ("o", b"two\n")])
-    rec = state.recordings
+    rec = _recordings(state)
     now = datetime.now(UTC)
 
     async def go() -> None:
@@ -328,7 +335,7 @@ def test_log_frames_a_node_makes_up_are_bounded_too(state: ServerState) -> None:
         )
         for seq in range(50)
     ]
-    rec = state.recordings
+    rec = _recordings(state)
 
     async def go() -> None:
         await rec.prepare(_session(state), "Standard_Stream")

@@ -20,7 +20,7 @@ import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from conftest import ADMIN_KEY, ADMIN_SECRET, REGION, Broker, start_agent, start_broker, stop_broker
+from harness import ADMIN_KEY, ADMIN_SECRET, REGION, Broker, start_agent, start_broker, stop_broker
 
 BIN = Path(sys.executable).parent
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import (
+from harness import (
     ACCOUNT,
     Agent,
     Broker,

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Agent, Broker, start_agent, start_broker, stop_broker, wait_ping
-from pclient import Client
+from harness import BIN, Agent, Broker, start_agent, start_broker, stop_broker, wait_ping
+from harness.wsclient import Client
 
 SESSION_LIMIT = 256 * 1024
 TOTAL_LIMIT = 300 * 1024  # the second session reaches it before its own limit

@@ -16,8 +16,8 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import Agent, Broker, start_agent, start_broker, stop_broker
-from pclient import Client
+from harness import Agent, Broker, start_agent, start_broker, stop_broker
+from harness.wsclient import Client
 
 from hatchway.server.recordings.logdelivery import CLOUDWATCH_ENCRYPTION_ERROR, S3_ENCRYPTION_ERROR
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Agent, Broker, start_agent, start_broker, stop_broker
-from pclient import Client
+from harness import Agent, Broker, start_agent, start_broker, stop_broker
+from harness.wsclient import Client
 
 from hatchway.server.recordings import keeper as recordings
 from hatchway.server.store import Store

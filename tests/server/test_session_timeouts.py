@@ -1,6 +1,10 @@
 """Idle timeout and maximum duration, enforced by the broker (the agent enforces neither).
 
-The broker runs with ``--timeout-unit 1``: the documents' minutes count as seconds here."""
+One case runs on real time: a broker started with ``--timeout-unit 1`` (the documents' minutes
+count as seconds) ends an idle session. The others run a broker whose session timers read a
+clock the test moves (:mod:`harness.clock`), with the documents' minutes as real minutes: the
+test jumps the clock forward, waits for one pass of the timers' sweep, and checks what ended.
+"""
 
 from __future__ import annotations
 
@@ -11,25 +15,23 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import Agent, Broker, start_agent, start_broker, stop_broker
-from pclient import Client
+from harness import Agent, Broker, MovableClock, start_agent, start_broker, stop_broker
+from harness.wsclient import Client
 
 from hatchway.server.relay.datachannel import IDLE_MESSAGE, MAX_MESSAGE
 
 TARGET = "i-0f00dbabe0000cafe"
+DOCUMENTS = (
+    ("Idle2", {"idleSessionTimeout": "2"}),
+    ("Max3", {"idleSessionTimeout": "60", "maxSessionDuration": "3"}),
+    ("Idle5", {"idleSessionTimeout": "5"}),
+    ("Idle10", {"idleSessionTimeout": "10"}),
+)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Agent]]:
-    b = start_broker(tmp_path_factory.mktemp("to") / "data", "--timeout-unit", "1")
-    a = start_agent(b, tmp_path_factory.mktemp("tonode") / "state", TARGET)
-    ssm = b.client("ssm")
-    for name, inputs in (
-        ("Idle2", {"idleSessionTimeout": "2"}),
-        ("Max3", {"idleSessionTimeout": "60", "maxSessionDuration": "3"}),
-        ("Idle5", {"idleSessionTimeout": "5"}),
-        ("Idle10", {"idleSessionTimeout": "10"}),
-    ):
+def _create_documents(broker: Broker) -> None:
+    ssm = broker.client("ssm")
+    for name, inputs in DOCUMENTS:
         ssm.create_document(
             Name=name,
             DocumentType="Session",
@@ -42,7 +44,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Ag
                 }
             ),
         )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Agent]]:
+    """A broker on real time, its minutes shortened to seconds."""
+    b = start_broker(tmp_path_factory.mktemp("to") / "data", "--timeout-unit", "1")
+    a = start_agent(b, tmp_path_factory.mktemp("tonode") / "state", TARGET)
+    _create_documents(b)
     yield b, a
+    a.stop()
+    stop_broker(b)
+
+
+@pytest.fixture(scope="module")
+def clocked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, MovableClock]]:
+    """A broker whose session timers read a clock the test moves; minutes are minutes."""
+    clock = MovableClock(tmp_path_factory.mktemp("clock"))
+    b = start_broker(tmp_path_factory.mktemp("to-clock") / "data", clock=clock)
+    a = start_agent(b, tmp_path_factory.mktemp("to-clock-node") / "state", TARGET)
+    _create_documents(b)
+    yield b, clock
     a.stop()
     stop_broker(b)
 
@@ -54,7 +76,35 @@ def _history(broker: Broker, sid: str) -> dict[str, object]:
     return dict(found[0]) if found else {}
 
 
+def _active_status(broker: Broker, sid: str) -> str | None:
+    found = broker.client("ssm").describe_sessions(
+        State="Active", Filters=[{"key": "SessionId", "value": sid}]
+    )["Sessions"]
+    return str(found[0]["Status"]) if found else None
+
+
+async def _listen(c: Client, seconds: float) -> None:
+    """Read (ack, retransmit) for ``seconds`` or until the channel closes."""
+    with contextlib.suppress(TimeoutError):
+        await c.read_until(None, seconds)
+
+
+async def _type(c: Client, word: str) -> None:
+    """A keystroke line, and its echo back (so the broker has relayed it)."""
+    assert await c.send(f"echo {word}\r".encode())
+    await c.read_until(f"{word}\r\n".encode(), 10)
+
+
+async def _ended(c: Client) -> str:
+    """Read until the broker closes the channel (a generous bound); its message."""
+    r = await c.read_until(None, 30)
+    await c.close()
+    assert r.closed is not None
+    return r.closed.output
+
+
 def test_idle_timeout_ends_the_session_and_input_resets_it(stack: tuple[Broker, Agent]) -> None:
+    """The end-to-end case on real time (the production clock): 2 s idle, after 4 s of typing."""
     broker, _ = stack
     s = broker.client("ssm").start_session(Target=TARGET, DocumentName="Idle2")
 
@@ -78,103 +128,100 @@ def test_idle_timeout_ends_the_session_and_input_resets_it(stack: tuple[Broker, 
     assert h["Status"] == "Terminated" and h["Details"] == IDLE_MESSAGE
 
 
-def test_max_duration_ends_even_an_active_session(stack: tuple[Broker, Agent]) -> None:
-    broker, _ = stack
-    s = broker.client("ssm").start_session(Target=TARGET, DocumentName="Max3")
-    assert (
-        broker.client("ssm").describe_sessions(
-            State="Active", Filters=[{"key": "SessionId", "value": s["SessionId"]}]
-        )["Sessions"][0]["MaxSessionDuration"]
-        == "3"
-    )
+def test_input_resets_the_idle_timer_on_the_session_clock(
+    clocked: tuple[Broker, MovableClock],
+) -> None:
+    broker, clock = clocked
+    s = broker.client("ssm").start_session(Target=TARGET, DocumentName="Idle2")  # 2 minutes
+    sid = s["SessionId"]
 
     async def go() -> str:
         c = Client(s["StreamUrl"], s["TokenValue"])
         await c.open()
-        closed = None
-        for i in range(20):
-            assert c.ws is not None
-            if c.ws.closed or c.result.closed is not None:
-                break
-            if not await c.send(f"echo busy-{i}\r".encode()):
-                break
-            await c.read_until(f"busy-{i}\r\n".encode(), 5)
-            await asyncio.sleep(0.5)
-        if c.result.closed is None:
-            await c.read_until(None, 5)
-        closed = c.result.closed
-        await c.close()
-        assert closed is not None
-        return closed.output
+        for i in range(3):  # 3 × 90 s with a keystroke between: 270 s, never 120 s idle
+            await _type(c, f"tick-{i}")
+            clock.advance(90)
+            await clock.settle()
+            assert _active_status(broker, sid) == "Connected", f"ended after tick {i}"
+        clock.advance(31)  # 121 s since the last keystroke
+        return await _ended(c)
 
-    assert asyncio.run(go()) == MAX_MESSAGE
-    assert _history(broker, s["SessionId"])["Details"] == MAX_MESSAGE
+    assert asyncio.run(go()) == IDLE_MESSAGE
+    h = _history(broker, sid)
+    assert h["Status"] == "Terminated" and h["Details"] == IDLE_MESSAGE
 
 
-async def _listen(c: Client, seconds: float) -> None:
-    """Read (ack, retransmit) for ``seconds`` or until the channel closes."""
-    with contextlib.suppress(TimeoutError):
-        await c.read_until(None, seconds)
+def test_max_duration_ends_even_an_active_session(clocked: tuple[Broker, MovableClock]) -> None:
+    broker, clock = clocked
+    ssm = broker.client("ssm")
+    s = ssm.start_session(Target=TARGET, DocumentName="Max3")  # 3 minutes, 60 idle
+    sid = s["SessionId"]
+    active = ssm.describe_sessions(State="Active", Filters=[{"key": "SessionId", "value": sid}])
+    assert active["Sessions"][0]["MaxSessionDuration"] == "3"
 
-
-def _active_status(broker: Broker, sid: str) -> str | None:
-    found = broker.client("ssm").describe_sessions(
-        State="Active", Filters=[{"key": "SessionId", "value": sid}]
-    )["Sessions"]
-    return str(found[0]["Status"]) if found else None
-
-
-def test_resizing_the_terminal_resets_the_idle_timer(stack: tuple[Broker, Agent]) -> None:
-    broker, _ = stack
-    s = broker.client("ssm").start_session(Target=TARGET, DocumentName="Idle5")
-
-    async def go() -> tuple[bool, str]:
+    async def go() -> str:
         c = Client(s["StreamUrl"], s["TokenValue"])
         await c.open()
-        start = time.monotonic()
-        # 9 s without a keystroke, only window-size changes: longer than the 5 s timeout.
-        while time.monotonic() - start < 9:
-            await c.resize(80 + int(time.monotonic() - start), 24)
-            await _listen(c, 1.0)
-            if c.result.closed is not None:
-                break
-        survived = c.result.closed is None
-        await _listen(c, 30)  # then nothing at all: the idle timeout ends it
-        await c.close()
-        assert c.result.closed is not None
-        return survived, c.result.closed.output
+        await _type(c, "busy-0")
+        clock.advance(100)
+        await clock.settle()
+        assert _active_status(broker, sid) == "Connected"
+        await _type(c, "busy-1")  # busy all along: only the duration can end it
+        clock.advance(81)  # 181 s after the start
+        return await _ended(c)
 
-    survived, output = asyncio.run(go())
-    assert survived
-    assert output == IDLE_MESSAGE
-    assert _history(broker, s["SessionId"])["Details"] == IDLE_MESSAGE
+    assert asyncio.run(go()) == MAX_MESSAGE
+    h = _history(broker, sid)
+    assert h["Status"] == "Terminated" and h["Details"] == MAX_MESSAGE
 
 
-def test_resuming_the_session_resets_the_idle_timer(stack: tuple[Broker, Agent]) -> None:
-    broker, _ = stack
-    ssm = broker.client("ssm")
-    s = ssm.start_session(Target=TARGET, DocumentName="Idle10")
+def test_resizing_the_terminal_resets_the_idle_timer(clocked: tuple[Broker, MovableClock]) -> None:
+    broker, clock = clocked
+    s = broker.client("ssm").start_session(Target=TARGET, DocumentName="Idle5")  # 5 minutes
     sid = s["SessionId"]
 
-    async def go() -> tuple[str | None, str]:
+    async def go() -> str:
+        c = Client(s["StreamUrl"], s["TokenValue"])
+        await c.open()
+        await _listen(c, 0.5)  # the shell's prompt
+        # 400 s without a keystroke, only window-size changes: longer than the 300 s timeout.
+        for cols in (81, 82):
+            await c.resize(cols, 24)
+            await _listen(c, 0.2)
+            clock.advance(200)
+            await clock.settle()
+            assert _active_status(broker, sid) == "Connected", f"ended after the {cols} resize"
+        clock.advance(101)  # then nothing at all: 301 s after the last resize
+        return await _ended(c)
+
+    assert asyncio.run(go()) == IDLE_MESSAGE
+    assert _history(broker, sid)["Details"] == IDLE_MESSAGE
+
+
+def test_resuming_the_session_resets_the_idle_timer(clocked: tuple[Broker, MovableClock]) -> None:
+    broker, clock = clocked
+    ssm = broker.client("ssm")
+    s = ssm.start_session(Target=TARGET, DocumentName="Idle10")  # 10 minutes
+    sid = s["SessionId"]
+
+    async def go() -> str:
         first = Client(s["StreamUrl"], s["TokenValue"])
         await first.open()
-        t0 = time.monotonic()
-        await _listen(first, 6)  # 6 s idle
+        clock.advance(400)  # 400 s idle
+        await clock.settle()
         await first.close()  # the network drops; the client resumes
         resumed = ssm.resume_session(SessionId=sid)
         second = Client(resumed["StreamUrl"], resumed["TokenValue"])
         await second.open()
-        # 13 s after the start the first idle deadline (10 s) has passed; the resume at 6 s
-        # moved it to 16 s.
-        await _listen(second, 13 - (time.monotonic() - t0))
-        alive = _active_status(broker, sid)
-        await _listen(second, 30)
-        await second.close()
-        assert second.result.closed is not None
-        return alive, second.result.closed.output
+        await _listen(second, 0.5)
+        # 800 s after the start the first idle deadline (600 s) has passed; the resume at 400 s
+        # moved it to 1,000 s.
+        clock.advance(400)
+        await clock.settle()
+        assert _active_status(broker, sid) == "Connected"
+        clock.advance(201)
+        return await _ended(second)
 
-    alive, output = asyncio.run(go())
-    assert alive == "Connected"
-    assert output == IDLE_MESSAGE
-    assert _history(broker, sid)["Status"] == "Terminated"
+    assert asyncio.run(go()) == IDLE_MESSAGE
+    h = _history(broker, sid)
+    assert h["Status"] == "Terminated" and h["Details"] == IDLE_MESSAGE

@@ -138,7 +138,7 @@ def ssm_call(body: dict[str, Any] | None = None, **kw: Any) -> IncomingRequest:
 
 
 def replace(req: IncomingRequest, **changes: Any) -> IncomingRequest:
-    fields = {"method": req.method, "path": req.path, "query": req.query}
+    fields: dict[str, Any] = {"method": req.method, "path": req.path, "query": req.query}
     fields |= {"headers": CIMultiDict(req.headers), "body": req.body}
     fields.update(changes)
     return IncomingRequest(**fields)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is_typeddict
 
 import pytest
-from conftest import Agent, Broker, allow_instance_id, start_agent, start_broker, stop_broker
+from harness import Agent, Broker, allow_instance_id, start_agent, start_broker, stop_broker
 
 from hatchway.server.base.crypto import SecretBox
 from hatchway.server.runtime.state import ServerConfig, ServerState

@@ -541,6 +541,7 @@ def test_a_group_sqlite_rolls_back_whole_fails_every_writer_in_it(tmp_path: Path
         loop = asyncio.get_running_loop()
         store.batch_commits(loop)
         raw = store._writer().connection.dbapi_connection
+        assert raw is not None
         pages = raw.execute("PRAGMA page_count").fetchone()[0]
         raw.execute(f"PRAGMA max_page_count={pages + 2}")
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Agent, Broker, start_agent, start_broker, stop_broker
+from harness import Agent, Broker, start_agent, start_broker, stop_broker
 
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "thirdparty"
 TARGET = "i-0e1f2a3b4c5d6e7f8"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import ACCOUNT, Broker, start_agent, start_broker, stop_broker
+from harness import ACCOUNT, Broker, start_agent, start_broker, stop_broker
 
 ALLOW_STS = {
     "Version": "2012-10-17",

@@ -174,7 +174,8 @@ RUN_AS_TAG = "SSMSessionRunAs"
 
 
 def run_as_user(caller: Caller, inputs: dict[str, Any]) -> str | None:
-    """The OS user a Run As session runs as (ssm-spec 6.2), ``None`` when Run As is off.
+    """The OS user a Run As session runs as (docs/reference/session-manager.md#run-as), ``None``
+    when Run As is off.
 
     The caller's ``SSMSessionRunAs`` tag wins: an IAM user's tag, or for an assumed role the
     role's tag, where a session tag of the same key (AssumeRole ``Tags``) overrides the
@@ -207,7 +208,8 @@ async def start_session(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         arn = target_arn(target, call.region, call.account)
     shown = doc_name if doc_name is not None else DEFAULT_SESSION_DOCUMENT
     doc = session_document(call.state, shown)
-    # 1. IAM: the target and (when named) the document, each with its own tags (ssm-spec 3.3).
+    # 1. IAM: the target and (when named) the document, each with its own tags
+    # (docs/reference/session-manager.md#startsession-authorization).
     if arn is not None:
         result = authorize_start_session(
             call.caller.policies,

@@ -66,7 +66,8 @@ async def assume_role(call: Call, params: dict[str, Any]) -> dict[str, Any]:
         # policies) see it, and so does the role session.
         ctx["aws:multifactorauthpresent"] = "true"
         ctx["aws:multifactorauthage"] = "0"
-    # sts:AssumeRole, and the actions the request's extras need (iam-spec: session tags need
+    # sts:AssumeRole, and the actions the request's extras need
+    # (docs/reference/iam-evaluation.md#session-tags-and-source-identity: session tags need
     # sts:TagSession, a source identity sts:SetSourceIdentity), each allowed by the caller's
     # policies and by the role's trust policy naming the caller; an explicit deny in either
     # refuses the whole request.

@@ -29,6 +29,7 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -84,8 +85,11 @@ class Relay:
     agent: web.WebSocketResponse | None = None
     agent_ready: asyncio.Event = field(default_factory=asyncio.Event)
     ended: bool = False
-    last_input: float = field(default_factory=time.monotonic)
-    started: float = field(default_factory=time.monotonic)
+    clock: Callable[[], float] = time.monotonic
+    """The session timers' time source (``ServerState.clock``): ``last_input``, ``started`` and
+    ``away_since`` are its readings."""
+    last_input: float = 0.0  # the clock's reading when created, then at each input or resume
+    started: float = 0.0  # the clock's reading when created
     idle_timeout: float = 20 * 60.0  # seconds (document inputs.idleSessionTimeout, minutes)
     max_duration: float | None = None  # seconds (inputs.maxSessionDuration, minutes)
     away_since: float | None = None
@@ -97,6 +101,9 @@ class Relay:
     """Recreated when the broker started, for a session a previous run had open."""
     agent_tokens: dict[str, float] = field(default_factory=dict)
     """Digests of the node's single-use reconnection tokens (CreateDataChannel) → expiry."""
+
+    def __post_init__(self) -> None:
+        self.last_input = self.started = self.clock()
 
     def take_agent_token(self, token: str) -> bool:
         """Spend one of the node's tokens: the first one (start_session) or a reconnection's."""
@@ -121,7 +128,7 @@ class Relay:
         if here:
             self.away_since = None
         elif self.away_since is None and (self.had_agent or self.restored):
-            self.away_since = time.monotonic()
+            self.away_since = self.clock()
 
     async def send_closed(
         self, ws: web.WebSocketResponse | None, output: str = "", exit_code: int | None = None
@@ -291,7 +298,7 @@ async def _client_side(
         # start a second process under this id; wait for the node's side to come back.
         relay = restore_relay(state, row)
     if relay is None:
-        relay = Relay(session_id, row["target"], crypto.token(32))
+        relay = Relay(session_id, row["target"], crypto.token(32), clock=state.clock)
         relay.idle_timeout, relay.max_duration = _timeouts(state, row)
         table[session_id] = relay
         node = state.nodes.get(row["target"])
@@ -314,7 +321,7 @@ async def _client_side(
     relay.client = ws
     relay.presence_changed()
     state.recordings.client_seen(session_id, remote)
-    relay.last_input = time.monotonic()  # a resume counts as activity
+    relay.last_input = relay.clock()  # a resume counts as activity
     if relay.agent is not None and not relay.agent.closed:
         # A resumed client: tell the agent to re-send what it sent into the gap at once,
         # rather than one frame per retransmission tick.
@@ -334,7 +341,7 @@ async def _client_side(
                 log.warning("data channel %s: dropped a client %s frame", session_id, kind)
                 continue
             if kind == frames.MessageType.INPUT_STREAM_DATA:
-                relay.last_input = time.monotonic()  # acks alone are not activity
+                relay.last_input = relay.clock()  # acks alone are not activity
             if not relay.agent_ready.is_set():
                 try:
                     await asyncio.wait_for(relay.agent_ready.wait(), OPEN_TIMEOUT)
@@ -488,9 +495,9 @@ def restore_relay(state: ServerState, row: SessionRow) -> Relay:
     """A relay for a session a previous run of the broker had open: no socket on either side
     yet; the node re-attaches with a CreateDataChannel token, the client with ResumeSession.
     It ends with a reason if neither comes back within ``--resume-window``."""
-    relay = Relay(row["session_id"], row["target"], "", restored=True)
+    relay = Relay(row["session_id"], row["target"], "", restored=True, clock=state.clock)
     relay.idle_timeout, relay.max_duration = _timeouts(state, row)
-    relay.away_since = time.monotonic()
+    relay.away_since = relay.clock()
     relays(state)[row["session_id"]] = relay
     return relay
 
@@ -563,25 +570,33 @@ async def enforce_timeouts(state: ServerState, interval: float = 1.0) -> None:
     ticker = metrics.Ticker("session_timeouts", interval)
     while True:
         await ticker.sleep()
-        now = time.monotonic()
-        for relay in list(relays(state).values()):
-            if relay.ended:
-                continue
-            reason = None
-            status = "Terminated"
-            window = state.config.resume_window
-            if relay.max_duration is not None and now - relay.started >= relay.max_duration:
-                reason = MAX_MESSAGE
-            elif now - relay.last_input >= relay.idle_timeout:
-                reason = IDLE_MESSAGE
-            elif relay.away_since is not None and now - relay.away_since >= window:
-                side = "node" if relay.agent is None else "client"
-                reason, status = AWAY_MESSAGE.format(side=side, window=window), "Failed"
-            if reason is None:
-                continue
-            log.info("session %s: %s", relay.session_id, reason)
-            await end_session(state, relay.session_id, status, reason)
-            await close_data_channel(state, relay.session_id, relay.target, reason)
+        await sweep_timeouts(state)
+
+
+async def sweep_timeouts(state: ServerState) -> None:
+    """One pass of :func:`enforce_timeouts`, at ``state.clock``'s time: end every session
+    past its max duration, its idle timeout or (a side away) the resume window."""
+    from hatchway.server.ops.sessions import close_data_channel
+
+    now = state.clock()
+    for relay in list(relays(state).values()):
+        if relay.ended:
+            continue
+        reason = None
+        status = "Terminated"
+        window = state.config.resume_window
+        if relay.max_duration is not None and now - relay.started >= relay.max_duration:
+            reason = MAX_MESSAGE
+        elif now - relay.last_input >= relay.idle_timeout:
+            reason = IDLE_MESSAGE
+        elif relay.away_since is not None and now - relay.away_since >= window:
+            side = "node" if relay.agent is None else "client"
+            reason, status = AWAY_MESSAGE.format(side=side, window=window), "Failed"
+        if reason is None:
+            continue
+        log.info("session %s: %s", relay.session_id, reason)
+        await end_session(state, relay.session_id, status, reason)
+        await close_data_channel(state, relay.session_id, relay.target, reason)
 
 
 def start_message(state: ServerState, row: SessionRow, relay: Relay) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -225,6 +227,9 @@ class ServerState:
     store: Store
     box: SecretBox
     scps: list[list[Policy]]
+    #: The session timers' time source (idle timeout, max duration, resume window; in
+    #: relay/datachannel.py). Tests move it (tests/harness/clock.py); nothing else sets it.
+    clock: Callable[[], float]
     #: Compiled callers by (access key id, IAM generation).
     policy_cache: dict[tuple[str, int], CachedCaller]
     #: Instance id -> the node's live control channel (in the primary process).
@@ -249,6 +254,7 @@ class ServerState:
         self.store = store
         self.box = box
         self.scps = scps
+        self.clock = time.monotonic
         self.policy_cache = {}
         self.nodes = {}
         self.relays = {}

@@ -1,4 +1,4 @@
-"""Helpers for the client tests (no conftest here: tests/server imports its own by name)."""
+"""Drivers for hatchway.client sessions in tests: pipes, a clean AWS environment, the plugin."""
 
 from __future__ import annotations
 
