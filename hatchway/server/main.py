@@ -24,6 +24,7 @@ from hatchway.iam import PolicyKind, parse_policy
 from hatchway.server import limits, metrics
 from hatchway.server.app import create_app, create_metrics_app
 from hatchway.server.bootstrap import bootstrap
+from hatchway.server.cluster import join as join_cluster
 from hatchway.server.crypto import SecretBox
 from hatchway.server.nodes import follow_deregistrations
 from hatchway.server.ops import seed_account
@@ -242,6 +243,7 @@ async def serve(config: ServerConfig) -> None:
         state.store.join_processes(counters, 0, config.workers + 1)
     follow_deregistrations(state, asyncio.get_running_loop())
     state.store.follow_changes()  # other brokers' writes (PostgreSQL), within POLL_INTERVAL
+    cluster = join_cluster(state, asyncio.get_running_loop())  # PostgreSQL: docs/scale-out.md
     app = create_app(state)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
@@ -302,4 +304,6 @@ async def serve(config: ServerConfig) -> None:
     await runner.cleanup()
     if pool is not None:
         await pool.stop()
+    if cluster is not None:
+        await cluster.stop()
     state.store.close()

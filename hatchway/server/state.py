@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hatchway.iam import Policy
 from hatchway.server.crypto import SecretBox
 from hatchway.server.store import Store
 from hatchway.ssm import StartSessionMode
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from hatchway.server.channels import Channels
 
 
 @dataclass
@@ -99,12 +104,19 @@ class ServerState:
         self.doc_cache: dict[str, tuple[tuple[int, int], Any]] = {}
         self.audit_path = config.data_dir / "audit.jsonl"
         from hatchway.server.call import AuditLog
+        from hatchway.server.channels import LocalChannels
         from hatchway.server.limits import Throttle
         from hatchway.server.recordings import Recordings
 
         self.throttle = Throttle(config.throttle_rate, config.throttle_burst)
         self.audit_log = AuditLog(store, self.audit_path)
         self.recordings = Recordings(self)
+        # Where the nodes' channels live (hatchway.server.channels): this process, the
+        # primary (in an API worker) or any broker of the cluster (hatchway.server.cluster).
+        self.channels: Channels = LocalChannels(self)
+        # Whether this process runs the cluster's background duties now (a lease on
+        # PostgreSQL with several brokers; always with one).
+        self.leader: Callable[[], bool] = lambda: True
 
     @property
     def generation(self) -> int:
