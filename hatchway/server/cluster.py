@@ -33,6 +33,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,12 @@ TICK = 1.0
 LEASE_TTL = 6.0
 DUTIES = "duties"
 _NOTIFY_LIMIT = 7000  # bytes; PostgreSQL's payload limit is 8,000
+MOVE_LIMIT = 3  # relays of one session lost to another broker within MOVE_PERIOD seconds …
+MOVE_PERIOD = 60.0
+SPLIT_MESSAGE = (  # … end it: its two ends keep reaching different brokers
+    "The session ended because its client and its node reached different brokers; the load "
+    "balancer must send /v1/data-channel/<session id> to one broker (docs/scale-out.md)."
+)
 DEAD_BROKER_MESSAGE = (
     "The session ended because the broker relaying it stopped and neither end reconnected "
     "within {window:g} seconds."
@@ -256,6 +263,7 @@ class Cluster:
         self._task: asyncio.Task[None] | None = None
         self._bus: Bus | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._moves: dict[str, list[float]] = {}  # session id -> when its relay left here
 
     # -- membership -----------------------------------------------------------------------
 
@@ -343,6 +351,20 @@ class Cluster:
         relay = table.forget(session_id) if isinstance(table, ClaimedTable) else None
         if relay is None:
             return
+        now = time.monotonic()
+        recent = [t_ for t_ in self._moves.get(session_id, []) if now - t_ < MOVE_PERIOD]
+        self._moves[session_id] = [*recent, now]
+        if len(recent) + 1 >= MOVE_LIMIT:
+            # The ends keep reaching different brokers: the load balancer does not send a
+            # session's data channel to one broker. End it with the reason, not in a loop.
+            from hatchway.server.ops.sessions import end_session
+
+            self._moves.pop(session_id, None)
+            log.error("session %s: %s", session_id, SPLIT_MESSAGE)
+            await end_session(self.state, session_id, "Failed", SPLIT_MESSAGE)
+            await relay.close(SPLIT_MESSAGE)
+            await self.state.channels.close_data_channel(session_id, relay.target, SPLIT_MESSAGE)
+            return
         # 1012 (Service Restart): both ends reconnect through the load balancer, to the
         # broker that holds the session now; the session is not ended.
         for ws in (relay.client, relay.agent):
@@ -367,6 +389,10 @@ class Cluster:
             except Exception:
                 self.leader = False
                 log.exception("the cluster's duties failed; trying again")
+            now = time.monotonic()
+            for sid, times in list(self._moves.items()):
+                if now - times[-1] >= MOVE_PERIOD:
+                    del self._moves[sid]
             await asyncio.sleep(TICK)
 
     async def duties(self) -> None:
