@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -440,7 +440,7 @@ def test_a_broker_started_later_joins_and_takes_load(c: Cluster) -> None:
     name = "b4"
     (c.root / name).mkdir(mode=0o700)
     shutil.copy(c.root / "b1" / "master.key", c.root / name / "master.key")
-    args = list(first.proc.args)  # type: ignore[arg-type]
+    args = list(cast(list[str], first.proc.args))
     db = args[args.index("--database-url") + 1]
     c.brokers[name] = srv.start_broker(
         c.root / name,
