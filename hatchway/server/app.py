@@ -27,6 +27,7 @@ from hatchway.server.awswire.validate import validate_input
 from hatchway.server.base import cpu, logs, metrics
 from hatchway.server.base.crypto import SecretBox
 from hatchway.server.base.errors import ServiceError
+from hatchway.server.control.channels import LocalChannels
 from hatchway.server.front import limits, pipeline, sigv4
 from hatchway.server.front.call import INPUT_EXTENSIONS, OPERATIONS, Call
 from hatchway.server.front.identity import (
@@ -356,9 +357,10 @@ def open_state(
     config: ServerConfig, store: Store, box: SecretBox, scps: list[list[Policy]]
 ) -> ServerState:
     """The state of a broker process with its services attached: the layers below the app
-    cannot construct what sits above them (the session recordings)."""
+    cannot construct what sits above them (the session recordings, the channels)."""
     state = ServerState(config, store, box, scps)
     state.recordings = Recordings(state)
+    state.channels = LocalChannels(state)  # an API worker or a cluster replaces it
     return state
 
 

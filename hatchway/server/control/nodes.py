@@ -539,9 +539,12 @@ def ping_status(state: ServerState, row: NodeRow) -> str:
 
 
 async def close_channel(state: ServerState, instance_id: str) -> None:
-    if state.link is not None:  # an API worker: the primary holds the channels
-        await state.link.call("close_channel", instance_id)
-        return
+    """Close the node's control channel wherever it lives (hatchway.server.runtime.channels)."""
+    await state.channels.close_channel(instance_id)
+
+
+async def close_held_channel(state: ServerState, instance_id: str) -> None:
+    """Close the node's control channel if this process holds it."""
     channel = state.nodes.pop(instance_id, None)
     if channel is not None:
         _mark(state, instance_id, connected=False)  # the handler no longer owns the entry
@@ -569,7 +572,7 @@ async def close_deregistered(state: ServerState) -> None:
         row = state.store.node(instance_id)
         if row is None or row["deregistered"]:
             log.info("%s was deregistered through another broker", instance_id)
-            await close_channel(state, instance_id)
+            await close_held_channel(state, instance_id)
 
 
 def follow_deregistrations(state: ServerState, loop: asyncio.AbstractEventLoop) -> None:

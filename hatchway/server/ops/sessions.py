@@ -11,7 +11,6 @@ session preferences and the Run As user.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -394,25 +393,10 @@ async def close_data_channel(
     ``started=False`` says no client ever connected (no token of the session was spent): then
     there is no relay, the node was never asked to start the session and is not told to stop
     it, and an API worker need not ask the primary.
-    In an API worker, the primary (which holds relays and nodes) does it.
+    Wherever the channels live (this process, the primary, another broker): see
+    hatchway.server.runtime.channels.
     """
-    if state.link is not None:
-        if started:
-            await state.link.call("close_data_channel", session_id, target, output, started)
-        return
-    relay = state.relays.pop(session_id, None)
-    if relay is not None:
-        node_side = relay.agent is not None
-        await relay.close(output)
-        if not node_side:  # else the node's side finishes the recording when it goes
-            await state.recordings.finish(session_id)
-    elif not started:
-        return
-    node = state.nodes.get(target)
-    if node is not None:
-        # If the node's channel is going away, its session ends with it.
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await node.send({"type": "terminate_session", "sessionId": session_id})
+    await state.channels.close_data_channel(session_id, target, output, started=started)
 
 
 async def end_sessions(

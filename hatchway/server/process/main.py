@@ -27,6 +27,7 @@ from hatchway.server.control.nodes import follow_deregistrations
 from hatchway.server.front import limits
 from hatchway.server.ops import seed_account
 from hatchway.server.process.boot import load_scps, settle_memory
+from hatchway.server.process.cluster import join as join_cluster
 from hatchway.server.process.workers import COUNTERS_FILE, Listener, WorkerPool
 from hatchway.server.runtime.state import ServerConfig, ServerState
 from hatchway.server.store import Store
@@ -217,6 +218,7 @@ async def serve(config: ServerConfig) -> None:
         state.store.join_processes(counters, 0, config.workers + 1)
     follow_deregistrations(state, asyncio.get_running_loop())
     state.store.follow_changes()  # other brokers' writes (PostgreSQL), within POLL_INTERVAL
+    cluster = join_cluster(state, asyncio.get_running_loop())  # PostgreSQL: docs/scale-out.md
     app = create_app(state)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
@@ -277,4 +279,6 @@ async def serve(config: ServerConfig) -> None:
     await runner.cleanup()
     if pool is not None:
         await pool.stop()
+    if cluster is not None:
+        await cluster.stop()
     state.store.close()

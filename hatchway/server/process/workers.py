@@ -44,6 +44,7 @@ from typing import Any
 from aiohttp import web
 
 from hatchway.server.base import logs, metrics
+from hatchway.server.control.channels import WorkerChannels
 from hatchway.server.front import limits, pipeline
 from hatchway.server.runtime.state import STATE_KEY, ServerConfig, ServerState
 from hatchway.ssm import StartSessionMode
@@ -318,16 +319,9 @@ class WorkerPool:
 
 async def run_effect(state: ServerState, op: str, args: list[Any]) -> None:
     """Do, in this process, what an API call asked of the process holding the channels."""
-    from hatchway.server.control.nodes import close_channel
-    from hatchway.server.ops.sessions import close_data_channel
+    from hatchway.server.control.channels import run_local
 
-    if op == "close_data_channel":
-        session_id, target, output, started = args
-        await close_data_channel(state, session_id, target, output, started=started)
-    elif op == "close_channel":
-        await close_channel(state, args[0])
-    else:
-        raise ValueError(f"unknown effect {op!r}")
+    await run_local(state.channels, op, args)
 
 
 class _Pending(limits.Held):
@@ -545,6 +539,7 @@ async def _worker_main(fd: int, index: int, count: int, config: ServerConfig) ->
 
     link = PrimaryLink(endpoint)
     state.link = link
+    state.channels = WorkerChannels(link)
 
     async def hand_back(request: web.Request) -> web.StreamResponse:
         """A request the workers do not serve, on a connection the primary gave: return the

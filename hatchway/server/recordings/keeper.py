@@ -621,7 +621,7 @@ class Recordings:
                 await self.flush()
             except Exception:
                 log.exception("could not store session log batches; retrying")
-            if loop.time() >= next_duty:
+            if loop.time() >= next_duty and self.state.leader():  # once across brokers
                 next_duty = loop.time() + DUTY_INTERVAL
                 try:
                     await asyncio.to_thread(self.duty)

@@ -301,8 +301,7 @@ async def _client_side(
         relay = Relay(session_id, row["target"], crypto.token(32), clock=state.clock)
         relay.idle_timeout, relay.max_duration = _timeouts(state, row)
         table[session_id] = relay
-        node = state.nodes.get(row["target"])
-        if node is None:
+        if not state.channels.node_reachable(row["target"]):
             await relay.close(f"{row['target']} is not connected.")
             table.pop(session_id, None)
             await end_session(state, session_id, "Failed", "The node was not connected.")
@@ -315,7 +314,12 @@ async def _client_side(
             await end_session(state, session_id, "Failed", failure)
             return False
         log.info("data channel %s: the node is asked to start the session", session_id)
-        await node.send(start_message(state, row, relay))
+        if not await state.channels.send_to_node(row["target"], start_message(state, row, relay)):
+            relay.client = ws
+            await relay.close(f"{row['target']} is not connected.")
+            table.pop(session_id, None)
+            await end_session(state, session_id, "Failed", "The node was not connected.")
+            return False
     elif relay.client is not None and not relay.client.closed:
         await relay.client.close(code=4000, message=b"replaced by a resumed connection")
     relay.client = ws
@@ -509,6 +513,8 @@ def restore_relays(state: ServerState) -> int:
     for row in state.store.sessions(t.sessions.c.status.in_(OPEN)):
         sid = row["session_id"]
         if sid in relays(state) or not _was_started(state, row):
+            continue
+        if not state.channels.orphaned(sid):  # another broker of the cluster relays it
             continue
         restore_relay(state, row)
         _set_status(state, sid, "Disconnected")

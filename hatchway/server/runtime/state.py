@@ -13,6 +13,7 @@ from aiohttp import web
 from hatchway.iam import Policy
 from hatchway.server.base.crypto import SecretBox
 from hatchway.server.runtime.audit import AuditLog
+from hatchway.server.runtime.channels import Channels
 from hatchway.server.runtime.throttle import Throttle
 from hatchway.server.store import SessionRow, Store
 from hatchway.ssm import StartSessionMode
@@ -246,6 +247,13 @@ class ServerState:
     throttle: RequestThrottle
     audit_log: AuditSink
     recordings: SessionRecordings
+    #: Where the nodes' channels live (hatchway.server.runtime.channels): this process, the
+    #: primary (in an API worker) or any broker of the cluster (process/cluster.py). Set by
+    #: hatchway.server.app.open_state (its cases sit layers above this one).
+    channels: Channels
+    #: Whether this process runs the cluster's background duties now (a lease on PostgreSQL
+    #: with several brokers; always with one).
+    leader: Callable[[], bool]
 
     def __init__(
         self, config: ServerConfig, store: Store, box: SecretBox, scps: list[list[Policy]]
@@ -255,6 +263,7 @@ class ServerState:
         self.box = box
         self.scps = scps
         self.clock = time.monotonic
+        self.leader = lambda: True
         self.policy_cache = {}
         self.nodes = {}
         self.relays = {}
