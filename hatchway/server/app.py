@@ -469,6 +469,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 
 async def _start_background(app: web.Application) -> None:
+    from hatchway.server.commandduty import run_command_duties
     from hatchway.server.datachannel import enforce_timeouts, restore_relays
 
     state = app[STATE_KEY]
@@ -479,6 +480,7 @@ async def _start_background(app: web.Application) -> None:
         asyncio.create_task(state.audit_log.run()),
         asyncio.create_task(enforce_timeouts(state)),
         asyncio.create_task(state.recordings.run()),
+        asyncio.create_task(run_command_duties(state)),
     ]
 
 

@@ -493,6 +493,17 @@ async def handle_control_channel(request: web.Request) -> web.StreamResponse:
                     from hatchway.server.datachannel import reconcile_node
 
                     await reconcile_node(state, instance_id, {str(s) for s in running})
+                from hatchway.server import commandduty
+
+                commands = data.get("commands")
+                if isinstance(commands, list):  # the Run Command invocations it still runs
+                    ids = {str(c) for c in commands}
+                    commandduty.reconcile_node(state, instance_id, ids, channel.connected_at)
+                commandduty.kick(state)
+            elif kind in ("command_started", "command_result"):
+                from hatchway.server.commandduty import on_node_message
+
+                on_node_message(state, instance_id, data)
             elif kind == "session_exit":
                 _record_exit(state, instance_id, data)
             elif kind == "heartbeat":
