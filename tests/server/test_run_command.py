@@ -507,3 +507,34 @@ def test_send_command_is_audited_with_its_authorizations(
         f"arn:aws:ssm:{REGION}::document/AWS-RunShellScript",
         f"arn:aws:ssm:{REGION}:{ACCOUNT}:managed-instance/{web.instance_id}",
     ]
+
+
+def test_nodes_running_aws_agent_are_refused(stack: tuple[Broker, Agent, Agent]) -> None:
+    """A node whose agent is AWS's amazon-ssm-agent (its registration's AgentName) gets AWS's
+    InvalidInstanceId until Hatchway speaks that agent's job messages (docs/run-command.md)."""
+    import urllib.request
+
+    b, _, _ = stack
+    ssm = b.client("ssm")
+    act = ssm.create_activation(IamRole="SSMServiceRole")
+    body = {
+        "ActivationId": act["ActivationId"],
+        "ActivationCode": act["ActivationCode"],
+        "AgentName": "amazon-ssm-agent",
+        "AgentVersion": "3.3.0.0",
+    }
+    req = urllib.request.Request(
+        b.url + "/hatchway/v1/register",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        iid = json.loads(resp.read())["InstanceId"]
+    with pytest.raises(ClientError) as exc:
+        run(ssm, iid, "true")
+    assert exc.value.response["Error"]["Code"] == "InvalidInstanceId"
+    assert exc.value.response["Error"]["Message"] == (
+        f"Instances [[{iid}]] not in a valid state for account {ACCOUNT}"
+    )
+    assert ssm.list_commands(InstanceId=iid)["Commands"] == []
