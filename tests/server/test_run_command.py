@@ -538,3 +538,21 @@ def test_nodes_running_aws_agent_are_refused(stack: tuple[Broker, Agent, Agent])
         f"Instances [[{iid}]] not in a valid state for account {ACCOUNT}"
     )
     assert ssm.list_commands(InstanceId=iid)["Commands"] == []
+
+
+def test_run_command_user_as_configured(
+    stack: tuple[Broker, Agent, Agent], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    b, _, _ = stack
+    ssm = b.client("ssm")
+    node = start_agent(
+        b, tmp_path_factory.mktemp("rc-nobody") / "state", extra=("--run-command-user", "nobody")
+    )
+    try:
+        cid = run(ssm, node.instance_id, "id -un", "pwd")
+        inv = wait_invocation(ssm, cid, node.instance_id)
+        assert inv["Status"] == "Success", inv
+        user, cwd = inv["StandardOutputContent"].splitlines()
+        assert user == "nobody" and "hatchway-command-" in cwd
+    finally:
+        node.stop()
