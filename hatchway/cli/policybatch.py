@@ -48,7 +48,7 @@ _SETS_LIMIT = 1024  # compiled policy sets kept (least recently used dropped fir
 _REQUESTS_LIMIT = 4096  # built requests kept (all dropped when full)
 _RENDERED_LIMIT = 4096  # rendered decisions kept (all dropped when full)
 _TEXTS_LIMIT = 4096  # known field texts kept per field before the index starts again
-_PROBE = 48  # characters of a value used to look up known texts
+_PROBE = 256  # characters of a value used to look up known texts (policies share their start)
 _DECODER = json.JSONDecoder()
 _ACCOUNT = re.compile(r"\d{12}")
 _FIELD_SET = frozenset(POLICY_FIELDS)
@@ -147,6 +147,8 @@ class Evaluator:
         # Per field: the first characters of a known value text -> [(text, parsed value)].
         self._known: dict[str, dict[str, list[tuple[str, Any]]]] = {f: {} for f in POLICY_FIELDS}
         self._known_count = dict.fromkeys(POLICY_FIELDS, 0)
+        # Per field: the lengths of known texts shorter than _PROBE (each is its own probe).
+        self._short: dict[str, set[int]] = {f: set() for f in POLICY_FIELDS}
         self._requests: dict[tuple[Any, ...], Request] = {}
         self._rendered: dict[tuple[Any, ...], str] = {}
 
@@ -171,15 +173,25 @@ class Evaluator:
     # -- finding a field's value text in a line --
 
     def _known_text(self, field: str, line: str, start: int) -> tuple[str, Any] | None:
-        for text, value in self._known[field].get(line[start : start + _PROBE], ()):
+        """A known text of ``field`` that ``line`` holds at ``start`` (each candidate the
+        probe finds is checked whole with ``startswith``)."""
+        known = self._known[field]
+        for text, value in known.get(line[start : start + _PROBE], ()):
             if line.startswith(text, start):
                 return text, value
+        for length in self._short[field]:
+            for text, value in known.get(line[start : start + length], ()):
+                if line.startswith(text, start):
+                    return text, value
         return None
 
     def _remember(self, field: str, text: str, value: Any) -> None:
         if self._known_count[field] >= _TEXTS_LIMIT:
             self._known[field] = {}
+            self._short[field] = set()
             self._known_count[field] = 0
+        if len(text) < _PROBE:
+            self._short[field].add(len(text))
         self._known[field].setdefault(text[:_PROBE], []).append((text, value))
         self._known_count[field] += 1
 
