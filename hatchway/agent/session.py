@@ -706,14 +706,28 @@ PLUGINS: dict[str, Callable[[AgentSession], SessionPlugin]] = {
 
 
 async def run_node(
-    reg: Registration, settings: SessionSettings, connected: asyncio.Event | None = None
+    reg: Registration,
+    settings: SessionSettings,
+    connected: asyncio.Event | None = None,
+    command_user: str | None = None,
 ) -> None:
-    """The agent's main loop: the control channel, and the sessions it asks for."""
+    """The agent's main loop: the control channel, and the sessions and commands it asks
+    for (Run Command as ``command_user``, default the agent's own user)."""
+    from hatchway.agent.runcommand import CommandRunner
 
     channel = ControlChannel(reg)
     manager = SessionManager(reg, settings, channel.send)
-    channel.on_message = manager.handle
-    channel.hello_extra = lambda: {"sessions": sorted(manager.sessions)}
+    commands = CommandRunner(channel.send, command_user)
+
+    async def on_message(message: dict[str, Any]) -> None:
+        if not await commands.handle(message):
+            await manager.handle(message)
+
+    channel.on_message = on_message
+    channel.hello_extra = lambda: {
+        "sessions": sorted(manager.sessions),
+        "commands": sorted(commands.running),
+    }
     if connected is not None:
         channel.connected = connected
     await channel.run()

@@ -144,6 +144,12 @@ async def register_retrying(
     "--allow-root-sessions", is_flag=True, help="Allow sessions to run as root (never the default)."
 )
 @click.option(
+    "--run-command-user",
+    default="",
+    help="OS user Run Command (aws ssm send-command) runs commands as (default: the agent's "
+    "own user, root for an agent run as root, as AWS's agent does).",
+)
+@click.option(
     "--kms-endpoint-url",
     help="Where kms:Decrypt of session data keys goes (default: the broker, --endpoint).",
 )
@@ -168,6 +174,7 @@ def agent_cmd(
     state_dir: Path,
     session_user: str,
     allow_root_sessions: bool,
+    run_command_user: str,
     kms_endpoint_url: str | None,
     kms_credentials: str,
     kms_region: str | None,
@@ -199,7 +206,8 @@ def agent_cmd(
         reg.endpoint = endpoint
         reg.ca_file = ca_file
         kms = KmsSettings(kms_endpoint_url or None, kms_credentials, kms_region or None)
-        await run_node(reg, SessionSettings(session_user, allow_root_sessions, kms=kms))
+        settings = SessionSettings(session_user, allow_root_sessions, kms=kms)
+        await run_node(reg, settings, command_user=run_command_user or None)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())

@@ -98,7 +98,7 @@ def _evaluate_interactive(stream: IO[str], out: IO[str], explain: bool, cache: b
     for raw in stream:
         line = raw.strip()
         if line:
-            out.write(json.dumps(ev.line(line, explain)) + "\n")
+            out.write(ev.line_text(line, explain) + "\n")
             out.flush()
 
 

@@ -31,14 +31,24 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import IO, Any
 
-from hatchway.iam import PolicyError, PolicyKind, PolicySet, Request, make_request, parse_policy
+from hatchway.iam import (
+    Decision,
+    PolicyError,
+    PolicyKind,
+    PolicySet,
+    Request,
+    make_request,
+    parse_policy,
+)
 
 #: The fields of a line that hold policies (everything else describes the request).
 POLICY_FIELDS = ("policies", "resourcePolicy", "permissionBoundaries", "sessionPolicy", "scps")
 
 _SETS_LIMIT = 1024  # compiled policy sets kept (least recently used dropped first)
+_REQUESTS_LIMIT = 4096  # built requests kept (all dropped when full)
+_RENDERED_LIMIT = 4096  # rendered decisions kept (all dropped when full)
 _TEXTS_LIMIT = 4096  # known field texts kept per field before the index starts again
-_PROBE = 48  # characters of a value used to look up known texts
+_PROBE = 256  # characters of a value used to look up known texts (policies share their start)
 _DECODER = json.JSONDecoder()
 _ACCOUNT = re.compile(r"\d{12}")
 _FIELD_SET = frozenset(POLICY_FIELDS)
@@ -137,6 +147,10 @@ class Evaluator:
         # Per field: the first characters of a known value text -> [(text, parsed value)].
         self._known: dict[str, dict[str, list[tuple[str, Any]]]] = {f: {} for f in POLICY_FIELDS}
         self._known_count = dict.fromkeys(POLICY_FIELDS, 0)
+        # Per field: the lengths of known texts shorter than _PROBE (each is its own probe).
+        self._short: dict[str, set[int]] = {f: set() for f in POLICY_FIELDS}
+        self._requests: dict[tuple[Any, ...], Request] = {}
+        self._rendered: dict[tuple[Any, ...], str] = {}
 
     # -- the compiled-set cache --
 
@@ -159,15 +173,25 @@ class Evaluator:
     # -- finding a field's value text in a line --
 
     def _known_text(self, field: str, line: str, start: int) -> tuple[str, Any] | None:
-        for text, value in self._known[field].get(line[start : start + _PROBE], ()):
+        """A known text of ``field`` that ``line`` holds at ``start`` (each candidate the
+        probe finds is checked whole with ``startswith``)."""
+        known = self._known[field]
+        for text, value in known.get(line[start : start + _PROBE], ()):
             if line.startswith(text, start):
                 return text, value
+        for length in self._short[field]:
+            for text, value in known.get(line[start : start + length], ()):
+                if line.startswith(text, start):
+                    return text, value
         return None
 
     def _remember(self, field: str, text: str, value: Any) -> None:
         if self._known_count[field] >= _TEXTS_LIMIT:
             self._known[field] = {}
+            self._short[field] = set()
             self._known_count[field] = 0
+        if len(text) < _PROBE:
+            self._short[field].add(len(text))
         self._known[field].setdefault(text[:_PROBE], []).append((text, value))
         self._known_count[field] += 1
 
@@ -226,6 +250,57 @@ class Evaluator:
             return None
         return rest, values, tuple(key)
 
+    # -- requests and rendered results, by value --
+
+    def _request(self, obj: Mapping[str, Any]) -> Request:
+        """:func:`build_request`, kept for lines that ask the same: a request is a value (the
+        engine never changes one), so a line whose request fields are equal gets the same
+        object. Only plain strings are keys (``True == 1`` in Python, ``"true" != "1"`` in
+        a request); anything else is built every time."""
+        if not self.cache:
+            return build_request(obj)
+        action = obj.get("action")
+        resource = obj.get("resource", "*")
+        principal = obj.get("principal")
+        account = obj.get("resourceAccount")
+        ctx = obj.get("context")
+        if (
+            type(action) is not str
+            or type(resource) is not str
+            or (principal is not None and type(principal) is not str)
+            or (account is not None and type(account) is not str)
+            or (ctx is not None and type(ctx) is not dict)
+        ):
+            return build_request(obj)
+        items: tuple[tuple[str, Any], ...] = ()
+        if ctx:
+            items = tuple(ctx.items())
+            if not all(type(v) is str for _, v in items):
+                return build_request(obj)
+        key = (action, resource, principal, account, items)
+        req = self._requests.get(key)
+        if req is None:
+            req = build_request(obj)
+            if len(self._requests) >= _REQUESTS_LIMIT:
+                self._requests.clear()
+            self._requests[key] = req
+        return req
+
+    def render(self, rid: Any, d: Decision) -> str:
+        """``json.dumps({"id": rid, **d.to_dict()})``, the part after the id kept by what it
+        is made of: the outcome, the deciding policy type and statements (compiled objects,
+        compared by identity) and the request's principal, action and resource (the message)."""
+        r = d.request
+        key = (d.decision, d.kind, d.statements, r.principal_arn, r.action, r.resource)
+        tail = self._rendered.get(key)
+        if tail is None:
+            tail = json.dumps(d.to_dict())[1:]
+            if len(self._rendered) >= _RENDERED_LIMIT:
+                self._rendered.clear()
+            self._rendered[key] = tail
+        head = str(rid) if type(rid) is int else json.dumps(rid)
+        return '{"id": ' + head + ", " + tail
+
     # -- one line --
 
     def evaluate(
@@ -236,6 +311,19 @@ class Evaluator:
         key: tuple[str, ...] | None = None,
     ) -> dict[str, Any]:
         """One request → one result (``values``: its policy fields when cut out of ``obj``)."""
+        out = self.decide(obj, explain, values, key)
+        if isinstance(out, dict):
+            return out
+        return {"id": out[0], **out[1].to_dict(explain)}
+
+    def decide(
+        self,
+        obj: Mapping[str, Any],
+        explain: bool = False,
+        values: Mapping[str, Any] | None = None,
+        key: tuple[str, ...] | None = None,
+    ) -> tuple[Any, Decision] | dict[str, Any]:
+        """One request → (its id, the decision), or the error result."""
         rid = obj.get("id")
         fields = obj if values is None else values
         try:
@@ -252,8 +340,7 @@ class Evaluator:
                 ps = self._policy_set(text_key, fields)
             else:
                 ps = build_policy_set(fields)
-            req = build_request(obj)
-            return {"id": rid, **ps.evaluate(req, explain).to_dict(explain)}
+            return rid, ps.evaluate(self._request(obj), explain)
         except PolicyError as exc:
             return {"id": rid, "error": exc.to_dict()}
         except (InputError, TypeError, ValueError) as exc:
@@ -261,11 +348,28 @@ class Evaluator:
 
     def line(self, line: str, explain: bool = False) -> dict[str, Any]:
         """One raw JSON line → one result."""
+        out = self.decide_line(line, explain)
+        if isinstance(out, dict):
+            return out
+        return {"id": out[0], **out[1].to_dict(explain)}
+
+    def line_text(self, line: str, explain: bool = False) -> str:
+        """One raw JSON line → its result as JSON text (``json.dumps(self.line(line))``)."""
+        out = self.decide_line(line, explain)
+        if isinstance(out, dict):
+            return json.dumps(out)
+        if explain or not self.cache:
+            return json.dumps({"id": out[0], **out[1].to_dict(explain)})
+        return self.render(*out)
+
+    def decide_line(
+        self, line: str, explain: bool = False
+    ) -> tuple[Any, Decision] | dict[str, Any]:
         if self.cache:
             split = self._split(line)
             if split is not None:
                 rest, values, key = split
-                return self.evaluate(rest, explain, values, key)
+                return self.decide(rest, explain, values, key)
         try:
             obj = json.loads(line)
         except ValueError as exc:
@@ -275,7 +379,7 @@ class Evaluator:
                 "id": None,
                 "error": {"code": "InvalidInput", "message": "each line must be a JSON object"},
             }
-        return self.evaluate(obj, explain)
+        return self.decide(obj, explain)
 
 
 def evaluate_stream(
@@ -288,4 +392,4 @@ def evaluate_stream(
         for raw in stream:
             if raw.isspace() or not raw:
                 continue
-            write(json.dumps(ev.line(raw, explain)) + "\n")
+            write(ev.line_text(raw, explain) + "\n")

@@ -330,6 +330,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 
 async def _start_background(app: web.Application) -> None:
+    from hatchway.server.ops.commandduty import run_command_duties
     from hatchway.server.relay.datachannel import enforce_timeouts, restore_relays
 
     state = app[STATE_KEY]
@@ -340,6 +341,7 @@ async def _start_background(app: web.Application) -> None:
         asyncio.create_task(state.audit_log.run()),
         asyncio.create_task(enforce_timeouts(state)),
         asyncio.create_task(state.recordings.run()),
+        asyncio.create_task(run_command_duties(state)),
     ]
 
 
@@ -386,7 +388,7 @@ def create_metrics_app(state: ServerState) -> web.Application:
 def create_app(state: ServerState) -> web.Application:
     """The aiohttp application; extra routes (registration, channels) come from other modules."""
     from hatchway.server.control import nodes
-    from hatchway.server.ops import register_all
+    from hatchway.server.ops import commandduty, register_all
     from hatchway.server.relay import datachannel
 
     register_all()
@@ -399,6 +401,6 @@ def create_app(state: ServerState) -> web.Application:
     if state.config.metrics_listen is None:
         app.router.add_get("/metrics", handle_metrics, name="hatchway:Metrics")
     add_api_route(app)
-    nodes.add_routes(app, datachannel.reconcile_node)
+    nodes.add_routes(app, datachannel.reconcile_node, commandduty.on_channel_message)
     datachannel.add_routes(app)
     return app

@@ -386,3 +386,60 @@ def test_evaluate_compiles_each_policy_set_once_across_lines(monkeypatch: Any) -
     decisions = [json.loads(x)["decision"] for x in result.output.splitlines()]
     assert decisions == ["allowed", "explicitDeny"] * 100
     assert built == 2
+
+
+def test_evaluate_request_and_result_caches_are_exact() -> None:
+    """Lines asking the same thing share a built request and a rendered result; lines that
+    differ only in a value's JSON type (``true`` / ``1`` / ``"1"``), in the principal or in
+    their id get their own answer, identical to the uncached path's."""
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "ssm:StartSession",
+                "Resource": INSTANCE,
+                "Condition": {"StringEquals": {"ssm:flag": "1"}},
+            },
+            {
+                "Effect": "Deny",
+                "Action": "ssm:StartSession",
+                "Resource": INSTANCE,
+                "Condition": {"StringEquals": {"ssm:flag": "true"}},
+            },
+        ],
+    }
+    base = {"action": "ssm:StartSession", "resource": INSTANCE, "policies": [policy]}
+    bob = "arn:aws:iam::123456789012:user/bob"
+    lines = [
+        {"id": 1, **base, "principal": USER, "context": {"ssm:flag": "1"}},
+        {"id": "two", **base, "principal": USER, "context": {"ssm:flag": "1"}},
+        {"id": None, **base, "principal": USER, "context": {"ssm:flag": 1}},
+        {**base, "principal": USER, "context": {"ssm:flag": True}},
+        {"id": 5.5, **base, "principal": USER, "context": {"ssm:flag": "true"}},
+        {"id": True, **base, "principal": bob, "context": {"ssm:flag": "true"}},
+        {"id": 7, **base, "principal": bob, "context": {"ssm:flag": ["1"]}},
+        {"id": 8, **base, "principal": bob, "context": {"ssm:flag": "0"}},
+        {"id": 9, **base, "principal": USER, "context": {"ssm:flag": "1"}},
+        {"id": 10, **base, "principal": USER, "context": {"SSM:Flag": "true"}},
+    ]
+    stdin = "".join(json.dumps(x) + "\n" for x in lines)
+    cached = run("policy", "evaluate", stdin=stdin)
+    uncached = run("policy", "evaluate", "--no-cache", stdin=stdin)
+    assert cached.returncode == 0, cached.stderr
+    assert cached.stdout == uncached.stdout
+    out = [json.loads(x) for x in cached.stdout.splitlines()]
+    assert [o["id"] for o in out] == [1, "two", None, None, 5.5, True, 7, 8, 9, 10]
+    assert [o["decision"] for o in out] == [
+        "allowed",
+        "allowed",
+        "allowed",
+        "explicitDeny",
+        "explicitDeny",
+        "explicitDeny",
+        "implicitDeny",  # a multivalued key under a single-valued operator
+        "implicitDeny",
+        "allowed",
+        "explicitDeny",
+    ]
+    assert USER in out[4]["message"] and bob in out[5]["message"]

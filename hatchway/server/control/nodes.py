@@ -47,6 +47,12 @@ Reconcile = Callable[[ServerState, str, set[str]], Awaitable[int]]
 RECONCILE_KEY: web.AppKey[Reconcile] = web.AppKey("reconcile_node")
 """What the control channel calls with the sessions a node says it still runs."""
 
+NodeMessage = Callable[[ServerState, str, dict[str, Any], datetime], None]
+NODE_MESSAGE_KEY: web.AppKey[NodeMessage] = web.AppKey("node_message")
+"""What the control channel hands a node's hello and its Run Command reports to, with the
+time the channel opened (the Run Command duty, a layer above this one:
+:func:`hatchway.server.ops.commandduty.on_channel_message`)."""
+
 
 @dataclass
 class NodeChannel:
@@ -469,6 +475,9 @@ async def handle_control_channel(request: web.Request) -> web.StreamResponse:
                 if isinstance(running, list):  # the sessions the node still runs
                     reconcile = request.app[RECONCILE_KEY]
                     await reconcile(state, instance_id, {str(s) for s in running})
+                request.app[NODE_MESSAGE_KEY](state, instance_id, data, channel.connected_at)
+            elif kind in ("command_started", "command_result"):  # Run Command reports
+                request.app[NODE_MESSAGE_KEY](state, instance_id, data, channel.connected_at)
             elif kind == "session_exit":
                 _record_exit(state, instance_id, data)
             elif kind == "heartbeat":
@@ -610,11 +619,13 @@ def follow_deregistrations(state: ServerState, loop: asyncio.AbstractEventLoop) 
     state.store.invalidation.subscribe("nodes", changed)
 
 
-def add_routes(app: web.Application, reconcile: Reconcile) -> None:
+def add_routes(app: web.Application, reconcile: Reconcile, on_message: NodeMessage) -> None:
     """Registration and the control channel. ``reconcile(state, instance_id, running)`` ends
     the relays of sessions a reconnecting node no longer runs (the data-channel relay's
-    ``reconcile_node``, a layer above this one: passed in, not imported)."""
+    ``reconcile_node``); ``on_message`` takes the node's hello and Run Command reports. Both
+    sit a layer above this one: passed in, not imported."""
     app[RECONCILE_KEY] = reconcile
+    app[NODE_MESSAGE_KEY] = on_message
     app.router.add_post(
         "/hatchway/v1/register", handle_register, name="ssm:RegisterManagedInstance"
     )

@@ -111,6 +111,9 @@ SSM_ACCOUNT_WIDE_READS = frozenset(
         "ssm:DescribeSessions",
         "ssm:ListDocuments",
         "ssm:DescribeActivations",
+        "ssm:ListCommands",
+        "ssm:ListCommandInvocations",
+        "ssm:GetCommandInvocation",
     }
 )
 """SSM's read/list actions without a resource type in the Service Authorization Reference,

@@ -8,6 +8,7 @@ from hatchway.server.runtime.state import ServerState
 def register_all() -> None:
     """Import every operation module so that its handlers register themselves."""
     from hatchway.server.ops import (  # noqa: F401
+        commands,
         documents,
         iam,
         kms,

@@ -69,6 +69,13 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
         "cache generations",
         lambda conn: schema.metadata.create_all(conn, tables=[schema.cache_generation]),
     ),
+    (
+        7,
+        "run command",
+        lambda conn: schema.metadata.create_all(
+            conn, tables=[schema.commands, schema.command_invocations]
+        ),
+    ),
 ]
 
 

@@ -232,3 +232,26 @@ cache_generation = Table(
     Column("domain", String(32), primary_key=True),
     Column("generation", BigInteger, nullable=False),
 )
+
+# Run Command (hatchway/server/ops/commands.py): one row per command, one per (command, node).
+commands = Table(
+    "hw_commands",
+    metadata,
+    Column("command_id", String(36), primary_key=True),
+    Column("requested", DateTime(timezone=True), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("data", Text, nullable=False),
+    Index("hw_commands_status", "status"),
+)
+
+command_invocations = Table(
+    "hw_command_invocations",
+    metadata,
+    Column("command_id", String(36), primary_key=True),
+    Column("instance_id", String(64), primary_key=True),
+    Column("requested", DateTime(timezone=True), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("data", Text, nullable=False),
+    Index("hw_command_invocations_status", "status"),
+    Index("hw_command_invocations_instance", "instance_id"),
+)
