@@ -21,7 +21,7 @@ from aiohttp import web
 from botocore.model import OperationModel
 
 from hatchway import __version__
-from hatchway.server import cpu, crypto, limits, logs, metrics, sigv4
+from hatchway.server import awsagent, cpu, crypto, limits, logs, metrics, sigv4
 from hatchway.server.call import INPUT_EXTENSIONS, OPERATIONS, Call, audit
 from hatchway.server.errors import ServiceError
 from hatchway.server.identity import (
@@ -191,6 +191,9 @@ async def _handle_api(request: web.Request) -> web.Response:
     incoming = sigv4.IncomingRequest(
         request.method, raw_path, raw_query, dict(request.headers), body
     )
+    answered = await awsagent.intercept(state, request, incoming)  # AWS's agent's own calls
+    if answered is not None:
+        return answered
     route = _route(incoming)
     call_id = logs.request_id()  # the access log's, the header's and the audit record's
     if route.op is not None:
@@ -504,7 +507,7 @@ def create_metrics_app(state: ServerState) -> web.Application:
 
 def create_app(state: ServerState) -> web.Application:
     """The aiohttp application; extra routes (registration, channels) come from other modules."""
-    from hatchway.server import datachannel, nodes
+    from hatchway.server import awsagent_channel, datachannel, nodes
     from hatchway.server.ops import register_all
 
     register_all()
@@ -523,4 +526,5 @@ def create_app(state: ServerState) -> web.Application:
     app.router.add_post("/", handle_api)
     nodes.add_routes(app)
     datachannel.add_routes(app)
+    awsagent_channel.add_routes(app)
     return app

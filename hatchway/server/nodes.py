@@ -208,8 +208,12 @@ async def handle_register(request: web.Request) -> web.Response:
     return response
 
 
-def register_node(state: ServerState, body: dict[str, Any]) -> dict[str, Any]:
-    """Check the activation, create the node and its credentials (all or nothing)."""
+def register_node(
+    state: ServerState, body: dict[str, Any], key_auth: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Check the activation, create the node and its credentials (all or nothing). With
+    ``key_auth`` (AWS's agent: its public key and fingerprint, hatchway.server.awsagent) the
+    node gets no access key: it is kept in the node's data, and only the id is returned."""
     activation_id = str(body.get("ActivationId", ""))
     code = str(body.get("ActivationCode", ""))
     invalid = ServiceError(
@@ -258,6 +262,8 @@ def register_node(state: ServerState, body: dict[str, Any]) -> dict[str, Any]:
             "agent_name": body.get("AgentName", ""),
             "agent_version": body.get("AgentVersion", ""),
         }
+        if key_auth is not None:
+            data.update(key_auth, role_name=role_name, role_id=role_id)
         try:
             state.store.insert(
                 t.instances,
@@ -284,6 +290,8 @@ def register_node(state: ServerState, body: dict[str, Any]) -> dict[str, Any]:
         )
         if changed != 1:
             raise invalid  # a concurrent registration took the last slot
+    if key_auth is not None:
+        return {"InstanceId": instance_id}
     akid, secret = create_access_key(
         state,
         "node",
@@ -438,7 +446,11 @@ def _upgrade_error(exc: Exception) -> ServiceError:
 
 
 async def handle_control_channel(request: web.Request) -> web.StreamResponse:
+    from hatchway.server.awsagent_channel import handle_aws_control_channel, speaks_aws_dialect
+
     state = _state(request)
+    if speaks_aws_dialect(state, request.match_info["instance_id"]):  # AWS's agent's node
+        return await handle_aws_control_channel(request)
     instance_id = request.match_info["instance_id"]
     try:
         authenticate_node(state, request, instance_id)

@@ -1,0 +1,395 @@
+"""AWS's agent's dialect against a real broker on TLS (issue 13), with a Python stand-in.
+
+CI cannot build AWS's amazon-ssm-agent, so ``standin.StandIn`` speaks its dialect
+(registration, RSA-signed role token, UpdateInstanceInformation, CreateControlChannel, the
+control channel's AgentMessages, CreateDataChannel and the data channel with its handshake),
+and the sessions are driven by the real ``aws ssm start-session`` with Hatchway's plugin.
+``test_aws_agent_real.py`` runs AWS's real agent when its binaries are at hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+import botocore.exceptions
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from standin import (  # noqa: E402
+    StandIn,
+    agent_message,
+    next_agent_message,
+    public_key_text,
+    xml_token,
+)
+
+from hatchway.protocol import (  # noqa: E402
+    Deliver,
+    PayloadType,
+    Role,
+    SendBytes,
+    Stream,
+    build_handshake_complete,
+    build_handshake_request,
+    session_type_action,
+)
+from hatchway.protocol.payloads import HandshakeRequest, build_agent_session_state  # noqa: E402
+from hatchway.server.tls import LocalCA, local_ca  # noqa: E402
+
+
+def _server_conftest() -> ModuleType:
+    name = "hatchway_tests_server_conftest"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, HERE.parent / "server" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+srv = _server_conftest()
+REGION = srv.REGION
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCA:
+    return local_ca(tmp_path_factory.mktemp("awsagent-tls") / "ca")
+
+
+@pytest.fixture(scope="module")
+def broker(ca: LocalCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    b = srv.start_broker(
+        tmp_path_factory.mktemp("awsagent-broker") / "data",
+        "--tls-cert",
+        str(ca.cert),
+        "--tls-key",
+        str(ca.key),
+        "--ping-interval",
+        "1",
+        ca=str(ca.ca_cert),
+    )
+    yield b
+    srv.stop_broker(b)
+
+
+def _activation(broker: Any) -> dict[str, str]:
+    out: dict[str, str] = broker.client("ssm").create_activation(IamRole="SSMServiceRole")
+    return out
+
+
+def _info(broker: Any, iid: str) -> dict[str, Any]:
+    items = broker.client("ssm").describe_instance_information(
+        Filters=[{"Key": "InstanceIds", "Values": [iid]}]
+    )["InstanceInformationList"]
+    assert len(items) == 1
+    info: dict[str, Any] = items[0]
+    return info
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_registration_credentials_and_health(broker: Any, ca: LocalCA) -> None:
+    act = _activation(broker)
+
+    async def main() -> None:
+        async with StandIn(broker.url, str(ca.ca_cert), REGION) as node:
+            # A wrong code is refused in AWS's shape, and registers nothing.
+            status, out = await node.ssm_unsigned(
+                "RegisterManagedInstance",
+                {
+                    "ActivationCode": "x" * 20,
+                    "ActivationId": act["ActivationId"],
+                    "PublicKey": public_key_text(node.key),
+                    "PublicKeyType": "Rsa",
+                    "Fingerprint": node.fingerprint,
+                },
+            )
+            assert status == 400 and out["__type"] == "InvalidActivation", out
+            status, out = await node.ssm_unsigned(
+                "RegisterManagedInstance",
+                {
+                    "ActivationCode": act["ActivationCode"],
+                    "ActivationId": act["ActivationId"],
+                    "PublicKey": "A" * 392,
+                    "PublicKeyType": "Rsa",
+                    "Fingerprint": node.fingerprint,
+                },
+            )
+            assert status == 400 and out["__type"] == "ValidationException", out
+            iid = await node.register(act["ActivationId"], act["ActivationCode"])
+            assert iid.startswith("mi-") and len(iid) == 20
+            info = _info(broker, iid)
+            assert info["ResourceType"] == "ManagedInstance"
+            assert info["ActivationId"] == act["ActivationId"]
+            assert info["PingStatus"] == "ConnectionLost"  # no control channel yet
+
+            # The RSA-signed token request: the activation's role for this node, all five fields.
+            before = time.time()
+            creds = await node.role_token()
+            assert creds.access_key_id.startswith("ASIA") and creds.secret_access_key
+            assert creds.session_token and creds.update_key_pair is False
+            assert before + 600 < creds.expiration <= before + 3600 + 5
+            sts = broker.client(
+                "sts", creds.access_key_id, creds.secret_access_key, creds.session_token
+            )
+            arn = sts.get_caller_identity()["Arn"]
+            assert arn == f"arn:aws:sts::{srv.ACCOUNT}:assumed-role/SSMServiceRole/{iid}"
+
+            # Refusals: another key's signature, a changed fingerprint, an unknown node.
+            from cryptography.hazmat.primitives.asymmetric import rsa
+
+            other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            status, out = await node.ssm_rsa(
+                "RequestManagedInstanceRoleToken", {"Fingerprint": node.fingerprint}, other
+            )
+            assert status == 400 and out["__type"] == "InvalidSignatureException", out
+            status, out = await node.ssm_rsa(
+                "RequestManagedInstanceRoleToken", {"Fingerprint": str(uuid.uuid4())}
+            )
+            assert status == 400 and out["__type"] == "InvalidInstanceId", out
+            stranger = StandIn(broker.url, str(ca.ca_cert), REGION)
+            stranger.http, stranger.instance_id = node.http, "mi-0123456789abcdef0"
+            status, out = await stranger.ssm_rsa(
+                "RequestManagedInstanceRoleToken", {"Fingerprint": node.fingerprint}
+            )
+            assert status == 400 and out["__type"] == "UnrecognizedClientException", out
+
+            # Health: UpdateInstanceInformation fills DescribeInstanceInformation.
+            status, out = await node.update_instance_information()
+            assert status == 200 and out == {}, out
+            info = _info(broker, iid)
+            assert info["AgentVersion"] == "3.3.0.0"
+            assert info["PlatformName"] == "Debian GNU/Linux"
+            assert info["IPAddress"] == "192.0.2.10"
+            assert info["ComputerName"] == "standin.example"
+            # ... for itself only.
+            status, out = await node.ssm_signed(
+                "UpdateInstanceInformation", {"InstanceId": "mi-0123456789abcdef0"}
+            )
+            assert status == 400 and out["__type"] == "InvalidInstanceId", out
+
+            # ec2messages polling is answered harmlessly (no messages).
+            status, out = await node.ssm_signed(
+                "GetMessages",
+                {
+                    "Destination": iid,
+                    "MessagesRequestId": str(uuid.uuid4()),
+                    "VisibilityTimeoutInSeconds": 10,
+                },
+                prefix="EC2WindowsMessageDeliveryService",
+                service="ec2messages",
+            )
+            assert status == 200 and out["Messages"] == [], out
+
+            # Key rotation: the new key works, the old one still does for a grace period.
+            old_key = node.key
+            new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            status, out = await node.ssm_rsa(
+                "UpdateManagedInstancePublicKey",
+                {"NewPublicKey": public_key_text(new_key), "NewPublicKeyType": "Rsa"},
+            )
+            assert status == 200 and out == {}, out
+            node.key = new_key
+            await node.role_token()
+            node.key = old_key
+            await node.role_token()
+            node.key = new_key
+
+            # Deregistration: the key and the role credentials stop working at once.
+            broker.client("ssm").deregister_managed_instance(InstanceId=iid)
+            status, out = await node.ssm_rsa(
+                "RequestManagedInstanceRoleToken", {"Fingerprint": node.fingerprint}
+            )
+            assert status == 400 and out["__type"] == "UnrecognizedClientException", out
+            with pytest.raises(botocore.exceptions.ClientError):
+                sts.get_caller_identity()
+
+    run(main())
+    # Audited as AWS names the calls, never with the activation code.
+    audit = (broker.data_dir / "audit.jsonl").read_text()
+    assert '"RegisterManagedInstance"' in audit and '"RequestManagedInstanceRoleToken"' in audit
+    assert act["ActivationCode"] not in audit
+
+
+def _plugin_path(tmp_path: Path) -> str:
+    sys.path.insert(0, str(HERE.parent / "client"))
+    from clienthelp import plugin_on_path
+
+    return str(plugin_on_path(tmp_path))
+
+
+async def _serve_session(
+    node: StandIn, control: aiohttp.ClientWebSocketResponse, output: bytes, seen: dict[str, Any]
+) -> None:
+    """What AWS's agent does for one session: interactive_shell → CreateDataChannel → data
+    channel with the handshake → output → Terminating → agent_task_complete, acknowledged."""
+    msg = await next_agent_message(control)
+    assert msg.message_type == "interactive_shell"
+    outer = json.loads(msg.payload)
+    task = json.loads(outer["Content"])  # MGS sends the AgentTaskPayload as a JSON string
+    seen["task"] = task
+    sid = task["SessionId"]
+    assert outer["TaskId"] == sid
+    # The worker asks for its data channel; every call yields a fresh token.
+    status, first = await node.create_data_channel(sid)
+    assert status == 201, first
+    status, second = await node.create_data_channel(sid)
+    assert status == 201 and xml_token(first) != xml_token(second)
+    ws = await node.open_data_channel(sid, xml_token(second))
+    stream = Stream(Role.AGENT)
+    session_type = task["DocumentContent"]["sessionType"]
+    request = HandshakeRequest("3.3.0.0", (session_type_action(session_type),))
+    await ws.send_bytes(
+        stream.send(PayloadType.HANDSHAKE_REQUEST, build_handshake_request(request), time.time())
+    )
+    done = False
+    while not done:
+        msg_ws = await asyncio.wait_for(ws.receive(), 60)
+        assert msg_ws.type == aiohttp.WSMsgType.BINARY, msg_ws
+        for event in stream.receive(msg_ws.data, time.time()):
+            if isinstance(event, SendBytes):
+                await ws.send_bytes(event.data)
+            elif (
+                isinstance(event, Deliver) and event.payload_type == PayloadType.HANDSHAKE_RESPONSE
+            ):
+                for payload_type, payload in (
+                    (PayloadType.HANDSHAKE_COMPLETE, build_handshake_complete(1000, "")),
+                    (PayloadType.OUTPUT, output),
+                    (PayloadType.EXIT_CODE, b"EXIT_CODE: 3"),
+                ):
+                    await ws.send_bytes(stream.send(payload_type, payload, time.time()))
+                done = True
+    await asyncio.sleep(0.5)  # the client acknowledges the output
+    from hatchway.protocol.frames import Frame, encode
+
+    state = Frame(
+        "agent_session_state",
+        0,
+        0,
+        build_agent_session_state("Terminating", sid),
+        uuid.uuid4(),
+        int(time.time() * 1000),
+    )
+    await ws.send_bytes(encode(state))
+    await ws.close()
+    complete = agent_message(
+        "agent_task_complete",
+        {
+            "SchemaVersion": 1,
+            "TaskId": sid,
+            "Topic": "aws.ssm.sendCommand",
+            "FinalTaskStatus": "Success",
+            "IsRoutingFailure": False,
+            "AwsAccountId": srv.ACCOUNT,
+            "InstanceId": node.instance_id,
+            "Output": "",
+            "RetryNumber": 0,
+        },
+    )
+    await control.send_bytes(complete)
+    ack = await next_agent_message(control)
+    assert ack.message_type == "agent_task_acknowledge"
+    body = json.loads(ack.payload)
+    from hatchway.protocol.frames import decode
+
+    assert body["MessageId"] == str(decode(complete).message_id) and body["TaskId"] == sid
+    seen["acked"] = True
+
+
+def test_session_through_the_dialect_with_the_aws_cli(
+    broker: Any, ca: LocalCA, tmp_path: Path
+) -> None:
+    act = _activation(broker)
+    path = _plugin_path(tmp_path)
+
+    async def main() -> None:
+        async with StandIn(broker.url, str(ca.ca_cert), REGION) as node:
+            iid = await node.register(act["ActivationId"], act["ActivationCode"])
+            await node.role_token()
+            await node.update_instance_information()
+            token = await node.create_control_channel()
+            # A second channel with a spent or made-up token is refused.
+            control = await node.open_control_channel(token)
+            for _ in range(100):
+                if _info(broker, iid)["PingStatus"] == "Online":
+                    break
+                await asyncio.sleep(0.1)
+            info = _info(broker, iid)
+            assert info["PingStatus"] == "Online" and info["AgentVersion"] == "3.3.0.0"
+            bad = await node.open_control_channel(token)
+            closing = await asyncio.wait_for(bad.receive(), 15)
+            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            assert bad.close_code == 4403
+
+            seen: dict[str, Any] = {}
+            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+            env.update(
+                AWS_ACCESS_KEY_ID=srv.ADMIN_KEY,
+                AWS_SECRET_ACCESS_KEY=srv.ADMIN_SECRET,
+                AWS_DEFAULT_REGION=REGION,
+                AWS_CONFIG_FILE="/dev/null",
+                AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+                AWS_CA_BUNDLE=str(ca.ca_cert),  # the CLI and Hatchway's plugin
+                PATH=path,
+            )
+            proc = await asyncio.create_subprocess_exec(
+                str(BIN / "aws"),
+                "--endpoint-url",
+                broker.url,
+                "ssm",
+                "start-session",
+                "--target",
+                iid,
+                "--document-name",
+                "AWS-StartNonInteractiveCommand",
+                "--parameters",
+                # AWS's agent reports a command's exit code only with separateOutputStream
+                json.dumps(
+                    {"command": ["echo $((6*7)); exit 3"], "separateOutputStream": ["true"]}
+                ),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+            serve = asyncio.create_task(_serve_session(node, control, b"42\n", seen))
+            out, err = await asyncio.wait_for(proc.communicate(), 90)
+            # The aws CLI turns the plugin's exit status (the command's) into its 255.
+            assert proc.returncode == 255 and b"non-zero exit status 3." in err, (out, err)
+            assert b"\n42\n" in out, (out, err)
+            await asyncio.wait_for(serve, 30)
+            task = seen["task"]
+            assert task["DocumentName"] == "AWS-StartNonInteractiveCommand"
+            assert task["Parameters"]["command"] == "echo $((6*7)); exit 3"
+            assert task["Parameters"]["separateOutputStream"] == "true"
+            assert task["DocumentContent"]["sessionType"] == "NonInteractiveCommands"
+            assert task["SessionOwner"].endswith(":root") or task["SessionOwner"]
+            sessions = broker.client("ssm").describe_sessions(State="History")["Sessions"]
+            assert any(s["SessionId"] == task["SessionId"] for s in sessions)
+
+            # TerminateSession reaches the agent as channel_closed.
+            ssm = broker.client("ssm")
+            started = ssm.start_session(Target=iid)
+            ssm.terminate_session(SessionId=started["SessionId"])
+            # (the node was never asked to run it: nothing to tell; a started one is told)
+            await control.close()
+
+    run(main())
