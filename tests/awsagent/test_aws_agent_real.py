@@ -468,3 +468,88 @@ def test_port_forwarding_to_a_remote_host(node: Node) -> None:
     )
     say(f"port forwarding to a remote host (host=localhost): answer {answer!r}")
     assert answer == b"echo:ping-42"
+
+
+def _document(node: Node, name: str, inputs: dict[str, Any]) -> None:
+    node.broker.client("ssm").create_document(
+        Name=name,
+        DocumentType="Session",
+        Content=json.dumps(
+            {
+                "schemaVersion": "1.0",
+                "description": name,
+                "sessionType": "Standard_Stream",
+                "inputs": inputs,
+            }
+        ),
+    )
+
+
+def _history(node: Node, text: str) -> dict[str, Any]:
+    sid = re.search(r"Starting session with SessionId: (\S+)", text)
+    assert sid, text[-2000:]
+    found = _wait(
+        lambda: node.broker.client("ssm").describe_sessions(
+            State="History", Filters=[{"key": "SessionId", "value": sid.group(1)}]
+        )["Sessions"],
+        60,
+        "the session in History",
+    )
+    session: dict[str, Any] = found[0]
+    return session
+
+
+def test_run_as(node: Node) -> None:
+    _document(node, "HwAwsRunAs", {"runAsEnabled": True, "runAsDefaultUser": "nobody"})
+    out = _pty_session(
+        node,
+        ["ssm", "start-session", "--target", node.instance_id, "--document-name", "HwAwsRunAs"],
+        [b"echo U=$(id -un) R=$((6*7))\r"],
+        b"R=42",
+    )
+    text = out.decode(errors="replace")
+    match = re.search(r"U=(\S+) R=42", text)
+    say(f"Run As (runAsDefaultUser nobody): {match.group(0) if match else 'not seen'}")
+    assert match and match.group(1) == "nobody", text[-2000:]
+
+
+def test_idle_timeout(node: Node) -> None:
+    # --timeout-unit 1: the document's "minutes" are seconds.
+    _document(node, "HwAwsIdle", {"idleSessionTimeout": "3"})
+    started = time.monotonic()
+    out = _pty_session(
+        node,
+        ["ssm", "start-session", "--target", node.instance_id, "--document-name", "HwAwsIdle"],
+        [],
+        b"\x00never",
+        timeout=120,
+    )
+    text = out.decode(errors="replace")
+    session = _history(node, text)
+    say(
+        f"idle timeout (3 s): {session['Status']}, {session.get('Details')!r} "
+        f"after {time.monotonic() - started:.0f} s"
+    )
+    from hatchway.server.datachannel import IDLE_MESSAGE
+
+    assert session["Status"] == "Terminated" and session["Details"] == IDLE_MESSAGE
+
+
+def test_kms_encrypted_session(node: Node) -> None:
+    kms = node.broker.client("kms")
+    key = kms.create_key(Description="AWS agent session keys")["KeyMetadata"]["KeyId"]
+    _document(node, "HwAwsKms", {"kmsKeyId": key})
+    out = _pty_session(
+        node,
+        ["ssm", "start-session", "--target", node.instance_id, "--document-name", "HwAwsKms"],
+        [b"echo K=$((6*7))\r"],
+        b"K=42",
+    )
+    text = out.decode(errors="replace")
+    say(
+        "KMS-encrypted shell (the broker's KMS as Kms.Endpoint): "
+        + ("K=42 seen" if "K=42" in text else "no K=42")
+    )
+    assert "K=42" in text, text[-2000:]
+    audit = (node.broker.data_dir / "audit.jsonl").read_text()
+    assert '"GenerateDataKey"' in audit and '"Decrypt"' in audit
