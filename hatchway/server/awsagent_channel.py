@@ -33,6 +33,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from hatchway.protocol import frames
+from hatchway.protocol.sessionlog import AGENT_SESSION_LOG, OutputRef, build_session_log
 from hatchway.server import crypto, limits
 from hatchway.server.awsagent import AGENT_KIND
 from hatchway.server.errors import ServiceError
@@ -374,3 +375,46 @@ async def _task_complete(
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/control-channel/{instance_id}", handle_create_control_channel)
+
+
+class BrokerLog:
+    """A recording for a session on AWS's agent, which streams no ``agent_session_log`` (it
+    uploads its own logs to S3/CloudWatch, which Hatchway does not give it): the broker writes
+    the batches itself from the output it relays, referring to the relayed frames
+    (:class:`hatchway.protocol.sessionlog.OutputRef`), so recordings, ``hatchway sessions
+    replay`` and S3/CloudWatch delivery work as for Hatchway's agent. Keystrokes are not
+    recorded, nor the output of KMS-encrypted sessions (the broker cannot read it)."""
+
+    def __init__(self, state: ServerState, session_id: str) -> None:
+        self.state = state
+        self.session_id = session_id
+        self.start = time.time()
+        self.batches = 0
+        self.last = 0  # the highest output sequence number recorded (re-sent frames skipped)
+
+    def _ingest(self, events: list[tuple[float, str, Any]]) -> None:
+        payload = build_session_log(self.session_id, self.batches, self.start, events)
+        frame = frames.Frame(
+            AGENT_SESSION_LOG, 0, 0, payload, uuid.uuid4(), int(time.time() * 1000)
+        )
+        self.state.recordings.ingest(self.session_id, frames.encode(frame))
+        self.batches += 1
+
+    def output(self, data: bytes, payload_type: int) -> None:
+        live = self.state.recordings.live.get(self.session_id)
+        if live is None or not live.capture or payload_type not in (1, 11):
+            return
+        seq = frames.decode(data).sequence_number
+        if seq <= self.last and self.batches:
+            return
+        self.last = seq
+        self._ingest([(time.time() - self.start, "o", OutputRef(seq, seq))])
+
+    def end(self, exit_code: int | None) -> None:
+        if self.state.recordings.live.get(self.session_id) is not None:
+            self._ingest([(time.time() - self.start, "end", exit_code)])
+
+
+def broker_log(state: ServerState, session_id: str, instance_id: str) -> BrokerLog | None:
+    """The broker-made recording of a session whose node runs AWS's agent, else None."""
+    return BrokerLog(state, session_id) if speaks_aws_dialect(state, instance_id) else None

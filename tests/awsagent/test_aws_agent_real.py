@@ -553,3 +553,44 @@ def test_kms_encrypted_session(node: Node) -> None:
     assert "K=42" in text, text[-2000:]
     audit = (node.broker.data_dir / "audit.jsonl").read_text()
     assert '"GenerateDataKey"' in audit and '"Decrypt"' in audit
+
+
+def test_broker_side_recording(node: Node) -> None:
+    out = _pty_session(
+        node,
+        ["ssm", "start-session", "--target", node.instance_id],
+        [b"echo rec-$((6*7))\r"],
+        b"rec-42",
+    )
+    sid = _history(node, out.decode(errors="replace"))["SessionId"]
+    replay: subprocess.CompletedProcess[str] | None = None
+    for _ in range(60):  # the recording is written in batches, a moment after the session
+        replay = subprocess.run(
+            [
+                str(BIN / "hatchway"),
+                "sessions",
+                "replay",
+                sid,
+                "--raw",
+                *srv.store_args(node.broker),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if replay.returncode == 0 and "rec-42" in replay.stdout and _ended(replay.stdout):
+            break
+        time.sleep(0.5)
+    assert replay is not None and replay.returncode == 0, replay
+    lines = replay.stdout.splitlines()
+    say(
+        f"recording (hatchway sessions replay --raw): {len(lines) - 1} events, rec-42 "
+        + ("recorded" if "rec-42" in replay.stdout else "missing")
+    )
+    assert "rec-42" in replay.stdout and _ended(replay.stdout), replay.stdout[-2000:]
+
+
+def _ended(cast: str) -> bool:
+    """An asciicast whose marker says the session ended."""
+    events = [json.loads(line) for line in cast.splitlines()[1:] if line.strip()]
+    return any(e[1] == "m" and json.loads(e[2]).get("event") == "exit" for e in events)
