@@ -156,9 +156,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         [str(source / "amazon-ssm-agent"), "-version"], capture_output=True, text=True, timeout=30
     ).stdout.strip()
     say(f"agent: {version} from {source}")
-    say(
-        f"aws CLI: {subprocess.run([str(BIN / 'aws'), '--version'], capture_output=True, text=True).stdout.strip()}"
-    )
+    cli = subprocess.run([str(BIN / "aws"), "--version"], capture_output=True, text=True)
+    say(f"aws CLI: {cli.stdout.strip()}; Hatchway's session-manager-plugin")
     ca = local_ca(tmp_path_factory.mktemp("aws-agent-tls") / "ca")
     broker = srv.start_broker(
         tmp_path_factory.mktemp("aws-agent-broker") / "data",

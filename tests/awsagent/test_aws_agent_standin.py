@@ -388,8 +388,178 @@ def test_session_through_the_dialect_with_the_aws_cli(
             # TerminateSession reaches the agent as channel_closed.
             ssm = broker.client("ssm")
             started = ssm.start_session(Target=iid)
-            ssm.terminate_session(SessionId=started["SessionId"])
+            broker.client("ssm").terminate_session(SessionId=started["SessionId"])
             # (the node was never asked to run it: nothing to tell; a started one is told)
             await control.close()
+
+    run(main())
+
+
+def _node_role(broker: Any, name: str, deny: list[str]) -> None:
+    """A role nodes may act as (trusts ssm.amazonaws.com), AWS's managed core policy, and an
+    explicit deny of ``deny``."""
+    iam = broker.client("iam")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "ssm.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
+    iam.attach_role_policy(
+        RoleName=name, PolicyArn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+    )
+    if deny:
+        iam.put_role_policy(
+            RoleName=name,
+            PolicyName="deny",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Deny", "Action": deny, "Resource": "*"}],
+                }
+            ),
+        )
+
+
+def test_iam_and_the_seed_rule_apply_to_aws_agent_nodes(broker: Any, ca: LocalCA) -> None:
+    _node_role(broker, "StandInNoControl", ["ssmmessages:CreateControlChannel"])
+    denied_act = broker.client("ssm").create_activation(IamRole="StandInNoControl")
+    act = _activation(broker)
+
+    async def main() -> str:
+        async with StandIn(broker.url, str(ca.ca_cert), REGION) as denied:
+            await denied.register(denied_act["ActivationId"], denied_act["ActivationCode"])
+            await denied.role_token()
+            # The node's role decides, as for Hatchway's nodes: an explicit deny refuses.
+            status, text = await denied.rest(
+                f"/v1/control-channel/{denied.instance_id}",
+                {"MessageSchemaVersion": "1.0", "RequestId": str(uuid.uuid4())},
+            )
+            assert status == 400 and "AccessDeniedException" in text, text
+            assert "ssmmessages:CreateControlChannel" in text
+            # Its credentials name only itself: not another node's channel.
+            status, text = await denied.rest(
+                "/v1/control-channel/mi-0123456789abcdef0",
+                {"MessageSchemaVersion": "1.0", "RequestId": str(uuid.uuid4())},
+            )
+            assert status == 400 and "AccessDeniedException" in text, text
+        async with StandIn(broker.url, str(ca.ca_cert), REGION) as node:
+            iid = await node.register(act["ActivationId"], act["ActivationCode"])
+            await node.role_token()
+            control = await node.open_control_channel(await node.create_control_channel())
+            await asyncio.to_thread(_seed_rule_checks, broker, iid)  # while it is Online
+            await control.close()
+            return iid
+
+    run(main())
+
+
+def _seed_rule_checks(broker: Any, iid: str) -> None:
+    srv.wait_ping(broker, iid, "Online")
+    arn = f"arn:aws:ssm:{REGION}:{srv.ACCOUNT}"
+    # The seed's rule: with SessionDocumentAccessCheck the default shell needs --document-name
+    # and only the documents the policy names.
+    key, secret = srv.user_with_policy(
+        broker,
+        "standin-checked",
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": "ssm:StartSession",
+                    "Resource": [
+                        f"{arn}:managed-instance/{iid}",
+                        f"arn:aws:ssm:{REGION}::document/AWS-StartNonInteractiveCommand",
+                    ],
+                    "Condition": {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "true"}},
+                }
+            ],
+        },
+    )
+    ssm = broker.client("ssm", key, secret)
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        ssm.start_session(Target=iid)
+    assert err.value.response["Error"]["Code"] == "AccessDeniedException"
+    started = ssm.start_session(
+        Target=iid,
+        DocumentName="AWS-StartNonInteractiveCommand",
+        Parameters={"command": ["true"]},
+    )
+    broker.client("ssm").terminate_session(SessionId=started["SessionId"])
+    # Without the node in the policy's resources: refused.
+    key, secret = srv.user_with_policy(
+        broker,
+        "standin-elsewhere",
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": "ssm:StartSession",
+                    "Resource": [f"{arn}:managed-instance/mi-0123456789abcdef0"],
+                }
+            ],
+        },
+    )
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        broker.client("ssm", key, secret).start_session(Target=iid)
+    assert err.value.response["Error"]["Code"] == "AccessDeniedException"
+
+
+def test_terminate_session_reaches_the_agent_as_channel_closed(
+    broker: Any, ca: LocalCA, tmp_path: Path
+) -> None:
+    act = _activation(broker)
+    path = _plugin_path(tmp_path)
+
+    async def main() -> None:
+        async with StandIn(broker.url, str(ca.ca_cert), REGION) as node:
+            iid = await node.register(act["ActivationId"], act["ActivationCode"])
+            await node.role_token()
+            control = await node.open_control_channel(await node.create_control_channel())
+            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+            env.update(
+                AWS_ACCESS_KEY_ID=srv.ADMIN_KEY,
+                AWS_SECRET_ACCESS_KEY=srv.ADMIN_SECRET,
+                AWS_DEFAULT_REGION=REGION,
+                AWS_CONFIG_FILE="/dev/null",
+                AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+                AWS_CA_BUNDLE=str(ca.ca_cert),
+                PATH=path,
+            )
+            proc = await asyncio.create_subprocess_exec(
+                str(BIN / "aws"),
+                "--endpoint-url",
+                broker.url,
+                "ssm",
+                "start-session",
+                "--target",
+                iid,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                env=env,
+            )
+            try:
+                shell = await next_agent_message(control, 60)
+                assert shell.message_type == "interactive_shell"
+                task = json.loads(json.loads(shell.payload)["Content"])
+                assert task["DocumentContent"]["sessionType"] == "Standard_Stream"
+                sid = task["SessionId"]
+                broker.client("ssm").terminate_session(SessionId=sid)
+                closed = await next_agent_message(control, 30)
+                assert closed.message_type == "channel_closed"
+                body = json.loads(closed.payload)
+                assert body["SessionId"] == sid and body["DestinationId"] == iid
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                await proc.wait()
 
     run(main())
