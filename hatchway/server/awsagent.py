@@ -271,6 +271,7 @@ def _role_token(
         "SecretAccessKey": secret,
         "SessionToken": session_token,
         "TokenExpirationDate": expires,
+        # True would ask the agent to rotate its key pair; no operator command asks it yet.
         "UpdateKeyPair": bool(data.get("rotate_key")) and key_index == 0,
     }
 
@@ -294,18 +295,6 @@ def _update_public_key(
     data.pop("rotate_key", None)
     state.store.update(t.instances, {"instance_id": instance_id}, {"data": data})
     return {}
-
-
-def request_key_rotation(state: ServerState, instance_id: str) -> bool:
-    """Ask an AWS-agent node to rotate its key pair (``UpdateKeyPair`` in its next token):
-    for whoever runs the broker (``hatchway nodes`` tooling); True if the node is one."""
-    row = _node(state, instance_id)
-    if row is None:
-        return False
-    state.store.update(
-        t.instances, {"instance_id": instance_id}, {"data": {**row["data"], "rotate_key": True}}
-    )
-    return True
 
 
 _INFO: dict[str, str] = {
