@@ -188,6 +188,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     (bindir / "configuration" / "seelog.xml").write_text(SEELOG.format(log=root / "log"))
     (root / "home").mkdir()
     backup = None
+    # Left by the agent where it hard-codes them (state; its audit folder): removed after the
+    # run unless they were there before.
+    created = [d for d in (STATE.parent, Path("/var/log/amazon")) if not d.exists()]
     if STATE.exists():
         backup = STATE.with_name(f"ssm.hatchway-test-backup-{os.getpid()}")
         STATE.rename(backup)
@@ -248,6 +251,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         shutil.rmtree(STATE, ignore_errors=True)
         if backup is not None:
             backup.rename(STATE)
+        for d in created:
+            shutil.rmtree(d, ignore_errors=True)
         errors = root / "log" / "errors.log"
         if errors.exists():
             say(f"agent errors.log ({errors.stat().st_size} bytes) kept in {errors}")
