@@ -238,7 +238,7 @@ class StandIn:
         wss = "wss://" + https.split("://", 1)[1]
         return await self.http.ws_connect(wss, headers=headers, autoping=True, heartbeat=None)
 
-    async def open_control_channel(self, token: str) -> aiohttp.ClientWebSocketResponse:
+    async def open_control_channel(self, token: str) -> ControlChannel:
         ws = await self.websocket(
             f"/v1/control-channel/{self.instance_id}?role=subscribe&stream=input"
         )
@@ -253,7 +253,7 @@ class StandIn:
                 }
             )
         )
-        return ws
+        return ControlChannel(ws)
 
     async def open_data_channel(
         self, session_id: str, token: str
@@ -273,14 +273,45 @@ class StandIn:
         return ws
 
 
-async def next_agent_message(
-    ws: aiohttp.ClientWebSocketResponse, timeout: float = 30.0
-) -> frames.Frame:
-    """The next binary AgentMessage (text frames are not part of this dialect: none may come)."""
-    while True:
-        msg = await asyncio.wait_for(ws.receive(), timeout)
-        assert msg.type == aiohttp.WSMsgType.BINARY, (msg.type, msg.data)
-        return frames.decode(msg.data)
+class ControlChannel:
+    """The agent's control channel: read all the time (as the agent does, so that the broker's
+    websocket pings are answered), AgentMessages queued for the test."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.messages: asyncio.Queue[frames.Frame | str | None] = asyncio.Queue()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self.ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    await self.messages.put(frames.decode(msg.data))
+                else:  # text frames are not part of this dialect: none may come
+                    await self.messages.put(f"unexpected {msg.type}: {msg.data!r}")
+        finally:
+            await self.messages.put(None)
+
+    async def next(self, timeout: float = 30.0) -> frames.Frame:
+        item = await asyncio.wait_for(self.messages.get(), timeout)
+        assert isinstance(item, frames.Frame), item or f"closed ({self.ws.close_code})"
+        return item
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def wait_closed(self, timeout: float = 15.0) -> int | None:
+        await asyncio.wait_for(asyncio.shield(self.reader), timeout)
+        return self.ws.close_code
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.reader
+
+
+async def next_agent_message(control: ControlChannel, timeout: float = 30.0) -> frames.Frame:
+    """The next binary AgentMessage the broker sent."""
+    return await control.next(timeout)
 
 
 def agent_message(message_type: str, payload: dict[str, Any]) -> bytes:
