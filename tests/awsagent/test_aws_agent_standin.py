@@ -296,24 +296,43 @@ async def _serve_session(
     await ws.send_bytes(
         stream.send(PayloadType.HANDSHAKE_REQUEST, build_handshake_request(request), time.time())
     )
-    done = False
-    while not done:
-        msg_ws = await asyncio.wait_for(ws.receive(), 60)
-        assert msg_ws.type == aiohttp.WSMsgType.BINARY, msg_ws
-        for event in stream.receive(msg_ws.data, time.time()):
-            if isinstance(event, SendBytes):
-                await ws.send_bytes(event.data)
-            elif (
-                isinstance(event, Deliver) and event.payload_type == PayloadType.HANDSHAKE_RESPONSE
-            ):
-                for payload_type, payload in (
-                    (PayloadType.HANDSHAKE_COMPLETE, build_handshake_complete(1000, "")),
-                    (PayloadType.OUTPUT, output),
-                    (PayloadType.EXIT_CODE, b"EXIT_CODE: 3"),
-                ):
-                    await ws.send_bytes(stream.send(payload_type, payload, time.time()))
-                done = True
-    await asyncio.sleep(0.5)  # the client acknowledges the output
+
+    async def pump(ws: aiohttp.ClientWebSocketResponse, until: Any) -> None:
+        """Read the data channel (acks, the client's messages) until ``until()``."""
+        while not until():
+            msg_ws = await asyncio.wait_for(ws.receive(), 60)
+            assert msg_ws.type == aiohttp.WSMsgType.BINARY, msg_ws
+            for event in stream.receive(msg_ws.data, time.time()):
+                if isinstance(event, SendBytes):
+                    await ws.send_bytes(event.data)
+                elif isinstance(event, Deliver):
+                    seen.setdefault("delivered", []).append(event.payload_type)
+
+    await pump(ws, lambda: PayloadType.HANDSHAKE_RESPONSE in seen.get("delivered", []))
+    complete_frame = stream.send(
+        PayloadType.HANDSHAKE_COMPLETE, build_handshake_complete(1000, ""), time.time()
+    )
+    await ws.send_bytes(complete_frame)
+    # The agent's data channel drops: the worker calls CreateDataChannel again and reconnects
+    # with the fresh token (a spent one is refused), then re-sends what was not acknowledged.
+    await ws.close()
+    reused = await node.open_data_channel(sid, xml_token(second))
+    assert (await reused.receive(timeout=15)).type in (
+        aiohttp.WSMsgType.CLOSE,
+        aiohttp.WSMsgType.CLOSED,
+    )
+    assert reused.close_code == 4403
+    status, third = await node.create_data_channel(sid)
+    assert status == 201, third
+    ws = await node.open_data_channel(sid, xml_token(third))
+    for frame in stream.resend_all(time.time()):
+        await ws.send_bytes(frame)
+    for payload_type, payload in (
+        (PayloadType.OUTPUT, output),
+        (PayloadType.EXIT_CODE, b"EXIT_CODE: 3"),
+    ):
+        await ws.send_bytes(stream.send(payload_type, payload, time.time()))
+    await pump(ws, lambda: stream.unacked_count == 0)  # the client has it all
     from hatchway.protocol.frames import Frame, encode
 
     state = Frame(
