@@ -226,7 +226,8 @@ def _role_token(
     state: ServerState, instance_id: str, params: dict[str, Any], key_index: int
 ) -> dict[str, Any]:
     row = _node(state, instance_id)
-    assert row is not None  # authenticated just now
+    if row is None:  # deregistered since it was authenticated, a moment ago
+        raise ServiceError("InvalidInstanceId", "Instance Id is invalid")
     data = row["data"]
     if not hmac.compare_digest(str(data.get("fingerprint", "")), params["Fingerprint"]):
         # The node's hardware fingerprint changed: another machine holds its key, or the
@@ -281,7 +282,8 @@ def _update_public_key(
 ) -> dict[str, Any]:
     key = _checked_key(params["NewPublicKey"])
     row = _node(state, instance_id)
-    assert row is not None
+    if row is None:
+        raise ServiceError("InvalidInstanceId", "Instance Id is invalid")
     data = dict(row["data"])
     now = datetime.now(UTC)
     if key != data["public_key"]:
@@ -359,7 +361,10 @@ async def _ec2messages(
         )
     if not state.draining:
         await asyncio.sleep(max(0.0, state.config.ping_interval))
-    body = jsonproto.load_document(incoming.body) if incoming.body else {}
+    try:
+        body = jsonproto.load_document(incoming.body) if incoming.body else {}
+    except ServiceError as exc:
+        return _error(exc, call_id)
     destination = body.get("Destination") if isinstance(body, dict) else None
     return web.json_response(
         {

@@ -234,6 +234,15 @@ def test_registration_credentials_and_health(broker: Any, ca: LocalCA) -> None:
                 service="ec2messages",
             )
             assert status == 200 and out["Messages"] == [], out
+            poll = {
+                "Content-Type": "application/x-amz-json-1.1",
+                "X-Amz-Target": "EC2WindowsMessageDeliveryService.GetMessages",
+            }
+            garbage = b"[" * 10_000
+            status, out = await node._post(
+                node._sigv4("POST", node.url + "/", garbage, poll, "ec2messages"), garbage
+            )
+            assert status == 400 and out["__type"] == "SerializationException", out
 
             # Key rotation: the new key works, the old one still does for a grace period.
             old_key = node.key
