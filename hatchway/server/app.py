@@ -38,6 +38,7 @@ from hatchway.server.front.identity import (
 )
 from hatchway.server.front.pipeline import AuditEntry, outcome_of
 from hatchway.server.gauges import StateCollector
+from hatchway.server.ops import awsagent
 from hatchway.server.recordings.keeper import Recordings
 from hatchway.server.runtime.state import STATE_KEY, ServerConfig, ServerState
 from hatchway.server.store import Store
@@ -185,6 +186,9 @@ async def handle_api(request: web.Request) -> web.Response:
     incoming = sigv4.IncomingRequest(
         request.method, raw_path, raw_query, dict(request.headers), body
     )
+    answered = await awsagent.intercept(state, request, incoming)  # AWS's agent's own calls
+    if answered is not None:
+        return answered
     route = _route(incoming)
     call_id = logs.request_id()  # the access log's, the header's and the audit record's
     if route.op is not None:
@@ -387,7 +391,7 @@ def create_metrics_app(state: ServerState) -> web.Application:
 
 def create_app(state: ServerState) -> web.Application:
     """The aiohttp application; extra routes (registration, channels) come from other modules."""
-    from hatchway.server.control import nodes
+    from hatchway.server.control import awsagent_channel, nodes
     from hatchway.server.ops import commandduty, register_all
     from hatchway.server.relay import datachannel
 
@@ -403,4 +407,5 @@ def create_app(state: ServerState) -> web.Application:
     add_api_route(app)
     nodes.add_routes(app, datachannel.reconcile_node, commandduty.on_channel_message)
     datachannel.add_routes(app)
+    awsagent_channel.add_routes(app)
     return app

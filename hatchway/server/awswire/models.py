@@ -10,9 +10,11 @@ milliseconds).
 
 from __future__ import annotations
 
+import json
 import threading
 import weakref
 from functools import cache, lru_cache
+from pathlib import Path
 from typing import Any
 
 import botocore.loaders
@@ -55,7 +57,23 @@ def load_service(name: str) -> ServiceModel:
         raise KeyError(f"unsupported service: {name!r}")
     with _loader_lock:
         data = _loader().load_service_model(name, "service-2")
+    if name == "ssm":  # the private operations AWS's own agent calls (docs/aws-agent.md)
+        data = _with_private_operations(data)
     return ServiceModel(data, service_name=name)
+
+
+_PRIVATE_SSM = Path(__file__).resolve().parent.parent / "data" / "ssm-private-2.json"
+
+
+def _with_private_operations(data: dict[str, Any]) -> dict[str, Any]:
+    """botocore's SSM model plus ``data/ssm-private-2.json`` (same format): the operations
+    AWS's amazon-ssm-agent calls that the public model lacks (RegisterManagedInstance, …)."""
+    extra = json.loads(_PRIVATE_SSM.read_text(encoding="utf-8"))
+    return {
+        **data,
+        "operations": {**data["operations"], **extra["operations"]},
+        "shapes": {**data["shapes"], **extra["shapes"]},
+    }
 
 
 def operation(service: ServiceModel | str, name: str) -> OperationModel | None:

@@ -47,6 +47,13 @@ Reconcile = Callable[[ServerState, str, set[str]], Awaitable[int]]
 RECONCILE_KEY: web.AppKey[Reconcile] = web.AppKey("reconcile_node")
 """What the control channel calls with the sessions a node says it still runs."""
 
+ChannelHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Dialect = Callable[[ServerState, str], ChannelHandler | None]
+DIALECT_KEY: web.AppKey[Dialect] = web.AppKey("control_dialect")
+"""Which other control-channel dialect a node speaks: that dialect's handler, or None for
+Hatchway's own (AWS's agent's: hatchway.server.control.awsagent_channel, which builds on this
+module and so is not imported by it)."""
+
 NodeMessage = Callable[[ServerState, str, dict[str, Any], datetime], None]
 NODE_MESSAGE_KEY: web.AppKey[NodeMessage] = web.AppKey("node_message")
 """What the control channel hands a node's hello and its Run Command reports to, with the
@@ -195,8 +202,12 @@ async def handle_register(request: web.Request) -> web.Response:
     return web.json_response(register_node(state, body))
 
 
-def register_node(state: ServerState, body: dict[str, Any]) -> dict[str, Any]:
-    """Check the activation, create the node and its credentials (all or nothing)."""
+def register_node(
+    state: ServerState, body: dict[str, Any], key_auth: NodeData | None = None
+) -> dict[str, Any]:
+    """Check the activation, create the node and its credentials (all or nothing). With
+    ``key_auth`` (AWS's agent: its public key and fingerprint, hatchway.server.ops.awsagent) the
+    node gets no access key: it is kept in the node's data, and only the id is returned."""
     activation_id = str(body.get("ActivationId", ""))
     code = str(body.get("ActivationCode", ""))
     invalid = ServiceError(
@@ -245,6 +256,9 @@ def register_node(state: ServerState, body: dict[str, Any]) -> dict[str, Any]:
             "agent_name": body.get("AgentName", ""),
             "agent_version": body.get("AgentVersion", ""),
         }
+        if key_auth is not None:
+            data.update(key_auth)
+            data["role_name"], data["role_id"] = role_name, role_id
         try:
             state.store.insert(
                 t.instances,
@@ -271,6 +285,8 @@ def register_node(state: ServerState, body: dict[str, Any]) -> dict[str, Any]:
         )
         if changed != 1:
             raise invalid  # a concurrent registration took the last slot
+    if key_auth is not None:
+        return {"InstanceId": instance_id}
     akid, secret = create_access_key(
         state,
         "node",
@@ -422,6 +438,10 @@ def upgrade_error(exc: Exception) -> ServiceError:
 
 async def handle_control_channel(request: web.Request) -> web.StreamResponse:
     state = _state(request)
+    dialect = request.app.get(DIALECT_KEY)
+    other = dialect(state, request.match_info["instance_id"]) if dialect is not None else None
+    if other is not None:  # a node of AWS's agent (control/awsagent_channel.py)
+        return await other(request)
     instance_id = request.match_info["instance_id"]
     try:
         authenticate_node(state, request, instance_id)

@@ -392,6 +392,9 @@ async def _agent_side(
     clean = False
     failed: str | None = None
     exit_code: int | None = None
+    from hatchway.server.control.awsagent_channel import broker_log
+
+    aws_log = broker_log(state, session_id, relay.target)  # AWS's agent streams no log
     try:
         async for msg in ws:
             if msg.type != WSMsgType.BINARY:
@@ -408,6 +411,8 @@ async def _agent_side(
                 elif st.session_state == "Terminating":
                     clean = True
                     exit_code = st.exit_code
+                    if aws_log is not None:
+                        aws_log.end(exit_code)
                     break
                 continue
             if kind == AGENT_SESSION_LOG:
@@ -421,6 +426,8 @@ async def _agent_side(
                 continue
             if kind == frames.MessageType.OUTPUT_STREAM_DATA:
                 state.recordings.capture(session_id, data, payload_type)  # the log names it
+                if aws_log is not None:
+                    aws_log.output(data, payload_type)
             client = relay.client
             if client is not None and not client.closed:
                 with contextlib.suppress(ConnectionError, RuntimeError):

@@ -67,6 +67,20 @@ class NodeData(TypedDict, total=False):
     agent_name: str
     agent_version: str
     connected: bool  # its control channel is open (on some broker)
+    # A node of AWS's amazon-ssm-agent (hatchway.server.ops.awsagent): no access key, its
+    # RSA public key (base64 SPKI) and fingerprint instead, acting as its activation's role.
+    agent_kind: str
+    public_key: str
+    public_key_type: str
+    fingerprint: str
+    key_created: str  # ISO 8601
+    previous_public_key: str  # accepted until previous_key_until after a rotation
+    previous_key_until: str
+    rotate_key: bool  # an operator asked for a new key pair (UpdateKeyPair)
+    role_name: str
+    role_id: str
+    control_tokens: dict[str, str]  # CreateControlChannel's tokens (hash -> expiry)
+    agent_final_status: str
 
 
 class NodeRow(TypedDict):
