@@ -43,7 +43,12 @@ TASKS_KEY = web.AppKey("tasks", list)
 HANDED_BACK = "hatchway.handed_back"
 """Set on a request an API worker handed back to the primary (which logs it, not the worker)."""
 _JSON_TYPE = "application/x-amz-json-1.1"
-_JSON_SERVICES = {"AmazonSSM": "ssm", "TrentService": "kms"}
+_JSON_SERVICES = {
+    "AmazonSSM": "ssm",
+    "TrentService": "kms",
+    "com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101": "cloudtrail",
+    "Hatchway_20261201": "hatchway",
+}
 """X-Amz-Target prefix → service (an unknown prefix is SSM's UnknownOperationException)."""
 
 
@@ -297,6 +302,8 @@ async def _handle_api(request: web.Request) -> web.Response:
             decisions=call.decisions,
             error=error,
             request_id=call_id,
+            access_key_id=verified.access_key_id,
+            user_agent=call.user_agent,
         )
     except Exception as exc:
         FAILURES.failure(f"could not write the audit record for {call_id}", exc, where="audit")

@@ -14,7 +14,7 @@ from typing import Any
 
 from hatchway.iam import Decision, Request
 from hatchway.iam.context import Context, make_context
-from hatchway.server import crypto, metrics
+from hatchway.server import crypto, metrics, trail
 from hatchway.server.errors import ServiceError, access_denied
 from hatchway.server.identity import Caller
 from hatchway.server.state import ServerState
@@ -39,6 +39,8 @@ _SOURCES = {
     "iam": "iam.amazonaws.com",
     "sts": "sts.amazonaws.com",
     "kms": "kms.amazonaws.com",
+    "cloudtrail": "cloudtrail.amazonaws.com",
+    "hatchway": "hatchway",  # not an AWS service: no amazonaws.com name
 }
 
 
@@ -197,6 +199,8 @@ def audit(
     decisions: list[Decision],
     error: ServiceError | None,
     request_id: str,
+    access_key_id: str = "",
+    user_agent: str = "",
 ) -> dict[str, Any]:
     """Record a call CloudTrail-style, in the store and as a JSON line in the data dir."""
     now = datetime.now(UTC)
@@ -238,6 +242,7 @@ def audit(
     if error is not None:
         event["errorCode"] = error.code
         event["errorMessage"] = error.message
+    trail.enrich(event, params, access_key_id, user_agent)
     state.audit_log.record(
         event,
         {

@@ -8,12 +8,14 @@ from hatchway.server.state import ServerState
 def register_all() -> None:
     """Import every operation module so that its handlers register themselves."""
     from hatchway.server.ops import (  # noqa: F401
+        cloudtrail,
         documents,
         iam,
         iam_account,
         kms,
         mfa,
         nodes,
+        records,
         sessions,
         sts,
     )
