@@ -21,7 +21,7 @@ from aiohttp import web
 from botocore.model import OperationModel
 
 from hatchway import __version__
-from hatchway.server import cpu, crypto, limits, logs, metrics, sigv4
+from hatchway.server import cpu, crypto, limits, logs, metrics, retention, sigv4
 from hatchway.server.call import INPUT_EXTENSIONS, OPERATIONS, Call, audit
 from hatchway.server.errors import ServiceError
 from hatchway.server.identity import (
@@ -486,6 +486,7 @@ async def _start_background(app: web.Application) -> None:
         asyncio.create_task(state.audit_log.run()),
         asyncio.create_task(enforce_timeouts(state)),
         asyncio.create_task(state.recordings.run()),
+        asyncio.create_task(retention.run(state)),
     ]
 
 
