@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from hatchway.cli.notify import notify
 from hatchway.cli.options import log_format_option, log_level_option
 from hatchway.server import logs
 from hatchway.server.main import StartError, check_tls, serve
@@ -430,6 +431,6 @@ def server_cmd(
             f"{audit_webhook_url!r} is not an http(s):// URL", param_hint="--audit-webhook-url"
         )
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, notify=notify))
     except StartError as exc:
         raise OperatorError(str(exc)) from None
