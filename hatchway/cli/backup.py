@@ -45,9 +45,9 @@ def _data_dir_option(fn: Any) -> Any:
 
 
 def _database_option(fn: Any) -> Any:
-    return click.option(
-        "--database-url", help="postgresql://… (default: SQLite in the data dir)"
-    )(fn)
+    return click.option("--database-url", help="postgresql://… (default: SQLite in the data dir)")(
+        fn
+    )
 
 
 def _schema_version(db: Path) -> int:
