@@ -270,3 +270,100 @@ def test_the_retention_duty_deletes_old_audit_rows(state: ServerState) -> None:
     done = retention_duty(state, now + timedelta(days=91))
     assert done.audit_rows == 3 and done.recordings == []
     assert state.store.count(t.audit) == 0
+
+
+# --- exporters in-process: TCP framing, the local socket, refusals, the bound ----------------
+
+
+def test_syslog_over_tcp_is_octet_counted_and_over_a_unix_socket_one_datagram_each(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from hatchway.server.auditexport import SyslogExporter
+
+    async def go() -> tuple[bytes, list[bytes]]:
+        received = bytearray()
+        got_all = asyncio.Event()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while chunk := await reader.read(65536):
+                received.extend(chunk)
+                if received.count(b"hatchway") >= 2:
+                    got_all.set()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        tcp = SyslogExporter(f"tcp://127.0.0.1:{port}", facility="local7")
+        path = str(tmp_path / "log.sock")
+        sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sink.bind(path)
+        sink.setblocking(False)
+        unix = SyslogExporter(f"unix://{path}")
+        tasks = [asyncio.create_task(tcp.run()), asyncio.create_task(unix.run())]
+        for n, exporter in enumerate((tcp, unix, tcp, unix)):
+            exporter.offer(json.dumps({"eventName": f"Op{n}", "decision": "error"}))
+        await asyncio.wait_for(got_all.wait(), 20)
+        datagrams: list[bytes] = []
+        loop = asyncio.get_running_loop()
+        while len(datagrams) < 2:
+            datagrams.append(await asyncio.wait_for(loop.sock_recv(sink, 70_000), 20))
+        for task in tasks:
+            task.cancel()
+        server.close()
+        sink.close()
+        return bytes(received), datagrams
+
+    stream, datagrams = asyncio.run(go())
+    frames = []
+    rest = stream
+    while rest:  # RFC 6587 octet counting: "LEN SP MSG" back to back
+        length, _, rest = rest.partition(b" ")
+        frames.append(rest[: int(length)])
+        rest = rest[int(length) :]
+    assert [RFC5424.match(f).group(5) for f in frames] == [b"Op0", b"Op2"]  # type: ignore[union-attr]
+    assert all(int(RFC5424.match(f).group(1)) == 23 * 8 + 4 for f in frames)  # type: ignore[union-attr]
+    assert [RFC5424.match(d).group(5) for d in datagrams] == [b"Op1", b"Op3"]  # type: ignore[union-attr]
+
+
+def test_a_webhook_that_refuses_a_batch_for_good_drops_it_and_the_queue_is_bounded() -> None:
+    import asyncio
+
+    from hatchway.server.auditexport import Queue, WebhookExporter
+
+    hook = Hook()
+    statuses = iter([400])
+
+    class Refusing(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            status = next(statuses, 200)
+            hook.statuses.append(status)
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    hook.server.RequestHandlerClass = Refusing
+
+    async def go() -> None:
+        exporter = WebhookExporter(hook.url, batch=10, interval=0.01)
+        task = asyncio.create_task(exporter.run())
+        exporter.offer('{"eventName": "Refused"}')
+        while not hook.statuses:
+            await asyncio.sleep(0.01)
+        exporter.offer('{"eventName": "Accepted"}')
+        while exporter.sent < 1:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(go())
+    assert hook.statuses == [400, 200]  # the refused batch was not sent again
+
+    q = Queue("test", limit=3)
+    for n in range(5):
+        q.offer(str(n))
+    assert list(q.items) == ["2", "3", "4"] and q.dropped == 2
