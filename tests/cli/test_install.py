@@ -229,14 +229,14 @@ def test_the_wheel_runs_as_the_unit_says(installed: Path, tmp_path: Path) -> Non
         with urllib.request.urlopen(url + "/readyz", timeout=10) as resp:
             assert json.load(resp) == {"status": "ready"}
         creds = (state_dir / "admin-credentials").read_text()  # the first administrator
-        key = re.search(r"aws_access_key_id\s*=\s*(\S+)", creds)
+        key_id = re.search(r"aws_access_key_id\s*=\s*(\S+)", creds)
         secret = re.search(r"aws_secret_access_key\s*=\s*(\S+)", creds)
-        assert key and secret, creds
+        assert key_id and secret, creds
         sts = boto3.client(
             "sts",
             endpoint_url=url,
             region_name="eu-west-1",
-            aws_access_key_id=key.group(1),
+            aws_access_key_id=key_id.group(1),
             aws_secret_access_key=secret.group(1),
         )
         assert sts.get_caller_identity()["Arn"].endswith(":user/admin")

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -176,11 +176,12 @@ def test_a_reader_replays_a_recording_through_the_api_and_others_are_denied(
 
     outsider = hatchway_client(broker, okey, osecret)
     arn = f" on resource: arn:aws:ssm:{REGION}:123456789012:session/{recorded}"
-    for call, action, resource in (
+    calls: list[tuple[Callable[[], Any], str, str]] = [
         (lambda: outsider.get_session_recording(SessionId=recorded), "GetSessionRecording", arn),
         (lambda: outsider.list_port_connections(SessionId=recorded), "ListPortConnections", arn),
         (lambda: outsider.list_session_recordings(), "ListSessionRecordings", ""),
-    ):
+    ]
+    for call, action, resource in calls:
         with pytest.raises(ClientError) as denied:
             call()
         err = denied.value.response["Error"]
