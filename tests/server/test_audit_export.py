@@ -367,3 +367,25 @@ def test_a_webhook_that_refuses_a_batch_for_good_drops_it_and_the_queue_is_bound
     for n in range(5):
         q.offer(str(n))
     assert list(q.items) == ["2", "3", "4"] and q.dropped == 2
+
+
+def test_lookup_reads_a_bounded_number_of_rows_per_call(
+    state: ServerState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rare attribute over a long history: each call reads at most SCAN_LIMIT rows and
+    answers with a token to go on from, instead of scanning the whole table at once."""
+    from hatchway.server.ops import cloudtrail
+
+    record(state, "Rare")
+    for _ in range(1100):
+        record(state, "Common")
+    state.audit_log.flush()
+    monkeypatch.setattr(cloudtrail, "SCAN_LIMIT", 500)
+    pages = []
+    cursor = None
+    while True:
+        found, cursor = cloudtrail.scan(state.store, [], cursor, "EventName", "Rare", None, 50)
+        pages.append([r["event_name"] for r in found])
+        if cursor is None:
+            break
+    assert pages == [[], [], ["Rare"]]  # 500 rows, 500 rows, then the rest and the match

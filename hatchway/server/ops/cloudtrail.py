@@ -8,6 +8,7 @@ Authorization Reference lists it), newest first, one lookup attribute at most, a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -22,6 +23,8 @@ from hatchway.server.store import schema as t
 DEFAULT_RESULTS = 50
 MAX_RESULTS = 50
 _SCAN = 500  # audit rows read per query while filtering
+SCAN_LIMIT = 20_000
+"""Audit rows one LookupEvents call reads at most (then it answers with a NextToken)."""
 _ATTRIBUTE_KEYS = (
     "EventId",
     "EventName",
@@ -143,27 +146,51 @@ async def lookup_events(call: Call, params: dict[str, Any]) -> dict[str, Any]:
             conds.append(column[key] == value)
         elif key != "ReadOnly":
             conds.append(c.data.contains(json.dumps(value)[1:-1], autoescape=True))
+    found, resume = await asyncio.to_thread(
+        scan, call.store, conds, cursor, key, value, end, int(size)
+    )
+    result: dict[str, Any] = {"Events": [_out(r) for r in found]}
+    if resume is not None:
+        result["NextToken"] = _token(resume, fingerprint)
+    return result
+
+
+def scan(
+    store: Any,
+    conds: list[Any],
+    cursor: int | None,
+    key: str | None,
+    value: str | None,
+    end: datetime | None,
+    size: int,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Up to ``size`` matching rows, newest first, below ``cursor``; and where the next page
+    starts (None: no more). At most :data:`SCAN_LIMIT` rows are read per call (in a worker
+    thread): a rare attribute over a long history answers a short page and a NextToken
+    rather than holding the broker, as CloudTrail may return fewer events than asked."""
+    c = t.audit.c
     found: list[dict[str, Any]] = []
-    more = False
-    while not more:
+    scanned = 0
+    while True:
         page_conds = [*conds, c.seq < cursor] if cursor is not None else conds
-        rows = call.store.select(t.audit, *page_conds, order_by=[c.seq.desc()], limit=_SCAN)
+        rows = store.select(t.audit, *page_conds, order_by=[c.seq.desc()], limit=_SCAN)
         for row in rows:
-            cursor = row["seq"]
             if not isinstance(row["data"], dict):
+                cursor = row["seq"]
                 continue
             if key is not None and value not in trail.lookup_values(row["data"]).get(key, []):
+                cursor = row["seq"]
                 continue
             when = _aware(row["time"])
             if end is not None and when is not None and when.replace(microsecond=0) > end:
+                cursor = row["seq"]
                 continue
-            if len(found) == int(size):
-                more = True
-                break
+            if len(found) == size:
+                return found, found[-1]["seq"]
             found.append(row)
+            cursor = row["seq"]
+        scanned += len(rows)
         if len(rows) < _SCAN:
-            break
-    result: dict[str, Any] = {"Events": [_out(r) for r in found]}
-    if more and found:
-        result["NextToken"] = _token(found[-1]["seq"], fingerprint)
-    return result
+            return found, None
+        if scanned >= SCAN_LIMIT:
+            return found, cursor

@@ -12,6 +12,7 @@ actions, denied unless a policy allows them:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from datetime import UTC, datetime
@@ -55,7 +56,7 @@ def _next(offset: int) -> str:
 @operation("hatchway", "ListSessionRecordings")
 async def list_session_recordings(call: Call, params: dict[str, Any]) -> dict[str, Any]:
     call.authorize("hatchway:ListSessionRecordings", "*")
-    sizes = recordings.sizes(call.store)
+    sizes = await asyncio.to_thread(recordings.sizes, call.store)
     conds: list[Any] = [t.sessions.c.session_id.in_(list(sizes))] if sizes else []
     if params.get("Target"):
         conds.append(t.sessions.c.target == params["Target"])
@@ -93,10 +94,12 @@ async def get_session_recording(call: Call, params: dict[str, Any]) -> dict[str,
     row = _session(call, sid)
     start = _offset(params.get("NextToken"))
     size = int(params.get("MaxLines") or DEFAULT_LINES)
-    lines = [
-        line.rstrip("\n")
-        for line in islice(recordings.cast_lines(call.store, row), start, start + size + 1)
-    ]
+
+    def render() -> list[str]:  # in a worker thread: a long recording must not hold the loop
+        cast = recordings.cast_lines(call.store, row)
+        return [line.rstrip("\n") for line in islice(cast, start, start + size + 1)]
+
+    lines = await asyncio.to_thread(render)
     result: dict[str, Any] = {
         "SessionId": sid,
         "Target": row["target"],
@@ -115,9 +118,15 @@ async def list_port_connections(call: Call, params: dict[str, Any]) -> dict[str,
     sid = params["SessionId"]
     call.authorize("hatchway:ListPortConnections", session_arn(sid, call.region, call.account))
     row = _session(call, sid)
-    origin = recordings.started(call.store, sid) or 0.0
+    records = await asyncio.to_thread(_connections, call.store, sid, row["owner"])
+    chunk, nxt = page(records, params, DEFAULT_CONNECTIONS)
+    return {"Connections": chunk, "NextToken": nxt}
+
+
+def _connections(store: Any, sid: str, owner: str) -> list[dict[str, Any]]:
+    origin = recordings.started(store, sid) or 0.0
     records = []
-    for ev in recordings.iter_events(call.store, sid, row["owner"]):
+    for ev in recordings.iter_events(store, sid, owner):
         if ev.kind != "conn" or not isinstance(ev.data, dict):
             continue
         d = ev.data
@@ -135,5 +144,4 @@ async def list_port_connections(call: Call, params: dict[str, Any]) -> dict[str,
         if d.get("error"):
             item["Error"] = str(d["error"])
         records.append(item)
-    chunk, nxt = page(records, params, DEFAULT_CONNECTIONS)
-    return {"Connections": chunk, "NextToken": nxt}
+    return records
