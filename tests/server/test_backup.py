@@ -283,3 +283,32 @@ def test_a_second_rotation_waits_for_the_first_to_finish(tmp_path: Path) -> None
     assert box.open(old.seal("sealed before", "ctx"), "ctx") == "sealed before"
     assert base64.b64decode(box.seal("x"))  # new values: the new key
     assert not old.is_current(box.seal("x"))
+
+
+def test_a_postgresql_backup_holds_the_keys_and_says_where_the_database_goes(
+    tmp_path: Path,
+) -> None:
+    """With --database-url the archive holds master.key only (the database is pg_dump's);
+    restoring it puts the key back and says so."""
+    data = tmp_path / "data"
+    data.mkdir()
+    SecretBox.from_dir(data)
+    out = tmp_path / "keys.tar.gz"
+    runner = CliRunner()
+    url = "postgresql://hatchway:secret@db.internal/hatchway"
+    done = runner.invoke(
+        cli, ["backup", "--data-dir", str(data), "--database-url", url, "-o", str(out)]
+    )
+    assert done.exit_code == 0, done.output
+    assert "pg_dump --format=custom" in done.output and "secret" not in done.output
+    with tarfile.open(out) as tar:
+        assert sorted(tar.getnames()) == ["manifest.json", "master.key"]
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    assert manifest["store"] == "postgresql" and "pg_dump" in manifest["database"]
+    target = tmp_path / "elsewhere"
+    restored = runner.invoke(cli, ["restore", str(out), "--data-dir", str(target)])
+    assert restored.exit_code == 0, restored.output
+    assert "pg_restore" in restored.output
+    assert (target / "master.key").read_bytes() == (data / "master.key").read_bytes()
+    assert (target / "master.key").stat().st_mode & 0o777 == 0o600
+    assert not (target / "hatchway.db").exists()
