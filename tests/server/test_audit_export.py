@@ -107,6 +107,36 @@ def test_audit_events_reach_a_webhook_in_batches_retried_after_failures(
     assert created[0]["userIdentity"]["type"] == "IAMUser"
 
 
+def test_the_webhook_is_https_verified_against_the_system_s_trust(tmp_path: Path) -> None:
+    """HTTPS: the broker checks the webhook's certificate against the CAs it trusts
+    (SSL_CERT_FILE here: a local CA that signed the hook's certificate for 127.0.0.1)."""
+    import ssl
+
+    from hatchway.server.tls import local_ca, server_context
+
+    ca = local_ca(tmp_path / "ca")
+    hook = Hook()
+    context: ssl.SSLContext = server_context(ca.cert, ca.key)
+    hook.server.socket = context.wrap_socket(hook.server.socket, server_side=True)
+    url = hook.url.replace("http://", "https://")
+    b = start_broker(
+        tmp_path / "data",
+        "--audit-webhook-url", url,
+        "--audit-webhook-interval", "0.05",
+        env={"SSL_CERT_FILE": str(ca.ca_cert)},
+    )  # fmt: skip
+    try:
+        b.client("iam").create_user(UserName="over-tls")
+        wait_for(
+            "the CreateUser event at the HTTPS webhook",
+            lambda: any(
+                r["requestParameters"].get("UserName") == "over-tls" for r in hook.records()
+            ),
+        )
+    finally:
+        stop_broker(b)
+
+
 RFC5424 = re.compile(
     rb"^<(\d+)>1 (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (\S+) hatchway (\d+) (\S+) - "
     rb"\xef\xbb\xbf(.*)$",
