@@ -16,6 +16,7 @@ from hatchway.agent.control import backoff_delays
 from hatchway.agent.datakey import CREDENTIAL_SOURCES, KmsSettings
 from hatchway.agent.registration import Registration, RegistrationError, load, register
 from hatchway.agent.session import SessionSettings, run_node
+from hatchway.cli.notify import notify
 from hatchway.cli.options import log_format_option, log_level_option
 from hatchway.server.base import logs
 
@@ -206,6 +207,9 @@ def agent_cmd(
         reg.endpoint = endpoint
         reg.ca_file = ca_file
         kms = KmsSettings(kms_endpoint_url or None, kms_credentials, kms_region or None)
+        # systemd (Type=notify): started once the node has its identity; from here it
+        # (re)connects to the broker by itself, with back-off.
+        notify(f"READY=1\nSTATUS=node {reg.instance_id}, broker {endpoint}")
         settings = SessionSettings(session_user, allow_root_sessions, kms=kms)
         await run_node(reg, settings, command_user=run_command_user or None)
 

@@ -8,6 +8,7 @@ from hatchway import __version__
 from hatchway.cli import config
 from hatchway.cli.agent import agent_cmd
 from hatchway.cli.audit import audit_cmd
+from hatchway.cli.backup import backup_cmd, key_group, restore_cmd
 from hatchway.cli.nodes import activation, nodes
 from hatchway.cli.policy import policy
 from hatchway.cli.server import server_cmd
@@ -33,6 +34,9 @@ cli.add_command(start_session_cmd)
 cli.add_command(activation)
 cli.add_command(nodes)
 cli.add_command(config.config_group)
+cli.add_command(backup_cmd)
+cli.add_command(restore_cmd)
+cli.add_command(key_group)
 config.install(cli)  # --config and HATCHWAY_<COMMAND>_<FLAG> for every command's options
 
 

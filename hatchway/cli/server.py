@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from hatchway.cli.notify import notify
 from hatchway.cli.options import log_format_option, log_level_option
 from hatchway.server.base import logs
 from hatchway.server.process.main import StartError, check_tls, serve
@@ -168,6 +169,69 @@ def _cidr(text: str) -> str:
     help="Delete recordings whose last output is older than this many days (0: keep them).",
 )
 @click.option(
+    "--audit-retention-days",
+    type=click.FloatRange(min=0),
+    default=90.0,
+    show_default=True,
+    help="Delete audit rows (the store's, not audit.jsonl's) older than this many days "
+    "(0: keep them).",
+)
+@click.option(
+    "--audit-rotate-size",
+    callback=byte_size,
+    default="100MiB",
+    show_default=True,
+    help="Rotate audit.jsonl when it reaches this size (0: never).",
+)
+@click.option(
+    "--audit-rotate-age",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Rotate audit.jsonl after this many hours of writing to it (0: never).",
+)
+@click.option(
+    "--audit-rotate-keep",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Rotated audit files kept (audit.jsonl.1 is the newest).",
+)
+@click.option(
+    "--audit-webhook-url",
+    help='POST audit events as {"Records": [...]} to this URL in batches, retried with '
+    "back-off (never delaying a call).",
+)
+@click.option(
+    "--audit-webhook-batch",
+    type=click.IntRange(1, 10000),
+    default=100,
+    show_default=True,
+    help="Most audit events in one webhook POST.",
+)
+@click.option(
+    "--audit-webhook-interval",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds a webhook batch waits to fill before it is sent.",
+)
+@click.option(
+    "--audit-syslog",
+    metavar="URL",
+    help="Send audit events to syslog (RFC 5424): udp://HOST:PORT, tcp://HOST:PORT or "
+    "unix:///dev/log.",
+)
+@click.option(
+    "--audit-syslog-facility",
+    type=click.Choice(
+        ["auth", "authpriv", "daemon", "user", "syslog"] + [f"local{i}" for i in range(8)]
+    ),
+    default="authpriv",
+    show_default=True,
+    help="The syslog facility of audit events.",
+)
+@click.option(
     "--header-timeout",
     default=10.0,
     show_default=True,
@@ -270,6 +334,15 @@ def server_cmd(
     recording_session_limit: int,
     recording_total_limit: int,
     recording_retention_days: float,
+    audit_retention_days: float,
+    audit_rotate_size: int,
+    audit_rotate_age: float,
+    audit_rotate_keep: int,
+    audit_webhook_url: str | None,
+    audit_webhook_batch: int,
+    audit_webhook_interval: float,
+    audit_syslog: str | None,
+    audit_syslog_facility: str,
     header_timeout: float,
     body_timeout: float,
     keepalive_timeout: float,
@@ -319,6 +392,15 @@ def server_cmd(
         recording_session_limit=recording_session_limit,
         recording_total_limit=recording_total_limit,
         recording_retention_days=recording_retention_days,
+        audit_retention_days=audit_retention_days,
+        audit_rotate_size=audit_rotate_size,
+        audit_rotate_age=audit_rotate_age,
+        audit_rotate_keep=audit_rotate_keep,
+        audit_webhook_url=audit_webhook_url,
+        audit_webhook_batch=audit_webhook_batch,
+        audit_webhook_interval=audit_webhook_interval,
+        audit_syslog=audit_syslog,
+        audit_syslog_facility=audit_syslog_facility,
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         keepalive_timeout=keepalive_timeout,
@@ -337,7 +419,18 @@ def server_cmd(
         check_tls(config)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if audit_syslog:
+        from hatchway.server.runtime.auditexport import SyslogExporter
+
+        try:
+            SyslogExporter(audit_syslog, facility=audit_syslog_facility)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--audit-syslog") from None
+    if audit_webhook_url and not audit_webhook_url.startswith(("https://", "http://")):
+        raise click.BadParameter(
+            f"{audit_webhook_url!r} is not an http(s):// URL", param_hint="--audit-webhook-url"
+        )
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, notify=notify))
     except StartError as exc:
         raise OperatorError(str(exc)) from None

@@ -3,8 +3,10 @@
 ``list`` shows sessions with the size of their recordings; ``replay`` plays a recording in the
 terminal with its original timing (or dumps it as an asciicast v2 file with ``--raw``);
 ``connections`` prints a port session's connection records. Like ``hatchway audit``, these
-read the store directly (``--data-dir`` / ``--database-url``): they are for whoever runs the
-broker, not for API users.
+read the store directly (``--data-dir`` / ``--database-url``), for whoever runs the broker; with
+``--endpoint-url`` they read through the broker's API instead (``hatchway:ListSessionRecordings``,
+``hatchway:GetSessionRecording``, ``hatchway:ListPortConnections``), signed with the caller's
+AWS credentials, so that IAM decides who may read what (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
+from hatchway.cli import apiclient
 from hatchway.server.recordings import asciicast
 from hatchway.server.recordings import keeper as recordings
 from hatchway.server.runtime.state import ServerConfig
@@ -36,6 +39,7 @@ def _store(data_dir: Path, database_url: str | None) -> Store:
 
 
 def _store_options(fn: Any) -> Any:
+    fn = apiclient.api_options(fn)
     fn = click.option("--database-url", help="postgresql://… (default: SQLite in the data dir)")(fn)
     return click.option(
         "--data-dir",
@@ -75,8 +79,23 @@ def _session(store: Store, session_id: str) -> SessionRow:
     show_default=True,
     help="Text for people or JSON for programs.",
 )
-def list_cmd(data_dir: Path, database_url: str | None, state: str, limit: int, output: str) -> None:
-    """Sessions, newest first, with the size of their recordings."""
+def list_cmd(
+    data_dir: Path,
+    database_url: str | None,
+    endpoint_url: str | None,
+    region: str | None,
+    profile: str | None,
+    ca_bundle: str | None,
+    state: str,
+    limit: int,
+    output: str,
+) -> None:
+    """Sessions, newest first, with the size of their recordings (through the API: the
+    sessions that have a recording)."""
+    if endpoint_url:
+        api = apiclient.client("hatchway", endpoint_url, region, profile, ca_bundle)
+        _list_api(api, state, limit, output)
+        return
     store = _store(data_dir, database_url)
     conds = [t.sessions.c.status.in_(_STATES[state])] if state in _STATES else []
     rows = store.sessions(*conds, order_by=[t.sessions.c.start_date.desc()], limit=limit)
@@ -110,6 +129,42 @@ def list_cmd(data_dir: Path, database_url: str | None, state: str, limit: int, o
             )
 
 
+def _list_api(api: Any, state: str, limit: int, output: str) -> None:
+    kwargs: dict[str, Any] = {"MaxResults": 50}
+    shown = 0
+    while shown < limit:
+        page = apiclient.call(api.list_session_recordings, **kwargs)
+        for item in page.get("Recordings", []):
+            if state in _STATES and item["Status"] not in _STATES[state]:
+                continue
+            if shown >= limit:
+                break
+            shown += 1
+            if output == "json":
+                out = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in item.items()}
+                out.setdefault("EndDate", None)
+                click.echo(json.dumps(out))
+            else:
+                click.echo(
+                    f"{item['SessionId']}  {item['Status']:<12} {item['Target']}  "
+                    f"{item['StartDate']:%Y-%m-%d %H:%M:%S}  {item['Owner']}  "
+                    f"recording {_human(item['RecordingBytes'])}"
+                )
+        if not page.get("NextToken"):
+            return
+        kwargs["NextToken"] = page["NextToken"]
+
+
+def _api_cast_lines(api: Any, session_id: str) -> Iterator[str]:
+    kwargs: dict[str, Any] = {"SessionId": session_id, "MaxLines": 5000}
+    while True:
+        page = apiclient.call(api.get_session_recording, **kwargs)
+        yield from page.get("Lines", [])
+        if not page.get("NextToken"):
+            return
+        kwargs["NextToken"] = page["NextToken"]
+
+
 def _human(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -135,6 +190,10 @@ def replay_cmd(
     session_id: str | None,
     data_dir: Path,
     database_url: str | None,
+    endpoint_url: str | None,
+    region: str | None,
+    profile: str | None,
+    ca_bundle: str | None,
     cast_file: Any,
     speed: float,
     max_idle: float | None,
@@ -153,6 +212,10 @@ def replay_cmd(
     try:
         if cast_file is not None:
             lines: Iterable[str] = cast_file
+        elif endpoint_url:
+            assert session_id is not None
+            api = apiclient.client("hatchway", endpoint_url, region, profile, ca_bundle)
+            lines = list(_api_cast_lines(api, session_id))
         else:
             assert session_id is not None
             store = _store(data_dir, database_url)
@@ -214,9 +277,39 @@ def play(
 @sessions.command("connections")
 @click.argument("session_id")
 @_store_options
-def connections_cmd(session_id: str, data_dir: Path, database_url: str | None) -> None:
+def connections_cmd(
+    session_id: str,
+    data_dir: Path,
+    database_url: str | None,
+    endpoint_url: str | None,
+    region: str | None,
+    profile: str | None,
+    ca_bundle: str | None,
+) -> None:
     """A port session's connections (JSON lines): who, from where, to which host and port,
     bytes each way, when."""
+    if endpoint_url:
+        api = apiclient.client("hatchway", endpoint_url, region, profile, ca_bundle)
+        kwargs: dict[str, Any] = {"SessionId": session_id}
+        while True:
+            page = apiclient.call(api.list_port_connections, **kwargs)
+            for c in page.get("Connections", []):
+                record = {
+                    "time": c["Time"].astimezone().isoformat(),
+                    "event": c.get("Event"),
+                    "stream": c.get("Stream"),
+                    "host": c.get("Host"),
+                    "port": c.get("Port"),
+                    "bytes_in": c.get("BytesIn"),
+                    "bytes_out": c.get("BytesOut"),
+                    "error": c.get("Error"),
+                    "who": c.get("Who"),
+                    "from": c.get("From"),
+                }
+                click.echo(json.dumps(record))
+            if not page.get("NextToken"):
+                return
+            kwargs["NextToken"] = page["NextToken"]
     store = _store(data_dir, database_url)
     try:
         row = _session(store, session_id)

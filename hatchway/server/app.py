@@ -40,6 +40,7 @@ from hatchway.server.front.pipeline import AuditEntry, outcome_of
 from hatchway.server.gauges import StateCollector
 from hatchway.server.ops import awsagent
 from hatchway.server.recordings.keeper import Recordings
+from hatchway.server.runtime import retention
 from hatchway.server.runtime.state import STATE_KEY, ServerConfig, ServerState
 from hatchway.server.store import Store
 
@@ -47,7 +48,12 @@ log = logging.getLogger("hatchway.server")
 
 TASKS_KEY = web.AppKey("tasks", list)
 _JSON_TYPE = "application/x-amz-json-1.1"
-_JSON_SERVICES = {"AmazonSSM": "ssm", "TrentService": "kms"}
+_JSON_SERVICES = {
+    "AmazonSSM": "ssm",
+    "TrentService": "kms",
+    "com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101": "cloudtrail",
+    "Hatchway_20261201": "hatchway",
+}
 """X-Amz-Target prefix → service (an unknown prefix is SSM's UnknownOperationException)."""
 
 
@@ -230,6 +236,8 @@ async def handle_api(request: web.Request) -> web.Response:
     outcome.render = partial(_error_response, route, request_id=call_id)
     outcome.internal = _internal_error(route)
     record = AuditEntry(route.service, op.name, caller.arn, caller.user_id, source_ip, call_id)
+    record.access_key_id = verified.access_key_id
+    record.user_agent = request.headers.get("User-Agent", "")
     outcome.audit = record
     if not state.throttle.allow(caller.arn):
         # AWS's ThrottlingException (JSON) or Throttling (Query), audited like any refusal.
@@ -346,6 +354,7 @@ async def _start_background(app: web.Application) -> None:
         asyncio.create_task(enforce_timeouts(state)),
         asyncio.create_task(state.recordings.run()),
         asyncio.create_task(run_command_duties(state)),
+        asyncio.create_task(retention.run(state)),
     ]
 
 

@@ -195,3 +195,78 @@ def test_installed_broker_reports_its_version(installed: Path, tmp_path: Path) -
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_the_wheel_runs_as_the_unit_says(installed: Path, tmp_path: Path) -> None:
+    """docs/deploy.md's path: the wheel in a fresh venv, started the way
+    packaging/systemd/hatchway-server.service starts it (its ExecStart and Environment=
+    lines, the settings file it names, a notify socket standing in for systemd), tells the
+    supervisor it is ready, serves, and says it stops on SIGTERM."""
+    import socket
+
+    import boto3
+
+    unit = (ROOT / "packaging" / "systemd" / "hatchway-server.service").read_text()
+    state_dir = tmp_path / "var-lib-hatchway"  # StateDirectory=hatchway
+    state_dir.mkdir(mode=0o700)
+    config = tmp_path / "hatchway.toml"
+    config.write_text('[server]\nlisten = "127.0.0.1:0"\nregion = "eu-west-1"\n')
+
+    def installed_path(text: str) -> str:
+        return (
+            text.replace("/opt/hatchway/bin/hatchway", str(installed / "hatchway"))
+            .replace("/etc/hatchway/hatchway.toml", str(config))
+            .replace("/var/lib/hatchway", str(state_dir))
+        )
+
+    lines = unit.splitlines()
+    (exec_start,) = [line.split("=", 1)[1] for line in lines if line.startswith("ExecStart=")]
+    env = _clean_env()
+    env.pop("HATCHWAY_CONFIG")  # the unit names its file with --config
+    for line in lines:
+        if line.startswith("Environment="):
+            key, _, value = line.split("=", 1)[1].partition("=")
+            env[key] = installed_path(value)
+    notify_path = str(tmp_path / "notify")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(60)
+    env["NOTIFY_SOCKET"] = notify_path
+    log = tmp_path / "journal.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            installed_path(exec_start).split(),
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        try:
+            ready = notify.recv(4096).decode()
+        except TimeoutError:
+            raise AssertionError(log.read_text()) from None
+        m = re.fullmatch(r"READY=1\nSTATUS=listening on (http://127\.0\.0\.1:\d+)", ready)
+        assert m, ready
+        url = m.group(1)
+        with urllib.request.urlopen(url + "/readyz", timeout=10) as resp:
+            assert json.load(resp) == {"status": "ready"}
+        creds = (state_dir / "admin-credentials").read_text()  # the first administrator
+        key_id = re.search(r"aws_access_key_id\s*=\s*(\S+)", creds)
+        secret = re.search(r"aws_secret_access_key\s*=\s*(\S+)", creds)
+        assert key_id and secret, creds
+        sts = boto3.client(
+            "sts",
+            endpoint_url=url,
+            region_name="eu-west-1",
+            aws_access_key_id=key_id.group(1),
+            aws_secret_access_key=secret.group(1),
+        )
+        assert sts.get_caller_identity()["Arn"].endswith(":user/admin")
+        proc.send_signal(signal.SIGTERM)
+        assert notify.recv(4096) == b"STOPPING=1\nSTATUS=stopping"
+        assert proc.wait(30) == 0
+    finally:
+        notify.close()
+        if proc.poll() is None:
+            proc.kill()

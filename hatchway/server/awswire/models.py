@@ -36,15 +36,21 @@ __all__ = [
     "shape_info",
 ]
 
-#: Services whose models the broker loads, by botocore's service name.
-SERVICES: tuple[str, ...] = ("ssm", "iam", "sts", "kms")
+#: Services whose models the broker loads, by botocore's service name. ``hatchway`` is the
+#: broker's own service (session recordings and port connections, docs/audit.md): its model,
+#: in botocore's format, ships in ``hatchway/server/data/models`` (:data:`MODELS_DIR`).
+SERVICES: tuple[str, ...] = ("ssm", "iam", "sts", "kms", "cloudtrail", "hatchway")
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
+"""botocore's data layout (``<service>/<api version>/service-2.json``) for Hatchway's own
+service; a botocore session with this on its search path makes a ``hatchway`` client."""
 
 _loader_lock = threading.Lock()
 
 
 @lru_cache(maxsize=1)
 def _loader() -> Any:
-    return botocore.loaders.create_loader()
+    return botocore.loaders.create_loader(str(MODELS_DIR))
 
 
 @cache

@@ -11,20 +11,42 @@ import hashlib
 import os
 import secrets
 import string
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _UPPER_ALNUM = string.ascii_uppercase + string.digits
 
 
 class SecretBox:
-    """AES-256-GCM with a random 12-byte nonce per value; the output is base64 text."""
+    """AES-256-GCM with a random 12-byte nonce per value; the output is base64 text.
 
-    def __init__(self, key: bytes) -> None:
-        if len(key) != 32:
+    A keyring: values are sealed with the current key (``master.key``) and opened with it or
+    with the previous one (``master.key.previous``) while a rotation re-seals them
+    (``hatchway key rotate``, docs/backup.md). A box made :meth:`from_dir` notices when the
+    key files change (checked at most every :attr:`RELOAD_INTERVAL` seconds, and at once when
+    no key opens a value) and reloads them, so running brokers follow a rotation without a
+    restart.
+    """
+
+    RELOAD_INTERVAL = 1.0
+
+    def __init__(
+        self, key: bytes, previous: Sequence[bytes] = (), source: Path | None = None
+    ) -> None:
+        self._use(key, previous)
+        self._source = source
+        self._stamp = _key_stamp(source) if source is not None else None
+        self._checked = time.monotonic()
+
+    def _use(self, key: bytes, previous: Sequence[bytes]) -> None:
+        if len(key) != 32 or any(len(k) != 32 for k in previous):
             raise ValueError("the master key must be 32 bytes")
         self._aead = AESGCM(key)
+        self._previous = [AESGCM(k) for k in previous if k != key]
 
     @classmethod
     def from_dir(cls, data_dir: Path) -> SecretBox:
@@ -35,16 +57,84 @@ class SecretBox:
             with os.fdopen(fd, "wb") as f:
                 f.write(secrets.token_bytes(32))
         os.chmod(path, 0o600)
-        return cls(path.read_bytes())
+        key, previous = read_keys(data_dir)
+        return cls(key, previous, data_dir)
+
+    def _reload(self, force: bool = False) -> bool:
+        """Re-read the key files if they changed; whether the keys did."""
+        if self._source is None:
+            return False
+        now = time.monotonic()
+        if not force and now - self._checked < self.RELOAD_INTERVAL:
+            return False
+        self._checked = now
+        stamp = _key_stamp(self._source)
+        if stamp == self._stamp:
+            return False
+        try:
+            key, previous = read_keys(self._source)
+            self._use(key, previous)
+        except (OSError, ValueError):
+            return False  # a rotation half-way through its renames: the next check sees it
+        self._stamp = stamp
+        return True
 
     def seal(self, plaintext: str, context: str = "") -> str:
+        self._reload()
         nonce = secrets.token_bytes(12)
         ct = self._aead.encrypt(nonce, plaintext.encode(), context.encode() or None)
         return base64.b64encode(nonce + ct).decode()
 
     def open(self, sealed: str, context: str = "") -> str:
+        self._reload()
         raw = base64.b64decode(sealed)
-        return self._aead.decrypt(raw[:12], raw[12:], context.encode() or None).decode()
+        try:
+            return self._open(raw, context)
+        except InvalidTag:
+            if not self._reload(force=True):
+                raise
+            return self._open(raw, context)
+
+    def _open(self, raw: bytes, context: str) -> str:
+        aad = context.encode() or None
+        for aead in (self._aead, *self._previous):
+            try:
+                return aead.decrypt(raw[:12], raw[12:], aad).decode()
+            except InvalidTag:
+                continue
+        raise InvalidTag()
+
+    def is_current(self, sealed: str, context: str = "") -> bool:
+        """Whether ``sealed`` is sealed with the current key (a rotation is done with it)."""
+        raw = base64.b64decode(sealed)
+        try:
+            self._aead.decrypt(raw[:12], raw[12:], context.encode() or None)
+        except InvalidTag:
+            return False
+        return True
+
+
+KEY_FILE = "master.key"
+PREVIOUS_KEY_FILE = "master.key.previous"
+
+
+def read_keys(data_dir: Path) -> tuple[bytes, list[bytes]]:
+    """The current key and the previous one (while a rotation runs) from ``data_dir``."""
+    key = (data_dir / KEY_FILE).read_bytes()
+    previous = data_dir / PREVIOUS_KEY_FILE
+    return key, [previous.read_bytes()] if previous.exists() else []
+
+
+def _key_stamp(data_dir: Path) -> tuple[tuple[int, int] | None, ...]:
+    stamps: list[tuple[int, int] | None] = []
+    for name in (KEY_FILE, PREVIOUS_KEY_FILE):
+        try:
+            st = os.stat(data_dir / name)
+        except FileNotFoundError:
+            stamps.append(None)
+        else:
+            stamps.append((st.st_ino, st.st_mtime_ns))
+    return tuple(stamps)
 
 
 def unique_id(prefix: str) -> str:

@@ -53,7 +53,7 @@ AGENT_KIND = "amazon-ssm-agent"
 """``agent_kind`` of a node that runs AWS's amazon-ssm-agent (registered by
 :mod:`hatchway.server.ops.awsagent`)."""
 
-log = logging.getLogger("hatchway.server.awsagent")
+log = logging.getLogger("hatchway.server.ops.awsagent")
 
 CONTROL_TOKEN_TTL = timedelta(minutes=5)
 """How long a CreateControlChannel token may wait for its websocket (single use)."""

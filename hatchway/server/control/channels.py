@@ -28,7 +28,7 @@ from hatchway.server.runtime.channels import Channels, Link
 if TYPE_CHECKING:
     from hatchway.server.runtime.state import ServerState
 
-log = logging.getLogger("hatchway.server.channels")
+log = logging.getLogger("hatchway.server.control.channels")
 
 
 class LocalChannels:

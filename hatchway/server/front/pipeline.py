@@ -78,6 +78,8 @@ class AuditEntry:
     params: Mapping[str, Any] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
     error: ServiceError | None = None
+    access_key_id: str = ""  # the credentials the call was signed with (CloudTrail's)
+    user_agent: str = ""
 
 
 @dataclass
@@ -200,6 +202,8 @@ def _audit(
             decisions=entry.decisions,
             error=entry.error,
             request_id=entry.request_id,
+            access_key_id=entry.access_key_id,
+            user_agent=entry.user_agent,
         )
     except Exception as exc:
         FAILURES.failure(

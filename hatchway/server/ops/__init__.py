@@ -8,11 +8,13 @@ from hatchway.server.runtime.state import ServerState
 def register_all() -> None:
     """Import every operation module so that its handlers register themselves."""
     from hatchway.server.ops import (  # noqa: F401
+        cloudtrail,
         commands,
         documents,
         iam,
         kms,
         nodes,
+        records,
         sessions,
         sts,
     )

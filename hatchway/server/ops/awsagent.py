@@ -4,7 +4,7 @@
   with the activation exactly as Hatchway's own registration does (``nodes.register_node``),
   but keeps the node's RSA public key and fingerprint instead of issuing an access key.
 * ``RequestManagedInstanceRoleToken`` and ``UpdateManagedInstancePublicKey`` are signed with
-  the node's private key (:mod:`hatchway.server.rsaauth`). The first answers short-lived
+  the node's private key (:mod:`hatchway.server.front.rsaauth`). The first answers short-lived
   credentials of the activation's role for that node (``assumed-role/<role>/<instance-id>``,
   the same principal as Hatchway's nodes), which every later call uses with ordinary SigV4 and
   IAM decisions; the second replaces the key, the old one still accepted for ``KEY_GRACE``.
@@ -45,7 +45,7 @@ from hatchway.server.runtime.state import ServerState
 from hatchway.server.store import schema as t
 from hatchway.ssm import target_arn
 
-log = logging.getLogger("hatchway.server.awsagent")
+log = logging.getLogger("hatchway.server.ops.awsagent")
 
 """``data.agent_kind`` of a node registered by AWS's agent (its control-channel dialect)."""
 ROLE_TOKEN_TTL = timedelta(hours=1)

@@ -3,7 +3,7 @@ CancelCommand (docs/run-command.md).
 
 A command is one ``hw_commands`` row and one ``hw_command_invocations`` row per node. The
 handlers only write rows; delivery to the nodes and the timeouts are background duties
-(:mod:`hatchway.server.commandduty`), which also take the nodes' results.
+(:mod:`hatchway.server.ops.commandduty`), which also take the nodes' results.
 """
 
 from __future__ import annotations

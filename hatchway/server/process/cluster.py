@@ -47,7 +47,7 @@ from hatchway.server.store.leases import Leases
 if TYPE_CHECKING:
     from hatchway.server.runtime.state import ServerState
 
-log = logging.getLogger("hatchway.server.cluster")
+log = logging.getLogger("hatchway.server.process.cluster")
 
 CHANNEL = "hatchway_cluster"
 #: Seconds between two renewals of this broker's leases (and runs of the duties).

@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import ssl
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -204,7 +205,9 @@ async def serve_metrics(state: ServerState) -> web.AppRunner | None:
     return runner
 
 
-async def serve(config: ServerConfig) -> None:
+async def serve(config: ServerConfig, notify: Callable[[str], object] | None = None) -> None:
+    """Run the broker until SIGTERM/SIGINT. ``notify`` (systemd's ``Type=notify``, from the
+    command line) is told ``READY=1`` once the API listens and ``STOPPING=1`` when it stops."""
     if config.workers:  # before any metric is made: every process writes its own files
         metrics.multiprocess(config.data_dir / METRICS_DIR, clear=True)
     certs = check_tls(config)
@@ -267,7 +270,11 @@ async def serve(config: ServerConfig) -> None:
         flush=True,
     )
     settle_memory()
+    if notify is not None:
+        notify(f"READY=1\nSTATUS=listening on {scheme}://{url_host(bound[0])}:{bound[1]}")
     await wait_for_stop(state, config.shutdown_grace)
+    if notify is not None:
+        notify("STOPPING=1\nSTATUS=stopping")
     # Stop accepting, then (aiohttp's on_shutdown, app._drain) end the sessions with their
     # reason and close every channel with 1001, then the API workers.
     if listener is not None:

@@ -8,6 +8,7 @@ the front door (recordings, the node channels) audit without importing it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from hatchway.iam import Decision
 from hatchway.server.base import crypto, metrics
 from hatchway.server.base.errors import ServiceError
 from hatchway.server.base.ratelog import RateLimitedLog
+from hatchway.server.runtime import trail
 from hatchway.server.store import schema as t
 
 if TYPE_CHECKING:
@@ -43,6 +45,8 @@ _SOURCES = {
     "iam": "iam.amazonaws.com",
     "sts": "sts.amazonaws.com",
     "kms": "kms.amazonaws.com",
+    "cloudtrail": "cloudtrail.amazonaws.com",
+    "hatchway": "hatchway",  # not an AWS service: no amazonaws.com name
 }
 
 
@@ -70,6 +74,8 @@ def audit(
     decisions: list[Decision],
     error: ServiceError | None,
     request_id: str,
+    access_key_id: str = "",
+    user_agent: str = "",
 ) -> dict[str, Any]:
     """Record a call CloudTrail-style, in the store and as a JSON line in the data dir."""
     now = datetime.now(UTC)
@@ -111,6 +117,7 @@ def audit(
     if error is not None:
         event["errorCode"] = error.code
         event["errorMessage"] = error.message
+    trail.enrich(event, params, access_key_id, user_agent)
     state.audit_log.record(
         event,
         {
@@ -156,7 +163,10 @@ class AuditLog:
         self.batch = batch
         self.pending: list[dict[str, Any]] = []
         self._scheduled = False
+        self._path = path
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.exporters: list[Any] = []  # hatchway.server.runtime.auditexport: webhook, syslog
+        self.rotation: Any = None  # hatchway.server.runtime.retention.Rotation of audit.jsonl
         self._unwritten = bytearray()  # lines audit.jsonl did not take yet
         self.dropped = 0  # lines beyond MAX_UNWRITTEN, lost
         self.line_ok = True  # the last write to audit.jsonl succeeded
@@ -173,6 +183,8 @@ class AuditLog:
     def record(self, event: dict[str, Any], row: dict[str, Any]) -> None:
         line = json.dumps(event)
         self._append(line)
+        for exporter in self.exporters:
+            exporter.offer(line)
         if row.get("data") is event:
             row = {**row, "data": line}  # the same text for the store's JSON column
         self.pending.append(row)
@@ -245,12 +257,42 @@ class AuditLog:
     async def run(self) -> None:
         """Flush every ``interval`` seconds until cancelled (and retry audit.jsonl)."""
         ticker = metrics.Ticker("audit_flush", self.interval)
-        while True:
-            await ticker.sleep()
-            if self.pending:
-                self._try_flush()
-            if self._unwritten:
-                self._write_lines()
+        exporting = [asyncio.create_task(e.run()) for e in self.exporters]
+        try:
+            while True:
+                await ticker.sleep()
+                if self.pending:
+                    self._try_flush()
+                if self._unwritten:
+                    self._write_lines()
+                if self.rotation is not None:
+                    self.check_rotation()
+        finally:
+            for task in exporting:
+                task.cancel()
+            for task in exporting:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    def check_rotation(self) -> None:
+        """Rotate audit.jsonl when it is due, or reopen it when another process did."""
+        try:
+            if self._fd is None:
+                return
+            if self.rotation.moved(self._fd):
+                self._reopen()
+            elif self.rotation.due(self._fd):
+                self.rotation.rotate(self._fd)
+                self._reopen()
+        except OSError as exc:
+            self.failures.failure("could not rotate audit.jsonl", exc, where="rotation")
+
+    def _reopen(self) -> None:
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        old, self._fd = self._fd, fd
+        if old is not None:
+            os.close(old)
+        self.rotation.reopened()
 
     def close(self) -> None:
         if self.pending:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from hatchway.iam import Policy
 from hatchway.server.base.crypto import SecretBox
+from hatchway.server.runtime import auditexport, retention
 from hatchway.server.runtime.audit import AuditLog
 from hatchway.server.runtime.channels import Channels
 from hatchway.server.runtime.throttle import Throttle
@@ -62,6 +63,16 @@ class ServerConfig:
     log_format: str = "text"  # "text" | "json", also for API worker processes
     access_log: bool = True  # one line per HTTP request under logger hatchway.access
     metrics_listen: str | None = None  # HOST:PORT serving /metrics and /health apart
+    # Audit retention, rotation and export (docs/audit.md)
+    audit_retention_days: float = 90.0  # audit rows older than this are deleted (0: kept)
+    audit_rotate_size: int = 100 << 20  # bytes of audit.jsonl before it is rotated (0: never)
+    audit_rotate_age: float = 0.0  # hours before audit.jsonl is rotated (0: never)
+    audit_rotate_keep: int = 10  # rotated files kept (audit.jsonl.1 … .N)
+    audit_webhook_url: str | None = None  # POST audit events here in batches
+    audit_webhook_batch: int = 100
+    audit_webhook_interval: float = 1.0  # seconds a batch waits to fill
+    audit_syslog: str | None = None  # udp://host:514 | tcp://host:601 | unix:///dev/log
+    audit_syslog_facility: str = "authpriv"
 
     @property
     def store_url(self) -> str:
@@ -273,7 +284,14 @@ class ServerState:
         self.doc_cache = {}
         self.audit_path = config.data_dir / "audit.jsonl"
         self.throttle = Throttle(config.throttle_rate, config.throttle_burst)
-        self.audit_log = AuditLog(store, self.audit_path)
+        audit_log = self.audit_log = AuditLog(store, self.audit_path)
+        audit_log.exporters = auditexport.exporters(config)
+        audit_log.rotation = retention.Rotation(
+            self.audit_path,
+            max_bytes=config.audit_rotate_size,
+            max_age=config.audit_rotate_age * 3600,
+            keep=config.audit_rotate_keep,
+        )
         # self.recordings (hatchway.server.recordings.keeper.Recordings) sits a layer above
         # this one: attached by hatchway.server.app.open_state before the state is used.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 
 from sqlalchemy import Connection, select, text
@@ -10,6 +11,7 @@ from sqlalchemy import Connection, select, text
 from hatchway.server.store import schema
 
 Migration = Callable[[Connection], None]
+log = logging.getLogger("hatchway.server.store")
 
 
 def _v1(conn: Connection) -> None:
@@ -88,9 +90,38 @@ def current_version(conn: Connection) -> int:
     return int(row[0]) if row else 0
 
 
+MIGRATION_LOCK = 0x48617463  # "Hatc": PostgreSQL advisory lock held while migrating
+
+
 def migrate(conn: Connection) -> int:
-    """Apply pending migrations in one transaction each; returns the resulting version."""
+    """Apply pending migrations in one transaction each; returns the resulting version.
+
+    Brokers starting together on one PostgreSQL database take turns (an advisory lock), so a
+    step runs once. A store newer than this code (a later release migrated it during a rolling
+    upgrade) is used as it is: migrations only add (docs/backup.md, "Upgrading a cluster").
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+        conn.commit()
+        try:
+            return _migrate(conn)
+        finally:
+            conn.rollback()
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+            conn.commit()
+    return _migrate(conn)
+
+
+def _migrate(conn: Connection) -> int:
     version = current_version(conn)
+    newest = MIGRATIONS[-1][0]
+    if version > newest:
+        log.warning(
+            "the store's schema version %d is newer than this broker's (%d): using it as it is "
+            "(a rolling upgrade; migrations only add)",
+            version,
+            newest,
+        )
     for number, _name, step in MIGRATIONS:
         if number <= version:
             continue
