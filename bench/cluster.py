@@ -82,7 +82,16 @@ def usage(pid: int) -> dict[str, float]:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1])
-    return {"rss_mib": rss / 1024, "fds": len(os.listdir(f"/proc/{pid}/fd")), "cpu_s": cpu_pid(pid)}
+    wait = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            wait += int((task / "schedstat").read_text().split()[1]) / 1e9
+    return {
+        "rss_mib": rss / 1024,
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+        "cpu_s": cpu_pid(pid),
+        "wait_s": wait,  # runnable, waiting for a CPU (/proc/PID/schedstat)
+    }
 
 
 def start_broker(
@@ -164,7 +173,9 @@ class Load:
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait(timeout)
-            raise RuntimeError(f"load process ended: see {self.log.name}")
+            self.log.flush()
+            tail = Path(self.log.name).read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"load process ended:\n{tail}")
         out: dict[str, Any] = json.loads(line)
         return out
 
@@ -456,7 +467,9 @@ def idle(args: argparse.Namespace) -> None:
         cpu_est = cpu_ms(s0, s1)
         print(
             f"establishing: broker CPU {cpu_est:.1f} s ({cpu_est / max(ok, 1) * 1e3:.2f} ms per "
-            f"session, {cpu_est / wall * 100:.0f}% of a core), PostgreSQL CPU "
+            f"session, {cpu_est / wall * 100:.0f}% of a core; waiting for a CPU "
+            f"{(total(s1, 'wait_s') - total(s0, 'wait_s')) / wall * 100:.0f}% of the time), "
+            f"PostgreSQL CPU "
             f"{(pge1 - pge0) / wall * 100:.0f}% ({(pge1 - pge0) / max(ok, 1) * 1e3:.2f} ms per "
             f"session), machine {(all_e1 - all_e0) / wall * 100:.0f}% of one core; PostgreSQL per "
             f"session (background and heartbeats taken out): "
