@@ -76,6 +76,8 @@ from hatchway.protocol import (
 
 PROMPT = b"$ "
 TICK = 0.2
+START_TIMEOUT = 60.0
+"""Seconds a session may take from StartSession to its prompt before it counts as failed."""
 """Seconds between two retransmission passes over the process's streams."""
 AGENT = "Boto3/1.44.8 md/Botocore#1.44.8 hatchway-loadagent"
 
@@ -204,6 +206,7 @@ class LoadAgent:
         self.stats["errors"] += 1
         if not self.first_error:
             self.first_error = what[:500]
+        print(f"loadagent: {what[:500]}", file=sys.stderr, flush=True)
 
     async def register(
         self, activations: list[tuple[str, str, int]], concurrency: int = 16, offset: int = 0
@@ -445,6 +448,7 @@ class LoadClient:
         self.errors[kind] = self.errors.get(kind, 0) + 1
         if not self.first_error:
             self.first_error = what[:500]
+        print(f"loadclient: {kind}: {what[:500]}", file=sys.stderr, flush=True)
 
     def signer(self, endpoint: str) -> Signer:
         if endpoint not in self.signers:
@@ -483,7 +487,9 @@ class LoadClient:
                     if conn is None:
                         conn = conns[endpoint] = await Connection.open(_split(endpoint)[0])
                     try:
-                        await self.start_one(conn, endpoint, target, document)
+                        await asyncio.wait_for(
+                            self.start_one(conn, endpoint, target, document), START_TIMEOUT
+                        )
                     except Exception as exc:
                         self._error("start", f"{target}: {exc!r}")
                         conns.pop(endpoint, None)
@@ -728,9 +734,10 @@ async def client_main(spec: dict[str, Any]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     ap.add_argument("role", choices=("agent", "client"), help="which side this process plays")
-    ap.add_argument("spec", help="JSON: endpoints, activations / targets, credentials")
+    ap.add_argument("spec", help="JSON (or @FILE): endpoints, activations / targets, keys")
     args = ap.parse_args()
-    spec = json.loads(args.spec)
+    text = Path(args.spec[1:]).read_text() if args.spec.startswith("@") else args.spec
+    spec = json.loads(text)
     socket.setdefaulttimeout(None)
     asyncio.run(agent_main(spec) if args.role == "agent" else client_main(spec))
 
