@@ -448,6 +448,7 @@ def idle(args: argparse.Namespace) -> None:
                 "targets": mine,
                 "concurrency": args.concurrency,
                 "document": args.document,
+                "deadline": args.deadline,
             }
             load = Load("client", spec, c.root / f"client{k}.log")
             c.loads.append(load)
@@ -759,6 +760,11 @@ def main() -> None:
         "--echo", type=int, default=200, help="sessions probed with an echo while the rest idle"
     )
     a.add_argument("--document", help="session document (default: the shell)")
+    a.add_argument(
+        "--deadline",
+        type=float,
+        help="seconds after which no new session is started; the run goes on with those reached",
+    )
     a.add_argument("--lb", help="one load balancer URL for everything (sessions across brokers)")
     a.add_argument(
         "--profile", type=Path, help="run broker 0 under cProfile, write the profile here"

@@ -44,7 +44,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -470,10 +470,13 @@ class LoadClient:
         targets: list[tuple[str, str]],
         concurrency: int = 32,
         document: str | None = None,
-        on_established: Callable[[ClientSide], None] | None = None,
+        deadline: float | None = None,
     ) -> None:
         """One session per ``(instance id, endpoint)``, ``concurrency`` at a time; returns
-        when every one is established (or failed)."""
+        when every one is established (or failed), or, after ``deadline`` seconds, once the
+        sessions under way are (no new one is started then)."""
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + deadline if deadline else float("inf")
         self.ticker.start() if self.ticker.task is None else None
         jobs = list(enumerate(targets))
         jobs.reverse()
@@ -481,7 +484,7 @@ class LoadClient:
         async def worker() -> None:
             conns: dict[str, Connection] = {}
             try:
-                while jobs:
+                while jobs and loop.time() < stop_at:
                     _, (target, endpoint) = jobs.pop()
                     conn = conns.get(endpoint)
                     if conn is None:
@@ -688,7 +691,9 @@ async def client_main(spec: dict[str, Any]) -> None:
     client = LoadClient(spec["key"], spec["secret"], spec.get("region", "us-east-1"))
     targets = [(t, e) for t, e in spec["targets"]]
     t0 = time.perf_counter()
-    await client.start_many(targets, spec.get("concurrency", 32), spec.get("document"))
+    await client.start_many(
+        targets, spec.get("concurrency", 32), spec.get("document"), spec.get("deadline")
+    )
     t1 = time.perf_counter()
     ok = [s for s in client.sessions if s.established]
     _say(
