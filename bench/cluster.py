@@ -21,7 +21,9 @@ channel, one at a time) against simulated nodes::
 Routing: on this branch a session's data channel works only on the broker that holds its
 node's control channel, so each simulated client sends StartSession to that broker (which puts
 its own address in the StreamUrl). ``--lb URL`` sends everything (registration, control
-channels, API calls) to one load balancer's URL instead, for when sessions work across brokers.
+channels, API calls) to one load balancer's URL instead, for when sessions work across brokers:
+the brokers then get ``--public-url URL`` (StreamUrls name the balancer) and ``--ports`` puts
+them on the ports the balancer is configured for.
 Needs root (PostgreSQL runs as ``postgres``) like the tests.
 """
 
@@ -60,6 +62,10 @@ ADMIN_SECRET = "hatchway-cluster-bench-admin-secret-00000"
 REGION = "us-east-1"
 AGENT = "Boto3/1.44.8 md/Botocore#1.44.8 hatchway-bench"
 PER_ACTIVATION = 1000  # AWS's largest RegistrationLimit
+PORTS_HELP = (
+    "comma-separated ports for the brokers on 127.0.0.1 (default: free ports), so that a load "
+    "balancer configured for them (--lb) can be in front"
+)
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -95,7 +101,14 @@ def usage(pid: int) -> dict[str, float]:
 
 
 def start_broker(
-    root: Path, name: str, db: str, ping: float, key_from: Path | None, profile: Path | None
+    root: Path,
+    name: str,
+    db: str,
+    ping: float,
+    key_from: Path | None,
+    profile: Path | None,
+    port: int = 0,
+    public_url: str | None = None,
 ) -> Broker:
     data = root / name
     data.mkdir(mode=0o700)
@@ -113,7 +126,7 @@ def start_broker(
     cmd += [
         "server",
         "--listen",
-        "127.0.0.1:0",
+        f"127.0.0.1:{port}",
         "--data-dir",
         str(data),
         "--database-url",
@@ -131,6 +144,8 @@ def start_broker(
         "--max-connections-per-address",
         "1000000",
     ]
+    if public_url:  # behind a load balancer: StreamUrls name it, not this broker
+        cmd += ["--public-url", public_url]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 60
@@ -245,8 +260,17 @@ def diff(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
 
 
 class Cluster:
-    def __init__(self, brokers: int, ping: float, profile: Path | None) -> None:
+    def __init__(
+        self,
+        brokers: int,
+        ping: float,
+        profile: Path | None,
+        ports: list[int] | None = None,
+        lb: str | None = None,
+    ) -> None:
         self.n = brokers
+        self.ports = ports or []
+        self.lb = lb
         self.ping = ping
         self.profile = profile
         self.root = Path(tempfile.mkdtemp(prefix="hatchway-cluster-bench-"))
@@ -271,6 +295,8 @@ class Cluster:
                     self.ping,
                     self.brokers[0].data if self.brokers else None,
                     self.profile if i == 0 else None,
+                    self.ports[i] if i < len(self.ports) else 0,
+                    self.lb,
                 )
             )
         self.pg = PgCounters(self.db)
@@ -380,7 +406,7 @@ def idle(args: argparse.Namespace) -> None:
     print(f"# Concurrent idle sessions, {now:%Y-%m-%d %H:%M} UTC, load average {_load()}")
     print(f"# {machine()}; {args.brokers} broker(s) on PostgreSQL 15 (fsync off, as the tests)")
     print(f"# {n_nodes} simulated nodes, {n_sessions} sessions, ping interval {args.ping:g} s")
-    with Cluster(args.brokers, args.ping, args.profile) as c:
+    with Cluster(args.brokers, args.ping, args.profile, _ports(args), args.lb) as c:
         # The brokers alone: their background duties.
         time.sleep(2)
         b0, q0 = brokers_usage(c), c.pg.snapshot()
@@ -624,7 +650,7 @@ def rate(args: argparse.Namespace) -> None:
     print(f"# {machine()}; PostgreSQL 15 (fsync off, as the tests)")
     rows = []
     for n in [int(x) for x in args.brokers.split(",")]:
-        with Cluster(n, args.ping, None) as c:
+        with Cluster(n, args.ping, None, _ports(args), args.lb) as c:
             nodes = c.nodes(args.nodes, n, args.lb)
             time.sleep(1)
             q0 = c.pg.snapshot()
@@ -688,6 +714,10 @@ def rate(args: argparse.Namespace) -> None:
             f"| {r['machine_cpu']:.2f} "
             f"| {pick(h, 0.5):.1f} / {pick(h, 0.9):.1f} |"
         )
+
+
+def _ports(args: argparse.Namespace) -> list[int]:
+    return [int(p) for p in args.ports.split(",")] if args.ports else []
 
 
 def pick(values: list[float], q: float) -> float:
@@ -766,6 +796,7 @@ def main() -> None:
         help="seconds after which no new session is started; the run goes on with those reached",
     )
     a.add_argument("--lb", help="one load balancer URL for everything (sessions across brokers)")
+    a.add_argument("--ports", help=PORTS_HELP)
     a.add_argument(
         "--profile", type=Path, help="run broker 0 under cProfile, write the profile here"
     )
@@ -778,6 +809,7 @@ def main() -> None:
     r.add_argument("--starts", type=int, default=100, help="shell starts timed one at a time")
     r.add_argument("--ping", type=float, default=20.0)
     r.add_argument("--lb", help="one load balancer URL for everything (sessions across brokers)")
+    r.add_argument("--ports", help=PORTS_HELP)
     c = sub.add_parser("pairs-client", help=argparse.SUPPRESS)
     c.add_argument("spec")
     args = ap.parse_args()
