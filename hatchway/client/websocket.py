@@ -151,6 +151,13 @@ class WebSocket:
     async def send_bytes(self, data: bytes) -> None:
         await self._send(_OP_BINARY, data)
 
+    def write_bytes(self, data: bytes) -> None:
+        """Queue a binary message without waiting for the transport to drain (for a caller
+        that bounds what it queues, such as a reliable stream's window)."""
+        if self._closed or self._close_sent:
+            raise ConnectionResetError("the websocket is closed")
+        self._writer.write(encode_frame(_OP_BINARY, data, os.urandom(4)))
+
     async def send_str(self, text: str) -> None:
         await self._send(_OP_TEXT, text.encode())
 

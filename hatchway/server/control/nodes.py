@@ -219,10 +219,12 @@ def register_node(
     now = datetime.now(UTC)
     if act["expires"] <= now or act["data"].get("deleted"):
         raise invalid
-    if act["registrations"] >= int(act["data"].get("registration_limit", 1)):
-        raise ServiceError(
-            "InvalidActivation", "The registration limit of this activation has been reached."
-        )
+    limit = int(act["data"].get("registration_limit", 1))
+    full = ServiceError(
+        "InvalidActivation", "The registration limit of this activation has been reached."
+    )
+    if act["registrations"] >= limit:
+        raise full
     requested = body.get("InstanceId")
     if requested and requested not in act["data"].get("instance_ids", []):
         # The broker chooses the id (mi-…): a node holding an activation code must not pick
@@ -276,15 +278,18 @@ def register_node(
             raise ServiceError(
                 "InvalidInstanceId", f"Instance {instance_id} is already registered."
             ) from exc
+        # Take a slot in the database itself: concurrent registrations (through other
+        # brokers on the same database too) each get one until the limit, none fails
+        # because another counted first.
         changed = state.store.update(
             t.activations,
             {"activation_id": activation_id},
-            {"registrations": act["registrations"] + 1},
+            {"registrations": t.activations.c.registrations + 1},
             c,
-            t.activations.c.registrations == act["registrations"],
+            t.activations.c.registrations < limit,
         )
         if changed != 1:
-            raise invalid  # a concurrent registration took the last slot
+            raise full  # concurrent registrations took the last slots
     if key_auth is not None:
         return {"InstanceId": instance_id}
     akid, secret = create_access_key(
