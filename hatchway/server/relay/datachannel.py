@@ -509,8 +509,19 @@ def restore_relay(state: ServerState, row: SessionRow) -> Relay:
     relay = Relay(row["session_id"], row["target"], "", restored=True, clock=state.clock)
     relay.idle_timeout, relay.max_duration = _timeouts(state, row)
     relay.away_since = relay.clock()
+    # The max duration counts from the session's start, not from this restore (a broker's
+    # restart or a move to another broker of the cluster must not lengthen a session).
+    relay.started -= session_age(row)
     relays(state)[row["session_id"]] = relay
     return relay
+
+
+def session_age(row: SessionRow, now: datetime | None = None) -> float:
+    """Seconds since the session started (its row's ``start_date``), never negative."""
+    start = row["start_date"]
+    if start.tzinfo is None:  # SQLite gives naive datetimes back: they are UTC
+        start = start.replace(tzinfo=UTC)
+    return max(0.0, ((now or datetime.now(UTC)) - start).total_seconds())
 
 
 def restore_relays(state: ServerState) -> int:
