@@ -342,7 +342,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 
 async def _start_background(app: web.Application) -> None:
-    from hatchway.server.ops.commandduty import run_command_duties
+    from hatchway.server.relay.commanddelivery import run_command_duties
     from hatchway.server.relay.datachannel import enforce_timeouts, restore_relays
 
     state = app[STATE_KEY]

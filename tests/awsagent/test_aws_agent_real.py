@@ -222,7 +222,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         path = f"{root / 'plugin'}:{BIN}:{os.environ.get('PATH', '')}"
         (root / "plugin").mkdir()
         plugin = root / "plugin" / "session-manager-plugin"
-        plugin.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m hatchway.client.session_manager_plugin "$@"\n')
+        plugin.write_text(
+            f'#!/bin/sh\nexec "{sys.executable}" -m hatchway.client.session_manager_plugin "$@"\n'
+        )
         plugin.chmod(0o755)
         yield Node(broker, ca, iid, root, proc, env, path)
     finally:

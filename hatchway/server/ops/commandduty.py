@@ -18,14 +18,11 @@ The node's messages over the control channel: ``command_started`` and ``command_
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hatchway.server.base import metrics
-from hatchway.server.control.nodes import ping_status
 from hatchway.server.runtime.state import ServerState
 from hatchway.server.store import schema as t
 from hatchway.ssm import runcommand as rc
@@ -49,6 +46,11 @@ def parse(value: Any) -> datetime | None:
 _KICKS: weakref.WeakKeyDictionary[ServerState, asyncio.Event] = weakref.WeakKeyDictionary()
 
 
+def kick_event(state: ServerState) -> asyncio.Event:
+    """The event the delivery duty (hatchway.server.relay.commanddelivery) waits on."""
+    return _KICKS.setdefault(state, asyncio.Event())
+
+
 def kick(state: ServerState) -> None:
     """Run the delivery duty now (a SendCommand or a node's hello in this process)."""
     event = _KICKS.get(state)
@@ -56,29 +58,7 @@ def kick(state: ServerState) -> None:
         event.set()
 
 
-async def run_command_duties(state: ServerState, interval: float = 1.0) -> None:
-    """The primary's loop: delivery and timeouts every ``interval`` seconds, or at once
-    when kicked."""
-    event = _KICKS.setdefault(state, asyncio.Event())
-    metrics.duty_lag("run_command", 0.0)
-    while True:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval):
-                await event.wait()
-        event.clear()
-        try:
-            await deliver_commands(state)
-        except Exception:
-            log.exception("could not deliver commands")
-        if not state.leader():  # timeouts: once across the cluster (docs/scale-out.md)
-            continue
-        try:
-            await expire_commands(state)
-        except Exception:
-            log.exception("could not expire commands")
-
-
-def _set_invocation(
+def set_invocation(
     state: ServerState,
     inv: dict[str, Any],
     outcome: tuple[str, str],
@@ -133,93 +113,6 @@ def refresh_command(state: ServerState, command_id: str) -> None:
         )
 
 
-def delivery_message(command: dict[str, Any], instance_id: str) -> dict[str, Any]:
-    d = command["data"]
-    return {
-        "type": "send_command",
-        "commandId": command["command_id"],
-        "instanceId": instance_id,
-        "documentName": d["document_name"],
-        "plugins": d["plugins"],
-        "environment": {f"HATCHWAY_PARAM_{k}": v for k, v in d.get("environment", {}).items()},
-    }
-
-
-async def deliver_commands(state: ServerState) -> int:
-    """Send what is waiting to the nodes this process holds, and the cancellations of what
-    they run; returns how many commands were sent."""
-    inv_c = t.command_invocations.c
-    for inv in state.store.select(t.command_invocations, inv_c.status == "Cancelling"):
-        channel = state.nodes.get(inv["instance_id"])
-        if channel is None or inv["data"].get("cancel_sent", True):
-            continue
-        keep = (inv["status"], inv["data"]["status_details"])
-        if _set_invocation(
-            state,
-            inv,
-            keep,
-            only_from=("Cancelling",),
-            plugins=inv["data"].get("plugins", []),
-            cancel_sent=True,
-        ):
-            with contextlib.suppress(Exception):
-                await channel.send({"type": "cancel_command", "commandId": inv["command_id"]})
-    waiting = state.store.select(
-        t.command_invocations, inv_c.status.in_(rc.WAITING), order_by=[inv_c.requested]
-    )
-    sent = 0
-    commands: dict[str, dict[str, Any] | None] = {}
-    for inv in waiting:
-        cid = inv["command_id"]
-        if cid not in commands:
-            commands[cid] = state.store.get(t.commands, command_id=cid)
-        command = commands[cid]
-        if command is None or command["status"] not in ("Pending", "InProgress"):
-            continue
-        siblings = state.store.select(t.command_invocations, inv_c.command_id == cid)
-        d = command["data"]
-        errors = sum(
-            1
-            for s in siblings
-            if (s["status"], s["data"].get("status_details")) in (rc.FAILED, rc.EXECUTION_TIMED_OUT)
-        )
-        if errors > rc.max_count(d["max_errors"], len(siblings)):
-            # MaxErrors reached: the rest is not sent (AWS: "Terminated").
-            _set_invocation(state, inv, rc.TERMINATED, only_from=tuple(rc.WAITING))
-            refresh_command(state, cid)
-            continue
-        running = sum(1 for s in siblings if s["status"] in ("InProgress", "Cancelling"))
-        if running >= max(1, rc.max_count(d["max_concurrency"], len(siblings))):
-            continue
-        iid = inv["instance_id"]
-        channel = state.nodes.get(iid)
-        if channel is None:
-            node = state.store.node(iid)
-            if node is None or node["deregistered"]:
-                _set_invocation(state, inv, rc.UNDELIVERABLE, only_from=tuple(rc.WAITING))
-                refresh_command(state, cid)
-            elif inv["status"] == "Pending" and ping_status(state, node) != "Online":
-                _set_invocation(state, inv, rc.DELAYED, only_from=("Pending",))
-                refresh_command(state, cid)
-            continue
-        delivered = now()
-        if not _set_invocation(
-            state, inv, rc.IN_PROGRESS, only_from=tuple(rc.WAITING), delivered=delivered.isoformat()
-        ):
-            continue  # another broker took it
-        try:
-            await channel.send(delivery_message(command, iid))
-        except Exception as exc:  # the channel broke: it goes back to waiting
-            log.warning("could not deliver %s to %s: %s", cid, iid, exc)
-            fresh = state.store.get(t.command_invocations, command_id=cid, instance_id=iid)
-            if fresh is not None:
-                _set_invocation(state, fresh, rc.DELAYED, only_from=("InProgress",))
-            continue
-        sent += 1
-        refresh_command(state, cid)
-    return sent
-
-
 async def expire_commands(state: ServerState, clock: datetime | None = None) -> int:
     """Delivery and answer timeouts; returns how many invocations ended."""
     current = clock or now()
@@ -236,7 +129,7 @@ async def expire_commands(state: ServerState, clock: datetime | None = None) -> 
         d = command["data"]
         if inv["status"] in rc.WAITING:
             if current >= inv["requested"] + timedelta(seconds=int(d["timeout_seconds"])):
-                ended += _set_invocation(
+                ended += set_invocation(
                     state, inv, rc.DELIVERY_TIMED_OUT, only_from=tuple(rc.WAITING)
                 )
                 refresh_command(state, cid)
@@ -245,7 +138,7 @@ async def expire_commands(state: ServerState, clock: datetime | None = None) -> 
         budget = sum(int(p.get("timeoutSeconds", 0)) for p in d["plugins"]) + ANSWER_GRACE
         if current >= delivered + timedelta(seconds=budget):
             outcome = rc.CANCELLED if inv["status"] == "Cancelling" else rc.EXECUTION_TIMED_OUT
-            ended += _set_invocation(state, inv, outcome, only_from=("InProgress", "Cancelling"))
+            ended += set_invocation(state, inv, outcome, only_from=("InProgress", "Cancelling"))
             refresh_command(state, cid)
     return ended
 
@@ -262,9 +155,9 @@ async def request_cancel(state: ServerState, command_id: str, instance_ids: set[
         if inv["instance_id"] not in instance_ids:
             continue
         if inv["status"] in rc.WAITING:
-            _set_invocation(state, inv, rc.CANCELLED, only_from=tuple(rc.WAITING))
+            set_invocation(state, inv, rc.CANCELLED, only_from=tuple(rc.WAITING))
         elif inv["status"] == "InProgress":
-            _set_invocation(
+            set_invocation(
                 state,
                 inv,
                 rc.CANCELLING,
@@ -330,7 +223,7 @@ def on_node_message(state: ServerState, instance_id: str, message: dict[str, Any
     plugins = inv["data"].get("plugins", [])
     if message.get("type") == "command_started":
         started = [dict(p, status="InProgress", status_details="In Progress") for p in plugins]
-        _set_invocation(state, inv, (inv["status"], inv["data"]["status_details"]), plugins=started)
+        set_invocation(state, inv, (inv["status"], inv["data"]["status_details"]), plugins=started)
         return
     reports = message.get("plugins")
     reports = reports if isinstance(reports, list) else []
@@ -348,7 +241,7 @@ def on_node_message(state: ServerState, instance_id: str, message: dict[str, Any
         else:
             done.append(_plugin_result(report, p))
     outcome = rc.invocation_outcome([(p["status"], p["status_details"]) for p in done])
-    _set_invocation(state, inv, outcome, only_from=("InProgress", "Cancelling"), plugins=done)
+    set_invocation(state, inv, outcome, only_from=("InProgress", "Cancelling"), plugins=done)
     refresh_command(state, cid)
     kick(state)  # a slot is free (MaxConcurrency)
 
@@ -368,7 +261,7 @@ def reconcile_node(
         if inv["command_id"] in running or delivered is None or delivered >= since:
             continue
         outcome = rc.CANCELLED if inv["status"] == "Cancelling" else rc.FAILED
-        _set_invocation(state, inv, outcome, only_from=("InProgress", "Cancelling"))
+        set_invocation(state, inv, outcome, only_from=("InProgress", "Cancelling"))
         refresh_command(state, inv["command_id"])
     kick(state)
 
