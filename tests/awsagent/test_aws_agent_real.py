@@ -16,12 +16,14 @@ docs/aws-agent-transcript.txt.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pty
 import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -77,6 +79,7 @@ class Node:
             AWS_CONFIG_FILE="/dev/null",
             AWS_SHARED_CREDENTIALS_FILE="/dev/null",
             AWS_CA_BUNDLE=str(self.ca.ca_cert),
+            SSL_CERT_FILE=str(self.ca.ca_cert),  # AWS's plugin (Go) trusts the system store
             PATH=self.path,
         )
         return env
@@ -353,7 +356,12 @@ def _pty_session(
                 until = b"\x00never"
     finally:
         with contextlib.suppress(ChildProcessError):
-            _, _status = os.waitpid(pid, 0)
+            if os.waitpid(pid, os.WNOHANG) == (0, 0):  # still running after the deadline
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                    time.sleep(2)
+                    os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         os.close(fd)
     return out
 
@@ -587,3 +595,50 @@ def _ended(cast: str) -> bool:
     """An asciicast whose marker says the session ended."""
     events = [json.loads(line) for line in cast.splitlines()[1:] if line.strip()]
     return any(e[1] == "m" and json.loads(e[2]).get("event") == "exit" for e in events)
+
+
+# AWS's own session-manager-plugin, when HATCHWAY_AWS_PLUGIN_BIN names its binary (built from
+# aws/session-manager-plugin outside the repository, never committed): the same shell and port
+# sessions with AWS's plugin instead of Hatchway's, through the real aws CLI.
+AWS_PLUGIN = os.environ.get("HATCHWAY_AWS_PLUGIN_BIN", "")
+
+
+@pytest.fixture(scope="module")
+def aws_plugin_node(node: Node, tmp_path_factory: pytest.TempPathFactory) -> Node:
+    if not AWS_PLUGIN or not os.access(AWS_PLUGIN, os.X_OK):
+        pytest.skip("set HATCHWAY_AWS_PLUGIN_BIN to AWS's session-manager-plugin binary")
+    folder = tmp_path_factory.mktemp("aws-plugin")
+    (folder / "session-manager-plugin").symlink_to(AWS_PLUGIN)
+    version = subprocess.run(
+        [AWS_PLUGIN, "--version"], capture_output=True, text=True, timeout=30
+    ).stdout.strip()
+    say(f"AWS's session-manager-plugin {version} from {AWS_PLUGIN}")
+    return dataclasses.replace(node, path=f"{folder}:{BIN}:{os.environ.get('PATH', '')}")
+
+
+def test_interactive_shell_with_aws_s_plugin(aws_plugin_node: Node) -> None:
+    out = _pty_session(
+        aws_plugin_node,
+        ["ssm", "start-session", "--target", aws_plugin_node.instance_id],
+        [b"echo A=$((6*7)) U=$(id -un)\r"],
+        b"A=42",
+    )
+    text = out.decode(errors="replace")
+    say(
+        "interactive shell (aws ssm start-session, AWS's plugin, a terminal): "
+        + ("A=42 seen" if "A=42" in text else "no A=42")
+    )
+    assert re.search(r"A=42 U=(\S+)", text), text[-2000:]
+
+
+def test_port_forwarding_with_aws_s_plugin(aws_plugin_node: Node) -> None:
+    local = _forward(
+        aws_plugin_node, "AWS-StartPortForwardingSession", "portNumber={port},localPortNumber=0"
+    )
+    remote = _forward(
+        aws_plugin_node,
+        "AWS-StartPortForwardingSessionToRemoteHost",
+        "host=localhost,portNumber={port},localPortNumber=0",
+    )
+    say(f"port forwarding with AWS's plugin: local {local!r}, remote host {remote!r}")
+    assert local == remote == b"echo:ping-42"
