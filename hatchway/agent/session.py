@@ -9,6 +9,10 @@ a command, port forwarding). The reliable stream carries the plugin's output as
 ``output_stream_data`` (acked, retransmitted; encrypted with a KMS key) and brings client input,
 Size and Flag messages. When the plugin is done the agent waits for its output to be
 acknowledged, reports ``Terminating`` (or ``Failed`` with the reason) and closes the channel.
+The websocket-facing loop (receiving into the stream, the resend timer and the handshake
+deadline on its tick, the re-send after a reconnect) is
+:class:`hatchway.protocol.endpoint.Endpoint`, shared with the client; frames reach the socket
+through this module's writer task (so that they wait, in order, while the channel reconnects).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 
@@ -62,6 +66,7 @@ from hatchway.protocol.crypto import (
     new_challenge,
     verify_challenge,
 )
+from hatchway.protocol.endpoint import Endpoint
 from hatchway.protocol.handshake import (
     HANDSHAKE_ERROR,
     HANDSHAKE_TIMEOUT_MESSAGE,
@@ -140,11 +145,18 @@ class AgentSession:
             max_buffered_bytes=MAX_BUFFERED_BYTES,
             ready=self._ready,
         )
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.plugin: SessionPlugin | None = None
         self.handshake: AgentHandshake | None = None
         self.handshake_done = asyncio.Event()
         self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.endpoint = Endpoint(
+            self.stream,
+            clock=time.time,
+            send=self._queue,
+            on_gave_up=self._gave_up,
+            on_tick=self._deadlines,
+        )
+        """The channel layer: the current websocket, the resend timer, reconnect re-sends."""
         self.finished = asyncio.Event()
         self.exit_code: int | None = None
         self.failure: str | None = None
@@ -167,6 +179,11 @@ class AgentSession:
         self.gave_up = False
         """The data channel could not be reconnected within the resume window."""
         self.reconnects = 0
+
+    @property
+    def ws(self) -> aiohttp.ClientWebSocketResponse | None:
+        """The data channel's current websocket (None while reconnecting)."""
+        return cast("aiohttp.ClientWebSocketResponse | None", self.endpoint.ws)
 
     # -- SessionIO (what plugins use) -------------------------------------------------
 
@@ -264,21 +281,19 @@ class AgentSession:
                     await ws.send_bytes(data)  # a stream frame lost here is re-sent
                 break
 
-    async def _resender(self) -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            if self.ws is None or self.ws.closed:
-                continue  # reconnecting: everything unacked is re-sent once connected
-            try:
-                for data in self.stream.due(time.time()):
-                    self.outbox.put_nowait(data)
-            except GaveUp:
-                log.warning("session %s: the client stopped acknowledging", self.session_id)
-                self.finished.set()
-                return
-            hs = self.handshake
-            if hs is not None and not hs.done and not hs.failed and hs.check_timeout(time.time()):
-                self.fail(hs.error or HANDSHAKE_TIMEOUT_MESSAGE)
+    async def _queue(self, data: bytes) -> None:
+        """How the endpoint's frames go out: through the writer task, in order."""
+        self.outbox.put_nowait(data)
+
+    async def _gave_up(self, exc: GaveUp) -> None:
+        log.warning("session %s: the client stopped acknowledging", self.session_id)
+        self.finished.set()
+
+    def _deadlines(self, now: float) -> None:
+        """On every resend tick: the handshake's deadline."""
+        hs = self.handshake
+        if hs is not None and not hs.done and not hs.failed and hs.check_timeout(now):
+            self.fail(hs.error or HANDSHAKE_TIMEOUT_MESSAGE)
 
     # -- incoming ---------------------------------------------------------------------
 
@@ -412,20 +427,16 @@ class AgentSession:
                 self.session_id,
                 code,
             )
-            self.ws = None
+            self.endpoint.detach()
             resumed = await self._reconnect()
             if resumed is None:
                 self.gave_up = True
                 self.finished.set()
                 return
-            self.ws = resumed
             self.reconnects += 1
-            for data in self.stream.resend_all(time.time()):
-                self.outbox.put_nowait(data)
+            resent = await self.endpoint.attach(resumed)
             log.info(
-                "session %s: data channel resumed (%d unacked re-sent)",
-                self.session_id,
-                self.stream.unacked_count,
+                "session %s: data channel resumed (%d unacked re-sent)", self.session_id, resent
             )
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
@@ -434,14 +445,12 @@ class AgentSession:
             if msg.type != aiohttp.WSMsgType.BINARY:
                 continue
             try:
-                events = self.stream.receive(msg.data, time.time())
+                events = await self.endpoint.receive(msg.data)
             except ValueError as exc:
                 log.warning("session %s: bad frame from the broker: %s", self.session_id, exc)
                 continue
             for ev in events:
-                if isinstance(ev, SendBytes):
-                    self.outbox.put_nowait(ev.data)
-                elif isinstance(ev, Deliver):
+                if isinstance(ev, Deliver):
                     self._deliver(ev)
                 elif isinstance(ev, ChannelClosed):
                     self.closed_by_broker = True
@@ -449,8 +458,7 @@ class AgentSession:
                     return True
                 elif isinstance(ev, Publication) and not ev.paused:
                     # The broker says a client (re)connected: re-send what it may have missed.
-                    for data in self.stream.resend_all(time.time()):
-                        self.outbox.put_nowait(data)
+                    await self.endpoint.resend_all()
             if self.plugin is not None and self.stream.writable:
                 self.plugin.on_writable()
         return False
@@ -543,10 +551,10 @@ class AgentSession:
     async def run(self) -> None:
         async with aiohttp.ClientSession() as http:
             self.http = http
-            self.ws = await self._open(self.task["token"])
+            await self.endpoint.attach(await self._open(self.task["token"]))
             writer = asyncio.create_task(self._writer())
             reader = asyncio.create_task(self._reader())  # acks must flow while draining
-            resender = asyncio.create_task(self._resender())
+            resender = asyncio.create_task(self.endpoint.resend_loop())
             try:
                 if await self._start():
                     await self.finished.wait()
@@ -681,8 +689,7 @@ class AgentSession:
                 deadline = time.monotonic() + DRAIN_TIMEOUT
             else:
                 with contextlib.suppress(GaveUp):
-                    for data in self.stream.due(time.time()):
-                        self.outbox.put_nowait(data)
+                    await self.endpoint.resend_due()
             await asyncio.sleep(0.05)
 
     async def terminate(self) -> None:

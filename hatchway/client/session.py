@@ -7,7 +7,9 @@ the ``OpenDataChannelInput`` text frame, then runs the reliable stream of
 retransmitted on a 100 ms timer until acked. When the websocket drops without
 ``channel_closed`` it calls ResumeSession and reconnects with the plugin's backoff, then
 re-sends every unacked frame, so the sequence numbers continue and nothing is lost or
-repeated.
+repeated. The websocket-facing loop (writing, receiving into the stream, the resend timer, the
+re-send after a reconnect) is :class:`hatchway.protocol.endpoint.Endpoint`, shared with the
+agent; this module is what the client's session does on top of it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hatchway.client.aws import BotoControlPlane, ControlPlane, is_presigned, upgrade_host
 from hatchway.client.command import CommandHandler
@@ -43,7 +45,6 @@ from hatchway.client.websocket import (
 from hatchway.protocol import (
     CLIENT_VERSION,
     ENCRYPTED_PAYLOAD_TYPES,
-    RESEND_INTERVAL,
     Acked,
     ChannelClosed,
     ClientHandshake,
@@ -61,6 +62,7 @@ from hatchway.protocol import (
     Stream,
     build_open_data_channel,
 )
+from hatchway.protocol.endpoint import Endpoint
 
 if TYPE_CHECKING:  # the cipher (and `cryptography`) loads only for KMS sessions
     from hatchway.protocol.crypto import SessionCipher
@@ -195,6 +197,13 @@ class Session:
             ready=self._ready,
             max_unacked_bytes=MAX_UNACKED_BYTES,
         )
+        self.endpoint = Endpoint(
+            self.stream,
+            clock=clock,
+            on_gave_up=self._gave_up,
+            write_errors=(WebSocketError, ConnectionError, OSError),
+        )
+        """The channel layer: the current websocket, the resend timer, reconnect re-sends."""
         self.kms = kms
         self.cipher: SessionCipher | None = None
         """The session key once a KMS handshake generated it (then Output is encrypted)."""
@@ -207,10 +216,7 @@ class Session:
         )
         self.handler: SessionHandler | None = None
         self.stream_url = params.stream_url
-        self.connections = 0
-        """Websockets opened so far (1 + reconnects)."""
         self._pending: list[tuple[int, bytes]] = []
-        self._ws: WebSocket | None = None
         self._done: asyncio.Future[_Exit] | None = None
         self._acked = asyncio.Event()
         self._rx = asyncio.Lock()  # frames and pumped deliveries reach the handler in order
@@ -219,6 +225,15 @@ class Session:
         self._last_activity = time.monotonic()
         self._tasks: list[asyncio.Task[Any]] = []
         self._signals: list[int] = []
+
+    @property
+    def connections(self) -> int:
+        """Websockets opened so far (1 + reconnects)."""
+        return self.endpoint.connections
+
+    @property
+    def _ws(self) -> WebSocket | None:
+        return cast("WebSocket | None", self.endpoint.ws)  # what _connect opened
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -235,7 +250,7 @@ class Session:
             else:
                 self._install_signals()
                 self._spawn(self._read_loop(), "reader")
-                self._spawn(self._resend_loop(), "resend")
+                self._spawn(self.endpoint.resend_loop(), "resend")
                 result = await self._done
         except asyncio.CancelledError:
             result = _Exit(130, exiting_message(self.session_id), terminate=True)
@@ -350,7 +365,7 @@ class Session:
             while not self.stream.writable:
                 self._acked.clear()
                 await self._acked.wait()
-            await self._write(self.stream.send(payload_type, piece, self.clock()))
+            await self.endpoint.write(self.stream.send(payload_type, piece, self.clock()))
 
     async def send_data(self, payload: bytes) -> None:
         """Send port data as Output, byte for byte (no keystroke quirk), in frames of up to
@@ -363,7 +378,7 @@ class Session:
             piece = (
                 payload if len(payload) <= DATA_CHUNK else bytes(view[start : start + DATA_CHUNK])
             )
-            await self._write(self.stream.send(PayloadType.OUTPUT, piece, self.clock()))
+            await self.endpoint.write(self.stream.send(PayloadType.OUTPUT, piece, self.clock()))
 
     def resume_input(self) -> None:
         """The handler takes agent output again: deliver (and ack) what the stream held back."""
@@ -376,7 +391,7 @@ class Session:
         while self._pump_wanted:
             self._pump_wanted = False
             async with self._rx:
-                await self._handle(self.stream.pump(self.clock()))
+                await self._handle(await self.endpoint.pump())
 
     def _ready(self, frame: Frame) -> bool:
         """Agent Output waits, unacknowledged, while the handler cannot take it (a local
@@ -425,7 +440,6 @@ class Session:
                 client_version=CLIENT_VERSION,
             )
         )
-        self.connections += 1
         return ws
 
     async def _open_first(self) -> None:
@@ -436,9 +450,10 @@ class Session:
             if attempt:
                 await asyncio.sleep(delays[attempt - 1])
             try:
-                self._ws = await asyncio.wait_for(
+                ws = await asyncio.wait_for(
                     self._connect(self.stream_url, self.params.token), CONNECT_TIMEOUT
                 )
+                await self.endpoint.attach(ws)
                 return
             except HandshakeError as exc:
                 raise ConnectError(f"{exc.status} {exc.message}") from exc
@@ -473,22 +488,11 @@ class Session:
                 last = exc
                 log.warning("reconnecting the data channel failed: %s", exc)
                 continue
-            self._ws = ws
-            for frame in self.stream.resend_all(self.clock()):
-                await self._write(frame)
-            log.info("data channel reconnected (%d unacked re-sent)", self.stream.unacked_count)
+            resent = await self.endpoint.attach(ws)
+            log.info("data channel reconnected (%d unacked re-sent)", resent)
             return True
         self._finish(_Exit(1, f"\n\nUnable to reconnect session {self.session_id}: {last}\n\n"))
         return False
-
-    async def _write(self, data: bytes) -> None:
-        ws = self._ws
-        if ws is None or ws.closed:
-            return  # buffered in the stream; re-sent after the reconnect
-        try:
-            await ws.send_bytes(data)
-        except (WebSocketError, ConnectionError, OSError) as exc:
-            log.debug("write failed (will reconnect): %s", exc)
 
     async def _read_loop(self) -> None:
         while not self.finished:
@@ -523,37 +527,27 @@ class Session:
             log.warning(
                 "data channel dropped (close code %s); resuming session %s", code, self.session_id
             )
-            self._ws = None
+            self.endpoint.detach()
             if not await self._reconnect():
                 return
 
-    async def _resend_loop(self) -> None:
-        while True:
-            await asyncio.sleep(RESEND_INTERVAL)
-            if self._ws is None or self._ws.closed:
-                continue
-            try:
-                frames = self.stream.due(self.clock())
-            except GaveUp as exc:
-                log.error("giving up: %s", exc)
-                self._finish(
-                    _Exit(
-                        1,
-                        f"\n\nTerminating session {self.session_id}: the stream data was not "
-                        "processed before timeout.\n\n",
-                        terminate=True,
-                    )
-                )
-                return
-            for frame in frames:
-                await self._write(frame)
+    async def _gave_up(self, exc: GaveUp) -> None:
+        log.error("giving up: %s", exc)
+        self._finish(
+            _Exit(
+                1,
+                f"\n\nTerminating session {self.session_id}: the stream data was not "
+                "processed before timeout.\n\n",
+                terminate=True,
+            )
+        )
 
     # --- incoming --------------------------------------------------------------------------
 
     async def _on_frame(self, data: bytes) -> None:
         async with self._rx:
             try:
-                events = self.stream.receive(data, self.clock())
+                events = await self.endpoint.receive(data)
             except FrameError as exc:
                 log.warning("dropping an undecodable frame: %s", exc)
                 return
@@ -562,7 +556,7 @@ class Session:
     async def _handle(self, events: list[Any]) -> None:
         for event in events:
             if isinstance(event, SendBytes):
-                await self._write(event.data)
+                await self.endpoint.write(event.data)
             elif isinstance(event, Deliver):
                 self._last_activity = time.monotonic()
                 await self._deliver(event.payload_type, event.payload)
