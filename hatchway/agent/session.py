@@ -27,7 +27,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import aiohttp
@@ -66,7 +66,7 @@ from hatchway.protocol.crypto import (
     new_challenge,
     verify_challenge,
 )
-from hatchway.protocol.endpoint import Endpoint
+from hatchway.protocol.endpoint import Endpoint, Link
 from hatchway.protocol.handshake import (
     HANDSHAKE_ERROR,
     HANDSHAKE_TIMEOUT_MESSAGE,
@@ -409,59 +409,49 @@ class AgentSession:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _reader(self) -> None:
-        while True:
-            ws = self.ws
-            assert ws is not None
-            if await self._read(ws):
-                return
-            code = ws.close_code
-            if code is not None and code >= 4000:
-                # The broker refused us or replaced this socket: reconnecting would not help.
-                log.warning("session %s: data channel closed (%s)", self.session_id, code)
+    async def _frames(self, ws: Link) -> AsyncIterator[bytes]:
+        """The socket's binary frames until it closes."""
+        async for msg in cast(aiohttp.ClientWebSocketResponse, ws):
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                yield msg.data
+
+    async def _received(self, events: list[Any]) -> bool:
+        """A frame's events; True if the broker closed the channel."""
+        for ev in events:
+            if isinstance(ev, Deliver):
+                self._deliver(ev)
+            elif isinstance(ev, ChannelClosed):
                 self.closed_by_broker = True
                 self.finished.set()
-                return
-            log.warning(
-                "session %s: data channel dropped (close code %s); reconnecting",
-                self.session_id,
-                code,
-            )
-            self.endpoint.detach()
-            resumed = await self._reconnect()
-            if resumed is None:
-                self.gave_up = True
-                self.finished.set()
-                return
-            self.reconnects += 1
-            resent = await self.endpoint.attach(resumed)
-            log.info(
-                "session %s: data channel resumed (%d unacked re-sent)", self.session_id, resent
-            )
-
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
-        """Read until the socket closes; True if the broker closed the channel."""
-        async for msg in ws:
-            if msg.type != aiohttp.WSMsgType.BINARY:
-                continue
-            try:
-                events = await self.endpoint.receive(msg.data)
-            except ValueError as exc:
-                log.warning("session %s: bad frame from the broker: %s", self.session_id, exc)
-                continue
-            for ev in events:
-                if isinstance(ev, Deliver):
-                    self._deliver(ev)
-                elif isinstance(ev, ChannelClosed):
-                    self.closed_by_broker = True
-                    self.finished.set()
-                    return True
-                elif isinstance(ev, Publication) and not ev.paused:
-                    # The broker says a client (re)connected: re-send what it may have missed.
-                    await self.endpoint.resend_all()
-            if self.plugin is not None and self.stream.writable:
-                self.plugin.on_writable()
+                return True
+            elif isinstance(ev, Publication) and not ev.paused:
+                # The broker says a client (re)connected: re-send what it may have missed.
+                await self.endpoint.resend_all()
+        if self.plugin is not None and self.stream.writable:
+            self.plugin.on_writable()
         return False
+
+    async def _dropped(self, ws: Link) -> Link | None:
+        """The socket closed: a new one (the endpoint re-sends what is unacked), or None."""
+        code = cast(aiohttp.ClientWebSocketResponse, ws).close_code
+        if code is not None and code >= 4000:
+            # The broker refused us or replaced this socket: reconnecting would not help.
+            log.warning("session %s: data channel closed (%s)", self.session_id, code)
+            self.closed_by_broker = True
+            self.finished.set()
+            return None
+        log.warning(
+            "session %s: data channel dropped (close code %s); reconnecting",
+            self.session_id,
+            code,
+        )
+        resumed = await self._reconnect()
+        if resumed is None:
+            self.gave_up = True
+            self.finished.set()
+            return None
+        self.reconnects += 1
+        return resumed
 
     # -- (re)connecting ---------------------------------------------------------------
 
@@ -553,7 +543,9 @@ class AgentSession:
             self.http = http
             await self.endpoint.attach(await self._open(self.task["token"]))
             writer = asyncio.create_task(self._writer())
-            reader = asyncio.create_task(self._reader())  # acks must flow while draining
+            reader = asyncio.create_task(  # acks must flow while draining
+                self.endpoint.serve(self._frames, self._received, self._dropped)
+            )
             resender = asyncio.create_task(self.endpoint.resend_loop())
             try:
                 if await self._start():

@@ -23,7 +23,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -51,7 +51,6 @@ from hatchway.protocol import (
     Deliver,
     DuplicatePolicy,
     Frame,
-    FrameError,
     GaveUp,
     PayloadType,
     ProtocolError,
@@ -62,7 +61,7 @@ from hatchway.protocol import (
     Stream,
     build_open_data_channel,
 )
-from hatchway.protocol.endpoint import Endpoint
+from hatchway.protocol.endpoint import Endpoint, Link
 
 if TYPE_CHECKING:  # the cipher (and `cryptography`) loads only for KMS sessions
     from hatchway.protocol.crypto import SessionCipher
@@ -217,9 +216,9 @@ class Session:
         self.handler: SessionHandler | None = None
         self.stream_url = params.stream_url
         self._pending: list[tuple[int, bytes]] = []
+        self._close_reason = ""
         self._done: asyncio.Future[_Exit] | None = None
         self._acked = asyncio.Event()
-        self._rx = asyncio.Lock()  # frames and pumped deliveries reach the handler in order
         self._pumper: asyncio.Task[None] | None = None
         self._pump_wanted = False
         self._last_activity = time.monotonic()
@@ -249,7 +248,9 @@ class Session:
                 result = _Exit(1, f"Cannot perform start session: {exc}\n")
             else:
                 self._install_signals()
-                self._spawn(self._read_loop(), "reader")
+                self._spawn(
+                    self.endpoint.serve(self._frames, self._received, self._reconnect), "reader"
+                )
                 self._spawn(self.endpoint.resend_loop(), "resend")
                 result = await self._done
         except asyncio.CancelledError:
@@ -390,7 +391,7 @@ class Session:
     async def _pump(self) -> None:
         while self._pump_wanted:
             self._pump_wanted = False
-            async with self._rx:
+            async with self.endpoint.rx:
                 await self._handle(await self.endpoint.pump())
 
     def _ready(self, frame: Frame) -> bool:
@@ -464,8 +465,26 @@ class Session:
                 log.warning("opening the data channel failed: %s", exc)
         raise ConnectError(str(last) or type(last).__name__)
 
-    async def _reconnect(self) -> bool:
-        """ResumeSession + a new websocket, then re-send everything unacked."""
+    async def _reconnect(self, dropped: Link) -> Link | None:
+        """The channel dropped: unless it was final, ResumeSession + a new websocket (the
+        endpoint then re-sends everything unacked); None ends the session."""
+        if self.finished:
+            return None
+        code = cast(WebSocket, dropped).close_code
+        if code is not None and code >= FINAL_CLOSE_CODES:
+            # Application codes: the broker refused us (bad token, not allowed) or another
+            # client resumed the session. Resuming would not help.
+            self._finish(
+                _Exit(
+                    1,
+                    f"\n\nSession {self.session_id}: the data channel was closed: "
+                    f"{code} {self._close_reason}\n\n",
+                )
+            )
+            return None
+        log.warning(
+            "data channel dropped (close code %s); resuming session %s", code, self.session_id
+        )
         delays = self.backoff.delays()
         last: BaseException | None = None
         for attempt in range(self.backoff.attempts):
@@ -479,7 +498,7 @@ class Session:
                 continue
             if not token:
                 self._finish(_Exit(0, f"Session: {self.session_id} timed out.\n"))
-                return False
+                return None
             if url:
                 self.stream_url = url
             try:
@@ -488,48 +507,23 @@ class Session:
                 last = exc
                 log.warning("reconnecting the data channel failed: %s", exc)
                 continue
-            resent = await self.endpoint.attach(ws)
-            log.info("data channel reconnected (%d unacked re-sent)", resent)
-            return True
+            return ws
         self._finish(_Exit(1, f"\n\nUnable to reconnect session {self.session_id}: {last}\n\n"))
-        return False
+        return None
 
-    async def _read_loop(self) -> None:
-        while not self.finished:
-            ws = self._ws
-            assert ws is not None
-            reason = ""
-            while True:
-                msg = await ws.receive()
-                if msg.type is MsgType.BINARY:
-                    await self._on_frame(msg.data)
-                    if self.finished:
-                        return
-                elif msg.type is MsgType.CLOSE:
-                    reason = msg.extra
-                    break
-                else:
-                    log.debug("ignoring websocket message %s", msg.type)
-            if self.finished:
+    async def _frames(self, link: Link) -> AsyncIterator[bytes]:
+        """The socket's binary frames until it closes (its reason kept for the message)."""
+        ws = cast(WebSocket, link)
+        self._close_reason = ""
+        while True:
+            msg = await ws.receive()
+            if msg.type is MsgType.BINARY:
+                yield msg.data
+            elif msg.type is MsgType.CLOSE:
+                self._close_reason = msg.extra
                 return
-            code = ws.close_code
-            if code is not None and code >= FINAL_CLOSE_CODES:
-                # Application codes: the broker refused us (bad token, not allowed) or another
-                # client resumed the session. Resuming would not help.
-                self._finish(
-                    _Exit(
-                        1,
-                        f"\n\nSession {self.session_id}: the data channel was closed: "
-                        f"{code} {reason}\n\n",
-                    )
-                )
-                return
-            log.warning(
-                "data channel dropped (close code %s); resuming session %s", code, self.session_id
-            )
-            self.endpoint.detach()
-            if not await self._reconnect():
-                return
+            else:
+                log.debug("ignoring websocket message %s", msg.type)
 
     async def _gave_up(self, exc: GaveUp) -> None:
         log.error("giving up: %s", exc)
@@ -544,14 +538,10 @@ class Session:
 
     # --- incoming --------------------------------------------------------------------------
 
-    async def _on_frame(self, data: bytes) -> None:
-        async with self._rx:
-            try:
-                events = await self.endpoint.receive(data)
-            except FrameError as exc:
-                log.warning("dropping an undecodable frame: %s", exc)
-                return
-            await self._handle(events)
+    async def _received(self, events: list[Any]) -> bool:
+        """A frame's events (the endpoint holds its ``rx`` lock); True once the session ended."""
+        await self._handle(events)
+        return self.finished
 
     async def _handle(self, events: list[Any]) -> None:
         for event in events:

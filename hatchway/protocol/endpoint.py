@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from hatchway.protocol.errors import GaveUp
@@ -76,6 +76,9 @@ class Endpoint:
         """The current websocket; ``None`` while the channel is being reconnected."""
         self.connections = 0
         """Websockets attached so far (1 + reconnects)."""
+        self.rx = asyncio.Lock()
+        """Held while received frames (or pumped deliveries) are handled: they reach the role
+        in order."""
 
     @property
     def connected(self) -> bool:
@@ -144,6 +147,40 @@ class Endpoint:
         """Re-send the frames whose retransmission timeout passed. Raises ``GaveUp``."""
         for data in self.stream.due(self.clock() if now is None else now):
             await self.send(data)
+
+    # -- the reader ------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        frames: Callable[[Link], AsyncIterator[bytes]],
+        handle: Callable[[list[Any]], Awaitable[bool]],
+        reconnect: Callable[[Link], Awaitable[Link | None]],
+    ) -> None:
+        """Read the current socket's binary frames (``frames``) into the stream and hand the
+        events to ``handle`` (True: the session is over) until it closes; then ``reconnect``
+        (the role's: told the closed socket, it returns a new one or None to end) and go on
+        on the new socket, everything unacknowledged re-sent. When it ends, ``ws`` is the last
+        socket (closed unless ``handle`` ended the session)."""
+        while True:
+            ws = self.ws
+            if ws is None:
+                return
+            async for data in frames(ws):
+                async with self.rx:
+                    try:
+                        events = await self.receive(data)
+                    except ValueError as exc:  # FrameError
+                        log.warning("dropping an undecodable frame: %s", exc)
+                        continue
+                    if await handle(events):
+                        return
+            self.detach()
+            new = await reconnect(ws)
+            if new is None:
+                self.ws = ws  # the last socket, closed: the role may still close() it
+                return
+            resent = await self.attach(new)
+            log.info("data channel reconnected (%d unacked re-sent)", resent)
 
     # -- the timer -------------------------------------------------------------------------
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ast
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from hatchway.protocol import (
     RESEND_INTERVAL,
@@ -20,7 +22,7 @@ from hatchway.protocol import (
     SendBytes,
     Stream,
 )
-from hatchway.protocol.endpoint import Endpoint
+from hatchway.protocol.endpoint import Endpoint, Link
 from hatchway.protocol.frames import decode
 from hatchway.protocol.handshake import HANDSHAKE_TIMEOUT_MESSAGE, AgentHandshake
 
@@ -28,9 +30,10 @@ ROOT = Path(__file__).resolve().parents[2] / "hatchway"
 
 
 class FakeSocket:
-    def __init__(self) -> None:
+    def __init__(self, incoming: list[bytes] | None = None) -> None:
         self.sent: list[bytes] = []
         self.closed = False
+        self.incoming = list(incoming or [])
 
     async def send_bytes(self, data: bytes) -> None:
         if self.closed:
@@ -206,6 +209,69 @@ def test_a_role_can_route_frames_through_its_own_writer() -> None:
     assert seqs(queued) == [0, 0]
 
 
+def test_serve_reads_frames_reconnects_through_the_role_and_stops_when_told() -> None:
+    agent = Stream(Role.AGENT)
+    to_client = [agent.send(PayloadType.OUTPUT, f"{i}".encode(), 0.0) for i in range(3)]
+    handled: list[Any] = []
+    dropped: list[Link] = []
+
+    async def frames(link: Link) -> AsyncIterator[bytes]:
+        assert isinstance(link, FakeSocket)
+        while link.incoming:
+            yield link.incoming.pop(0)
+        link.closed = True  # the peer went away
+
+    async def handle(events: list[Any]) -> bool:
+        handled.extend(events)
+        return len(handled) == 3  # the role says the session is over
+
+    async def main() -> tuple[FakeSocket, FakeSocket]:
+        clock = FakeTime()
+        first = FakeSocket([to_client[0], b"not a frame", to_client[1]])
+        second = FakeSocket([to_client[2], to_client[2]])
+        ep = Endpoint(Stream(Role.CLIENT), clock=clock, sleep=clock.sleep)
+
+        async def reconnect(ws: Link) -> Link | None:  # the role's connect, injected
+            dropped.append(ws)
+            return second
+
+        await ep.attach(first)
+        await ep.send_stream(PayloadType.OUTPUT, b"typed")  # unacked across the drop
+        await asyncio.wait_for(ep.serve(frames, handle, reconnect), 5)
+        assert ep.connections == 2 and ep.ws is second
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert dropped == [first]
+    assert [e.payload for e in handled] == [b"0", b"1", b"2"]  # the bad frame was dropped
+    assert seqs(second.sent)[0] == 0  # the unacked input re-sent first, then the ack of 2
+    assert len(second.sent) == 2 and second.incoming == [to_client[2]]  # stopped when told
+
+
+def test_serve_ends_when_the_role_does_not_reconnect() -> None:
+    async def frames(link: Link) -> AsyncIterator[bytes]:
+        assert isinstance(link, FakeSocket)
+        link.closed = True
+        for _ in ():
+            yield b""
+
+    async def handle(events: list[Any]) -> bool:
+        return False
+
+    async def no(ws: Link) -> Link | None:
+        return None
+
+    async def main() -> Endpoint:
+        clock = FakeTime()
+        ep = Endpoint(Stream(Role.AGENT), clock=clock, sleep=clock.sleep)
+        await ep.attach(FakeSocket())
+        await asyncio.wait_for(ep.serve(frames, handle, no), 5)
+        return ep
+
+    ep = asyncio.run(main())
+    assert not ep.connected and ep.ws is not None and ep.ws.closed  # left for the role to close
+
+
 def _source(path: str) -> tuple[str, ast.Module]:
     text = (ROOT / path).read_text()
     return text, ast.parse(text)
@@ -233,6 +299,8 @@ def test_agent_and_client_have_no_resend_loop_of_their_own() -> None:
         assert "RESEND_INTERVAL" not in text and "sleep(0.1)" not in text, path
         assert "from hatchway.protocol.endpoint import Endpoint" in text, path
         assert "Endpoint(" in text and "endpoint.resend_loop()" in text, path
+        assert "endpoint.serve(" in text and "async for msg in ws" not in text, path
+        assert not names & {"_reader", "_read_loop", "_on_frame"}, path
 
 
 def test_the_protocol_core_does_no_io_and_only_the_endpoint_awaits() -> None:
