@@ -9,6 +9,10 @@ a command, port forwarding). The reliable stream carries the plugin's output as
 ``output_stream_data`` (acked, retransmitted; encrypted with a KMS key) and brings client input,
 Size and Flag messages. When the plugin is done the agent waits for its output to be
 acknowledged, reports ``Terminating`` (or ``Failed`` with the reason) and closes the channel.
+The websocket-facing loop (receiving into the stream, the resend timer and the handshake
+deadline on its tick, the re-send after a reconnect) is
+:class:`hatchway.protocol.endpoint.Endpoint`, shared with the client; frames reach the socket
+through this module's writer task (so that they wait, in order, while the channel reconnects).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 import aiohttp
 
@@ -62,6 +66,7 @@ from hatchway.protocol.crypto import (
     new_challenge,
     verify_challenge,
 )
+from hatchway.protocol.endpoint import Endpoint, Link
 from hatchway.protocol.handshake import (
     HANDSHAKE_ERROR,
     HANDSHAKE_TIMEOUT_MESSAGE,
@@ -140,11 +145,18 @@ class AgentSession:
             max_buffered_bytes=MAX_BUFFERED_BYTES,
             ready=self._ready,
         )
-        self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.plugin: SessionPlugin | None = None
         self.handshake: AgentHandshake | None = None
         self.handshake_done = asyncio.Event()
         self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.endpoint = Endpoint(
+            self.stream,
+            clock=time.time,
+            send=self._queue,
+            on_gave_up=self._gave_up,
+            on_tick=self._deadlines,
+        )
+        """The channel layer: the current websocket, the resend timer, reconnect re-sends."""
         self.finished = asyncio.Event()
         self.exit_code: int | None = None
         self.failure: str | None = None
@@ -167,6 +179,11 @@ class AgentSession:
         self.gave_up = False
         """The data channel could not be reconnected within the resume window."""
         self.reconnects = 0
+
+    @property
+    def ws(self) -> aiohttp.ClientWebSocketResponse | None:
+        """The data channel's current websocket (None while reconnecting)."""
+        return cast("aiohttp.ClientWebSocketResponse | None", self.endpoint.ws)
 
     # -- SessionIO (what plugins use) -------------------------------------------------
 
@@ -264,21 +281,19 @@ class AgentSession:
                     await ws.send_bytes(data)  # a stream frame lost here is re-sent
                 break
 
-    async def _resender(self) -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            if self.ws is None or self.ws.closed:
-                continue  # reconnecting: everything unacked is re-sent once connected
-            try:
-                for data in self.stream.due(time.time()):
-                    self.outbox.put_nowait(data)
-            except GaveUp:
-                log.warning("session %s: the client stopped acknowledging", self.session_id)
-                self.finished.set()
-                return
-            hs = self.handshake
-            if hs is not None and not hs.done and not hs.failed and hs.check_timeout(time.time()):
-                self.fail(hs.error or HANDSHAKE_TIMEOUT_MESSAGE)
+    async def _queue(self, data: bytes) -> None:
+        """How the endpoint's frames go out: through the writer task, in order."""
+        self.outbox.put_nowait(data)
+
+    async def _gave_up(self, exc: GaveUp) -> None:
+        log.warning("session %s: the client stopped acknowledging", self.session_id)
+        self.finished.set()
+
+    def _deadlines(self, now: float) -> None:
+        """On every resend tick: the handshake's deadline."""
+        hs = self.handshake
+        if hs is not None and not hs.done and not hs.failed and hs.check_timeout(now):
+            self.fail(hs.error or HANDSHAKE_TIMEOUT_MESSAGE)
 
     # -- incoming ---------------------------------------------------------------------
 
@@ -394,66 +409,49 @@ class AgentSession:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _reader(self) -> None:
-        while True:
-            ws = self.ws
-            assert ws is not None
-            if await self._read(ws):
-                return
-            code = ws.close_code
-            if code is not None and code >= 4000:
-                # The broker refused us or replaced this socket: reconnecting would not help.
-                log.warning("session %s: data channel closed (%s)", self.session_id, code)
+    async def _frames(self, ws: Link) -> AsyncIterator[bytes]:
+        """The socket's binary frames until it closes."""
+        async for msg in cast(aiohttp.ClientWebSocketResponse, ws):
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                yield msg.data
+
+    async def _received(self, events: list[Any]) -> bool:
+        """A frame's events; True if the broker closed the channel."""
+        for ev in events:
+            if isinstance(ev, Deliver):
+                self._deliver(ev)
+            elif isinstance(ev, ChannelClosed):
                 self.closed_by_broker = True
                 self.finished.set()
-                return
-            log.warning(
-                "session %s: data channel dropped (close code %s); reconnecting",
-                self.session_id,
-                code,
-            )
-            self.ws = None
-            resumed = await self._reconnect()
-            if resumed is None:
-                self.gave_up = True
-                self.finished.set()
-                return
-            self.ws = resumed
-            self.reconnects += 1
-            for data in self.stream.resend_all(time.time()):
-                self.outbox.put_nowait(data)
-            log.info(
-                "session %s: data channel resumed (%d unacked re-sent)",
-                self.session_id,
-                self.stream.unacked_count,
-            )
-
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
-        """Read until the socket closes; True if the broker closed the channel."""
-        async for msg in ws:
-            if msg.type != aiohttp.WSMsgType.BINARY:
-                continue
-            try:
-                events = self.stream.receive(msg.data, time.time())
-            except ValueError as exc:
-                log.warning("session %s: bad frame from the broker: %s", self.session_id, exc)
-                continue
-            for ev in events:
-                if isinstance(ev, SendBytes):
-                    self.outbox.put_nowait(ev.data)
-                elif isinstance(ev, Deliver):
-                    self._deliver(ev)
-                elif isinstance(ev, ChannelClosed):
-                    self.closed_by_broker = True
-                    self.finished.set()
-                    return True
-                elif isinstance(ev, Publication) and not ev.paused:
-                    # The broker says a client (re)connected: re-send what it may have missed.
-                    for data in self.stream.resend_all(time.time()):
-                        self.outbox.put_nowait(data)
-            if self.plugin is not None and self.stream.writable:
-                self.plugin.on_writable()
+                return True
+            elif isinstance(ev, Publication) and not ev.paused:
+                # The broker says a client (re)connected: re-send what it may have missed.
+                await self.endpoint.resend_all()
+        if self.plugin is not None and self.stream.writable:
+            self.plugin.on_writable()
         return False
+
+    async def _dropped(self, ws: Link) -> Link | None:
+        """The socket closed: a new one (the endpoint re-sends what is unacked), or None."""
+        code = cast(aiohttp.ClientWebSocketResponse, ws).close_code
+        if code is not None and code >= 4000:
+            # The broker refused us or replaced this socket: reconnecting would not help.
+            log.warning("session %s: data channel closed (%s)", self.session_id, code)
+            self.closed_by_broker = True
+            self.finished.set()
+            return None
+        log.warning(
+            "session %s: data channel dropped (close code %s); reconnecting",
+            self.session_id,
+            code,
+        )
+        resumed = await self._reconnect()
+        if resumed is None:
+            self.gave_up = True
+            self.finished.set()
+            return None
+        self.reconnects += 1
+        return resumed
 
     # -- (re)connecting ---------------------------------------------------------------
 
@@ -543,10 +541,12 @@ class AgentSession:
     async def run(self) -> None:
         async with aiohttp.ClientSession() as http:
             self.http = http
-            self.ws = await self._open(self.task["token"])
+            await self.endpoint.attach(await self._open(self.task["token"]))
             writer = asyncio.create_task(self._writer())
-            reader = asyncio.create_task(self._reader())  # acks must flow while draining
-            resender = asyncio.create_task(self._resender())
+            reader = asyncio.create_task(  # acks must flow while draining
+                self.endpoint.serve(self._frames, self._received, self._dropped)
+            )
+            resender = asyncio.create_task(self.endpoint.resend_loop())
             try:
                 if await self._start():
                     await self.finished.wait()
@@ -681,8 +681,7 @@ class AgentSession:
                 deadline = time.monotonic() + DRAIN_TIMEOUT
             else:
                 with contextlib.suppress(GaveUp):
-                    for data in self.stream.due(time.time()):
-                        self.outbox.put_nowait(data)
+                    await self.endpoint.resend_due()
             await asyncio.sleep(0.05)
 
     async def terminate(self) -> None:

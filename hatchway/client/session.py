@@ -7,7 +7,9 @@ the ``OpenDataChannelInput`` text frame, then runs the reliable stream of
 retransmitted on a 100 ms timer until acked. When the websocket drops without
 ``channel_closed`` it calls ResumeSession and reconnects with the plugin's backoff, then
 re-sends every unacked frame, so the sequence numbers continue and nothing is lost or
-repeated.
+repeated. The websocket-facing loop (writing, receiving into the stream, the resend timer, the
+re-send after a reconnect) is :class:`hatchway.protocol.endpoint.Endpoint`, shared with the
+agent; this module is what the client's session does on top of it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hatchway.client.aws import BotoControlPlane, ControlPlane, is_presigned, upgrade_host
 from hatchway.client.command import CommandHandler
@@ -43,14 +45,12 @@ from hatchway.client.websocket import (
 from hatchway.protocol import (
     CLIENT_VERSION,
     ENCRYPTED_PAYLOAD_TYPES,
-    RESEND_INTERVAL,
     Acked,
     ChannelClosed,
     ClientHandshake,
     Deliver,
     DuplicatePolicy,
     Frame,
-    FrameError,
     GaveUp,
     PayloadType,
     ProtocolError,
@@ -61,6 +61,7 @@ from hatchway.protocol import (
     Stream,
     build_open_data_channel,
 )
+from hatchway.protocol.endpoint import Endpoint, Link
 
 if TYPE_CHECKING:  # the cipher (and `cryptography`) loads only for KMS sessions
     from hatchway.protocol.crypto import SessionCipher
@@ -195,6 +196,13 @@ class Session:
             ready=self._ready,
             max_unacked_bytes=MAX_UNACKED_BYTES,
         )
+        self.endpoint = Endpoint(
+            self.stream,
+            clock=clock,
+            on_gave_up=self._gave_up,
+            write_errors=(WebSocketError, ConnectionError, OSError),
+        )
+        """The channel layer: the current websocket, the resend timer, reconnect re-sends."""
         self.kms = kms
         self.cipher: SessionCipher | None = None
         """The session key once a KMS handshake generated it (then Output is encrypted)."""
@@ -207,18 +215,24 @@ class Session:
         )
         self.handler: SessionHandler | None = None
         self.stream_url = params.stream_url
-        self.connections = 0
-        """Websockets opened so far (1 + reconnects)."""
         self._pending: list[tuple[int, bytes]] = []
-        self._ws: WebSocket | None = None
+        self._close_reason = ""
         self._done: asyncio.Future[_Exit] | None = None
         self._acked = asyncio.Event()
-        self._rx = asyncio.Lock()  # frames and pumped deliveries reach the handler in order
         self._pumper: asyncio.Task[None] | None = None
         self._pump_wanted = False
         self._last_activity = time.monotonic()
         self._tasks: list[asyncio.Task[Any]] = []
         self._signals: list[int] = []
+
+    @property
+    def connections(self) -> int:
+        """Websockets opened so far (1 + reconnects)."""
+        return self.endpoint.connections
+
+    @property
+    def _ws(self) -> WebSocket | None:
+        return cast("WebSocket | None", self.endpoint.ws)  # what _connect opened
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -234,8 +248,10 @@ class Session:
                 result = _Exit(1, f"Cannot perform start session: {exc}\n")
             else:
                 self._install_signals()
-                self._spawn(self._read_loop(), "reader")
-                self._spawn(self._resend_loop(), "resend")
+                self._spawn(
+                    self.endpoint.serve(self._frames, self._received, self._reconnect), "reader"
+                )
+                self._spawn(self.endpoint.resend_loop(), "resend")
                 result = await self._done
         except asyncio.CancelledError:
             result = _Exit(130, exiting_message(self.session_id), terminate=True)
@@ -350,7 +366,7 @@ class Session:
             while not self.stream.writable:
                 self._acked.clear()
                 await self._acked.wait()
-            await self._write(self.stream.send(payload_type, piece, self.clock()))
+            await self.endpoint.write(self.stream.send(payload_type, piece, self.clock()))
 
     async def send_data(self, payload: bytes) -> None:
         """Send port data as Output, byte for byte (no keystroke quirk), in frames of up to
@@ -363,7 +379,7 @@ class Session:
             piece = (
                 payload if len(payload) <= DATA_CHUNK else bytes(view[start : start + DATA_CHUNK])
             )
-            await self._write(self.stream.send(PayloadType.OUTPUT, piece, self.clock()))
+            await self.endpoint.write(self.stream.send(PayloadType.OUTPUT, piece, self.clock()))
 
     def resume_input(self) -> None:
         """The handler takes agent output again: deliver (and ack) what the stream held back."""
@@ -375,8 +391,8 @@ class Session:
     async def _pump(self) -> None:
         while self._pump_wanted:
             self._pump_wanted = False
-            async with self._rx:
-                await self._handle(self.stream.pump(self.clock()))
+            async with self.endpoint.rx:
+                await self._handle(await self.endpoint.pump())
 
     def _ready(self, frame: Frame) -> bool:
         """Agent Output waits, unacknowledged, while the handler cannot take it (a local
@@ -425,7 +441,6 @@ class Session:
                 client_version=CLIENT_VERSION,
             )
         )
-        self.connections += 1
         return ws
 
     async def _open_first(self) -> None:
@@ -436,9 +451,10 @@ class Session:
             if attempt:
                 await asyncio.sleep(delays[attempt - 1])
             try:
-                self._ws = await asyncio.wait_for(
+                ws = await asyncio.wait_for(
                     self._connect(self.stream_url, self.params.token), CONNECT_TIMEOUT
                 )
+                await self.endpoint.attach(ws)
                 return
             except HandshakeError as exc:
                 raise ConnectError(f"{exc.status} {exc.message}") from exc
@@ -449,8 +465,26 @@ class Session:
                 log.warning("opening the data channel failed: %s", exc)
         raise ConnectError(str(last) or type(last).__name__)
 
-    async def _reconnect(self) -> bool:
-        """ResumeSession + a new websocket, then re-send everything unacked."""
+    async def _reconnect(self, dropped: Link) -> Link | None:
+        """The channel dropped: unless it was final, ResumeSession + a new websocket (the
+        endpoint then re-sends everything unacked); None ends the session."""
+        if self.finished:
+            return None
+        code = cast(WebSocket, dropped).close_code
+        if code is not None and code >= FINAL_CLOSE_CODES:
+            # Application codes: the broker refused us (bad token, not allowed) or another
+            # client resumed the session. Resuming would not help.
+            self._finish(
+                _Exit(
+                    1,
+                    f"\n\nSession {self.session_id}: the data channel was closed: "
+                    f"{code} {self._close_reason}\n\n",
+                )
+            )
+            return None
+        log.warning(
+            "data channel dropped (close code %s); resuming session %s", code, self.session_id
+        )
         delays = self.backoff.delays()
         last: BaseException | None = None
         for attempt in range(self.backoff.attempts):
@@ -464,7 +498,7 @@ class Session:
                 continue
             if not token:
                 self._finish(_Exit(0, f"Session: {self.session_id} timed out.\n"))
-                return False
+                return None
             if url:
                 self.stream_url = url
             try:
@@ -473,96 +507,46 @@ class Session:
                 last = exc
                 log.warning("reconnecting the data channel failed: %s", exc)
                 continue
-            self._ws = ws
-            for frame in self.stream.resend_all(self.clock()):
-                await self._write(frame)
-            log.info("data channel reconnected (%d unacked re-sent)", self.stream.unacked_count)
-            return True
+            return ws
         self._finish(_Exit(1, f"\n\nUnable to reconnect session {self.session_id}: {last}\n\n"))
-        return False
+        return None
 
-    async def _write(self, data: bytes) -> None:
-        ws = self._ws
-        if ws is None or ws.closed:
-            return  # buffered in the stream; re-sent after the reconnect
-        try:
-            await ws.send_bytes(data)
-        except (WebSocketError, ConnectionError, OSError) as exc:
-            log.debug("write failed (will reconnect): %s", exc)
-
-    async def _read_loop(self) -> None:
-        while not self.finished:
-            ws = self._ws
-            assert ws is not None
-            reason = ""
-            while True:
-                msg = await ws.receive()
-                if msg.type is MsgType.BINARY:
-                    await self._on_frame(msg.data)
-                    if self.finished:
-                        return
-                elif msg.type is MsgType.CLOSE:
-                    reason = msg.extra
-                    break
-                else:
-                    log.debug("ignoring websocket message %s", msg.type)
-            if self.finished:
-                return
-            code = ws.close_code
-            if code is not None and code >= FINAL_CLOSE_CODES:
-                # Application codes: the broker refused us (bad token, not allowed) or another
-                # client resumed the session. Resuming would not help.
-                self._finish(
-                    _Exit(
-                        1,
-                        f"\n\nSession {self.session_id}: the data channel was closed: "
-                        f"{code} {reason}\n\n",
-                    )
-                )
-                return
-            log.warning(
-                "data channel dropped (close code %s); resuming session %s", code, self.session_id
-            )
-            self._ws = None
-            if not await self._reconnect():
-                return
-
-    async def _resend_loop(self) -> None:
+    async def _frames(self, link: Link) -> AsyncIterator[bytes]:
+        """The socket's binary frames until it closes (its reason kept for the message)."""
+        ws = cast(WebSocket, link)
+        self._close_reason = ""
         while True:
-            await asyncio.sleep(RESEND_INTERVAL)
-            if self._ws is None or self._ws.closed:
-                continue
-            try:
-                frames = self.stream.due(self.clock())
-            except GaveUp as exc:
-                log.error("giving up: %s", exc)
-                self._finish(
-                    _Exit(
-                        1,
-                        f"\n\nTerminating session {self.session_id}: the stream data was not "
-                        "processed before timeout.\n\n",
-                        terminate=True,
-                    )
-                )
+            msg = await ws.receive()
+            if msg.type is MsgType.BINARY:
+                yield msg.data
+            elif msg.type is MsgType.CLOSE:
+                self._close_reason = msg.extra
                 return
-            for frame in frames:
-                await self._write(frame)
+            else:
+                log.debug("ignoring websocket message %s", msg.type)
+
+    async def _gave_up(self, exc: GaveUp) -> None:
+        log.error("giving up: %s", exc)
+        self._finish(
+            _Exit(
+                1,
+                f"\n\nTerminating session {self.session_id}: the stream data was not "
+                "processed before timeout.\n\n",
+                terminate=True,
+            )
+        )
 
     # --- incoming --------------------------------------------------------------------------
 
-    async def _on_frame(self, data: bytes) -> None:
-        async with self._rx:
-            try:
-                events = self.stream.receive(data, self.clock())
-            except FrameError as exc:
-                log.warning("dropping an undecodable frame: %s", exc)
-                return
-            await self._handle(events)
+    async def _received(self, events: list[Any]) -> bool:
+        """A frame's events (the endpoint holds its ``rx`` lock); True once the session ended."""
+        await self._handle(events)
+        return self.finished
 
     async def _handle(self, events: list[Any]) -> None:
         for event in events:
             if isinstance(event, SendBytes):
-                await self._write(event.data)
+                await self.endpoint.write(event.data)
             elif isinstance(event, Deliver):
                 self._last_activity = time.monotonic()
                 await self._deliver(event.payload_type, event.payload)
