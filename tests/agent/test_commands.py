@@ -58,7 +58,7 @@ def run(
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone (ESRCH: between open and read)
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
